@@ -1,0 +1,202 @@
+"""The asyncio client, for MCP servers and other event-loop tools: same calls as ``Client``,
+with requests pipelined over one connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from ._core import Call, Methods, check_welcome, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._spawn import start_daemon
+from .client import Client
+from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from .paths import daemon_paths, socket_candidates
+from .protocol import HEADER, RequestFrame, Session, Welcome
+
+log = logging.getLogger("omnid_client")
+
+
+class AsyncClient(Methods):
+    """Like ``Client``, but every call is a coroutine; safe to share between tasks."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        autostart: bool = True,
+        start_timeout: float = 5.0,
+        fail_open: bool = False,
+        client_name: str = "",
+    ):
+        self.socket_path = Path(socket_path) if socket_path else None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.autostart = autostart
+        self.start_timeout = start_timeout
+        self.fail_open = fail_open
+        self.client_name = client_name
+        self.welcome: Welcome | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._pending: dict[int, tuple[asyncio.Future, Call]] = {}
+        self._connect_lock = asyncio.Lock()
+        self._next_id = 1
+
+    async def connect(self) -> Welcome:
+        async with self._connect_lock:
+            if self._writer is not None and self.welcome is not None:
+                return self.welcome
+            candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
+            for path, _ in candidates:
+                if await self._try_connect(path):
+                    break
+            else:
+                if not self.autostart:
+                    tried = ", ".join(str(p) for p, _ in candidates)
+                    raise Unavailable(f"omnid is not running (tried {tried})")
+                target = self.socket_path or daemon_paths().socket
+                probe = Client(target, connect_timeout=self.connect_timeout, autostart=False)
+                try:
+                    await asyncio.to_thread(
+                        start_daemon, daemon_paths(), lambda: probe._try_connect(target), self.start_timeout
+                    )
+                finally:
+                    probe.close()
+                if not await self._try_connect(target):
+                    raise Unavailable(f"omnid started but {target} does not accept connections")
+            assert self.welcome is not None
+            return self.welcome
+
+    async def _try_connect(self, path: Path) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(os.fspath(path), limit=2**16), self.connect_timeout
+            )
+        except asyncio.TimeoutError:
+            raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
+        except OSError:
+            return False
+        try:
+            writer.write(hello_frame(self.client_name))
+            payload = await asyncio.wait_for(_read_frame(reader), self.connect_timeout)
+            self.welcome = check_welcome(payload)
+        except asyncio.TimeoutError:
+            writer.close()
+            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+            return False
+        except OmnidError:
+            writer.close()
+            raise
+        self._writer = writer
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
+        return True
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        error: Exception = Unavailable("omnid closed the connection")
+        try:
+            while True:
+                resp = parse_response(await _read_frame(reader))
+                entry = self._pending.pop(resp.id, None)
+                if entry is None:  # its caller timed out and stopped waiting
+                    continue
+                fut, call = entry
+                if fut.done():
+                    continue
+                try:
+                    fut.set_result(call.finish(result_of(resp, call.result_type)))
+                except OmnidError as e:
+                    fut.set_exception(e)
+        except (OSError, asyncio.IncompleteReadError) as e:
+            error = _ConnectionLost(str(e) or type(e).__name__)
+        except ProtocolError as e:
+            error = e
+        finally:
+            self._reset(error)
+
+    def _reset(self, error: Exception) -> None:
+        writer, self._writer = self._writer, None
+        self.welcome = None
+        if writer is not None:
+            writer.close()
+        pending, self._pending = self._pending, {}
+        for fut, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+
+    async def close(self) -> None:
+        task = self._reader_task
+        self._reset(Unavailable("client closed"))
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _call(self, call: Call) -> Any:
+        try:
+            return await self._call_with_retry(call)
+        except OmnidError:
+            if self.fail_open:
+                log.debug("omnid call %s failed open", call.method, exc_info=True)
+                return None
+            raise
+
+    async def _call_with_retry(self, call: Call) -> Any:
+        for attempt in (1, 2):
+            await self.connect()
+            try:
+                return await self._roundtrip(call)
+            except _ConnectionLost as lost:
+                if attempt == 2 or not call.idempotent:
+                    raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
+        raise AssertionError("unreachable")
+
+    async def _roundtrip(self, call: Call) -> Any:
+        writer = self._writer
+        assert writer is not None
+        request_id = self._next_id
+        self._next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (fut, call)
+        try:
+            writer.write(encode_frame(RequestFrame(request_id, call.method, call.params)))
+            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(request_id, None)
+            raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
+        except (ConnectionError, OSError) as e:
+            self._reset(Unavailable(str(e)))
+            raise _ConnectionLost(str(e)) from None
+
+    @contextlib.asynccontextmanager
+    async def session(self, tool_id: str, **kwargs: Any) -> AsyncIterator[Session | None]:
+        """A session for the block, ended on exit (None when failing open)."""
+        got = await self.get_or_create(tool_id, **kwargs)
+        session = got.session if got is not None else None
+        try:
+            yield session
+        finally:
+            if session is not None:
+                await self.end(session.session_id)
+
+
+class _ConnectionLost(TransportError):
+    pass
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(HEADER.size)
+    return await reader.readexactly(frame_length(header))

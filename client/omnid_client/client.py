@@ -1,0 +1,198 @@
+"""The blocking client: one Unix-socket connection, explicit deadlines, fork-safe."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+from ._core import Call, Methods, check_welcome, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._spawn import start_daemon
+from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from .paths import daemon_paths, socket_candidates
+from .protocol import HEADER, RequestFrame, Session, Welcome
+
+log = logging.getLogger("omnid_client")
+
+_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EAGAIN)
+
+
+class Client(Methods):
+    """A connection to the omnid daemon.
+
+    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
+    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
+    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
+    for tools that must never block or crash because of omnid.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        autostart: bool = True,
+        start_timeout: float = 5.0,
+        fail_open: bool = False,
+        client_name: str = "",
+    ):
+        self.socket_path = Path(socket_path) if socket_path else None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.autostart = autostart
+        self.start_timeout = start_timeout
+        self.fail_open = fail_open
+        self.client_name = client_name
+        self.welcome: Welcome | None = None
+        self.connected_path: Path | None = None
+        self._sock: socket.socket | None = None
+        self._pid = os.getpid()
+        self._next_id = 1
+
+    # -- connection ------------------------------------------------------------
+
+    def connect(self) -> Welcome:
+        """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
+        if self._sock is not None and self._pid == os.getpid():
+            assert self.welcome is not None
+            return self.welcome
+        self._drop()
+        self._pid = os.getpid()
+        candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
+        for path, _source in candidates:
+            if self._try_connect(path):
+                break
+        else:
+            if not self.autostart:
+                tried = ", ".join(str(p) for p, _ in candidates)
+                raise Unavailable(f"omnid is not running (tried {tried})")
+            target = self.socket_path or daemon_paths().socket
+            start_daemon(daemon_paths(), lambda: self._try_connect(target), self.start_timeout)
+            if self._sock is None and not self._try_connect(target):
+                raise Unavailable(f"omnid started but {target} does not accept connections")
+        assert self.welcome is not None
+        return self.welcome
+
+    def _try_connect(self, path: Path) -> bool:
+        if self._sock is not None:
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.connect_timeout)
+        try:
+            sock.connect(os.fspath(path))
+            sock.sendall(hello_frame(self.client_name))
+            self.welcome = check_welcome(self._read_frame(sock))
+        except socket.timeout:
+            sock.close()
+            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
+        except OSError as e:
+            sock.close()
+            if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
+                return False
+            raise Unavailable(f"cannot connect to {path}: {e}") from e
+        except OmnidError:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)
+        self._sock = sock
+        self.connected_path = path
+        return True
+
+    def close(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None and self._pid == os.getpid():
+            sock.close()
+        self.welcome = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------------
+
+    def _call(self, call: Call) -> Any:
+        try:
+            return self._call_with_retry(call)
+        except OmnidError:
+            if self.fail_open:
+                log.debug("omnid call %s failed open", call.method, exc_info=True)
+                return None
+            raise
+
+    def _call_with_retry(self, call: Call) -> Any:
+        for attempt in (1, 2):
+            self.connect()
+            try:
+                return self._roundtrip(call)
+            except _ConnectionLost as lost:
+                self._drop()
+                if attempt == 2 or not call.idempotent:
+                    raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
+        raise AssertionError("unreachable")
+
+    def _roundtrip(self, call: Call) -> Any:
+        sock = self._sock
+        assert sock is not None
+        request_id = self._next_id
+        self._next_id += 1
+        frame = encode_frame(RequestFrame(request_id, call.method, call.params))
+        try:
+            sock.sendall(frame)
+            payload = self._read_frame(sock)
+        except socket.timeout:
+            self._drop()
+            raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
+        except (ConnectionError, OSError) as e:
+            raise _ConnectionLost(str(e) or type(e).__name__) from None
+        try:
+            resp = parse_response(payload)
+            if resp.id != request_id:
+                raise ProtocolError(f"reply for request {resp.id} while waiting for {request_id}")
+            result = result_of(resp, call.result_type)
+        except TransportError:
+            self._drop()
+            raise
+        return call.finish(result)
+
+    @staticmethod
+    def _read_frame(sock: socket.socket) -> bytes:
+        header = _recv_exact(sock, HEADER.size)
+        return _recv_exact(sock, frame_length(header))
+
+    @contextlib.contextmanager
+    def session(self, tool_id: str, **kwargs: Any) -> Iterator[Session | None]:
+        """A session for the block, ended on exit (None when failing open)."""
+        got = self.get_or_create(tool_id, **kwargs)
+        session = got.session if got is not None else None
+        try:
+            yield session
+        finally:
+            if session is not None:
+                self.end(session.session_id)
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionResetError("daemon closed the connection")
+        got += k
+    return bytes(buf)
+

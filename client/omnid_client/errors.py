@@ -1,0 +1,114 @@
+"""The exceptions every omnid call can raise, catchable at the level a caller cares about.
+
+    OmnidError
+    ├── TransportError          the daemon could not be reached or answered badly
+    │   ├── Unavailable         no daemon, and none could be started
+    │   ├── Timeout             connect or request deadline passed
+    │   └── ProtocolError       malformed frame or version mismatch
+    │       └── VersionMismatch
+    └── RemoteError             the daemon answered with an error (``.code``)
+        ├── Invalid, NotFound, PermissionDenied, Conflict, Unsupported
+        ├── TooLarge, StorageError, InternalError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OmnidError(Exception):
+    """Base class of every omnid error."""
+
+
+class TransportError(OmnidError):
+    pass
+
+
+class Unavailable(TransportError):
+    pass
+
+
+class Timeout(TransportError):
+    pass
+
+
+class ProtocolError(TransportError):
+    code = "protocol"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+class VersionMismatch(ProtocolError):
+    code = "version_mismatch"
+
+
+class RemoteError(OmnidError):
+    """An error reply from the daemon; ``code`` is its stable, machine-readable kind."""
+
+    code = "error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class Invalid(RemoteError):
+    code = "invalid"
+
+
+class NotFound(RemoteError):
+    code = "not_found"
+
+
+class PermissionDenied(RemoteError):
+    code = "permission"
+
+
+class Conflict(RemoteError):
+    code = "conflict"
+
+
+class Unsupported(RemoteError):
+    code = "unsupported"
+
+
+class TooLarge(RemoteError):
+    code = "too_large"
+
+
+class StorageError(RemoteError):
+    code = "storage"
+
+
+class InternalError(RemoteError):
+    code = "internal"
+
+
+_BY_CODE: dict[str, type[OmnidError]] = {
+    cls.code: cls
+    for cls in (
+        Invalid,
+        NotFound,
+        PermissionDenied,
+        Conflict,
+        Unsupported,
+        TooLarge,
+        StorageError,
+        InternalError,
+        ProtocolError,
+        VersionMismatch,
+    )
+}
+
+
+def from_wire(code: str, message: str, details: dict[str, Any] | None = None) -> OmnidError:
+    """The exception for an error reply; unknown codes (from a newer daemon) stay RemoteError."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = RemoteError(message, details)
+        err.code = code
+        return err
+    return cls(message, details)

@@ -1,0 +1,258 @@
+"""Ending sessions whose owner process died: OS exit events (pidfd, kqueue) reap within
+moments, and a periodic identity sweep is the safety net."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import select
+import sys
+from typing import Callable
+
+from omnid_client.errors import NotFound
+from omnid_client.protocol import LastReap, ReapedSession, ReapResult
+
+from .identity import ProcessIdentity, inspect, is_alive
+from .store import Store
+from .store import sessions as q
+
+log = logging.getLogger("omnid.reaper")
+
+ExitCallback = Callable[[ProcessIdentity], None]
+
+
+class PidfdWatcher:
+    """Linux: one pidfd per owner process, readable once that process has exited."""
+
+    mode = "pidfd"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+        self._loop = loop
+        self._on_exit = on_exit
+        self._fds: dict[ProcessIdentity, int] = {}
+
+    def watch(self, identity: ProcessIdentity) -> bool:
+        """Start watching; False if that process is already gone."""
+        try:
+            fd = os.pidfd_open(identity.pid)
+        except ProcessLookupError:
+            return False
+        # The pid may have been reused before the pidfd was opened: check it is still ours.
+        info = inspect(identity.pid)
+        if info is None or info.identity != identity:
+            os.close(fd)
+            return False
+        self._fds[identity] = fd
+        self._loop.add_reader(fd, self._fired, identity)
+        return True
+
+    def unwatch(self, identity: ProcessIdentity) -> None:
+        fd = self._fds.pop(identity, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+
+    def _fired(self, identity: ProcessIdentity) -> None:
+        self.unwatch(identity)
+        self._on_exit(identity)
+
+    def close(self) -> None:
+        for identity in list(self._fds):
+            self.unwatch(identity)
+
+
+class KqueueWatcher:
+    """macOS/BSD: EVFILT_PROC NOTE_EXIT events on one kqueue."""
+
+    mode = "kqueue"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+        self._loop = loop
+        self._on_exit = on_exit
+        self._kq = select.kqueue()
+        self._by_pid: dict[int, ProcessIdentity] = {}
+        loop.add_reader(self._kq.fileno(), self._drain)
+
+    def watch(self, identity: ProcessIdentity) -> bool:
+        event = select.kevent(
+            identity.pid, select.KQ_FILTER_PROC, select.KQ_EV_ADD | select.KQ_EV_ONESHOT, select.KQ_NOTE_EXIT
+        )
+        try:
+            self._kq.control([event], 0, 0)
+        except ProcessLookupError:
+            return False
+        info = inspect(identity.pid)
+        if info is None or info.identity != identity:
+            self.unwatch(identity)
+            return False
+        self._by_pid[identity.pid] = identity
+        return True
+
+    def unwatch(self, identity: ProcessIdentity) -> None:
+        if self._by_pid.get(identity.pid) == identity:
+            del self._by_pid[identity.pid]
+        event = select.kevent(identity.pid, select.KQ_FILTER_PROC, select.KQ_EV_DELETE)
+        try:
+            self._kq.control([event], 0, 0)
+        except OSError:
+            pass
+
+    def _drain(self) -> None:
+        for event in self._kq.control(None, 256, 0):
+            identity = self._by_pid.pop(event.ident, None)
+            if identity is not None:
+                self._on_exit(identity)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._kq.fileno())
+        self._kq.close()
+
+
+class PollingWatcher:
+    """No exit events on this OS: the periodic sweep finds dead owners."""
+
+    mode = "polling"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+        pass
+
+    def watch(self, identity: ProcessIdentity) -> bool:
+        return is_alive(identity)[0]
+
+    def unwatch(self, identity: ProcessIdentity) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+    if hasattr(os, "pidfd_open"):
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            return PidfdWatcher(loop, on_exit)
+        except OSError:
+            pass
+    if hasattr(select, "kqueue") and sys.platform != "win32":
+        return KqueueWatcher(loop, on_exit)
+    return PollingWatcher(loop, on_exit)
+
+
+class Reaper:
+    """Keeps one watch per live owner process and ends its sessions when it dies."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0):
+        self.store = store
+        self.loop = loop
+        self.sweep_interval = sweep_interval
+        self.watcher = make_watcher(loop, self._owner_exited)
+        self.owners: dict[ProcessIdentity, set[str]] = {}
+        self.last_reap: LastReap | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        store.on_rollback(self.resync)
+
+    @property
+    def mode(self) -> str:
+        return self.watcher.mode
+
+    def start(self) -> ReapResult:
+        """Check every live session left from before and watch the owners still running."""
+        result = self.sweep(trigger="startup")
+        self.resync()
+        self._arm_timer()
+        return result
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.watcher.close()
+        self.owners.clear()
+
+    # -- tracking ------------------------------------------------------------------
+
+    def track(self, session_id: str, owner: ProcessIdentity) -> None:
+        """Watch ``owner`` for ``session_id``; NotFound if that process is already gone."""
+        sessions = self.owners.get(owner)
+        if sessions is None:
+            if not self.watcher.watch(owner):
+                raise NotFound(f"process {owner.pid} exited", {"field": "pid"})
+            sessions = self.owners[owner] = set()
+        sessions.add(session_id)
+
+    def untrack(self, session_id: str, owner: ProcessIdentity) -> None:
+        sessions = self.owners.get(owner)
+        if sessions is None:
+            return
+        sessions.discard(session_id)
+        if not sessions:
+            del self.owners[owner]
+            self.watcher.unwatch(owner)
+
+    def resync(self) -> None:
+        """Make the watches match the database's live sessions exactly."""
+        wanted: dict[ProcessIdentity, set[str]] = {}
+        for sid, _tool, owner in q.live_owned(self.store.db):
+            wanted.setdefault(owner, set()).add(sid)
+        for owner in list(self.owners):
+            if owner not in wanted:
+                del self.owners[owner]
+                self.watcher.unwatch(owner)
+        dead = []
+        for owner, sids in wanted.items():
+            if owner in self.owners:
+                self.owners[owner] = sids
+            elif self.watcher.watch(owner):
+                self.owners[owner] = sids
+            else:
+                dead.append(owner)
+        for owner in dead:
+            self._end_sessions(wanted[owner], "resync")
+
+    # -- reaping -------------------------------------------------------------------
+
+    def _owner_exited(self, owner: ProcessIdentity) -> None:
+        sessions = self.owners.pop(owner, set())
+        if sessions:
+            log.info("owner %d exited: reaping %d session(s)", owner.pid, len(sessions))
+            self._end_sessions(sessions, "exit event")
+
+    def _end_sessions(self, session_ids: set[str], trigger: str) -> None:
+        with self.store.write() as db:
+            ended = q.end(db, sorted(session_ids), "reaped", self.store.now())
+        self.last_reap = LastReap(self.store.now(), trigger, len(ended))
+
+    def sweep(self, *, trigger: str = "sweep", dry_run: bool = False) -> ReapResult:
+        """Check the owner of every live session against its recorded identity."""
+        found: list[ReapedSession] = []
+        dead_owners: dict[ProcessIdentity, str] = {}
+        checked: dict[ProcessIdentity, tuple[bool, str]] = {}
+        for sid, tool, owner in q.live_owned(self.store.db):
+            alive, cause = checked.get(owner) or checked.setdefault(owner, is_alive(owner))
+            if not alive:
+                found.append(ReapedSession(sid, tool, owner.pid, cause))
+                dead_owners[owner] = cause
+        now = self.store.now()
+        if not dry_run:
+            if found:
+                with self.store.write() as db:
+                    q.end(db, [s.session_id for s in found], "reaped", now)
+                for owner in dead_owners:
+                    self.owners.pop(owner, None)
+                    self.watcher.unwatch(owner)
+                log.info("%s sweep reaped %d session(s)", trigger, len(found))
+            self.last_reap = LastReap(now, trigger, len(found))
+        return ReapResult(dry_run, now, found)
+
+    def _arm_timer(self) -> None:
+        # Jitter keeps many users' daemons from waking in step.
+        delay = self.sweep_interval * random.uniform(0.9, 1.1)
+        self._timer = self.loop.call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        try:
+            self.sweep(trigger="sweep")
+        except Exception:
+            log.exception("periodic sweep failed")
+        self._arm_timer()

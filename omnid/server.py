@@ -1,0 +1,404 @@
+"""The daemon's lifecycle (lock, store, socket, serve, graceful stop) and its connections
+(peer credentials, framing, handshake, dispatch, replies after commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from omnid_client.errors import OmnidError, PermissionDenied, ProtocolError, TooLarge, VersionMismatch
+from omnid_client.paths import Paths, check_socket_path, ensure_private_dir, write_json_atomic
+from omnid_client.protocol import (
+    HEADER,
+    MAX_FRAME,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    DaemonStatus,
+    Hello,
+    IncomingRequest,
+    ResponseFrame,
+    Welcome,
+)
+
+from . import __version__, api
+from .reaper import Reaper
+from .store import Store
+from .store import sessions as q
+
+log = logging.getLogger("omnid.server")
+
+HANDSHAKE_TIMEOUT = 10.0
+SHUTDOWN_GRACE = 2.0
+
+_request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
+_hello_decoder = msgspec.msgpack.Decoder(Hello)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, pid: int | None, lock: Path):
+        super().__init__(f"omnid is already running (pid {pid or '?'}, lock {lock})")
+        self.pid = pid
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return pid, uid
+    # macOS/BSD: LOCAL_PEERCRED gives struct xucred {u_int version; uid_t uid; ...},
+    # LOCAL_PEERPID the pid (SOL_LOCAL = 0).
+    xucred = sock.getsockopt(0, 0x001, struct.calcsize("IIh16I"))
+    uid = struct.unpack_from("II", xucred)[1]
+    pid = struct.unpack("i", sock.getsockopt(0, 0x002, 4))[0]
+    return pid, uid
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.caller: api.Caller | None = None
+        self.greeted = False
+        self.closing = False
+        self.buffer = bytearray()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.daemon.connections.add(self)
+        try:
+            pid, uid = peer_credentials(transport.get_extra_info("socket"))
+        except OSError as e:
+            log.warning("cannot read peer credentials: %s", e)
+            self.fail(0, PermissionDenied("cannot verify who is connecting"))
+            return
+        if uid != os.getuid():
+            log.warning("refused connection from uid %d (pid %d)", uid, pid)
+            self.fail(0, PermissionDenied(f"omnid serves uid {os.getuid()} only; you are uid {uid}"))
+            return
+        self.caller = api.Caller(pid, uid, self.daemon)
+        self._handshake_timer = self.daemon.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.daemon.connections.discard(self)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        buf = self.buffer
+        buf += data
+        while len(buf) >= HEADER.size and not self.closing:
+            (length,) = HEADER.unpack_from(buf)
+            if length > MAX_FRAME:
+                self.fail(0, TooLarge(f"frame of {length} bytes; the limit is {MAX_FRAME}"))
+                return
+            end = HEADER.size + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[HEADER.size : end])
+            del buf[:end]
+            self.handle(payload)
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # -- requests ------------------------------------------------------------------
+
+    def handle(self, payload: bytes) -> None:
+        try:
+            request = _request_decoder.decode(payload)
+        except (msgspec.DecodeError, RecursionError) as e:
+            self.fail(0, ProtocolError(f"malformed request frame: {e}"))
+            return
+        if not self.greeted:
+            self.greet(request)
+            return
+        assert self.caller is not None
+        response = api.dispatch(self.caller, request)
+        store = self.daemon.store
+        if store.in_transaction:
+            store.after_commit(lambda err: self.send(response if err is None else ResponseFrame(response.id, error=api.error_info(err))))
+        else:
+            self.send(response)
+
+    def greet(self, request: IncomingRequest) -> None:
+        if request.method != "hello":
+            self.fail(request.id, ProtocolError("the first request must be hello"))
+            return
+        try:
+            hello = _hello_decoder.decode(request.params)
+        except (msgspec.DecodeError, RecursionError) as e:
+            self.fail(request.id, ProtocolError(f"malformed hello: {e}"))
+            return
+        if hello.proto_major != PROTOCOL_MAJOR:
+            older = "client" if hello.proto_major < PROTOCOL_MAJOR else "daemon"
+            self.fail(
+                request.id,
+                VersionMismatch(
+                    f"protocol {hello.proto_major}.{hello.proto_minor} (client {hello.client_version}) is not "
+                    f"compatible with protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR} (daemon {__version__}); "
+                    f"the {older} is older: upgrade it",
+                    {"older": older, "daemon_version": __version__, "client_version": hello.client_version},
+                ),
+            )
+            return
+        self.greeted = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
+
+    def send(self, response: ResponseFrame) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        buf = bytearray(HEADER.size)
+        _encoder.encode_into(response, buf, HEADER.size)
+        HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+        transport.write(buf)
+
+    def fail(self, request_id: int, err: OmnidError) -> None:
+        """Send a final error and close: the stream can no longer be trusted."""
+        self.send(ResponseFrame(request_id, error=api.error_info(err)))
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _handshake_expired(self) -> None:
+        if not self.greeted:
+            self.fail(0, ProtocolError(f"no hello within {HANDSHAKE_TIMEOUT:g}s"))
+
+
+class Daemon:
+    def __init__(self, paths: Paths, *, log_path: Path | None = None):
+        self.paths = paths
+        self.log_path = log_path
+        self.started_at = time.time()
+        self.connections: set[Connection] = set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.store: Store = None  # type: ignore[assignment]
+        self.reaper: Reaper = None  # type: ignore[assignment]
+        self._lock_fd = -1
+        self._socket_inode: tuple[int, int] | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # -- startup -------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        ensure_private_dir(self.paths.state_dir)
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise AlreadyRunning(int(holder) if holder.isdigit() else None, self.paths.lock) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def bind(self) -> socket.socket:
+        path = self.paths.socket
+        check_socket_path(path)
+        ensure_private_dir(path.parent)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise StartupError(f"{path} exists and is not a socket; remove it or set OMNID_SOCKET")
+            if _accepts_connections(path):
+                raise StartupError(f"another omnid (with a different OMNID_HOME) is serving {path}")
+            os.unlink(path)
+            log.info("removed stale socket %s", path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(os.fspath(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(4096)
+        st = os.stat(path)
+        self._socket_inode = (st.st_dev, st.st_ino)
+        return sock
+
+    async def serve(self, on_ready) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        _raise_fd_limit()
+        self.store = Store(self.paths.database, schedule=self.loop.call_soon)
+        self.reaper = Reaper(self.store, self.loop)
+        startup = self.reaper.start()
+        self.store.flush()
+        if startup.sessions:
+            log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
+        sock = self.bind()
+        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        self.write_status_file()
+        log.info(
+            "omnid %s serving %s (pid %d, database %s, watcher %s, %d live session(s))",
+            __version__, self.paths.socket, os.getpid(), self.paths.database, self.reaper.mode,
+            q.count_live(self.store.db),
+        )
+        on_ready()
+        await self._stopped.wait()
+        await self._shutdown(server)
+
+    def request_stop(self, why: str) -> None:
+        log.info("stopping: %s", why)
+        if self._stopped is not None:
+            self.loop.call_soon(self._stopped.set)
+
+    async def _shutdown(self, server: asyncio.base_events.Server) -> None:
+        server.close()
+        self.store.flush()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.reaper.stop()
+        self.store.close()
+        self.release()
+        log.info("stopped")
+
+    def release(self) -> None:
+        """Remove what this daemon owns: its socket (only if still ours), status file, lock."""
+        if self._socket_inode is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.paths.socket)
+                if (st.st_dev, st.st_ino) == self._socket_inode:
+                    os.unlink(self.paths.socket)
+        with contextlib.suppress(OSError):
+            os.unlink(self.paths.status_file)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- status --------------------------------------------------------------------
+
+    def write_status_file(self) -> None:
+        write_json_atomic(
+            self.paths.status_file,
+            {
+                "pid": os.getpid(),
+                "version": __version__,
+                "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+                "socket": str(self.paths.socket),
+                "database": str(self.paths.database),
+                "log": str(self.log_path) if self.log_path else None,
+                "started_at": self.started_at,
+            },
+        )
+
+    def status(self) -> DaemonStatus:
+        db_bytes, wal_bytes = self.store.file_sizes()
+        now = time.time()
+        return DaemonStatus(
+            pid=os.getpid(),
+            version=__version__,
+            protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            started_at=self.started_at,
+            uptime=now - self.started_at,
+            home=str(self.paths.state_dir),
+            socket=str(self.paths.socket),
+            database=str(self.paths.database),
+            database_bytes=db_bytes,
+            wal_bytes=wal_bytes,
+            schema_version=self.store.schema_version(),
+            log=str(self.log_path) if self.log_path else None,
+            watcher=self.reaper.mode,
+            live_sessions=q.count_live(self.store.db),
+            watched_processes=len(self.reaper.owners),
+            connections=len(self.connections),
+            last_reap=self.reaper.last_reap,
+        )
+
+
+def _accepts_connections(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
+    """Run a daemon until it is told to stop; the exit status for ``omnid serve``."""
+
+    def report(line: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+            ready_fd = None
+
+    os.umask(0o077)  # the database, WAL, logs and status file are the user's alone
+    daemon = Daemon(paths, log_path=log_path)
+    try:
+        daemon.acquire_lock()
+    except AlreadyRunning as e:
+        print(f"omnid: {e}; not starting a second one", file=sys.stderr)
+        report(f"running {e.pid or 0}")
+        return 0
+    except (OSError, ValueError) as e:
+        print(f"omnid: cannot start: {e}", file=sys.stderr)
+        report(f"error {e}")
+        return 1
+    try:
+        asyncio.run(daemon.serve(lambda: report(f"ready {os.getpid()}")))
+    except Exception as e:
+        log.error("cannot start: %s", e, exc_info=not isinstance(e, (StartupError, OSError)))
+        print(f"omnid: cannot start: {e}", file=sys.stderr)
+        report(f"error {e}")
+        daemon.release()
+        return 1
+    return 0

@@ -1,0 +1,188 @@
+"""The SQLite store: one writer connection, migrations, and group commit.
+
+Writes from many requests join one open transaction (each in its own savepoint, so a
+failing request undoes only itself); the daemon commits once per event-loop turn and
+only then releases the replies that waited on that commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from omnid_client.errors import StorageError
+
+from .migrations import LATEST, MIGRATIONS
+
+log = logging.getLogger("omnid.store")
+
+CommitWaiter = Callable[[Exception | None], None]
+
+
+class StoreError(Exception):
+    """The database cannot be opened or migrated; the message says why and what to do."""
+
+
+class Store:
+    def __init__(self, path: Path, *, schedule: Callable[[Callable[[], None]], object] | None = None):
+        """``schedule(fn)`` runs ``fn`` soon (the event loop's ``call_soon``); without it
+        every write commits at once."""
+        self.path = path
+        self._schedule = schedule
+        self._flush_pending = False
+        self._waiters: list[CommitWaiter] = []
+        self._on_rollback: list[Callable[[], None]] = []
+        self._last_now = 0.0
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open database {self.path}: {e}") from e
+        if check != "ok":
+            raise StoreError(f"database {self.path} failed its integrity check: {check}")
+        migrate(db, self.path)
+        return db
+
+    # -- time --------------------------------------------------------------------
+
+    def now(self) -> float:
+        """UTC epoch seconds, strictly increasing within this daemon (sub-ms precision)."""
+        self._last_now = max(time.time(), self._last_now + 1e-6)
+        return self._last_now
+
+    # -- transactions ------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One request's writes: joins the open transaction inside its own savepoint."""
+        db = self.db
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+            if self._schedule is not None and not self._flush_pending:
+                self._flush_pending = True
+                self._schedule(self.flush)
+        db.execute("SAVEPOINT request")
+        try:
+            yield db
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK TO request")
+                db.execute("RELEASE request")
+            else:  # SQLite abandoned the whole transaction (disk full, I/O error)
+                self._abort(exc)
+            raise
+        db.execute("RELEASE request")
+        if self._schedule is None:
+            self.flush()
+
+    def after_commit(self, waiter: CommitWaiter) -> None:
+        """Run ``waiter(None)`` once the open transaction commits (now, if none is open),
+        or ``waiter(error)`` if it cannot."""
+        if self.db.in_transaction:
+            self._waiters.append(waiter)
+        else:
+            waiter(None)
+
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Called after a batch is lost, so in-memory state can be rebuilt from the database."""
+        self._on_rollback.append(callback)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        if not self.db.in_transaction:
+            self._release(None)
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.error("commit failed: %s", e)
+            self._abort(e)
+            return
+        self._release(None)
+
+    def _abort(self, exc: BaseException) -> None:
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+        self._release(storage_error(exc) if isinstance(exc, sqlite3.Error) else StorageError(f"write failed: {exc}"))
+        for callback in self._on_rollback:
+            callback()
+
+    def _release(self, error: Exception | None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter(error)
+
+    # -- housekeeping --------------------------------------------------------------
+
+    def file_sizes(self) -> tuple[int, int]:
+        def size(p: Path) -> int:
+            try:
+                return os.path.getsize(p)
+            except OSError:
+                return 0
+
+        return size(self.path), size(Path(f"{self.path}-wal"))
+
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        self.flush()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+
+def storage_error(e: sqlite3.Error) -> StorageError:
+    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int:
+    """Bring the schema to ``LATEST``; returns the version found. A database from a
+    newer omnid is refused, and an existing one is backed up before it is changed."""
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    if found > LATEST:
+        raise StoreError(
+            f"database {path} has schema version {found}, newer than this omnid understands "
+            f"({LATEST}); upgrade omnid or point OMNID_HOME elsewhere"
+        )
+    if found == LATEST:
+        return found
+    if found > 0:
+        backup = path.with_name(f"{path.name}.before-v{LATEST}")
+        target = sqlite3.connect(backup)
+        with target:
+            db.backup(target)
+        target.close()
+        log.info("backed up schema v%d database to %s before migrating", found, backup)
+    for version in range(found + 1, LATEST + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("migrated %s to schema v%d", path, version)
+    return found

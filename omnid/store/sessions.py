@@ -1,0 +1,131 @@
+"""Queries on the sessions table."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from typing import Any, Iterable
+
+import msgspec
+
+from omnid_client.errors import Invalid
+from omnid_client.protocol import Session
+
+from ..identity import ProcessIdentity
+
+COLUMNS = (
+    "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, "
+    "workspace, metadata, started_at, last_activity, ended_at, end_reason"
+)
+_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _session(row: tuple) -> Session:
+    return Session(*row[:8], _json_decode(row[8]), *row[9:])
+
+
+def insert(db: sqlite3.Connection, s: Session, *, dedup: bool) -> None:
+    db.execute(
+        f"INSERT INTO sessions ({COLUMNS}, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            s.session_id, s.tool_id, s.tool_version, s.session_type, s.owner_pid, s.owner_start,
+            s.boot_id, s.workspace, _json_encode(s.metadata), s.started_at, s.last_activity,
+            s.ended_at, s.end_reason, int(dedup),
+        ),
+    )
+
+
+def get(db: sqlite3.Connection, session_id: str) -> Session | None:
+    row = db.execute(f"SELECT {COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    return _session(row) if row else None
+
+
+def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> Session | None:
+    row = db.execute(
+        f"SELECT {COLUMNS} FROM sessions WHERE tool_id = ? AND owner_pid = ? AND owner_start = ? "
+        "AND boot_id = ? AND ended_at IS NULL AND dedup = 1",
+        (tool_id, owner.pid, owner.start, owner.boot_id),
+    ).fetchone()
+    return _session(row) if row else None
+
+
+def touch(db: sqlite3.Connection, session_id: str, now: float) -> bool:
+    """Move last_activity of a live session; False if it is not live."""
+    cur = db.execute(
+        "UPDATE sessions SET last_activity = ? WHERE session_id = ? AND ended_at IS NULL", (now, session_id)
+    )
+    return cur.rowcount == 1
+
+
+def end(db: sqlite3.Connection, session_ids: Iterable[str], reason: str, now: float) -> list[str]:
+    """End the live ones among ``session_ids``; returns those it ended."""
+    ended = []
+    for sid in session_ids:
+        cur = db.execute(
+            "UPDATE sessions SET ended_at = ?, end_reason = ?, last_activity = max(last_activity, ?) "
+            "WHERE session_id = ? AND ended_at IS NULL",
+            (now, reason, now, sid),
+        )
+        if cur.rowcount:
+            ended.append(sid)
+    return ended
+
+
+def live_owned(db: sqlite3.Connection) -> list[tuple[str, str, ProcessIdentity]]:
+    """(session_id, tool_id, owner) of every live session with an owner process."""
+    rows = db.execute(
+        "SELECT session_id, tool_id, owner_pid, owner_start, boot_id FROM sessions "
+        "WHERE ended_at IS NULL AND owner_pid IS NOT NULL"
+    ).fetchall()
+    return [(sid, tool, ProcessIdentity(pid, start, boot)) for sid, tool, pid, start, boot in rows]
+
+
+def count_live(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
+
+
+def page(
+    db: sqlite3.Connection,
+    *,
+    tool_id: str | None,
+    session_type: str | None,
+    status: str,
+    workspace: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Session], str | None]:
+    """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
+    where, args = [], []
+    for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if status == "live":
+        where.append("ended_at IS NULL")
+    elif status == "ended":
+        where.append("ended_at IS NOT NULL")
+    if cursor is not None:
+        started_at, sid = _decode_cursor(cursor)
+        where.append("(started_at, session_id) < (?, ?)")
+        args += [started_at, sid]
+    sql = f"SELECT {COLUMNS} FROM sessions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY started_at DESC, session_id DESC LIMIT ?"
+    rows = db.execute(sql, (*args, limit + 1)).fetchall()
+    sessions = [_session(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return sessions, (_encode_cursor(sessions[-1]) if more else None)
+
+
+def _encode_cursor(s: Session) -> str:
+    return base64.urlsafe_b64encode(f"{s.started_at!r}|{s.session_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        started_at, sid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(started_at), sid
+    except ValueError:
+        raise Invalid(f"cursor {cursor!r} is not one this daemon issued") from None
