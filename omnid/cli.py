@@ -130,6 +130,7 @@ def serve(log_file: Path | None, log_level: str, detach: bool, ready_fd: int | N
     """Run the daemon (in the foreground unless --detach)."""
     from . import server
 
+    os.umask(0o077)  # the database, WAL, log and status file are the user's alone
     paths = daemon_paths()
     if detach:
         _detach(log_file)

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from omnid_client.errors import OmnidError, PermissionDenied, ProtocolError, TooLarge, VersionMismatch
-from omnid_client.paths import Paths, check_socket_path, ensure_private_dir, write_json_atomic
+from omnid_client.paths import Paths, PathError, check_socket_path, ensure_private_dir, write_json_atomic
 from omnid_client.protocol import (
     HEADER,
     MAX_FRAME,
@@ -36,7 +36,7 @@ from omnid_client.protocol import (
 
 from . import __version__, api
 from .reaper import Reaper
-from .store import Store
+from .store import Store, StoreError
 from .store import sessions as q
 
 log = logging.getLogger("omnid.server")
@@ -230,8 +230,7 @@ class Daemon:
 
     def bind(self) -> socket.socket:
         path = self.paths.socket
-        check_socket_path(path)
-        ensure_private_dir(path.parent)
+        self.check_paths()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -249,10 +248,15 @@ class Daemon:
             sock.bind(os.fspath(path))
         finally:
             os.umask(old_umask)
-        sock.listen(4096)
-        st = os.stat(path)
+        st = os.stat(path)  # before listen(): nobody can have replaced it yet
         self._socket_inode = (st.st_dev, st.st_ino)
+        sock.listen(4096)
         return sock
+
+    def check_paths(self) -> None:
+        """Refuse an unusable socket location before anything is created or opened."""
+        check_socket_path(self.paths.socket)
+        ensure_private_dir(self.paths.socket.parent)
 
     async def serve(self, on_ready) -> None:
         self.loop = asyncio.get_running_loop()
@@ -381,22 +385,23 @@ def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
                 os.close(ready_fd)
             ready_fd = None
 
-    os.umask(0o077)  # the database, WAL, logs and status file are the user's alone
     daemon = Daemon(paths, log_path=log_path)
     try:
+        daemon.check_paths()
         daemon.acquire_lock()
     except AlreadyRunning as e:
         print(f"omnid: {e}; not starting a second one", file=sys.stderr)
         report(f"running {e.pid or 0}")
         return 0
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, PathError) as e:
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
     try:
         asyncio.run(daemon.serve(lambda: report(f"ready {os.getpid()}")))
     except Exception as e:
-        log.error("cannot start: %s", e, exc_info=not isinstance(e, (StartupError, OSError)))
+        expected = isinstance(e, (StartupError, StoreError, PathError, OSError))
+        log.error("cannot start: %s", e, exc_info=not expected)
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         daemon.release()

@@ -43,6 +43,7 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            check_version(db, self.path)  # before anything below rewrites a newer omnid's file
             db.execute("PRAGMA busy_timeout = 5000")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -156,15 +157,21 @@ def storage_error(e: sqlite3.Error) -> StorageError:
     return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
 
 
-def migrate(db: sqlite3.Connection, path: Path) -> int:
-    """Bring the schema to ``LATEST``; returns the version found. A database from a
-    newer omnid is refused, and an existing one is backed up before it is changed."""
+def check_version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version; StoreError if a newer omnid wrote this database."""
     found = db.execute("PRAGMA user_version").fetchone()[0]
     if found > LATEST:
         raise StoreError(
             f"database {path} has schema version {found}, newer than this omnid understands "
             f"({LATEST}); upgrade omnid or point OMNID_HOME elsewhere"
         )
+    return found
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int:
+    """Bring the schema to ``LATEST``; returns the version found. A database from a
+    newer omnid is refused, and an existing one is backed up before it is changed."""
+    found = check_version(db, path)
     if found == LATEST:
         return found
     if found > 0:
