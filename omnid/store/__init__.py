@@ -43,6 +43,9 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {self.path}: {e}") from e
+        try:
             check_version(db, self.path)  # before anything below rewrites a newer omnid's file
             db.execute("PRAGMA busy_timeout = 5000")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -51,11 +54,15 @@ class Store:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as e:
+            if check != "ok":
+                raise StoreError(f"database {self.path} failed its integrity check: {check}")
+            migrate(db, self.path)
+        except sqlite3.Error as e:
+            db.close()
             raise StoreError(f"cannot open database {self.path}: {e}") from e
-        if check != "ok":
-            raise StoreError(f"database {self.path} failed its integrity check: {check}")
-        migrate(db, self.path)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     # -- time --------------------------------------------------------------------
@@ -174,8 +181,8 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
     found = check_version(db, path)
     if found == LATEST:
         return found
+    backup = path.with_name(f"{path.name}.before-v{LATEST}")
     if found > 0:
-        backup = path.with_name(f"{path.name}.before-v{LATEST}")
         target = sqlite3.connect(backup)
         with target:
             db.backup(target)
@@ -188,6 +195,12 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {version}")
             db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK")
+            raise StoreError(
+                f"migrating {path} from schema v{version - 1} to v{version} failed: {e}; "
+                f"the database was left at v{version - 1}" + (f" (backup: {backup})" if found > 0 else "")
+            ) from e
         except BaseException:
             db.execute("ROLLBACK")
             raise

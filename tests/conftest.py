@@ -1,0 +1,172 @@
+"""One way to start a real daemon: a real process on a real Unix socket, in a temp OMNID_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from omnid_client import Client
+from omnid_client.paths import daemon_paths
+
+START_TIMEOUT = 15.0
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def accepts(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class DaemonProcess:
+    """A daemon run as ``python -m omnid serve`` with this test's environment."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def paths(self):
+        return daemon_paths()
+
+    @property
+    def socket(self) -> Path:
+        return self.paths.socket
+
+    @property
+    def log(self) -> Path:
+        return self.home / "omnid.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, *extra: str) -> "DaemonProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "omnid", "serve", "--log-file", str(self.log), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not accepts(self.socket):
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                pytest.fail(f"daemon exited with {self.proc.returncode}: {err.decode()}\nlog:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"daemon did not listen on {self.socket}\nlog:\n{self.log_text()}")
+            time.sleep(0.01)
+        return self
+
+    def client(self, **kwargs) -> Client:
+        kwargs.setdefault("autostart", False)
+        return Client(**kwargs)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self._close_pipes()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        assert self.proc is not None
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def home(monkeypatch) -> Iterator[Path]:
+    """A fresh OMNID_HOME, short enough for a socket path, used by everything in the test."""
+    path = Path(tempfile.mkdtemp(prefix="omnid-t-", dir="/tmp"))
+    monkeypatch.setenv("OMNID_HOME", str(path))
+    monkeypatch.delenv("OMNID_SOCKET", raising=False)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(home) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(home).start()
+    yield d
+    if d.running:
+        assert d.stop() == 0, d.log_text()
+    assert "Traceback" not in d.log_text(), d.log_text()
+
+
+@pytest.fixture
+def client(daemon) -> Iterator[Client]:
+    with daemon.client() as c:
+        yield c
+
+
+@pytest.fixture
+def spawn_owner() -> Iterator:
+    """Start real processes to own sessions (``sleep``); all are killed and waited for at the end."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(*, user: int | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(["sleep", "600"], user=user)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _never_touch_the_real_home(monkeypatch) -> None:
+    """Tests that forget the ``home`` fixture still must not reach a user's real daemon."""
+    if "OMNID_HOME" not in os.environ:
+        monkeypatch.setenv("OMNID_HOME", "/nonexistent/omnid-test-home")
