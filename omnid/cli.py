@@ -106,10 +106,10 @@ def print_session(s: Session) -> None:
         ("last active", when(s.last_activity)),
         ("ended", when(s.ended_at) if s.ended_at else None),
         ("metadata", json.dumps(s.metadata, sort_keys=True) if s.metadata else None),
+        ("project", s.project_id),
+        ("messages", f"{s.message_count} ({s.total_tokens} tokens, ${s.total_cost:.6f})" if s.message_count else None),
     ]
-    for name, value in fields:
-        if value is not None:
-            click.echo(f"{name + ':':13} {value}")
+    print_fields(fields)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -350,3 +350,399 @@ def session_find(tool_id: str, pid: int | None, as_json: bool) -> None:
         click.echo(found.session_id)
     if found is None:
         sys.exit(1)
+
+
+@sessions.command("summary")
+@click.argument("session_id")
+@json_option
+@fail_cleanly
+def sessions_summary(session_id: str, as_json: bool) -> None:
+    """Counts, tokens, cost and times of one session."""
+    with connect() as client:
+        s = client.session_summary(session_id)
+    if as_json:
+        print_json(s)
+        return
+    roles = ", ".join(f"{n} {role}" for role, n in sorted(s.messages_by_role.items())) or "none"
+    print_fields(
+        [
+            ("session", s.session_id),
+            ("tool", s.tool_id),
+            ("project", s.project_id),
+            ("status", "live" if s.live else "ended"),
+            ("messages", f"{s.message_count} ({roles})"),
+            ("tokens", s.total_tokens),
+            ("cost", f"${s.total_cost:.6f}"),
+            ("tasks", s.task_count),
+            ("context", f"{s.context_events} event(s)"),
+            ("memory", "yes" if s.has_memory else "no"),
+            ("started", when(s.started_at)),
+            ("last active", when(s.last_activity)),
+            ("duration", duration(s.duration)),
+        ]
+    )
+
+
+def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
+    for name, value in fields:
+        if value is not None:
+            click.echo(f"{name + ':':13} {value}")
+
+
+@main.command()
+@json_option
+@fail_cleanly
+def stats(as_json: bool) -> None:
+    """Totals and averages over everything omnid holds."""
+    with connect() as client:
+        st = client.stats()
+    if as_json:
+        print_json(st)
+        return
+    avg = duration(st.avg_session_seconds) if st.avg_session_seconds is not None else "-"
+    print_fields(
+        [
+            ("sessions", f"{st.sessions} ({st.live_sessions} live, {st.ended_sessions} ended)"),
+            ("projects", st.projects),
+            ("messages", st.messages),
+            ("tokens", st.total_tokens),
+            ("cost", f"${st.total_cost:.6f}"),
+            ("memories", f"{st.project_memories} project, {st.session_memories} session"),
+            ("tasks", f"{st.tasks} ({st.open_tasks} open)"),
+            ("per session", f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}"),
+        ]
+    )
+    if st.sessions_by_tool:
+        print_table(["TOOL", "SESSIONS"], sorted(st.sessions_by_tool.items(), key=lambda kv: -kv[1]))
+
+
+# --- projects and their memories ----------------------------------------------------
+
+
+def project_options(fn: Callable) -> Callable:
+    fn = click.option("--workspace", help="Any path inside the project. Default: the current directory.")(fn)
+    return click.option("--project", "project_id", help="Project id (prj_…).")(fn)
+
+
+@main.group()
+def projects() -> None:
+    """Projects: the VCS root of a session's workspace."""
+
+
+@projects.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@json_option
+@fail_cleanly
+def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
+    """Projects, most recently active first."""
+    with connect() as client:
+        page = client.list_projects(limit=limit, cursor=cursor)
+    if as_json:
+        print_json(page)
+        return
+    if not page.projects:
+        click.echo("no projects")
+    else:
+        print_table(
+            ["PROJECT", "NAME", "VCS", "SESSIONS", "LIVE", "MEMORIES", "LAST ACTIVE", "ROOT"],
+            [
+                (p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count, when(p.last_activity), p.root)
+                for p in page.projects
+            ],
+        )
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@projects.command("show")
+@project_options
+@json_option
+@fail_cleanly
+def projects_show(project_id: str | None, workspace: str | None, as_json: bool) -> None:
+    """One project (default: the one containing the current directory)."""
+    with connect() as client:
+        p = client.get_project(project_id, workspace=workspace)
+    if as_json:
+        print_json(p)
+        return
+    print_fields(
+        [
+            ("project", p.project_id),
+            ("name", p.name),
+            ("root", p.root),
+            ("vcs", p.vcs or "none"),
+            ("sessions", f"{p.session_count} ({p.live_sessions} live)"),
+            ("memories", p.memory_count),
+            ("created", when(p.created_at)),
+            ("last active", when(p.last_activity)),
+        ]
+    )
+
+
+@main.group()
+def memories() -> None:
+    """Project memories: versioned key/value notes, optionally expiring."""
+
+
+def print_memories(items: Sequence[Any]) -> None:
+    if not items:
+        click.echo("no memories")
+        return
+    print_table(
+        ["KEY", "VERSION", "READS", "LAST READ", "EXPIRES", "VALUE"],
+        [(m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), _short(m.value)) for m in items],
+    )
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@memories.command("list")
+@project_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@fail_cleanly
+def memories_list(project_id, workspace, limit, as_json) -> None:
+    """Live memories, most recently read first."""
+    with connect() as client:
+        items = client.list_memories(project_id=project_id, workspace=workspace, limit=limit)
+    print_json(items) if as_json else print_memories(items)
+
+
+@memories.command("get")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_get(key, project_id, workspace, as_json) -> None:
+    """Print a memory's value (a read: it counts as an access)."""
+    with connect() as client:
+        m = client.get_memory(key, project_id=project_id, workspace=workspace)
+    if as_json:
+        print_json(m)
+    else:
+        click.echo(m.value if isinstance(m.value, str) else json.dumps(m.value, indent=2, sort_keys=True))
+
+
+@memories.command("put")
+@click.argument("key")
+@click.argument("value")
+@project_options
+@click.option("--json-value", is_flag=True, help="VALUE is JSON, not text.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Expire after this many seconds.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
+@json_option
+@fail_cleanly
+def memories_put(key, value, project_id, workspace, json_value, ttl, meta, as_json) -> None:
+    """Store VALUE under KEY; an earlier value is kept in the history."""
+    if json_value:
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise click.BadParameter(f"not JSON: {e}", param_hint="VALUE") from None
+    with connect() as client:
+        m = client.put_memory(
+            key, value, project_id=project_id, workspace=workspace, metadata=_parse_metadata(meta), ttl=ttl
+        )
+    if as_json:
+        print_json(m)
+    else:
+        click.echo(f"{m.memory_id} {m.key} v{m.version}")
+
+
+@memories.command("delete")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_delete(key, project_id, workspace, as_json) -> None:
+    """Delete a memory and its history."""
+    with connect() as client:
+        result = client.delete_memory(key, project_id=project_id, workspace=workspace)
+    print_json(result) if as_json else click.echo(f"deleted {key}")
+
+
+@memories.command("history")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_history(key, project_id, workspace, as_json) -> None:
+    """Every version of a memory, oldest first."""
+    with connect() as client:
+        h = client.memory_history(key, project_id=project_id, workspace=workspace)
+    if as_json:
+        print_json(h)
+        return
+    print_table(["VERSION", "WRITTEN", "EXPIRES", "VALUE"], [(v.version, when(v.created_at), when(v.expires_at), _short(v.value)) for v in h.versions])
+
+
+# --- what happened in a session ---------------------------------------------------
+
+
+@main.command()
+@click.argument("session_id")
+@json_option
+@fail_cleanly
+def context(session_id: str, as_json: bool) -> None:
+    """A session's context: files, searches, decisions, memories, changes."""
+    with connect() as client:
+        ctx = client.get_context(session_id)
+    if as_json:
+        print_json(ctx)
+        return
+    click.echo(f"{ctx.size.events} event(s), {ctx.size.bytes} bytes{' (lists capped)' if ctx.size.truncated else ''}")
+    sections = [
+        ("files", ["IMPORTANCE", "READS", "LAST", "PATH"], [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files]),
+        ("changes", ["CHANGE", "TIMES", "LAST", "PATH"], [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes]),
+        ("searches", ["AT", "QUERY"], [(when(s.at), s.query) for s in ctx.searches]),
+        ("decisions", ["AT", "DECISION"], [(when(d.at), d.text) for d in ctx.decisions]),
+        ("memories", ["AT", "SOURCE", "REF"], [(when(m.at), m.source, m.ref) for m in ctx.memories]),
+    ]
+    for title, headers, rows in sections:
+        if rows:
+            click.echo(f"\n{title}:")
+            print_table(headers, rows)
+
+
+@main.group()
+def messages() -> None:
+    """A session's messages."""
+
+
+@messages.command("list")
+@click.argument("session_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", "after_seq", type=click.IntRange(min=0), default=0, help="Start after this sequence number.")
+@json_option
+@fail_cleanly
+def messages_list(session_id: str, limit: int, after_seq: int, as_json: bool) -> None:
+    """Messages in order."""
+    with connect() as client:
+        page = client.list_messages(session_id, limit=limit, after_seq=after_seq)
+    if as_json:
+        print_json(page)
+        return
+    if not page.messages:
+        click.echo("no messages")
+    for m in page.messages:
+        click.echo(f"#{m.seq} {when(m.created_at)} {m.role} ({m.tokens_used} tokens): {_short(m.content, 200)}")
+    if page.next_after_seq is not None:
+        click.echo(f"more: --after {page.next_after_seq}", err=True)
+
+
+@main.group()
+def tasks() -> None:
+    """Tasks and their interactions."""
+
+
+@tasks.command("list")
+@click.option("--session", "session_id")
+@click.option("--status", type=click.Choice(["open", "done", "failed", "cancelled"]))
+@click.option("--external-id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@json_option
+@fail_cleanly
+def tasks_list(session_id, status, external_id, limit, cursor, as_json) -> None:
+    """Tasks, newest first."""
+    with connect() as client:
+        page = client.list_tasks(session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor)
+    if as_json:
+        print_json(page)
+        return
+    if not page.tasks:
+        click.echo("no tasks")
+    else:
+        print_table(
+            ["TASK", "STATUS", "SESSION", "EXTERNAL ID", "STEPS", "UPDATED", "TITLE"],
+            [(t.task_id, t.status, t.session_id, t.external_id, t.interaction_count, when(t.updated_at), _short(t.title)) for t in page.tasks],
+        )
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@tasks.command("show")
+@click.argument("task_id")
+@json_option
+@fail_cleanly
+def tasks_show(task_id: str, as_json: bool) -> None:
+    """A task with its interactions."""
+    with connect() as client:
+        t = client.get_task(task_id)
+    if as_json:
+        print_json(t)
+        return
+    print_fields(
+        [
+            ("task", t.task_id),
+            ("title", t.title),
+            ("status", t.status),
+            ("session", t.session_id),
+            ("external id", t.external_id),
+            ("created", when(t.created_at)),
+            ("updated", when(t.updated_at)),
+            ("ended", when(t.ended_at) if t.ended_at else None),
+        ]
+    )
+    for i in t.interactions or []:
+        click.echo(f"  {when(i.created_at)} {i.kind}: {_short(i.content, 200)}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--project", "project_id")
+@click.option("--session", "session_id")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["message", "memory", "session_memory", "decision"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+@fail_cleanly
+def search(query, project_id, session_id, kinds, limit, as_json) -> None:
+    """Full-text search over messages, memories and decisions, best match first."""
+    with connect() as client:
+        hits = client.search(query, project_id=project_id, session_id=session_id, kinds=list(kinds) or None, limit=limit)
+    if as_json:
+        print_json(hits)
+        return
+    if not hits:
+        click.echo("no matches")
+        return
+    print_table(["KIND", "REF", "SESSION", "WHEN", "MATCH"], [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits])
+
+
+@main.group()
+def cleanup() -> None:
+    """Explicit clean-ups; omnid never deletes anything on its own except expired memories."""
+
+
+def _age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an age like 90s, 30m, 12h, 7d or 2w") from None
+
+
+@cleanup.command("orphans")
+@click.option("--older-than", "older_than", default="7d", show_default=True, help="Age: 90s, 30m, 12h, 7d, 2w.")
+@click.option("--dry-run", is_flag=True)
+@json_option
+@fail_cleanly
+def cleanup_orphans(older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Delete ended sessions older than --older-than that hold no tasks, messages, context or memories."""
+    seconds = _age(older_than)
+    with connect() as client:
+        result = client.cleanup_orphans(seconds, dry_run=dry_run)
+    if as_json:
+        print_json(result)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(result.session_ids)} orphan session(s)")
+    for sid in result.session_ids:
+        click.echo(sid)

@@ -35,6 +35,7 @@ from omnid_client.protocol import (
 )
 
 from . import __version__, api
+from .expiry import Expirer
 from .reaper import Reaper
 from .store import Store, StoreError
 from .store import sessions as q
@@ -209,6 +210,7 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
+        self.expirer: Expirer = None  # type: ignore[assignment]
         self._lock_fd = -1
         self._socket_inode: tuple[int, int] | None = None
         self._stopped: asyncio.Event | None = None
@@ -265,6 +267,8 @@ class Daemon:
         self.store = Store(self.paths.database, schedule=self.loop.call_soon)
         self.reaper = Reaper(self.store, self.loop)
         startup = self.reaper.start()
+        self.expirer = Expirer(self.store, self.loop)
+        self.expirer.start()
         self.store.flush()
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
@@ -297,6 +301,7 @@ class Daemon:
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.reaper.stop()
+        self.expirer.stop()
         self.store.close()
         self.release()
         log.info("stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any, Callable, Generic, TypeVar
 
@@ -15,20 +16,56 @@ from .protocol import (
     METHODS,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
+    AddInteraction,
+    AddMessages,
+    AddSessionMemory,
+    AppendContext,
+    Appended,
+    CleanupOrphans,
+    CleanupResult,
+    ContextEvent,
+    CreateTask,
     DaemonStatus,
+    Deleted,
     Empty,
     Find,
+    GetContext,
     GetOrCreate,
     GetOrCreateResult,
     Hello,
     IncomingResponse,
+    Interaction,
+    ListMemories,
+    ListMessages,
+    ListProjects,
     ListSessions,
+    ListTasks,
+    Memory,
+    MemoryHistory,
+    MemoryKeyRef,
+    MessagePage,
+    MessagesAdded,
+    NewMessage,
+    Project,
+    ProjectPage,
+    ProjectRef,
+    PutMemory,
     Reap,
     ReapResult,
     RequestFrame,
+    Search,
+    SearchHit,
+    ServiceStats,
     Session,
+    SessionContext,
+    SessionMemory,
     SessionPage,
     SessionRef,
+    SessionSummary,
+    Task,
+    TaskPage,
+    TaskRef,
+    UpdateTask,
     Welcome,
 )
 
@@ -152,9 +189,173 @@ class Methods:
         """Check every live session's owner now and end those whose process is gone."""
         return self._call(Call("daemon.reap", Reap(dry_run), idempotent=True))
 
+    def stats(self) -> ServiceStats:
+        """Totals and averages over every session, message, memory and task."""
+        return self._call(Call("daemon.stats", Empty()))
+
+    def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
+        """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing
+        (no tasks, messages, context or memories); returns their ids."""
+        return self._call(Call("maintenance.cleanup_orphans", CleanupOrphans(older_than, dry_run)))
+
+    def session_summary(self, session_id: str) -> SessionSummary:
+        """Counts, tokens, cost and times of one session."""
+        return self._call(Call("session.summary", SessionRef(session_id)))
+
+    # -- projects ----------------------------------------------------------------------
+
+    def list_projects(self, *, limit: int = 50, cursor: str | None = None) -> ProjectPage:
+        """Projects, most recently active first."""
+        return self._call(Call("project.list", ListProjects(limit, cursor)))
+
+    def get_project(self, project_id: str | None = None, *, workspace: str | None = None) -> Project:
+        """A project by id, or the one containing ``workspace`` (default: the current directory)."""
+        return self._call(Call("project.get", ProjectRef(*_project(project_id, workspace))))
+
+    # -- session context -----------------------------------------------------------------
+
+    def append_context(self, session_id: str, events: list[ContextEvent]) -> Appended:
+        """Record what happened in a session: file accesses, searches, decisions, memory
+        references, file changes. All events are stored, or none."""
+        return self._call(Call("context.append", AppendContext(session_id, list(events))))
+
+    def get_context(self, session_id: str, **caps: int) -> SessionContext:
+        """The session's context: files by importance, recent searches and decisions, memories,
+        changed files, and its size. ``caps`` (max_files=…, max_searches=…) bound each list."""
+        return self._call(Call("context.get", GetContext(session_id, **caps)))
+
+    # -- project memories ----------------------------------------------------------------
+
+    def put_memory(
+        self,
+        key: str,
+        value: Any,
+        *,
+        project_id: str | None = None,
+        workspace: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: float | None = None,
+    ) -> Memory:
+        """Store ``value`` under ``key`` in a project (default: the one containing the current
+        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
+        project = _project(project_id, workspace)
+        return self._call(Call("memory.put", PutMemory(key, value, *project, metadata or {}, ttl)))
+
+    def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
+        return self._call(Call("memory.get", MemoryKeyRef(key, *_project(project_id, workspace))))
+
+    def list_memories(self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50) -> list[Memory]:
+        """Live memories, most recently accessed first."""
+        project = _project(project_id, workspace)
+        return self._call(Call("memory.list", ListMemories(*project, limit), shape=lambda r: r.memories))
+
+    def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
+        return self._call(Call("memory.delete", MemoryKeyRef(key, *_project(project_id, workspace))))
+
+    def memory_history(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> MemoryHistory:
+        """Every version of a memory, oldest first."""
+        return self._call(Call("memory.history", MemoryKeyRef(key, *_project(project_id, workspace))))
+
+    # -- session memories ------------------------------------------------------------------
+
+    def add_session_memory(
+        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
+    ) -> SessionMemory:
+        return self._call(
+            Call("session_memory.add", AddSessionMemory(session_id, content, memory_type, metadata or {}))
+        )
+
+    def list_session_memories(self, session_id: str) -> list[SessionMemory]:
+        return self._call(Call("session_memory.list", SessionRef(session_id), shape=lambda r: r.memories))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
+        """Append messages in order, all or none; returns their ids and the session's totals."""
+        return self._call(Call("message.add", AddMessages(session_id, list(messages))))
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        message_type: str = "text",
+        metadata: dict[str, Any] | None = None,
+        tokens_used: int = 0,
+        cost_usd: float = 0.0,
+    ) -> MessagesAdded:
+        message = NewMessage(role, content, message_type, metadata or {}, tokens_used, cost_usd)  # type: ignore[arg-type]
+        return self.add_messages(session_id, [message])
+
+    def list_messages(self, session_id: str, *, limit: int = 100, after_seq: int = 0) -> MessagePage:
+        """Messages in order; pass ``next_after_seq`` back as ``after_seq`` for the next page."""
+        return self._call(Call("message.list", ListMessages(session_id, limit, after_seq)))
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def create_task(
+        self, session_id: str, title: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Task:
+        """A task in a live session; ``external_id`` (e.g. an agent CLI's own conversation id)
+        is unique among open tasks."""
+        return self._call(Call("task.create", CreateTask(session_id, title, external_id, metadata or {})))
+
+    def update_task(
+        self,
+        task_id: str,
+        *,
+        status: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Task:
+        return self._call(Call("task.update", UpdateTask(task_id, status, title, metadata)))  # type: ignore[arg-type]
+
+    def get_task(self, task_id: str, *, max_interactions: int = 200) -> Task:
+        """A task with its interactions."""
+        return self._call(Call("task.get", TaskRef(task_id, max_interactions)))
+
+    def list_tasks(
+        self,
+        *,
+        session_id: str | None = None,
+        status: str | None = None,
+        external_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return self._call(Call("task.list", ListTasks(session_id, status, external_id, limit, cursor)))  # type: ignore[arg-type]
+
+    def add_interaction(
+        self, task_id: str, content: str, *, kind: str = "note", metadata: dict[str, Any] | None = None
+    ) -> Interaction:
+        return self._call(Call("interaction.add", AddInteraction(task_id, content, kind, metadata or {})))
+
+    # -- search --------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        *,
+        project_id: str | None = None,
+        session_id: str | None = None,
+        kinds: list[str] | None = None,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        """Ranked full-text search over messages, memories and decisions (all words must match)."""
+        params = Search(query, project_id, session_id, kinds, limit)  # type: ignore[arg-type]
+        return self._call(Call("search", params, shape=lambda r: r.hits))
+
     def shutdown(self) -> Empty:
         """Ask the daemon to stop gracefully (it replies first)."""
         return self._call(Call("daemon.shutdown", Empty()))
+
+
+def _project(project_id: str | None, workspace: str | None) -> tuple[str | None, str | None]:
+    """(project_id, workspace) for a call; the current directory's project by default."""
+    if project_id is None and workspace is None:
+        workspace = os.getcwd()
+    return project_id, workspace
 
 
 def check_welcome(payload: bytes) -> Welcome:

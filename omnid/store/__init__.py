@@ -191,8 +191,11 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
     for version in range(found + 1, LATEST + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version - 1]:
-                db.execute(statement)
+            for step in MIGRATIONS[version - 1]:
+                if callable(step):
+                    step(db)
+                else:
+                    db.execute(step)
             db.execute(f"PRAGMA user_version = {version}")
             db.execute("COMMIT")
         except sqlite3.Error as e:

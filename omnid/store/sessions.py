@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-import base64
 import sqlite3
-from typing import Any, Iterable
+from typing import Iterable
 
-import msgspec
-
-from omnid_client.errors import Invalid
 from omnid_client.protocol import Session
 
 from ..identity import ProcessIdentity
+from .codec import decode_cursor, dumps, encode_cursor, from_nanos, loads_dict
 
 COLUMNS = (
     "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, "
-    "workspace, metadata, started_at, last_activity, ended_at, end_reason"
+    "workspace, metadata, started_at, last_activity, ended_at, end_reason, project_id, "
+    "message_count, total_tokens, total_cost_nanos"
 )
-_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
-_json_encode = msgspec.json.Encoder().encode
+_INSERTED = COLUMNS.rsplit(", message_count", 1)[0]
 
 
 def _session(row: tuple) -> Session:
-    return Session(*row[:8], _json_decode(row[8]), *row[9:])
+    return Session(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16]))
 
 
 def insert(db: sqlite3.Connection, s: Session, *, dedup: bool) -> None:
     db.execute(
-        f"INSERT INTO sessions ({COLUMNS}, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO sessions ({_INSERTED}, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             s.session_id, s.tool_id, s.tool_version, s.session_type, s.owner_pid, s.owner_start,
-            s.boot_id, s.workspace, _json_encode(s.metadata), s.started_at, s.last_activity,
-            s.ended_at, s.end_reason, int(dedup),
+            s.boot_id, s.workspace, dumps(s.metadata), s.started_at, s.last_activity,
+            s.ended_at, s.end_reason, s.project_id, int(dedup),
         ),
     )
 
@@ -106,7 +103,7 @@ def page(
     elif status == "ended":
         where.append("ended_at IS NOT NULL")
     if cursor is not None:
-        started_at, sid = _decode_cursor(cursor)
+        started_at, sid = decode_cursor(cursor)
         where.append("(started_at, session_id) < (?, ?)")
         args += [started_at, sid]
     sql = f"SELECT {COLUMNS} FROM sessions"
@@ -116,16 +113,4 @@ def page(
     rows = db.execute(sql, (*args, limit + 1)).fetchall()
     sessions = [_session(r) for r in rows[:limit]]
     more = len(rows) > limit
-    return sessions, (_encode_cursor(sessions[-1]) if more else None)
-
-
-def _encode_cursor(s: Session) -> str:
-    return base64.urlsafe_b64encode(f"{s.started_at!r}|{s.session_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        started_at, sid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return float(started_at), sid
-    except ValueError:
-        raise Invalid(f"cursor {cursor!r} is not one this daemon issued") from None
+    return sessions, (encode_cursor(sessions[-1].started_at, sessions[-1].session_id) if more else None)

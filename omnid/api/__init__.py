@@ -1,0 +1,139 @@
+"""The RPC methods: the dispatcher that decodes, validates and runs them, and the helpers
+they share. Each submodule holds one function per method of one entity."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import msgspec
+
+from omnid_client.errors import (
+    Conflict,
+    InternalError,
+    Invalid,
+    NotFound,
+    OmnidError,
+    RemoteError,
+    TooLarge,
+    Unsupported,
+)
+from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, ErrorInfo, IncomingRequest, ResponseFrame, Session
+
+from ..projects import locate
+from ..store import projects as project_store
+from ..store import sessions as session_store
+from ..store import storage_error
+
+if TYPE_CHECKING:
+    from ..server import Daemon
+
+log = logging.getLogger("omnid.api")
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is on the other end of a connection, from the kernel's peer credentials."""
+
+    pid: int
+    uid: int
+    daemon: "Daemon"
+
+
+Handler = Callable[[Caller, Any], Any]
+HANDLERS: dict[str, Handler] = {}
+_param_decoders = {name: msgspec.msgpack.Decoder(spec.params) for name, spec in METHODS.items()}
+_size_encoder = msgspec.msgpack.Encoder()
+
+
+def handles(method: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        assert method in METHODS, method
+        HANDLERS[method] = fn
+        return fn
+
+    return register
+
+
+def error_info(err: OmnidError) -> ErrorInfo:
+    code = getattr(err, "code", "internal")
+    details = getattr(err, "details", {}) or {}
+    return ErrorInfo(code, str(err), details)
+
+
+def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
+    """Run one request; every failure becomes a typed error reply, never an exception."""
+    handler = HANDLERS.get(request.method)
+    if handler is None:
+        err: OmnidError = Unsupported(f"unknown method {request.method!r}", {"method": request.method})
+        return ResponseFrame(request.id, error=error_info(err))
+    try:
+        params = _param_decoders[request.method].decode(request.params)
+    except msgspec.ValidationError as e:
+        # msgspec names the field; a length bound is a size limit, everything else bad input.
+        kind = TooLarge if "length <=" in str(e) else Invalid
+        return ResponseFrame(request.id, error=error_info(kind(f"{request.method}: {e}")))
+    except (msgspec.DecodeError, RecursionError) as e:
+        return ResponseFrame(request.id, error=error_info(Invalid(f"{request.method}: undecodable parameters: {e}")))
+    store = caller.daemon.store
+    try:
+        if METHODS[request.method].writes:
+            with store.write():
+                result = handler(caller, params)
+        else:
+            result = handler(caller, params)
+    except RemoteError as e:
+        return ResponseFrame(request.id, error=error_info(e))
+    except sqlite3.Error as e:
+        log.error("%s failed in the database: %s", request.method, e)
+        return ResponseFrame(request.id, error=error_info(storage_error(e)))
+    except Exception:
+        log.exception("%s failed", request.method)
+        return ResponseFrame(request.id, error=error_info(InternalError(f"{request.method} failed; see the daemon log")))
+    return ResponseFrame(request.id, result=result)
+
+
+def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metadata") -> None:
+    size = len(_size_encoder.encode(value))
+    if size > limit:
+        raise TooLarge(f"{field} is {size} bytes encoded; the limit is {limit}", {"field": field})
+
+
+def existing_session(caller: Caller, session_id: str) -> Session:
+    session = session_store.get(caller.daemon.store.db, session_id)
+    if session is None:
+        raise NotFound(f"no session {session_id}", {"session_id": session_id})
+    return session
+
+
+def live_session(caller: Caller, session_id: str) -> Session:
+    """The session, which must not have ended: content is only added to live sessions."""
+    session = existing_session(caller, session_id)
+    if session.ended_at is not None:
+        raise Conflict(
+            f"session {session_id} has ended ({session.end_reason})",
+            {"session_id": session_id, "end_reason": session.end_reason},
+        )
+    return session
+
+
+def project_of(caller: Caller, project_id: str | None, workspace: str | None, *, create: bool) -> str:
+    """The project named by id, or the one containing ``workspace`` (recorded if ``create``)."""
+    store = caller.daemon.store
+    if (project_id is None) == (workspace is None):
+        raise Invalid("name the project with exactly one of project_id or workspace", {"field": "project_id"})
+    if workspace is not None:
+        found = locate(workspace)
+        if create:
+            project_store.ensure(store.db, found, store.now())
+            return found.project_id
+        project_id = found.project_id
+    assert project_id is not None
+    if not project_store.exists(store.db, project_id):
+        raise NotFound(f"no project {project_id}", {"project_id": project_id})
+    return project_id
+
+
+from . import context, daemon, memories, messages, projects, sessions, tasks  # noqa: E402,F401  (they register their handlers)

@@ -1,0 +1,27 @@
+"""Session context methods: append events, read the materialized view."""
+
+from __future__ import annotations
+
+from omnid_client.protocol import AppendContext, Appended, GetContext, SessionContext
+
+from ..store import context as context_store
+from ..store import projects as project_store
+from ..store import sessions as session_store
+from . import Caller, existing_session, handles, live_session
+
+
+@handles("context.append")
+def append(caller: Caller, p: AppendContext) -> Appended:
+    session = live_session(caller, p.session_id)
+    store = caller.daemon.store
+    now = store.now()
+    context_store.append(store.db, session.session_id, session.project_id, p.events, now)
+    session_store.touch(store.db, session.session_id, now)
+    project_store.touch(store.db, session.project_id, now)
+    return Appended(len(p.events), context_store.count(store.db, session.session_id))
+
+
+@handles("context.get")
+def get(caller: Caller, p: GetContext) -> SessionContext:
+    existing_session(caller, p.session_id)
+    return context_store.materialize(caller.daemon.store.db, p)

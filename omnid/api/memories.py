@@ -1,0 +1,91 @@
+"""Project memory methods (versioned, expiring) and session memory methods."""
+
+from __future__ import annotations
+
+from omnid_client.errors import NotFound
+from omnid_client.protocol import (
+    MAX_VALUE_BYTES,
+    AddSessionMemory,
+    Deleted,
+    ListMemories,
+    Memory,
+    MemoryHistory,
+    MemoryKeyRef,
+    MemoryList,
+    PutMemory,
+    SessionMemory,
+    SessionMemoryList,
+    SessionRef,
+)
+
+from ..store import memories as memory_store
+from ..store import projects as project_store
+from ..store import sessions as session_store
+from . import Caller, check_size, existing_session, handles, live_session, project_of
+
+
+def _current(caller: Caller, p: MemoryKeyRef) -> Memory:
+    store = caller.daemon.store
+    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+    memory = memory_store.get(store.db, project_id, p.key, store.now())
+    if memory is None:
+        raise NotFound(f"no memory {p.key!r} in project {project_id}", {"key": p.key, "project_id": project_id})
+    return memory
+
+
+@handles("memory.put")
+def put(caller: Caller, p: PutMemory) -> Memory:
+    check_size(p.metadata)
+    check_size(p.value, MAX_VALUE_BYTES, "value")
+    store = caller.daemon.store
+    project_id = project_of(caller, p.project_id, p.workspace, create=True)
+    now = store.now()
+    expires_at = now + p.ttl if p.ttl is not None else None
+    memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
+    project_store.touch(store.db, project_id, now)
+    if expires_at is not None:
+        caller.daemon.expirer.expect(expires_at)
+    return memory
+
+
+@handles("memory.get")
+def get(caller: Caller, p: MemoryKeyRef) -> Memory:
+    """Reading counts as an access (accessed_count, last_accessed)."""
+    return memory_store.record_access(caller.daemon.store.db, _current(caller, p), caller.daemon.store.now())
+
+
+@handles("memory.list")
+def list_memories(caller: Caller, p: ListMemories) -> MemoryList:
+    store = caller.daemon.store
+    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+    return MemoryList(memory_store.recent(store.db, project_id, p.limit, store.now()))
+
+
+@handles("memory.delete")
+def delete(caller: Caller, p: MemoryKeyRef) -> Deleted:
+    return Deleted(memory_store.delete_ids(caller.daemon.store.db, [_current(caller, p).memory_id]))
+
+
+@handles("memory.history")
+def history(caller: Caller, p: MemoryKeyRef) -> MemoryHistory:
+    memory = _current(caller, p)
+    return MemoryHistory(memory.memory_id, memory.key, memory_store.history(caller.daemon.store.db, memory.memory_id))
+
+
+@handles("session_memory.add")
+def add_session_memory(caller: Caller, p: AddSessionMemory) -> SessionMemory:
+    check_size(p.metadata)
+    session = live_session(caller, p.session_id)
+    store = caller.daemon.store
+    now = store.now()
+    memory = memory_store.add_session_memory(
+        store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now
+    )
+    session_store.touch(store.db, session.session_id, now)
+    return memory
+
+
+@handles("session_memory.list")
+def list_session_memories(caller: Caller, p: SessionRef) -> SessionMemoryList:
+    existing_session(caller, p.session_id)
+    return SessionMemoryList(memory_store.session_memories(caller.daemon.store.db, p.session_id))

@@ -1,0 +1,29 @@
+"""Message methods: add (one or a batch, all or nothing) and list in order."""
+
+from __future__ import annotations
+
+from omnid_client.protocol import AddMessages, ListMessages, MessagePage, MessagesAdded
+
+from ..store import messages as message_store
+from ..store import projects as project_store
+from ..store.codec import from_nanos
+from . import Caller, check_size, existing_session, handles, live_session
+
+
+@handles("message.add")
+def add(caller: Caller, p: AddMessages) -> MessagesAdded:
+    for message in p.messages:
+        check_size(message.metadata)
+    session = live_session(caller, p.session_id)
+    store = caller.daemon.store
+    now = store.now()
+    ids, count, tokens, nanos = message_store.add(store.db, session.session_id, session.project_id, p.messages, now)
+    project_store.touch(store.db, session.project_id, now)
+    return MessagesAdded(ids, count, tokens, from_nanos(nanos))
+
+
+@handles("message.list")
+def list_messages(caller: Caller, p: ListMessages) -> MessagePage:
+    existing_session(caller, p.session_id)
+    messages, after = message_store.page(caller.daemon.store.db, p.session_id, p.after_seq, p.limit)
+    return MessagePage(messages, after)

@@ -1,0 +1,39 @@
+"""Project methods and full-text search."""
+
+from __future__ import annotations
+
+from omnid_client.errors import NotFound
+from omnid_client.protocol import ListProjects, Project, ProjectPage, ProjectRef, Search, SearchResult
+
+from ..store import projects as project_store
+from ..store import search as search_store
+from . import Caller, existing_session, handles, project_of
+
+
+@handles("project.list")
+def list_projects(caller: Caller, p: ListProjects) -> ProjectPage:
+    store = caller.daemon.store
+    projects, cursor = project_store.page(store.db, limit=p.limit, cursor=p.cursor, now=store.now())
+    return ProjectPage(projects, cursor)
+
+
+@handles("project.get")
+def get(caller: Caller, p: ProjectRef) -> Project:
+    store = caller.daemon.store
+    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+    project = project_store.get(store.db, project_id, store.now())
+    if project is None:
+        raise NotFound(f"no project {project_id}", {"project_id": project_id})
+    return project
+
+
+@handles("search")
+def search(caller: Caller, p: Search) -> SearchResult:
+    if p.session_id is not None:
+        existing_session(caller, p.session_id)
+    if p.project_id is not None:
+        project_of(caller, p.project_id, None, create=False)
+    hits = search_store.query(
+        caller.daemon.store.db, p.query, project_id=p.project_id, session_id=p.session_id, kinds=p.kinds, limit=p.limit
+    )
+    return SearchResult(hits)

@@ -1,0 +1,144 @@
+"""Session methods: get_or_create, find, heartbeat, end, get, list, summary."""
+
+from __future__ import annotations
+
+import uuid
+
+from omnid_client.errors import NotFound
+from omnid_client.protocol import (
+    Find,
+    FindResult,
+    GetOrCreate,
+    GetOrCreateResult,
+    ListSessions,
+    Session,
+    SessionPage,
+    SessionRef,
+    SessionSummary,
+)
+
+from ..identity import ProcessIdentity, cwd_of, owner_process
+from ..projects import locate
+from ..store import context as context_store
+from ..store import memories as memory_store
+from ..store import messages as message_store
+from ..store import projects as project_store
+from ..store import sessions as q
+from ..store import tasks as task_store
+from . import Caller, check_size, existing_session, handles, live_session
+
+
+@handles("session.get_or_create")
+def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
+    check_size(p.metadata)
+    daemon = caller.daemon
+    owner = owner_process(caller.pid if p.pid is None else p.pid, caller.uid).identity
+    db = daemon.store.db
+    now = daemon.store.now()
+    if p.dedup:
+        existing = q.find_live(db, p.tool_id, owner)
+        if existing is not None:
+            q.touch(db, existing.session_id, now)
+            existing.last_activity = now
+            return GetOrCreateResult("existing", existing)
+    workspace = p.workspace if p.workspace is not None else cwd_of(owner.pid)
+    project_id = None
+    if workspace is not None:
+        project = locate(workspace)
+        project_store.ensure(db, project, now)
+        project_id = project.project_id
+    session = Session(
+        session_id=str(uuid.uuid4()),
+        tool_id=p.tool_id,
+        tool_version=p.tool_version,
+        session_type=p.session_type,
+        owner_pid=owner.pid,
+        owner_start=owner.start,
+        boot_id=owner.boot_id,
+        workspace=workspace,
+        metadata=p.metadata,
+        started_at=now,
+        last_activity=now,
+        project_id=project_id,
+    )
+    q.insert(db, session, dedup=p.dedup)
+    daemon.reaper.track(session.session_id, owner)
+    return GetOrCreateResult("created", session)
+
+
+@handles("session.find")
+def find(caller: Caller, p: Find) -> FindResult:
+    pid = caller.pid if p.pid is None else p.pid
+    try:
+        owner = owner_process(pid, caller.uid).identity
+    except NotFound:
+        return FindResult(None)
+    return FindResult(q.find_live(caller.daemon.store.db, p.tool_id, owner))
+
+
+@handles("session.heartbeat")
+def heartbeat(caller: Caller, p: SessionRef) -> Session:
+    session = live_session(caller, p.session_id)
+    session.last_activity = caller.daemon.store.now()
+    q.touch(caller.daemon.store.db, session.session_id, session.last_activity)
+    return session
+
+
+@handles("session.end")
+def end(caller: Caller, p: SessionRef) -> Session:
+    """Idempotent: an ended session is returned as it is."""
+    store = caller.daemon.store
+    session = existing_session(caller, p.session_id)
+    if session.ended_at is None:
+        q.end(store.db, [session.session_id], "ended", store.now())
+        if session.owner_pid is not None:
+            owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "")
+            caller.daemon.reaper.untrack(session.session_id, owner)
+        session = existing_session(caller, p.session_id)
+    return session
+
+
+@handles("session.get")
+def get(caller: Caller, p: SessionRef) -> Session:
+    return existing_session(caller, p.session_id)
+
+
+@handles("session.list")
+def list_sessions(caller: Caller, p: ListSessions) -> SessionPage:
+    sessions, cursor = q.page(
+        caller.daemon.store.db,
+        tool_id=p.tool_id,
+        session_type=p.session_type,
+        status=p.status,
+        workspace=p.workspace,
+        limit=p.limit,
+        cursor=p.cursor,
+    )
+    return SessionPage(sessions, cursor)
+
+
+@handles("session.summary")
+def summary(caller: Caller, p: SessionRef) -> SessionSummary:
+    s = existing_session(caller, p.session_id)
+    db = caller.daemon.store.db
+    first, last = message_store.time_range(db, s.session_id)
+    end = s.ended_at if s.ended_at is not None else caller.daemon.store.now()
+    return SessionSummary(
+        session_id=s.session_id,
+        tool_id=s.tool_id,
+        project_id=s.project_id,
+        live=s.ended_at is None,
+        message_count=s.message_count,
+        total_tokens=s.total_tokens,
+        total_cost=s.total_cost,
+        messages_by_role=message_store.by_role(db, s.session_id),
+        task_count=task_store.count_for_session(db, s.session_id),
+        context_events=context_store.count(db, s.session_id),
+        has_memory=memory_store.has_session_memory(db, s.session_id),
+        started_at=s.started_at,
+        last_activity=s.last_activity,
+        ended_at=s.ended_at,
+        first_message_at=first,
+        last_message_at=last,
+        duration=end - s.started_at,
+    )
