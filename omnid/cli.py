@@ -721,12 +721,14 @@ def cleanup() -> None:
 
 def _age(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    unit = units.get(text[-1:], 0)
     try:
-        if text[-1:] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not an age like 90s, 30m, 12h, 7d or 2w") from None
+        seconds = -1.0
+    if not (0 <= seconds < float("inf")):
+        raise click.BadParameter(f"{text!r} is not an age like 90s, 30m, 12h, 7d or 2w", param_hint="--older-than")
+    return seconds
 
 
 @cleanup.command("orphans")

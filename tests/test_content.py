@@ -107,18 +107,16 @@ def msg(content: str = "hi", role: str = "user", **fields: Any) -> NewMessage:
 
 
 def text_packing_to(size: int) -> str:
-    """A string whose MessagePack encoding is exactly ``size`` bytes."""
-    for overhead in range(1, 6):
-        text = "x" * (size - overhead)
-        if len(msgspec.msgpack.encode(text)) == size:
-            return text
-    raise AssertionError(size)
+    """A string whose JSON encoding (how omnid stores and measures values) is exactly ``size`` bytes."""
+    text = "x" * (size - 2)  # the two quotes
+    assert len(msgspec.json.encode(text)) == size
+    return text
 
 
 def metadata_packing_to(size: int) -> dict[str, str]:
-    """Metadata whose MessagePack encoding is exactly ``size`` bytes."""
-    metadata = {"b": text_packing_to(size - 3)}  # fixmap header + fixstr "b"
-    assert len(msgspec.msgpack.encode(metadata)) == size
+    """Metadata whose JSON encoding is exactly ``size`` bytes."""
+    metadata = {"b": text_packing_to(size - 6)}  # {"b": and }
+    assert len(msgspec.json.encode(metadata)) == size
     return metadata
 
 

@@ -22,7 +22,7 @@ import omnid.store
 from omnid.identity import ProcessIdentity
 from omnid.store import Store, StoreError
 from omnid.store import sessions as q
-from omnid.store.migrations import LATEST, MIGRATIONS
+from omnid.store.migrations import LATEST, MIGRATIONS, apply
 
 BOOT = "11111111-2222-3333-4444-555555555555"
 
@@ -85,8 +85,7 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
     try:
         db.execute(f"PRAGMA journal_mode = {journal_mode}")
         for migration in MIGRATIONS[:version]:
-            for statement in migration:
-                db.execute(statement)
+            apply(db, migration)
         db.execute(f"PRAGMA user_version = {version}")
         if version < 1:
             return None
@@ -626,3 +625,15 @@ def _b64(text: bytes) -> str:
 def test_a_garbage_cursor_is_invalid(store, many, cursor):
     with pytest.raises(Invalid):
         walk_one(store.db, limit=10, cursor=cursor)
+
+
+def test_every_daemon_package_is_listed_for_installation():
+    """A non-editable install (as in CI) ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts) for init in (root / "omnid").rglob("__init__.py")
+    } | {"omnid_client"}
+    assert found == listed

@@ -9,7 +9,7 @@ from typing import Any, Callable, Generic, TypeVar
 import msgspec
 
 from . import __version__
-from .errors import OmnidError, ProtocolError, from_wire
+from .errors import OmnidError, ProtocolError, TooLarge, from_wire
 from .protocol import (
     HEADER,
     MAX_FRAME,
@@ -75,9 +75,13 @@ _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
 
 def encode_frame(msg: Any) -> bytearray:
+    """A length-prefixed frame; TooLarge (nothing sent) past the daemon's frame limit."""
     buf = bytearray(HEADER.size)
     _encoder.encode_into(msg, buf, HEADER.size)
-    HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+    size = len(buf) - HEADER.size
+    if size > MAX_FRAME:
+        raise TooLarge(f"request is {size} bytes encoded; the frame limit is {MAX_FRAME}", {"size": size})
+    HEADER.pack_into(buf, 0, size)
     return buf
 
 

@@ -169,10 +169,11 @@ class AsyncClient(Methods):
         assert writer is not None
         request_id = self._next_id
         self._next_id += 1
+        frame = encode_frame(RequestFrame(request_id, call.method, call.params))
         fut = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (fut, call)
         try:
-            writer.write(encode_frame(RequestFrame(request_id, call.method, call.params)))
+            writer.write(frame)
             return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except asyncio.TimeoutError:
             self._pending.pop(request_id, None)

@@ -7,8 +7,10 @@
     │   └── ProtocolError       malformed frame or version mismatch
     │       └── VersionMismatch
     └── RemoteError             the daemon answered with an error (``.code``)
-        ├── Invalid, NotFound, PermissionDenied, Conflict, Unsupported
-        ├── TooLarge, StorageError, InternalError
+        ├── Invalid
+        │   └── TooLarge
+        ├── NotFound, PermissionDenied, Conflict, Unsupported
+        └── StorageError, InternalError
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ class Unsupported(RemoteError):
     code = "unsupported"
 
 
-class TooLarge(RemoteError):
+class TooLarge(Invalid):
+    """Invalid because something is over a size limit (frame, content, metadata, list)."""
+
     code = "too_large"
 
 

@@ -19,9 +19,9 @@ PROTOCOL_MINOR = 0
 MAX_FRAME = 1 << 20
 """Largest frame either side accepts, in bytes (header excluded)."""
 MAX_METADATA_BYTES = 64 * 1024
-"""Largest metadata document, measured as its MessagePack encoding."""
+"""Largest metadata document, in bytes of its JSON encoding (as stored)."""
 MAX_VALUE_BYTES = 256 * 1024
-"""Largest project-memory value, measured as its MessagePack encoding."""
+"""Largest project-memory value, in bytes of its JSON encoding (as stored)."""
 MAX_CONTENT = 256 * 1024
 """Longest message, interaction or session-memory content, in characters."""
 MAX_BATCH = 500

@@ -26,6 +26,7 @@ from ..projects import locate
 from ..store import projects as project_store
 from ..store import sessions as session_store
 from ..store import storage_error
+from ..store.codec import dumps
 
 if TYPE_CHECKING:
     from ..server import Daemon
@@ -45,7 +46,6 @@ class Caller:
 Handler = Callable[[Caller, Any], Any]
 HANDLERS: dict[str, Handler] = {}
 _param_decoders = {name: msgspec.msgpack.Decoder(spec.params) for name, spec in METHODS.items()}
-_size_encoder = msgspec.msgpack.Encoder()
 
 
 def handles(method: str) -> Callable[[Handler], Handler]:
@@ -96,7 +96,11 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
 
 
 def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metadata") -> None:
-    size = len(_size_encoder.encode(value))
+    """The document must be storable as JSON and no larger than ``limit`` bytes as JSON."""
+    try:
+        size = len(dumps(value))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise Invalid(f"{field} cannot be stored as JSON: {e}", {"field": field}) from None
     if size > limit:
         raise TooLarge(f"{field} is {size} bytes encoded; the limit is {limit}", {"field": field})
 

@@ -33,7 +33,14 @@ def search(caller: Caller, p: Search) -> SearchResult:
         existing_session(caller, p.session_id)
     if p.project_id is not None:
         project_of(caller, p.project_id, None, create=False)
+    store = caller.daemon.store
     hits = search_store.query(
-        caller.daemon.store.db, p.query, project_id=p.project_id, session_id=p.session_id, kinds=p.kinds, limit=p.limit
+        store.db,
+        p.query,
+        project_id=p.project_id,
+        session_id=p.session_id,
+        kinds=p.kinds,
+        limit=p.limit,
+        now=store.now(),
     )
     return SearchResult(hits)

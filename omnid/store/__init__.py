@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
-from .migrations import LATEST, MIGRATIONS
+from .migrations import LATEST, MIGRATIONS, apply
 
 log = logging.getLogger("omnid.store")
 
@@ -191,11 +191,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
     for version in range(found + 1, LATEST + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for step in MIGRATIONS[version - 1]:
-                if callable(step):
-                    step(db)
-                else:
-                    db.execute(step)
+            apply(db, MIGRATIONS[version - 1])
             db.execute(f"PRAGMA user_version = {version}")
             db.execute("COMMIT")
         except sqlite3.Error as e:

@@ -184,3 +184,12 @@ MIGRATIONS: list[list[Step]] = [
 ]
 
 LATEST = len(MIGRATIONS)
+
+
+def apply(db: sqlite3.Connection, steps: list[Step]) -> None:
+    """Run one migration's steps on ``db`` (inside the caller's transaction)."""
+    for step in steps:
+        if callable(step):
+            step(db)
+        else:
+            db.execute(step)

@@ -55,11 +55,17 @@ def query(
     session_id: str | None,
     kinds: list[str] | None,
     limit: int,
+    now: float,
 ) -> list[SearchHit]:
     expression = match_expression(text)
     if expression is None:
         return []
-    where, args = ["search_index MATCH ?"], [expression]
+    # Expired memories wait for the purge in the index, but are never returned.
+    where = [
+        "search_index MATCH ?",
+        "NOT (kind = 'memory' AND ref_id IN (SELECT memory_id FROM memories WHERE expires_at <= ?))",
+    ]
+    args: list = [expression, now]
     if project_id is not None:
         where.append("project_id = ?")
         args.append(project_id)
