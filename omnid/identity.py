@@ -4,6 +4,7 @@ wall-clock changes, where a bare pid or a wall-clock create time does not."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -73,19 +74,20 @@ def _inspect_linux(pid: int) -> ProcessInfo | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
+        uid = os.stat(f"/proc/{pid}").st_uid  # the effective uid (root for non-dumpable processes)
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat[stat.rindex(b")") + 2 :].split()
     if fields[0] in (b"Z", b"X"):
         return None
-    uid = -1
-    for line in status.splitlines():
-        if line.startswith(b"Uid:"):
-            uid = int(line.split()[1])
-            break
     return ProcessInfo(ProcessIdentity(pid, int(fields[19]), boot_id()), uid)
+
+
+def _real_uid(pid: int) -> int:
+    try:
+        return psutil.Process(pid).uids().real
+    except psutil.Error:
+        return -1
 
 
 def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
@@ -100,14 +102,15 @@ def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
     return True, "running"
 
 
-def owner_process(pid: int, caller_uid: int) -> ProcessInfo:
-    """The process a session may be bound to, or the typed error saying why not."""
+def owner_process(pid: int, caller_uid: int, known: ProcessInfo | None = None) -> ProcessInfo:
+    """The process a session may be bound to, or the typed error saying why not.
+    ``known``: what the reaper already knows of a watched, still running ``pid``."""
     if isinstance(pid, bool) or not 1 <= pid <= pid_max():
         raise Invalid(f"pid {pid} is out of range: must be between 1 and {pid_max()}", {"field": "pid"})
-    info = inspect(pid)
+    info = known or inspect(pid)
     if info is None:
         raise NotFound(f"no running process has pid {pid}", {"field": "pid"})
-    if info.uid != caller_uid:
+    if info.uid != caller_uid and _real_uid(pid) != caller_uid:
         raise PermissionDenied(
             f"process {pid} belongs to uid {info.uid}, not to the caller (uid {caller_uid})", {"field": "pid"}
         )

@@ -14,7 +14,7 @@ from typing import Callable
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from .identity import ProcessIdentity, inspect, is_alive
+from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive
 from .store import Store
 from .store import sessions as q
 
@@ -47,6 +47,11 @@ class PidfdWatcher:
         self._fds[identity] = fd
         self._loop.add_reader(fd, self._fired, identity)
         return True
+
+    def running(self, identity: ProcessIdentity) -> bool:
+        """Still running, known without reading /proc: its pidfd is not readable yet."""
+        fd = self._fds.get(identity)
+        return fd is not None and not select.select([fd], [], [], 0)[0]
 
     def unwatch(self, identity: ProcessIdentity) -> None:
         fd = self._fds.pop(identity, None)
@@ -90,6 +95,10 @@ class KqueueWatcher:
         self._by_pid[identity.pid] = identity
         return True
 
+    def running(self, identity: ProcessIdentity) -> bool:
+        self._drain()
+        return self._by_pid.get(identity.pid) == identity
+
     def unwatch(self, identity: ProcessIdentity) -> None:
         if self._by_pid.get(identity.pid) == identity:
             del self._by_pid[identity.pid]
@@ -121,6 +130,9 @@ class PollingWatcher:
     def watch(self, identity: ProcessIdentity) -> bool:
         return is_alive(identity)[0]
 
+    def running(self, identity: ProcessIdentity) -> bool:
+        return False  # unknown without a look at the process: callers inspect it
+
     def unwatch(self, identity: ProcessIdentity) -> None:
         pass
 
@@ -149,6 +161,8 @@ class Reaper:
         self.sweep_interval = sweep_interval
         self.watcher = make_watcher(loop, self._owner_exited)
         self.owners: dict[ProcessIdentity, set[str]] = {}
+        self._by_pid: dict[int, ProcessIdentity] = {}
+        self._uid = os.getuid()  # every session here was bound to a process of this user
         self.last_reap: LastReap | None = None
         self._timer: asyncio.TimerHandle | None = None
         store.on_rollback(self.resync)
@@ -169,8 +183,17 @@ class Reaper:
             self._timer.cancel()
         self.watcher.close()
         self.owners.clear()
+        self._by_pid.clear()
 
     # -- tracking ------------------------------------------------------------------
+
+    def known_owner(self, pid: int) -> ProcessInfo | None:
+        """A watched owner with this pid that is certainly still running, without a look
+        at /proc: the fast path for calls from processes that already own a session."""
+        owner = self._by_pid.get(pid)
+        if owner is None or not self.watcher.running(owner):
+            return None
+        return ProcessInfo(owner, self._uid)
 
     def track(self, session_id: str, owner: ProcessIdentity) -> None:
         """Watch ``owner`` for ``session_id``; NotFound if that process is already gone."""
@@ -178,7 +201,7 @@ class Reaper:
         if sessions is None:
             if not self.watcher.watch(owner):
                 raise NotFound(f"process {owner.pid} exited", {"field": "pid"})
-            sessions = self.owners[owner] = set()
+            sessions = self._add_owner(owner, set())
         sessions.add(session_id)
 
     def untrack(self, session_id: str, owner: ProcessIdentity) -> None:
@@ -187,8 +210,20 @@ class Reaper:
             return
         sessions.discard(session_id)
         if not sessions:
-            del self.owners[owner]
-            self.watcher.unwatch(owner)
+            self._drop_owner(owner)
+
+    def _add_owner(self, owner: ProcessIdentity, session_ids: set[str]) -> set[str]:
+        self.owners[owner] = session_ids
+        self._by_pid[owner.pid] = owner
+        return session_ids
+
+    def _drop_owner(self, owner: ProcessIdentity) -> set[str]:
+        """Forget ``owner`` (already watched or not); returns its session ids."""
+        sessions = self.owners.pop(owner, set())
+        if self._by_pid.get(owner.pid) == owner:
+            del self._by_pid[owner.pid]
+        self.watcher.unwatch(owner)
+        return sessions
 
     def resync(self) -> None:
         """Make the watches match the database's live sessions exactly."""
@@ -197,14 +232,13 @@ class Reaper:
             wanted.setdefault(owner, set()).add(sid)
         for owner in list(self.owners):
             if owner not in wanted:
-                del self.owners[owner]
-                self.watcher.unwatch(owner)
+                self._drop_owner(owner)
         dead = []
         for owner, sids in wanted.items():
             if owner in self.owners:
                 self.owners[owner] = sids
             elif self.watcher.watch(owner):
-                self.owners[owner] = sids
+                self._add_owner(owner, sids)
             else:
                 dead.append(owner)
         for owner in dead:
@@ -213,7 +247,7 @@ class Reaper:
     # -- reaping -------------------------------------------------------------------
 
     def _owner_exited(self, owner: ProcessIdentity) -> None:
-        sessions = self.owners.pop(owner, set())
+        sessions = self._drop_owner(owner)
         if sessions:
             log.info("owner %d exited: reaping %d session(s)", owner.pid, len(sessions))
             self._end_sessions(sessions, "exit event")
@@ -229,7 +263,10 @@ class Reaper:
         dead_owners: dict[ProcessIdentity, str] = {}
         checked: dict[ProcessIdentity, tuple[bool, str]] = {}
         for sid, tool, owner in q.live_owned(self.store.db):
-            alive, cause = checked.get(owner) or checked.setdefault(owner, is_alive(owner))
+            if owner not in checked:
+                # An unfired exit watch is proof of life; only the others need /proc.
+                checked[owner] = (True, "running") if self.watcher.running(owner) else is_alive(owner)
+            alive, cause = checked[owner]
             if not alive:
                 found.append(ReapedSession(sid, tool, owner.pid, cause))
                 dead_owners[owner] = cause
@@ -239,8 +276,7 @@ class Reaper:
                 with self.store.write() as db:
                     q.end(db, [s.session_id for s in found], "reaped", now)
                 for owner in dead_owners:
-                    self.owners.pop(owner, None)
-                    self.watcher.unwatch(owner)
+                    self._drop_owner(owner)
                 log.info("%s sweep reaped %d session(s)", trigger, len(found))
             self.last_reap = LastReap(now, trigger, len(found))
         return ReapResult(dry_run, now, found)

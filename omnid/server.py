@@ -264,7 +264,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         _raise_fd_limit()
-        self.store = Store(self.paths.database, schedule=self.loop.call_soon)
+        self.store = Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
         self.reaper = Reaper(self.store, self.loop)
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)

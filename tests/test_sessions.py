@@ -670,3 +670,42 @@ def test_a_client_made_before_fork_works_in_the_child(client):
     # The parent's own connection was left alone by the child.
     assert client.heartbeat(parent.session_id).live
     assert client._sock is sock
+
+
+# --- activity from reuse is coalesced, never lost on a clean stop --------------------------
+
+
+def stored_last_activity(home: Path, session_id: str) -> float:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{home / 'omnid.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT last_activity FROM sessions WHERE session_id = ?", (session_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_reuse_activity_is_visible_at_once_and_stored_within_a_second(daemon, client, spawn_owner, home):
+    owner = spawn_owner()
+    created = client.get_or_create("coalesce", pid=owner.pid).session
+    reused = client.get_or_create("coalesce", pid=owner.pid).session
+    assert reused.last_activity > created.last_activity
+    # Every read answers with the bump, even before it is committed.
+    assert client.get(created.session_id).last_activity == reused.last_activity
+    assert client.find("coalesce", pid=owner.pid).last_activity == reused.last_activity
+    listed = client.list_sessions(tool_id="coalesce").sessions
+    assert [s.last_activity for s in listed] == [reused.last_activity]
+    wait_for(
+        lambda: stored_last_activity(home, created.session_id) == reused.last_activity,
+        timeout=10,
+        what="the coalesced bump to be committed",
+    )
+
+
+def test_reuse_activity_pending_at_a_clean_stop_is_committed(daemon, client, spawn_owner, home):
+    owner = spawn_owner()
+    client.get_or_create("coalesce", pid=owner.pid)
+    reused = client.get_or_create("coalesce", pid=owner.pid).session
+    client.close()
+    assert daemon.stop() == 0
+    assert stored_last_activity(home, reused.session_id) == reused.last_activity

@@ -620,7 +620,8 @@ class Method(Struct, frozen=True):
 
 
 METHODS: dict[str, Method] = {
-    "session.get_or_create": Method(GetOrCreate, GetOrCreateResult, writes=True),
+    # Opens its own write only when it creates: reuse must not wait for a commit.
+    "session.get_or_create": Method(GetOrCreate, GetOrCreateResult, writes=False),
     "session.find": Method(Find, FindResult, writes=False),
     "session.heartbeat": Method(SessionRef, Session, writes=True),
     "session.end": Method(SessionRef, Session, writes=True),
@@ -652,5 +653,6 @@ METHODS: dict[str, Method] = {
     "maintenance.cleanup_orphans": Method(CleanupOrphans, CleanupResult, writes=True),
     "search": Method(Search, SearchResult, writes=False),
 }
-"""Every RPC method: its parameter and result types, whether it writes, and whether
-a client may resend it after a lost connection without changing the outcome."""
+"""Every RPC method: its parameter and result types, whether the daemon runs it inside
+one write transaction (its reply then waits for the commit), and whether a client may
+resend it after a lost connection without changing the outcome."""

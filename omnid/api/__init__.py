@@ -105,11 +105,19 @@ def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metada
         raise TooLarge(f"{field} is {size} bytes encoded; the limit is {limit}", {"field": field})
 
 
+def current(caller: Caller, session: Session) -> Session:
+    """The session with any last_activity bump still waiting for a commit applied."""
+    pending = caller.daemon.store.pending_activity(session.session_id)
+    if pending is not None and session.ended_at is None and pending > session.last_activity:
+        session.last_activity = pending
+    return session
+
+
 def existing_session(caller: Caller, session_id: str) -> Session:
     session = session_store.get(caller.daemon.store.db, session_id)
     if session is None:
         raise NotFound(f"no session {session_id}", {"session_id": session_id})
-    return session
+    return current(caller, session)
 
 
 def live_session(caller: Caller, session_id: str) -> Session:

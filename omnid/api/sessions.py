@@ -25,22 +25,30 @@ from ..store import messages as message_store
 from ..store import projects as project_store
 from ..store import sessions as q
 from ..store import tasks as task_store
-from . import Caller, check_size, existing_session, handles, live_session
+from . import Caller, check_size, current, existing_session, handles, live_session
 
 
 @handles("session.get_or_create")
 def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
     daemon = caller.daemon
-    owner = owner_process(caller.pid if p.pid is None else p.pid, caller.uid).identity
-    db = daemon.store.db
-    now = daemon.store.now()
+    pid = caller.pid if p.pid is None else p.pid
+    owner = owner_process(pid, caller.uid, daemon.reaper.known_owner(pid)).identity
+    store = daemon.store
+    now = store.now()
     if p.dedup:
-        existing = q.find_live(db, p.tool_id, owner)
+        existing = q.find_live(store.db, p.tool_id, owner)
         if existing is not None:
-            q.touch(db, existing.session_id, now)
+            store.note_activity(existing.session_id, now)
             existing.last_activity = now
             return GetOrCreateResult("existing", existing)
+    with store.write():
+        return GetOrCreateResult("created", _create(caller, p, owner, now))
+
+
+def _create(caller: Caller, p: GetOrCreate, owner: ProcessIdentity, now: float) -> Session:
+    daemon = caller.daemon
+    db = daemon.store.db
     workspace = p.workspace if p.workspace is not None else cwd_of(owner.pid)
     project_id = None
     if workspace is not None:
@@ -63,17 +71,18 @@ def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     )
     q.insert(db, session, dedup=p.dedup)
     daemon.reaper.track(session.session_id, owner)
-    return GetOrCreateResult("created", session)
+    return session
 
 
 @handles("session.find")
 def find(caller: Caller, p: Find) -> FindResult:
     pid = caller.pid if p.pid is None else p.pid
     try:
-        owner = owner_process(pid, caller.uid).identity
+        owner = owner_process(pid, caller.uid, caller.daemon.reaper.known_owner(pid)).identity
     except NotFound:
         return FindResult(None)
-    return FindResult(q.find_live(caller.daemon.store.db, p.tool_id, owner))
+    found = q.find_live(caller.daemon.store.db, p.tool_id, owner)
+    return FindResult(current(caller, found) if found else None)
 
 
 @handles("session.heartbeat")
@@ -114,7 +123,7 @@ def list_sessions(caller: Caller, p: ListSessions) -> SessionPage:
         limit=p.limit,
         cursor=p.cursor,
     )
-    return SessionPage(sessions, cursor)
+    return SessionPage([current(caller, s) for s in sessions], cursor)
 
 
 @handles("session.summary")

@@ -22,6 +22,8 @@ from .migrations import LATEST, MIGRATIONS, apply
 log = logging.getLogger("omnid.store")
 
 CommitWaiter = Callable[[Exception | None], None]
+ACTIVITY_DELAY = 1.0
+"""Longest a coalesced last_activity bump waits for a commit, in seconds."""
 
 
 class StoreError(Exception):
@@ -29,11 +31,21 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, path: Path, *, schedule: Callable[[Callable[[], None]], object] | None = None):
-        """``schedule(fn)`` runs ``fn`` soon (the event loop's ``call_soon``); without it
-        every write commits at once."""
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+        schedule_later: Callable[[float, Callable[[], None]], object] | None = None,
+    ):
+        """``schedule(fn)`` runs ``fn`` soon (the event loop's ``call_soon``), and
+        ``schedule_later(delay, fn)`` after a delay (``call_later``); without them every
+        write commits at once."""
         self.path = path
         self._schedule = schedule
+        self._schedule_later = schedule_later
+        self._activity: dict[str, float] = {}
+        self._activity_due = False
         self._flush_pending = False
         self._waiters: list[CommitWaiter] = []
         self._on_rollback: list[Callable[[], None]] = []
@@ -113,12 +125,44 @@ class Store:
         """Called after a batch is lost, so in-memory state can be rebuilt from the database."""
         self._on_rollback.append(callback)
 
+    # -- coalesced activity ------------------------------------------------------------
+
+    def note_activity(self, session_id: str, at: float) -> None:
+        """Record that a live session was used at ``at`` without a commit of its own: the
+        bump rides on the next commit, at most ``ACTIVITY_DELAY`` seconds away. Losing it
+        in a crash loses nothing anyone was promised (no reply waited for it)."""
+        self._activity[session_id] = at
+        if self._schedule_later is None:
+            with self.write():
+                pass
+        elif not self._activity_due and not self.db.in_transaction:
+            self._activity_due = True
+            self._schedule_later(ACTIVITY_DELAY, self._commit_activity)
+
+    def pending_activity(self, session_id: str) -> float | None:
+        return self._activity.get(session_id)
+
+    def _commit_activity(self) -> None:
+        self._activity_due = False
+        if self._activity:
+            with self.write():
+                pass  # flush() applies the pending bumps inside this transaction
+
+    def _apply_activity(self) -> None:
+        pending, self._activity = self._activity, {}
+        self.db.executemany(
+            "UPDATE sessions SET last_activity = max(last_activity, ?) WHERE session_id = ? AND ended_at IS NULL",
+            [(at, sid) for sid, at in pending.items()],
+        )
+
     def flush(self) -> None:
         self._flush_pending = False
         if not self.db.in_transaction:
             self._release(None)
             return
         try:
+            if self._activity:
+                self._apply_activity()
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("commit failed: %s", e)
@@ -154,6 +198,8 @@ class Store:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
+        if self._activity and not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
         self.flush()
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
