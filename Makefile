@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test lint
+.PHONY: install test lint bench
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -10,3 +10,8 @@ test:
 
 lint:
 	$(PYTHON) -m ruff check omnid client tests
+
+# Latency, throughput, reaping and scale against baselines measured in the same run.
+bench:
+	$(PYTHON) -m pip install --quiet -e '.[bench]'
+	$(PYTHON) bench/run.py --out bench-results.json

@@ -1,0 +1,393 @@
+"""omnid benchmarks: latency, throughput, reaping and scale, each against baselines
+measured in the same run on the same machine. Prints one table and writes it as JSON.
+
+    python bench/run.py [--seconds 3] [--out bench-results.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+import psutil
+
+HERE = Path(__file__).resolve().parent
+LOAD = HERE / "load.py"
+
+
+# --- processes under test ------------------------------------------------------------
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+            return
+        except OSError:
+            time.sleep(0.02)
+        finally:
+            s.close()
+    raise SystemExit(f"nothing listens on {path}")
+
+
+@contextmanager
+def omnid_daemon(home: Path) -> Iterator[psutil.Process]:
+    env = {**os.environ, "OMNID_HOME": str(home)}
+    env.pop("OMNID_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnid", "serve", "--log-file", str(home / "omnid.log")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_socket(home / "run" / "omnid.sock", proc)
+        yield psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@contextmanager
+def echo_server(path: Path) -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(path)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_socket(path, proc)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def baseline_server(workdir: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "baseline_app.py"), str(port), str(workdir / "baseline.db")],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the baseline service did not start (is the bench extra installed?)")
+                time.sleep(0.05)
+        yield str(port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- load --------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def run_load(target: str, op: str, clients: int, seconds: float, arg: str, env: dict, workdir: Path) -> dict:
+    """``clients`` processes run ``op`` for ``seconds``, all started at once."""
+    go_r, go_w = os.pipe()
+    procs, outs = [], []
+    try:
+        for i in range(clients):
+            out = workdir / f"lat-{target}-{op}-{clients}-{i}.msgpack"
+            outs.append(out)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(LOAD), target, op, str(seconds), str(go_r), str(out), arg],
+                    pass_fds=(go_r,),
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+            )
+        for proc in procs:
+            line = proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise SystemExit(f"load client for {target}/{op} failed to start")
+    finally:
+        os.close(go_r)
+        os.close(go_w)  # go
+    for proc in procs:
+        if proc.wait(seconds + 120) != 0:
+            raise SystemExit(f"load client for {target}/{op} exited with {proc.returncode}")
+        proc.stdout.close()
+    latencies = sorted(x for out in outs for x in msgspec.msgpack.decode(out.read_bytes()))
+    for out in outs:
+        out.unlink()
+    return {
+        "target": target,
+        "op": op,
+        "clients": clients,
+        "ops": len(latencies),
+        "throughput": len(latencies) / seconds,
+        "p50_us": percentile(latencies, 0.50) / 1000,
+        "p99_us": percentile(latencies, 0.99) / 1000,
+    }
+
+
+# --- individual figures --------------------------------------------------------------
+
+
+def reap_latency(home: Path, kills: int) -> dict:
+    """Wall time from SIGKILL of an owner to its session's ended_at (both on this clock)."""
+    from omnid_client import Client
+
+    delays = []
+    with Client(autostart=False) as client:
+        for _ in range(kills):
+            owner = subprocess.Popen(["sleep", "600"])
+            sid = client.get_or_create("bench-reap", pid=owner.pid).session.session_id
+            killed_at = time.time()
+            owner.kill()
+            owner.wait()
+            while (s := client.get(sid)).ended_at is None:
+                time.sleep(0.001)
+            assert s.end_reason == "reaped"
+            delays.append(max(0.0, s.ended_at - killed_at) * 1000)
+    return {"kills": kills, "median_ms": statistics.median(delays), "max_ms": max(delays)}
+
+
+def fill_sessions(home: Path, count: int) -> None:
+    """Put ``count`` ended sessions straight into a stopped daemon's database."""
+    db = sqlite3.connect(home / "omnid.db")
+    boot = "00000000-0000-0000-0000-000000000000"
+    now = time.time() - 86400
+    rows = (
+        (str(uuid.UUID(int=i + 1)), f"tool-{i % 50}", "default", 1000 + i % 30000, i, boot, "/w", "{}",
+         now + i * 1e-3, now + i * 1e-3, now + i * 1e-3 + 1, "ended")
+        for i in range(count)
+    )
+    with db:
+        db.executemany(
+            "INSERT INTO sessions (session_id, tool_id, session_type, owner_pid, owner_start, boot_id, workspace, "
+            "metadata, started_at, last_activity, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    db.close()
+
+
+def watched_rss(home: Path, sessions: int, owners: int) -> dict:
+    """Daemon RSS before and after ``sessions`` live sessions spread over ``owners`` processes."""
+    from omnid_client import Client
+
+    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(owners)]
+    try:
+        with omnid_daemon(home) as daemon, Client(autostart=False, timeout=30) as client:
+            client.connect()
+            before = daemon.memory_info().rss
+            per_owner = sessions // owners
+            for proc in procs:
+                for t in range(per_owner):
+                    client.get_or_create(f"tool-{t}", pid=proc.pid)
+            st = client.status()
+            after = daemon.memory_info().rss
+            idle = idle_cpu(daemon, IDLE_SECONDS)
+            return {
+                "live_sessions": st.live_sessions,
+                "watched_processes": st.watched_processes,
+                "rss_empty_mb": before / 2**20,
+                "rss_mb": after / 2**20,
+                "idle_cpu_s_per_min": idle,
+            }
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+IDLE_SECONDS = 60.0
+
+
+def idle_cpu(daemon: psutil.Process, seconds: float) -> float:
+    time.sleep(2)  # let the last replies and commits settle
+    t0 = sum(daemon.cpu_times()[:2])
+    time.sleep(seconds)
+    used = sum(daemon.cpu_times()[:2]) - t0
+    return used * 60 / seconds
+
+
+def command_time(argv: list[str], runs: int, env: dict) -> float:
+    """Median wall time of a whole command, in ms."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load run")
+    parser.add_argument("--out", default="bench-results.json")
+    parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
+    args = parser.parse_args()
+    global IDLE_SECONDS
+    scale_sessions = 100_000 if args.quick else 1_000_000
+    IDLE_SECONDS = 10.0 if args.quick else 60.0
+
+    work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    loads: list[dict] = []
+    sec = args.seconds
+    try:
+        echo_path = work / "echo.sock"
+        with echo_server(echo_path):
+            loads.append(run_load("echo", "echo", 1, sec, str(echo_path), dict(os.environ), work))
+            loads.append(run_load("echo", "echo", 16, sec, str(echo_path), dict(os.environ), work))
+        with baseline_server(work) as port:
+            loads.append(run_load("baseline", "get_or_create", 1, sec, port, dict(os.environ), work))
+            loads.append(run_load("baseline", "get_or_create", 16, sec, port, dict(os.environ), work))
+
+        home = work / "home"
+        home.mkdir()
+        env = {**os.environ, "OMNID_HOME": str(home)}
+        with omnid_daemon(home):
+            for op in ("reuse", "create", "context", "message"):
+                for clients in (1, 16, 64):
+                    if op == "create" and clients > 1:
+                        continue
+                    loads.append(run_load("omnid", op, clients, sec, "", env, work))
+            os.environ["OMNID_HOME"] = str(home)
+            results["reap"] = reap_latency(home, 50)
+        results["loads"] = loads
+
+        # Scale: the same single-client calls against an empty and a full database.
+        scale = {}
+        for label, count in (("empty", 0), ("full", scale_sessions)):
+            shome = work / f"scale-{label}"
+            shome.mkdir()
+            senv = {**os.environ, "OMNID_HOME": str(shome)}
+            with omnid_daemon(shome):
+                pass  # creates the schema
+            if count:
+                fill_sessions(shome, count)
+            with omnid_daemon(shome):
+                scale[label] = {
+                    op: run_load("omnid", op, 1, sec, "", senv, work)["p50_us"] for op in ("reuse", "create")
+                }
+            scale[label]["sessions"] = count
+        results["scale"] = scale
+
+        rss_home = work / "rss"
+        rss_home.mkdir()
+        os.environ["OMNID_HOME"] = str(rss_home)
+        results["watched"] = watched_rss(rss_home, 10_000, 200)
+
+        status_home = work / "status"
+        status_home.mkdir()
+        cenv = {**os.environ, "OMNID_HOME": str(status_home)}
+        omnid_exe = shutil.which("omnid") or ""
+        with omnid_daemon(status_home):
+            results["startup"] = {
+                "python_pass_ms": command_time([sys.executable, "-c", "pass"], 15, cenv),
+                "client_import_ms": command_time([sys.executable, "-c", "import omnid_client"], 15, cenv),
+                "omnid_status_ms": command_time([omnid_exe, "status"] if omnid_exe else [sys.executable, "-m", "omnid", "status"], 15, cenv),
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    results["ratios"], results["targets"] = judge(results)
+    print_report(results)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def find(loads: list[dict], target: str, op: str, clients: int) -> dict:
+    return next(x for x in loads if (x["target"], x["op"], x["clients"]) == (target, op, clients))
+
+
+def judge(r: dict) -> tuple[dict, list[dict]]:
+    loads = r["loads"]
+    echo1, base1, base16 = find(loads, "echo", "echo", 1), find(loads, "baseline", "get_or_create", 1), find(loads, "baseline", "get_or_create", 16)
+    reuse1, reuse16 = find(loads, "omnid", "reuse", 1), find(loads, "omnid", "reuse", 16)
+    ratios = {
+        "omnid_p50_over_echo_p50": reuse1["p50_us"] / echo1["p50_us"],
+        "baseline_p50_over_omnid_p50": base1["p50_us"] / reuse1["p50_us"],
+        "omnid_over_baseline_throughput_16": reuse16["throughput"] / base16["throughput"],
+        "full_over_empty_p50_reuse": r["scale"]["full"]["reuse"] / r["scale"]["empty"]["reuse"],
+        "full_over_empty_p50_create": r["scale"]["full"]["create"] / r["scale"]["empty"]["create"],
+    }
+    worst_p99_16 = max(find(loads, "omnid", op, 16)["p99_us"] for op in ("reuse", "context", "message"))
+    targets = [
+        ("get_or_create p50 within 1.5x of the echo floor", ratios["omnid_p50_over_echo_p50"], "<=", 1.5),
+        ("p50 at least 10x lower than the baseline peer", ratios["baseline_p50_over_omnid_p50"], ">=", 10),
+        ("throughput at 16 clients at least 20x the baseline", ratios["omnid_over_baseline_throughput_16"], ">=", 20),
+        ("p99 at 16 clients under 2 ms (worst op, us)", worst_p99_16, "<", 2000),
+        ("reap latency median under 100 ms", r["reap"]["median_ms"], "<", 100),
+        ("1M-session get_or_create p50 within 1.2x of empty", max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2),
+        ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
+    ]
+    ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
+    return ratios, [
+        {"target": name, "value": float(value), "goal": f"{op} {goal}", "met": ops[op](float(value), float(goal))}
+        for name, value, op, goal in targets
+    ]
+
+
+def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
+    print(f"{'target':9} {'op':14} {'clients':>7} {'ops':>8} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9}")
+    for x in r["loads"]:
+        print(f"{x['target']:9} {x['op']:14} {x['clients']:>7} {x['ops']:>8} {x['throughput']:>9.0f} {x['p50_us']:>9.1f} {x['p99_us']:>9.1f}")
+    rp = r["reap"]
+    print(f"\nreap latency over {rp['kills']} kill -9: median {rp['median_ms']:.1f} ms, max {rp['max_ms']:.1f} ms")
+    sc = r["scale"]
+    print(
+        f"scale: p50 reuse {sc['empty']['reuse']:.1f} us empty vs {sc['full']['reuse']:.1f} us with {sc['full']['sessions']:,} sessions; "
+        f"create {sc['empty']['create']:.1f} vs {sc['full']['create']:.1f} us"
+    )
+    w = r["watched"]
+    print(
+        f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: RSS {w['rss_mb']:.1f} MiB "
+        f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min"
+    )
+    s = r["startup"]
+    print(
+        f"startup: python -c pass {s['python_pass_ms']:.0f} ms, import omnid_client {s['client_import_ms']:.0f} ms, "
+        f"omnid status {s['omnid_status_ms']:.0f} ms"
+    )
+    print("\nratios:")
+    for name, value in r["ratios"].items():
+        print(f"  {name:40} {value:8.2f}")
+    print("\ntargets:")
+    for t in r["targets"]:
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.2f} (goal {t['goal']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
