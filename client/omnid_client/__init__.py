@@ -2,7 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .aio import AsyncClient  # noqa: E402
 from .client import Client  # noqa: E402
 from .errors import (  # noqa: E402
     Conflict,
@@ -44,3 +43,12 @@ __all__ = [
     "VersionMismatch",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # asyncio costs a blocking tool ~40 ms of import time it never uses: load it on demand.
+    if name == "AsyncClient":
+        from .aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -97,6 +97,8 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
 
 def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metadata") -> None:
     """The document must be storable as JSON and no larger than ``limit`` bytes as JSON."""
+    if not value and isinstance(value, dict):
+        return
     try:
         size = len(dumps(value))
     except (TypeError, ValueError, OverflowError) as e:
