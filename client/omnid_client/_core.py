@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 import msgspec
@@ -137,8 +138,40 @@ class Call(Generic[T]):
 
 
 class Methods:
-    """Every omnid call, written once. ``_call`` is blocking in ``Client`` and a
-    coroutine in ``AsyncClient``, so each method returns a value or an awaitable."""
+    """Every omnid call, written once, and the options both clients take. ``_call`` is
+    blocking in ``Client`` and a coroutine in ``AsyncClient``, so each method returns
+    a value or an awaitable.
+
+    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
+    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
+    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
+    for tools that must never block or crash because of omnid.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        autostart: bool = True,
+        start_timeout: float = 5.0,
+        fail_open: bool = False,
+        client_name: str = "",
+    ):
+        self.socket_path = Path(socket_path) if socket_path else None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.autostart = autostart
+        self.start_timeout = start_timeout
+        self.fail_open = fail_open
+        self.client_name = client_name
+        self.welcome: Welcome | None = None
+        self._next_id = 1
+        self._init_connection()
+
+    def _init_connection(self) -> None:  # pragma: no cover - overridden
+        """Set up the (unconnected) connection state of this kind of client."""
 
     def _call(self, call: Call) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError

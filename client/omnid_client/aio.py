@@ -23,30 +23,11 @@ log = logging.getLogger("omnid_client")
 class AsyncClient(Methods):
     """Like ``Client``, but every call is a coroutine; safe to share between tasks."""
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 5.0,
-        connect_timeout: float = 1.0,
-        autostart: bool = True,
-        start_timeout: float = 5.0,
-        fail_open: bool = False,
-        client_name: str = "",
-    ):
-        self.socket_path = Path(socket_path) if socket_path else None
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.autostart = autostart
-        self.start_timeout = start_timeout
-        self.fail_open = fail_open
-        self.client_name = client_name
-        self.welcome: Welcome | None = None
+    def _init_connection(self) -> None:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[int, tuple[asyncio.Future, Call]] = {}
         self._connect_lock = asyncio.Lock()
-        self._next_id = 1
 
     async def connect(self) -> Welcome:
         async with self._connect_lock:

@@ -22,37 +22,12 @@ _UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EAGAIN)
 
 
 class Client(Methods):
-    """A connection to the omnid daemon.
+    """A blocking connection to the omnid daemon (options: see ``Methods``)."""
 
-    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
-    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
-    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
-    for tools that must never block or crash because of omnid.
-    """
-
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 5.0,
-        connect_timeout: float = 1.0,
-        autostart: bool = True,
-        start_timeout: float = 5.0,
-        fail_open: bool = False,
-        client_name: str = "",
-    ):
-        self.socket_path = Path(socket_path) if socket_path else None
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.autostart = autostart
-        self.start_timeout = start_timeout
-        self.fail_open = fail_open
-        self.client_name = client_name
-        self.welcome: Welcome | None = None
+    def _init_connection(self) -> None:
         self.connected_path: Path | None = None
         self._sock: socket.socket | None = None
         self._pid = os.getpid()
-        self._next_id = 1
 
     # -- connection ------------------------------------------------------------
 
