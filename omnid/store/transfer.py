@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import msgspec
 
-from omnid_client.errors import Conflict, Invalid
+from omnid_client.errors import Conflict, Invalid, RemoteError
 from omnid_client.protocol import (
     MAX_VALUE_BYTES,
     ContextRecord,
@@ -236,6 +236,10 @@ class Importer:
             outcome = handler(record)
         except sqlite3.IntegrityError as e:
             raise Conflict(f"{where}: {kind} conflicts with what the database holds: {e}", {"line": where}) from None
+        except RemoteError as e:
+            if str(e).startswith(f"{where}:"):
+                raise
+            raise type(e)(f"{where}: {e}", {**e.details, "line": where}) from None
         if outcome is None:  # the header
             return
         counts = self.counts.setdefault(kind, ImportCounts(skipped={}))
