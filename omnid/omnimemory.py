@@ -128,7 +128,14 @@ def read(path: Path, *, now: float | None = None) -> tuple[list[Record], Report]
 def _open(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise TransferError(f"no file at {path}", "not_found")
-    db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?mode=ro", uri=True, isolation_level=None)
+    params = "mode=ro"
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if header[18:20] == b"\x02\x02" and not Path(f"{path}-wal").exists():
+        # A WAL database nobody has open: everything is in the main file. Reading it as
+        # immutable keeps SQLite from creating -wal and -shm files beside the user's file.
+        params += "&immutable=1"
+    db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?{params}", uri=True, isolation_level=None)
     db.row_factory = sqlite3.Row
     try:
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
