@@ -716,7 +716,8 @@ def search(query, project_id, session_id, kinds, limit, as_json) -> None:
 
 @main.group()
 def cleanup() -> None:
-    """Explicit clean-ups; omnid never deletes anything on its own except expired memories."""
+    """Explicit clean-ups; omnid deletes nothing on its own except expired memories (and,
+    with OMNID_RETENTION set, archived old sessions: see `omnid retention`)."""
 
 
 def _age(text: str) -> float:

@@ -39,7 +39,7 @@ CONTENT_TABLES = (
     "sessions", "projects", "context_events", "memories", "memory_versions",
     "session_memories", "messages", "tasks", "interactions", "search_index",
 )
-UNICODE = "héllo wörld — 你好 🌍 שלום e\u0301 \u2028 tab\tnewline\n\"quoted\" \\ back"
+UNICODE = "héllo wörld — 你好 🌍 שלום e\u0301 \u2028 nul\x00 tab\tnewline\n\"quoted\" \\ back \U0010ffff"
 
 
 # --- helpers ---------------------------------------------------------------------------
