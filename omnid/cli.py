@@ -823,7 +823,8 @@ def export_command(output, force, session_ids, project_ids, since, as_json) -> N
             raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists")
         tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
         try:
-            with open(tmp, "wb") as f:
+            # The export holds every message: readable by its owner alone, like the database.
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 counts = transfer.export(database, f, **filters)
                 f.flush()
                 os.fsync(f.fileno())

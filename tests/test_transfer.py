@@ -259,6 +259,8 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     data = rich_dataset(client, tmp_path, spawn_owner)
     first = tmp_path / "first.jsonl"
     summary = ok_json("export", "-o", str(first))
+    assert oct(first.stat().st_mode & 0o777) == oct(0o600)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     stats_before = client.stats()
 
     records = decode_all(first)
