@@ -93,7 +93,7 @@ def session_ids(records: list[Record]) -> list[str]:
 
 def test_run_archives_then_deletes_only_sessions_ended_long_enough_ago(daemon, client, home, tmp_path):
     old = full_session(client, tmp_path)
-    time.sleep(1.0)
+    time.sleep(1.5)  # room for the commands' own start-up time (see just_past_old)
     young = full_session(client, tmp_path)
     live = full_session(client, tmp_path, end=False)
     archive = tmp_path / "my archive.jsonl"
