@@ -37,6 +37,7 @@ from omnid_client.protocol import (
 from . import __version__, api
 from .expiry import Expirer
 from .reaper import Reaper
+from .retention import Archiver, retention_from_env
 from .store import Store, StoreError
 from .store import sessions as q
 
@@ -211,6 +212,10 @@ class Daemon:
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
         self.expirer: Expirer = None  # type: ignore[assignment]
+        self.archiver: Archiver = None  # type: ignore[assignment]
+        # Seconds after which ended sessions are archived and deleted (None: kept forever).
+        # Read from OMNID_RETENTION until the configuration file provides it.
+        self.retention, self._retention_warning = retention_from_env()
         self._lock_fd = -1
         self._socket_inode: tuple[int, int] | None = None
         self._stopped: asyncio.Event | None = None
@@ -269,6 +274,14 @@ class Daemon:
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
+        self.archiver = Archiver(
+            self.store,
+            self.loop,
+            age=lambda: self.retention,
+            archive_path=self.paths.state_dir / "archive.jsonl",
+            protected=[self.paths.database, Path(f"{self.paths.database}-wal"), Path(f"{self.paths.database}-shm"),
+                       self.paths.lock, self.paths.status_file],
+        )
         self.store.flush()
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
@@ -282,6 +295,14 @@ class Daemon:
             __version__, self.paths.socket, os.getpid(), self.paths.database, self.reaper.mode,
             q.count_live(self.store.db),
         )
+        if self._retention_warning:
+            log.warning("%s", self._retention_warning)
+        if self.retention:
+            log.info(
+                "retention: ended sessions are archived to %s and deleted %gs after they end",
+                self.archiver.archive_path, self.retention,
+            )
+        self.archiver.start()
         on_ready()
         await self._stopped.wait()
         await self._shutdown(server)
@@ -302,6 +323,7 @@ class Daemon:
             await asyncio.sleep(0.01)
         self.reaper.stop()
         self.expirer.stop()
+        self.archiver.stop()
         self.store.close()
         self.release()
         log.info("stopped")
@@ -356,6 +378,7 @@ class Daemon:
             watched_processes=len(self.reaper.owners),
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
+            retention=self.archiver.status(),
         )
 
 

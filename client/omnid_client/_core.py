@@ -34,6 +34,8 @@ from .protocol import (
     GetOrCreate,
     GetOrCreateResult,
     Hello,
+    ImportRecords,
+    ImportResult,
     IncomingResponse,
     Interaction,
     ListMemories,
@@ -53,7 +55,10 @@ from .protocol import (
     PutMemory,
     Reap,
     ReapResult,
+    Record,
     RequestFrame,
+    RetentionResult,
+    RunRetention,
     Search,
     SearchHit,
     ServiceStats,
@@ -382,6 +387,31 @@ class Methods:
         """Ranked full-text search over messages, memories and decisions (all words must match)."""
         params = Search(query, project_id, session_id, kinds, limit)  # type: ignore[arg-type]
         return self._call(Call("search", params, shape=lambda r: r.hits))
+
+    # -- moving data -----------------------------------------------------------------------
+
+    def import_records(
+        self, records: list[Record], *, lines: list[int] | None = None, dry_run: bool = False
+    ) -> ImportResult:
+        """Import one batch of export records, all or nothing, keeping their ids; records
+        already present are counted as existing (importing twice adds nothing). ``lines``
+        (one per record) are named in errors. The batch must fit one frame."""
+        return self._call(Call("maintenance.import", ImportRecords(list(records), list(lines or []), dry_run)))
+
+    def run_retention(
+        self,
+        *,
+        older_than: float | None = None,
+        archive: str | None = None,
+        purge: bool = False,
+        dry_run: bool = False,
+        limit: int = 500,
+    ) -> RetentionResult:
+        """Archive (to ``archive``, default the daemon's archive file) or ``purge``, then delete,
+        up to ``limit`` ended sessions that ended over ``older_than`` seconds ago (default:
+        the configured retention). ``remaining`` says how many more are due."""
+        params = RunRetention(older_than, archive, purge, dry_run, limit)
+        return self._call(Call("maintenance.retention", params))
 
     def shutdown(self) -> Empty:
         """Ask the daemon to stop gracefully (it replies first)."""

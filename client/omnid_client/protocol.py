@@ -8,7 +8,7 @@ carries that method's parameter struct, every response carries a result or an er
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -562,6 +562,219 @@ class SearchResult(Struct):
     hits: list[SearchHit]
 
 
+# --- export, import and retention ----------------------------------------------------
+# One record per JSONL line of an export (``type`` names the kind), and the same records
+# travel in ``maintenance.import`` batches. A session's content follows it as its own
+# records, in order (``seq``), so no record has to hold a whole session.
+
+EXPORT_FORMAT = 1
+Timestamp = Annotated[float, Meta(ge=0, le=1e11)]
+"""UTC epoch seconds."""
+MemoryId = Annotated[str, Meta(pattern=r"^mem_[0-9a-f]{12}$")]
+SessionMemoryId = Annotated[str, Meta(pattern=r"^smem_[0-9a-f]{12}$")]
+Seq = Annotated[int, Meta(ge=1)]
+Count = Annotated[int, Meta(ge=0, le=2**62)]
+
+
+class ExportHeader(Struct, tag="omnid-export", tag_field="type"):
+    """Starts an export (and each run appended to a retention archive)."""
+
+    format: int = EXPORT_FORMAT
+
+
+class ProjectRecord(Struct, tag="project", tag_field="type"):
+    project_id: ProjectId
+    root: PathText
+    name: Annotated[str, Meta(max_length=4096)]
+    vcs: Annotated[str, Meta(max_length=64)] | None
+    created_at: Timestamp
+    last_activity: Timestamp
+
+
+class MemoryRecord(Struct, tag="memory", tag_field="type"):
+    """A project memory as it is now; its versions follow as ``memory_version`` records."""
+
+    memory_id: MemoryId
+    project_id: ProjectId
+    key: MemoryKey
+    value: Any
+    metadata: Metadata
+    version: Seq
+    created_at: Timestamp
+    updated_at: Timestamp
+    expires_at: Timestamp | None
+    accessed_count: Count
+    last_accessed: Timestamp | None
+
+
+class MemoryVersionRecord(Struct, tag="memory_version", tag_field="type"):
+    memory_id: MemoryId
+    version: Seq
+    value: Any
+    metadata: Metadata
+    created_at: Timestamp
+    expires_at: Timestamp | None
+
+
+class SessionRecord(Struct, tag="session", tag_field="type"):
+    session_id: SessionId
+    tool_id: ToolId
+    tool_version: ShortText | None
+    session_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    owner_pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None
+    owner_start: Annotated[int, Meta(ge=0, le=2**62)] | None
+    boot_id: ShortText | None
+    dedup: bool
+    workspace: PathText | None
+    metadata: Metadata
+    started_at: Timestamp
+    last_activity: Timestamp
+    ended_at: Timestamp | None
+    end_reason: EndReason | None
+    project_id: ProjectId | None
+    message_count: Count
+    total_tokens: Count
+    total_cost_nanos: Count
+
+
+class ContextRecord(Struct, tag="context", tag_field="type"):
+    """The ``seq``-th context event of its session."""
+
+    session_id: SessionId
+    seq: Seq
+    kind: ContextKind
+    subject: Annotated[str, Meta(min_length=1, max_length=8192)]
+    importance: Annotated[float, Meta(ge=0.0, le=1.0)] | None
+    detail: Annotated[str, Meta(max_length=8192)] | None
+    created_at: Timestamp
+
+
+class MessageRecord(Struct, tag="message", tag_field="type"):
+    session_id: SessionId
+    seq: Seq
+    role: Role
+    content: Content
+    message_type: Label
+    metadata: Metadata
+    tokens_used: Annotated[int, Meta(ge=0, le=2**40)]
+    cost_nanos: Count
+    created_at: Timestamp
+
+
+class SessionMemoryRecord(Struct, tag="session_memory", tag_field="type"):
+    memory_id: SessionMemoryId
+    session_id: SessionId
+    memory_type: Label
+    content: Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT)]
+    metadata: Metadata
+    created_at: Timestamp
+
+
+class TaskRecord(Struct, tag="task", tag_field="type"):
+    task_id: TaskId
+    session_id: SessionId
+    title: Annotated[str, Meta(min_length=1, max_length=1024)]
+    status: TaskStatus
+    external_id: Annotated[str, Meta(min_length=1, max_length=256)] | None
+    metadata: Metadata
+    created_at: Timestamp
+    updated_at: Timestamp
+    ended_at: Timestamp | None
+
+
+class InteractionRecord(Struct, tag="interaction", tag_field="type"):
+    """The ``seq``-th interaction of its task."""
+
+    task_id: TaskId
+    seq: Seq
+    kind: Label
+    content: Content
+    metadata: Metadata
+    created_at: Timestamp
+
+
+Record = Union[
+    ExportHeader,
+    ProjectRecord,
+    MemoryRecord,
+    MemoryVersionRecord,
+    SessionRecord,
+    ContextRecord,
+    MessageRecord,
+    SessionMemoryRecord,
+    TaskRecord,
+    InteractionRecord,
+]
+RECORD_TYPES = tuple(t.__struct_config__.tag for t in Record.__args__)  # type: ignore[attr-defined]
+
+
+class ImportRecords(Struct):
+    """One batch, written all or nothing. ``lines`` (optional, one per record) are the
+    records' line numbers in the caller's file, named in errors."""
+
+    records: Annotated[list[Record], Meta(min_length=1, max_length=10_000)]
+    lines: list[int] = []
+    dry_run: bool = False
+
+
+class ImportCounts(Struct):
+    imported: int = 0
+    existing: int = 0
+    skipped: dict[str, int] = {}
+    """Records not imported, by reason (e.g. ``expired``, ``key_taken``)."""
+
+
+class ImportResult(Struct):
+    dry_run: bool
+    records: dict[str, ImportCounts]
+    """By record type."""
+    reaped: list[str] = []
+    """Sessions imported live whose owner process is gone: ended as ``reaped``."""
+
+
+class RunRetention(Struct):
+    older_than: Annotated[float, Meta(ge=0)] | None = None
+    """Seconds since a session ended; default: the daemon's configured retention."""
+    archive: PathText | None = None
+    """Append the sessions to this JSONL file before deleting them (default: the
+    daemon's archive file). Absolute path."""
+    purge: bool = False
+    """Delete without archiving."""
+    dry_run: bool = False
+    limit: Limit = 500
+
+
+class RetentionResult(Struct):
+    dry_run: bool
+    cutoff: float
+    """Sessions that ended before this (UTC epoch seconds) were chosen."""
+    session_ids: list[str]
+    archive: str | None
+    remaining: int
+    """Sessions past the cutoff left for another call (more than ``limit``)."""
+
+
+class RetentionRun(Struct):
+    at: float
+    trigger: Literal["timer", "manual"]
+    cutoff: float
+    deleted: int
+    archive: str | None
+    error: str | None = None
+
+
+class RetentionStatus(Struct):
+    age: float | None
+    """Seconds after which ended sessions are archived and deleted; None keeps them."""
+    archive: str
+    runs: int = 0
+    archived: int = 0
+    purged: int = 0
+    failures: int = 0
+    last_run: RetentionRun | None = None
+    next_run: float | None = None
+
+
 # --- daemon ----------------------------------------------------------------------
 
 
@@ -610,6 +823,7 @@ class DaemonStatus(Struct):
     watched_processes: int
     connections: int
     last_reap: LastReap | None
+    retention: RetentionStatus | None = None
 
 
 class Method(Struct, frozen=True):
@@ -652,6 +866,8 @@ METHODS: dict[str, Method] = {
     "interaction.add": Method(AddInteraction, Interaction, writes=True, idempotent=False),
     "maintenance.cleanup_orphans": Method(CleanupOrphans, CleanupResult, writes=True),
     "search": Method(Search, SearchResult, writes=False),
+    "maintenance.import": Method(ImportRecords, ImportResult, writes=True),
+    "maintenance.retention": Method(RunRetention, RetentionResult, writes=True, idempotent=False),
 }
 """Every RPC method: its parameter and result types, whether the daemon runs it inside
 one write transaction (its reply then waits for the commit), and whether a client may

@@ -150,4 +150,4 @@ def project_of(caller: Caller, project_id: str | None, workspace: str | None, *,
     return project_id
 
 
-from . import context, daemon, memories, messages, projects, sessions, tasks  # noqa: E402,F401  (they register their handlers)
+from . import context, daemon, memories, messages, projects, sessions, tasks, transfer  # noqa: E402,F401  (they register their handlers)
