@@ -17,7 +17,7 @@ import msgspec
 
 def omnid_op(op: str, arg: str):
     from omnid_client import Client
-    from omnid_client.protocol import ContextEvent, NewMessage
+    from omnid_client.protocol import ContextEvent
 
     client = Client(autostart=False, timeout=30)
     client.connect()
