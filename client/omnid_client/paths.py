@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOCKET_NAME = "omnid.sock"
+LAUNCHD_LABEL = "dev.omnid.daemon"
 MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108
 _SYSTEM_TMP = Path("/private/tmp" if sys.platform == "darwin" else "/tmp")
 
