@@ -277,7 +277,120 @@ def stop() -> None:
     click.echo(f"omnid (pid {pid}) is stopping")
 
 
-# --- the config file ----------------------------------------------------------------
+# --- the service manager and the config file ------------------------------------------
+
+
+manager_option = click.option(
+    "--manager", type=click.Choice(["auto", "systemd", "launchd"]), default="auto", show_default=True,
+    help="Which service manager's files to handle (auto: systemd on Linux, launchd on macOS).",
+)
+
+
+def _manager(name: str):
+    from .service import ServiceError, detect_manager
+
+    if name != "auto":
+        return name
+    try:
+        return detect_manager()
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.group()
+def service() -> None:
+    """Run omnid as a per-user service (systemd user units, or a launchd LaunchAgent)."""
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        print_json(report)
+        return
+    for f in report.files:
+        click.echo(f"{f.state:9} {f.path}")
+    for c in report.commands:
+        result = "ok" if c.ok else (f"exit status {c.exit_status}" if c.exit_status is not None else "not run")
+        click.echo(f"ran       {c.command}: {result}")
+        if not c.ok and c.output:
+            for line in c.output.splitlines()[-3:]:
+                click.echo(f"          {line}")
+    click.echo(report.message, err=not report.ok)
+
+
+@service.command("install")
+@manager_option
+@click.option("--no-start", is_flag=True, help="Only write (and enable) the units; do not start omnid now.")
+@json_option
+def service_install(manager: str, no_start: bool, as_json: bool) -> None:
+    """Write the unit files for this interpreter and have the service manager start omnid.
+    Running it again updates what changed and is otherwise a no-op."""
+    from .service import ServiceError, install
+
+    try:
+        report = install(_manager(manager), start=not no_start)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    _print_report(report, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+@service.command("uninstall")
+@manager_option
+@json_option
+def service_uninstall(manager: str, as_json: bool) -> None:
+    """Stop the service and remove its unit files (a no-op when not installed)."""
+    from .service import ServiceError, uninstall
+
+    try:
+        report = uninstall(_manager(manager))
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    _print_report(report, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+@service.command("status")
+@manager_option
+@json_option
+def service_status(manager: str, as_json: bool) -> None:
+    """Whether the service is installed and up to date, and what the service manager says.
+    Exit status 0 if installed, 3 if not."""
+    from .service import ServiceError
+    from .service import status as service_state
+
+    try:
+        st = service_state(_manager(manager))
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        print_json(st)
+    else:
+        files = ", ".join(f"{f.path} ({f.state})" for f in st.files)
+        verdict = "installed" if st.installed else "not installed"
+        if st.installed and not st.up_to_date:
+            verdict += ", differs from what `omnid service install` would write now"
+        print_fields([("manager", st.manager), ("service", verdict), ("files", files)])
+        for key, value in st.state.items():
+            click.echo(f"{key + ':':13} {value}")
+        if st.detail:
+            click.echo(f"{'note:':13} {st.detail}")
+    sys.exit(0 if st.installed else EXIT_NOT_RUNNING)
+
+
+@service.command("show")
+@manager_option
+@click.option("--python", "python", help="Interpreter to name (default: this one).")
+def service_show(manager: str, python: str | None) -> None:
+    """Print the files `omnid service install` would write, without writing them."""
+    from .service import ServiceError, wanted_files
+
+    try:
+        files = wanted_files(_manager(manager), python=python)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    for path, content in files.items():
+        click.echo(f"# {path}")
+        click.echo(content.decode(), nl=False)
 
 
 @main.group()
