@@ -381,6 +381,7 @@ class Daemon:
         if self._listener is None:
             self._listener = self.bind()
         self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=self._listener)
+        self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
@@ -570,6 +571,8 @@ class Daemon:
         """Restart into the installed package if it changed and imports cleanly."""
         if self._stopping or self._preflight is not None:
             return
+        if self.watcher is not None:
+            self._watch_files()  # an upgrade may have replaced the watched directories
         current = upgrade.fingerprint()
         if current == self._fingerprint or current == self._rejected_fingerprint:
             return
