@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import importlib.metadata
 import logging
 import os
 import pkgutil
@@ -63,16 +64,39 @@ def watch_dirs() -> list[Path]:
     return dirs
 
 
+def _installed_record() -> Path | None:
+    """The RECORD of the distribution that installed the running package, if one did
+    (an editable install or a checkout on PYTHONPATH has none that names its files)."""
+    try:
+        dist = importlib.metadata.distribution("omnid")
+        located = Path(dist.locate_file("omnid/__init__.py"))
+    except (importlib.metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    if not located.exists() or not located.samefile(omnid.__file__):
+        return None
+    for entry in dist.files or []:
+        if entry.name == "RECORD" and entry.parent.name.endswith(".dist-info"):
+            record = Path(dist.locate_file(entry))
+            return record if record.exists() else None
+    return None
+
+
 def fingerprint() -> tuple:
-    """The identity of every module file of the installed packages (inode, size, mtime)."""
+    """The identity (inode, size, mtime) of what an install or upgrade rewrites: each
+    package's ``__init__.py`` and the distribution's RECORD. Editing some other module
+    of a checkout does not restart the daemon; reinstalling does."""
+    paths = [top / "__init__.py" for top in package_dirs()]
+    record = _installed_record()
+    if record is not None:
+        paths.append(record)
     entries = []
-    for top in package_dirs():
-        for path in sorted(top.rglob("*.py")):
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            entries.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            entries.append((str(path), None))
+            continue
+        entries.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(entries)
 
 

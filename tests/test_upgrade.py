@@ -102,8 +102,10 @@ def test_a_package_that_does_not_import_is_refused_until_it_is_fixed(home, site)
     try:
         before = current_status()
         codec = site / "omnid" / "store" / "codec.py"
+        init = site / "omnid" / "__init__.py"
         good = codec.read_text()
         replace_file(codec, good + "\nthis is not python (\n")
+        replace_file(init, init.read_text())  # an installer rewrites every file, __init__.py too
 
         st = wait_for(lambda: (s := current_status()) and s.upgrade_error and s, timeout=30, what="the refusal")
         assert "does not import" in st.upgrade_error and "SyntaxError" in st.upgrade_error
@@ -112,6 +114,7 @@ def test_a_package_that_does_not_import_is_refused_until_it_is_fixed(home, site)
         assert "upgrade:" in shown.stdout and "SyntaxError" in shown.stdout
 
         replace_file(codec, good)
+        replace_file(init, init.read_text())
         st = wait_for(
             lambda: (s := current_status()) and s.started_at != before.started_at and s,
             timeout=30, what="the fixed package to be run",
