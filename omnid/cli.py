@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 from datetime import datetime
@@ -17,7 +16,7 @@ import msgspec
 
 from omnid_client import Client, OmnidError, Unavailable
 from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
-from omnid_client.protocol import DaemonStatus, ReapResult, Session
+from omnid_client.protocol import DaemonStatus, ReapResult, Session, Settings, version_note
 
 from . import __version__
 
@@ -122,23 +121,38 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Append logs here instead of stderr.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-file", type=click.Path(dir_okay=False, path_type=Path),
+    help="Log to this file (rotated) instead of stderr or the journal.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides log_level in the config file (default: info).",
+)
 @click.option("--detach", is_flag=True, help="Run in the background, detached from this terminal.")
 @click.option("--ready-fd", type=int, hidden=True, help="Write one readiness line to this inherited fd.")
-def serve(log_file: Path | None, log_level: str, detach: bool, ready_fd: int | None) -> None:
+def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: int | None) -> None:
     """Run the daemon (in the foreground unless --detach)."""
-    from . import server
+    from . import logs, server
 
     os.umask(0o077)  # the database, WAL, log and status file are the user's alone
     paths = daemon_paths()
+    if log_file is not None:
+        log_file = log_file.absolute()
     if detach:
         _detach(log_file)
-    handlers: list[logging.Handler] = [logging.FileHandler(log_file) if log_file else logging.StreamHandler()]
-    logging.basicConfig(
-        level=log_level.upper(), handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    target = logs.configure(log_file, log_level or "info")
+    restart = [sys.executable, "-m", "omnid", "serve"]
+    if log_file is not None:
+        restart += ["--log-file", str(log_file)]
+    if log_level is not None:
+        restart += ["--log-level", log_level]
+    sys.exit(
+        server.run(
+            paths, log_path=log_file, ready_fd=ready_fd, log_target=target,
+            restart_argv=restart, log_level_fixed=log_level is not None,
+        )
     )
-    sys.exit(server.run(paths, log_path=log_file, ready_fd=ready_fd))
 
 
 def _detach(log_file: Path | None) -> None:
@@ -181,29 +195,59 @@ def status(as_json: bool) -> None:
     except OmnidError as e:
         click.echo(f"omnid: {getattr(e, 'code', 'error')}: {e}", err=True)
         sys.exit(1)
+    note = version_note(__version__, st.version)
     if as_json:
-        print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__})
+        print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note})
         return
     print_status(st)
+    if note:
+        click.echo(f"omnid: {note}", err=True)
+    if st.config_state == "invalid":
+        click.echo(f"omnid: the config file is invalid and ignored: {st.config_error}", err=True)
+
+
+def _seconds(value: float, zero: str) -> str:
+    return zero if value == 0 else f"{value:g}s"
 
 
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
     )
+    config = None
+    if st.config_path is not None:
+        config = {
+            "default": f"{st.config_path} (no such file: built-in defaults)",
+            "loaded": f"{st.config_path} (loaded {when(st.config_loaded_at)})",
+            "invalid": f"{st.config_path} (INVALID, previous settings kept: {st.config_error})",
+        }.get(st.config_state or "", st.config_path)
+    settings = None
+    if st.settings is not None:
+        s = st.settings
+        settings = (
+            f"sweep every {s.sweep_interval:g}s, idle expiry {_seconds(s.idle_expiry, 'off')}, "
+            f"retention {_seconds(s.retention, 'forever')}, durability {s.durability} "
+            f"(synchronous={st.synchronous}), log level {s.log_level}"
+        )
+    socket_line = st.socket + (" (inherited from systemd)" if st.socket_source == "systemd" else "")
     lines = [
         ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
         ("uptime", duration(st.uptime)),
-        ("socket", st.socket),
+        ("socket", socket_line),
         ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
-        ("log", st.log or "stderr"),
+        ("log", st.log_target or st.log or "stderr"),
+        ("config", config),
+        ("settings", settings),
+        ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
+        ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
         ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]
     for name, value in lines:
-        click.echo(f"{name + ':':15} {value}")
+        if value is not None:
+            click.echo(f"{name + ':':15} {value}")
 
 
 @main.command()
@@ -231,6 +275,151 @@ def stop() -> None:
         pid = client.connect().pid
         client.shutdown()
     click.echo(f"omnid (pid {pid}) is stopping")
+
+
+# --- the service manager and the config file ------------------------------------------
+
+
+manager_option = click.option(
+    "--manager", type=click.Choice(["auto", "systemd", "launchd"]), default="auto", show_default=True,
+    help="Which service manager's files to handle (auto: systemd on Linux, launchd on macOS).",
+)
+
+
+def _manager(name: str):
+    from .service import ServiceError, detect_manager
+
+    if name != "auto":
+        return name
+    try:
+        return detect_manager()
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.group()
+def service() -> None:
+    """Run omnid as a per-user service (systemd user units, or a launchd LaunchAgent)."""
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        print_json(report)
+        return
+    for f in report.files:
+        click.echo(f"{f.state:9} {f.path}")
+    for c in report.commands:
+        result = "ok" if c.ok else (f"exit status {c.exit_status}" if c.exit_status is not None else "not run")
+        click.echo(f"ran       {c.command}: {result}")
+        if not c.ok and c.output:
+            for line in c.output.splitlines()[-3:]:
+                click.echo(f"          {line}")
+    click.echo(report.message, err=not report.ok)
+
+
+@service.command("install")
+@manager_option
+@click.option("--no-start", is_flag=True, help="Only write (and enable) the units; do not start omnid now.")
+@json_option
+def service_install(manager: str, no_start: bool, as_json: bool) -> None:
+    """Write the unit files for this interpreter and have the service manager start omnid.
+    Running it again updates what changed and is otherwise a no-op."""
+    from .service import ServiceError, install
+
+    try:
+        report = install(_manager(manager), start=not no_start)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    _print_report(report, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+@service.command("uninstall")
+@manager_option
+@json_option
+def service_uninstall(manager: str, as_json: bool) -> None:
+    """Stop the service and remove its unit files (a no-op when not installed)."""
+    from .service import ServiceError, uninstall
+
+    try:
+        report = uninstall(_manager(manager))
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    _print_report(report, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+@service.command("status")
+@manager_option
+@json_option
+def service_status(manager: str, as_json: bool) -> None:
+    """Whether the service is installed and up to date, and what the service manager says.
+    Exit status 0 if installed, 3 if not."""
+    from .service import ServiceError
+    from .service import status as service_state
+
+    try:
+        st = service_state(_manager(manager))
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        print_json(st)
+    else:
+        files = ", ".join(f"{f.path} ({f.state})" for f in st.files)
+        verdict = "installed" if st.installed else "not installed"
+        if st.installed and not st.up_to_date:
+            verdict += ", differs from what `omnid service install` would write now"
+        print_fields([("manager", st.manager), ("service", verdict), ("files", files)])
+        for key, value in st.state.items():
+            click.echo(f"{key + ':':13} {value}")
+        if st.detail:
+            click.echo(f"{'note:':13} {st.detail}")
+    sys.exit(0 if st.installed else EXIT_NOT_RUNNING)
+
+
+@service.command("show")
+@manager_option
+@click.option("--python", "python", help="Interpreter to name (default: this one).")
+def service_show(manager: str, python: str | None) -> None:
+    """Print the files `omnid service install` would write, without writing them."""
+    from .service import ServiceError, wanted_files
+
+    try:
+        files = wanted_files(_manager(manager), python=python)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    for path, content in files.items():
+        click.echo(f"# {path}")
+        click.echo(content.decode(), nl=False)
+
+
+@main.group()
+def config() -> None:
+    """The daemon's config file (reloaded by a running daemon whenever it changes)."""
+
+
+@config.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def config_check(file: Path | None, as_json: bool) -> None:
+    """Validate FILE (default: the config file the daemon reads) and print the settings it gives."""
+    from .config import ConfigError, config_path, read
+
+    path = file or config_path()
+    try:
+        settings = read(path)
+    except ConfigError as e:
+        if as_json:
+            click.echo(json.dumps({"path": str(path), "error": str(e)}))
+        else:
+            click.echo(f"omnid: invalid config: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        print_json({"path": str(path), "exists": settings is not None, "settings": settings or Settings()})
+        return
+    click.echo(f"{path}: {'valid' if settings is not None else 'no such file, so the defaults apply'}")
+    for name, value in msgspec.structs.asdict(settings or Settings()).items():
+        click.echo(f"  {name} = {json.dumps(value)}")
 
 
 # --- sessions --------------------------------------------------------------------
@@ -717,7 +906,7 @@ def search(query, project_id, session_id, kinds, limit, as_json) -> None:
 @main.group()
 def cleanup() -> None:
     """Explicit clean-ups; omnid deletes nothing on its own except expired memories (and,
-    with OMNID_RETENTION set, archived old sessions: see `omnid retention`)."""
+    with a retention age configured, archived old sessions: see `omnid retention`)."""
 
 
 def _age(text: str) -> float:
@@ -902,7 +1091,7 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
 
 @main.group()
 def retention() -> None:
-    """Archive and delete ended sessions older than an age (OMNID_RETENTION for the daemon)."""
+    """Archive and delete ended sessions older than an age (the config's retention for the daemon)."""
 
 
 @retention.command("run")

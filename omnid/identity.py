@@ -91,12 +91,15 @@ def _real_uid(pid: int) -> int:
 
 
 def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
-    """Whether that very process still runs, and if not, why we know."""
+    """Whether that very process still runs, and if not, why we know. A process omnid may
+    not inspect counts as alive ("cannot inspect"): only idle expiry ends its sessions."""
     if identity.boot_id != boot_id():
         return False, "machine rebooted"
     info = inspect(identity.pid)
     if info is None:
         return False, "process exited"
+    if info.uid == -1 and info.identity.start == 0:
+        return True, "cannot inspect"  # it runs, but whether it is that process cannot be told
     if info.identity.start != identity.start:
         return False, "pid reused by another process"
     return True, "running"

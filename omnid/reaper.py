@@ -164,6 +164,8 @@ class Reaper:
         self._by_pid: dict[int, ProcessIdentity] = {}
         self._uid = os.getuid()  # every session here was bound to a process of this user
         self.last_reap: LastReap | None = None
+        self.periodic: list[Callable[[], None]] = []
+        """Other checks that ride on the sweep timer, so an idle daemon wakes only for it."""
         self._timer: asyncio.TimerHandle | None = None
         store.on_rollback(self.resync)
 
@@ -178,9 +180,19 @@ class Reaper:
         self._arm_timer()
         return result
 
+    def set_interval(self, seconds: float) -> None:
+        """Sweep every ``seconds`` from now on (the next sweep is rescheduled)."""
+        if seconds == self.sweep_interval:
+            return
+        self.sweep_interval = seconds
+        if self._timer is not None:
+            self._timer.cancel()
+            self._arm_timer()
+
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self.watcher.close()
         self.owners.clear()
         self._by_pid.clear()
@@ -291,4 +303,9 @@ class Reaper:
             self.sweep(trigger="sweep")
         except Exception:
             log.exception("periodic sweep failed")
+        for check in self.periodic:
+            try:
+                check()
+            except Exception:
+                log.exception("periodic check %s failed", getattr(check, "__name__", check))
         self._arm_timer()

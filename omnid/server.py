@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -17,11 +18,20 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
 from omnid_client.errors import OmnidError, PermissionDenied, ProtocolError, TooLarge, VersionMismatch
-from omnid_client.paths import Paths, PathError, check_socket_path, ensure_private_dir, write_json_atomic
+from omnid_client.paths import (
+    LAUNCHD_LABEL,
+    Paths,
+    PathError,
+    check_socket_path,
+    ensure_private_dir,
+    read_status_file,
+    write_json_atomic,
+)
 from omnid_client.protocol import (
     HEADER,
     MAX_FRAME,
@@ -31,20 +41,30 @@ from omnid_client.protocol import (
     Hello,
     IncomingRequest,
     ResponseFrame,
+    Settings,
     Welcome,
+    version_note,
 )
 
-from . import __version__, api
+from . import __version__, api, logs, systemd, upgrade
+from .config import Config, config_path
 from .expiry import Expirer
+from .idle import IdleExpiry
 from .reaper import Reaper
 from .retention import Archiver, retention_from_env
 from .store import Store, StoreError
 from .store import sessions as q
+from .watch import DirWatcher
 
 log = logging.getLogger("omnid.server")
 
 HANDSHAKE_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 2.0
+TAKEOVER_TIMEOUT = 10.0
+PREFLIGHT_TIMEOUT = 60.0
+PACKAGE_SETTLE = 1.0
+"""Seconds without further changes to the installed package before it is checked: an
+upgrade rewrites many files."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -176,6 +196,13 @@ class Connection(asyncio.Protocol):
             )
             return
         self.greeted = True
+        assert self.caller is not None
+        self.caller.client_version = hello.client_version
+        self.caller.proto_minor = hello.proto_minor
+        note = version_note(hello.client_version, __version__)
+        if note is not None and hello.client_version not in self.daemon.client_versions_seen:
+            self.daemon.client_versions_seen.add(hello.client_version)
+            log.info("client %r (pid %d): %s", hello.client_name, self.caller.pid, note)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -203,22 +230,67 @@ class Connection(asyncio.Protocol):
 
 
 class Daemon:
-    def __init__(self, paths: Paths, *, log_path: Path | None = None):
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        log_path: Path | None = None,
+        log_target: str | None = None,
+        config: Config | None = None,
+        restart_argv: list[str] | None = None,
+        log_level_fixed: bool = False,
+    ):
         self.paths = paths
         self.log_path = log_path
+        self.log_target = log_target
+        self.config = config if config is not None else Config(config_path())
+        self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
+        self.log_level_fixed = log_level_fixed
         self.started_at = time.time()
         self.connections: set[Connection] = set()
+        self.client_versions_seen: set[str] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
         self.expirer: Expirer = None  # type: ignore[assignment]
         self.archiver: Archiver = None  # type: ignore[assignment]
-        # Seconds after which ended sessions are archived and deleted (None: kept forever).
-        # Read from OMNID_RETENTION until the configuration file provides it.
-        self.retention, self._retention_warning = retention_from_env()
+        # OMNID_RETENTION, when set, overrides the config file's retention (for one-off runs).
+        self._retention_override, self._retention_warning = retention_from_env()
+        self.idle: IdleExpiry = None  # type: ignore[assignment]
+        self.watcher: DirWatcher | None = None
+        self.socket_source = "bound"
+        self.upgrade_error: str | None = None
+        self.restart_requested = False
+        self.handover_socket: socket.socket | None = None
         self._lock_fd = -1
+        self._listener: socket.socket | None = None
+        self._server: asyncio.base_events.Server | None = None
         self._socket_inode: tuple[int, int] | None = None
         self._stopped: asyncio.Event | None = None
+        self._stopping = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._fingerprint: tuple = ()
+        self._rejected_fingerprint: tuple | None = None
+        self._preflight: asyncio.Task | None = None
+        self._package_names: set[str] = set()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (from the config file, or the defaults)."""
+        return self.config.settings
+
+    @property
+    def retention(self) -> float | None:
+        """Seconds after which ended sessions are archived and deleted; None: kept forever."""
+        if self._retention_override is not None or self._retention_warning:
+            return self._retention_override
+        return self.settings.retention or None
+
+    @property
+    def socket_inherited(self) -> bool:
+        """The listening socket is the service manager's: never re-bound or removed by us."""
+        return self.socket_source == "systemd"
 
     # -- startup -------------------------------------------------------------------
 
@@ -231,9 +303,36 @@ class Daemon:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise AlreadyRunning(int(holder) if holder.isdigit() else None, self.paths.lock) from None
+        self._hold_lock(fd)
+
+    def adopt_lock(self, fd: int) -> None:
+        """Keep holding the instance lock passed by the daemon this process replaced."""
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the same open file: it is ours already
+        self._hold_lock(fd)
+
+    def _hold_lock(self, fd: int) -> None:
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def adopt_socket(self, fd: int, *, owner: str) -> None:
+        """Serve on an inherited listening socket: systemd's (``owner="systemd"``), or our own
+        passed across an upgrade re-exec (``owner="own"``)."""
+        try:
+            sock = systemd.adopt_listener(fd)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        path = Path(sock.getsockname())
+        if path != self.paths.socket:
+            self.paths = dataclasses.replace(self.paths, socket=path, socket_source="inherited")
+        self._listener = sock
+        if owner == "systemd":
+            self.socket_source = "systemd"
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode):
+                self._socket_inode = (st.st_dev, st.st_ino)
 
     def bind(self) -> socket.socket:
         path = self.paths.socket
@@ -253,6 +352,9 @@ class Daemon:
         old_umask = os.umask(0o077)
         try:
             sock.bind(os.fspath(path))
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
         st = os.stat(path)  # before listen(): nobody can have replaced it yet
@@ -265,15 +367,25 @@ class Daemon:
         check_socket_path(self.paths.socket)
         ensure_private_dir(self.paths.socket.parent)
 
-    async def serve(self, on_ready) -> None:
+    async def serve(self, on_ready: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         _raise_fd_limit()
+        upgrade.import_everything()
+        self._fingerprint = upgrade.fingerprint()
+        # Watch before anything can be seen from outside, so no change made once a client
+        # can connect goes unnoticed.
+        self.watcher = DirWatcher(self.loop)
+        self._watch_files()
+        settings = self.settings
         self.store = Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
-        self.reaper = Reaper(self.store, self.loop)
+        self.store.set_durability(settings.durability)
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
+        self.idle = IdleExpiry(self.store, self.loop, self.reaper, settings.idle_expiry)
+        self.idle.run()
         self.archiver = Archiver(
             self.store,
             self.loop,
@@ -285,15 +397,20 @@ class Daemon:
         self.store.flush()
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
-        sock = self.bind()
-        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        if self._listener is None:
+            self._listener = self.bind()
+        self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=self._listener)
+        self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
+        self.check_config_file()  # changed since it was read, before the watch was armed?
         self.write_status_file()
         log.info(
-            "omnid %s serving %s (pid %d, database %s, watcher %s, %d live session(s))",
-            __version__, self.paths.socket, os.getpid(), self.paths.database, self.reaper.mode,
-            q.count_live(self.store.db),
+            "omnid %s serving %s%s (pid %d, database %s, watcher %s, %d live session(s), config %s: %s)",
+            __version__, self.paths.socket, " (inherited from systemd)" if self.socket_inherited else "",
+            os.getpid(), self.paths.database, self.reaper.mode, q.count_live(self.store.db),
+            self.config.path, self.config.state,
         )
         if self._retention_warning:
             log.warning("%s", self._retention_warning)
@@ -304,16 +421,34 @@ class Daemon:
             )
         self.archiver.start()
         on_ready()
+        systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
+        self._arm_watchdog()
         await self._stopped.wait()
-        await self._shutdown(server)
+        await self._shutdown()
 
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
             self.loop.call_soon(self._stopped.set)
 
-    async def _shutdown(self, server: asyncio.base_events.Server) -> None:
-        server.close()
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self.restart_requested:
+            systemd.notify("RELOADING=1", "STATUS=restarting into the upgraded package")
+            assert self._listener is not None
+            self.handover_socket = self._listener.dup()  # closing the server must not close it
+        else:
+            systemd.notify("STOPPING=1", "STATUS=stopping")
+        for handle in [self._watchdog, *self._timers.values()]:
+            if handle is not None:
+                handle.cancel()
+        self._timers.clear()
+        if self._preflight is not None:
+            self._preflight.cancel()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self._server is not None:
+            self._server.close()
         self.store.flush()
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -324,22 +459,203 @@ class Daemon:
         self.reaper.stop()
         self.expirer.stop()
         self.archiver.stop()
+        self.idle.stop()
         self.store.close()
-        self.release()
-        log.info("stopped")
+        if not self.restart_requested:
+            self.release()
+        log.info("restarting" if self.restart_requested else "stopped")
 
     def release(self) -> None:
         """Remove what this daemon owns: its socket (only if still ours), status file, lock."""
-        if self._socket_inode is not None:
+        if self._socket_inode is not None and not self.socket_inherited:
             with contextlib.suppress(OSError):
                 st = os.stat(self.paths.socket)
                 if (st.st_dev, st.st_ino) == self._socket_inode:
                     os.unlink(self.paths.socket)
         with contextlib.suppress(OSError):
-            os.unlink(self.paths.status_file)
+            if read_status_file(self.paths.state_dir).get("pid") == os.getpid():
+                os.unlink(self.paths.status_file)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    # -- watching files ----------------------------------------------------------------
+
+    def _later(self, key: str, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once, ``delay`` seconds after the last of a burst of events."""
+        if self._stopping:
+            return
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            try:
+                fn()
+            except Exception:
+                log.exception("%s check failed", key)
+
+        self._timers[key] = self.loop.call_later(delay, fire)
+
+    def _watch_files(self) -> None:
+        """(Re)arm the kernel watches: config dir, socket dir, installed package."""
+        assert self.watcher is not None
+        config_dir = self.config.path.parent
+        with contextlib.suppress(OSError):
+            os.makedirs(config_dir, mode=0o700, exist_ok=True)
+        self.watcher.watch(config_dir, self._config_dir_changed)
+        if not self.socket_inherited:
+            self.watcher.watch(self.paths.socket.parent, self._socket_dir_changed)
+        self._package_names = {"omnid", "omnid_client"}
+        for directory in upgrade.watch_dirs():
+            self._package_names.add(directory.name)
+            self.watcher.watch(directory, self._package_changed)
+
+    def _config_dir_changed(self, names: set[str] | None) -> None:
+        if self.idle is None:
+            return  # still starting: checked once the daemon is up
+        if names is None or self.config.path.name in names:
+            self._later("config", 0.2, self.reload_config)
+
+    def _socket_dir_changed(self, names: set[str] | None) -> None:
+        if self._listener is None:
+            return
+        if names is None or self.paths.socket.name in names:
+            self._later("socket", 0.05, self.check_socket)
+
+    def _package_changed(self, names: set[str] | None) -> None:
+        if self.idle is None:
+            return
+        if names is None or any(
+            n.endswith(".py") or n in self._package_names or n.startswith("omnid") for n in names
+        ):
+            self._later("package", PACKAGE_SETTLE, self.check_package)
+
+    # -- config -------------------------------------------------------------------------
+
+    def reload_config(self) -> None:
+        """Read the config file again and apply what changed; an invalid file changes nothing."""
+        before = self.settings
+        if self.config.load():
+            self.apply_settings(before, self.settings)
+        if self.watcher is not None:
+            self._watch_files()  # the config dir may have been created or replaced
+
+    def check_config_file(self) -> None:
+        if self.config.changed_on_disk():
+            self.reload_config()
+
+    def apply_settings(self, old: Settings, new: Settings) -> None:
+        if new.sweep_interval != old.sweep_interval:
+            self.reaper.set_interval(new.sweep_interval)
+        if new.durability != old.durability:
+            self.store.set_durability(new.durability)
+        if new.log_level != old.log_level and not self.log_level_fixed:
+            logs.set_level(new.log_level)
+        if new.idle_expiry != old.idle_expiry:
+            self.idle.configure(new.idle_expiry)
+        if new.retention != old.retention and self._retention_override is None:
+            self.archiver.reschedule()
+
+    # -- the socket ---------------------------------------------------------------------
+
+    def check_socket(self) -> None:
+        """Bind the socket path again if its file was deleted or replaced (never systemd's)."""
+        if self.socket_inherited or self._stopping or self._listener is None:
+            return
+        path = self.paths.socket
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            log.warning("cannot check socket %s: %s", path, e)
+            return
+        if st is not None and (st.st_dev, st.st_ino) == self._socket_inode:
+            return
+        what = "deleted" if st is None else "replaced"
+        try:
+            sock = self.bind()
+        except (StartupError, PathError, OSError) as e:
+            log.error("socket %s was %s and cannot be bound again (%s); stopping, as no client can reach this daemon", path, what, e)
+            self.request_stop(f"socket {what}")
+            return
+        log.warning("socket %s was %s; bound it again", path, what)
+        self._listener = sock
+        self.loop.create_task(self._serve_on(sock))
+        if self.watcher is not None:
+            self._watch_files()
+
+    async def _serve_on(self, sock: socket.socket) -> None:
+        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        old, self._server = self._server, server
+        if old is not None:
+            old.close()  # its socket file is gone: nobody new can reach it
+        if self._stopping:
+            server.close()
+
+    # -- upgrades ----------------------------------------------------------------------
+
+    def check_package(self) -> None:
+        """Restart into the installed package if it changed and imports cleanly."""
+        if self._stopping or self._preflight is not None:
+            return
+        if self.watcher is not None:
+            self._watch_files()  # an upgrade may have replaced the watched directories
+        current = upgrade.fingerprint()
+        if current == self._fingerprint or current == self._rejected_fingerprint:
+            return
+        self._preflight = self.loop.create_task(self._restart_if_importable(current))
+
+    async def _restart_if_importable(self, seen: tuple) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", upgrade.PREFLIGHT,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), PREFLIGHT_TIMEOUT)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                out, err = b"", f"importing it took over {PREFLIGHT_TIMEOUT:g}s".encode()
+        finally:
+            self._preflight = None
+        if upgrade.fingerprint() != seen:  # still being written: look again once it settles
+            self._later("package", PACKAGE_SETTLE, self.check_package)
+            return
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            self.upgrade_error = f"the installed package changed but does not import: {lines[-1] if lines else proc.returncode}"
+            self._rejected_fingerprint = seen
+            log.error("%s; still running %s", self.upgrade_error, __version__)
+            return
+        new_version = out.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        log.info("the installed package changed (%s -> %s): restarting into it", __version__, new_version[0])
+        self.restart_requested = True
+        self.request_stop("installed package changed")
+
+    # -- systemd -----------------------------------------------------------------------
+
+    def _arm_watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+
+        def ping() -> None:
+            systemd.notify("WATCHDOG=1")
+            self._watchdog = self.loop.call_later(interval, ping)
+
+        self._watchdog = self.loop.call_later(interval, ping)
+
+    @property
+    def managed_by(self) -> str | None:
+        if self.socket_inherited or os.environ.get("NOTIFY_SOCKET") or systemd.started_by_systemd():
+            return "systemd"
+        if os.environ.get("XPC_SERVICE_NAME") == LAUNCHD_LABEL:
+            return "launchd"
+        return None
 
     # -- status --------------------------------------------------------------------
 
@@ -353,6 +669,8 @@ class Daemon:
                 "socket": str(self.paths.socket),
                 "database": str(self.paths.database),
                 "log": str(self.log_path) if self.log_path else None,
+                "log_target": self.log_target,
+                "config": str(self.config.path),
                 "started_at": self.started_at,
             },
         )
@@ -379,8 +697,17 @@ class Daemon:
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),
+            socket_source=self.socket_source,
+            managed_by=self.managed_by,  # type: ignore[arg-type]
+            log_target=self.log_target,
+            config_path=str(self.config.path),
+            config_state=self.config.state,
+            config_error=self.config.error,
+            config_loaded_at=self.config.loaded_at,
+            settings=self.settings,
+            synchronous=self.store.durability(),
+            upgrade_error=self.upgrade_error,
         )
-
 
 def _accepts_connections(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -402,8 +729,17 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
-    """Run a daemon until it is told to stop; the exit status for ``omnid serve``."""
+def run(
+    paths: Paths,
+    *,
+    log_path: Path | None,
+    ready_fd: int | None,
+    log_target: str | None = None,
+    restart_argv: list[str] | None = None,
+    log_level_fixed: bool = False,
+) -> int:
+    """Run a daemon until it is told to stop; the exit status for ``omnid serve``. After
+    an upgrade it does not return: the process becomes the new daemon."""
 
     def report(line: str) -> None:
         nonlocal ready_fd
@@ -413,15 +749,34 @@ def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
                 os.close(ready_fd)
             ready_fd = None
 
-    daemon = Daemon(paths, log_path=log_path)
+    handover = upgrade.take_handover()
+    inherited = systemd.listen_fds()
+    config = Config(config_path())
+    config.load()
+    if not log_level_fixed:
+        logs.set_level(config.settings.log_level)
+    daemon = Daemon(
+        paths, log_path=log_path, log_target=log_target, config=config,
+        restart_argv=restart_argv, log_level_fixed=log_level_fixed,
+    )
     try:
-        daemon.check_paths()
-        daemon.acquire_lock()
+        if len(inherited) > 1:
+            raise StartupError(f"{len(inherited)} sockets were passed in; omnid.socket must have one ListenStream=")
+        if inherited:
+            daemon.adopt_socket(inherited[0], owner=handover[1] if handover else "systemd")
+        else:
+            daemon.check_paths()
+        if handover:
+            daemon.adopt_lock(handover[0])
+        elif daemon.socket_inherited:
+            _take_over(daemon)
+        else:
+            daemon.acquire_lock()
     except AlreadyRunning as e:
         print(f"omnid: {e}; not starting a second one", file=sys.stderr)
         report(f"running {e.pid or 0}")
         return 0
-    except (OSError, ValueError, PathError) as e:
+    except (OSError, ValueError, PathError, StartupError) as e:
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
@@ -434,4 +789,34 @@ def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
         report(f"error {e}")
         daemon.release()
         return 1
+    if daemon.restart_requested and daemon.handover_socket is not None:
+        owner = "systemd" if daemon.socket_inherited else "own"
+        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv)
     return 0
+
+
+def _take_over(daemon: Daemon) -> None:
+    """Under socket activation, the service manager's daemon is the one to keep: a daemon a
+    client started on its own is asked to stop, and its lock awaited."""
+    try:
+        daemon.acquire_lock()
+        return
+    except AlreadyRunning as e:
+        holder = e
+    from omnid_client import Client, OmnidError
+
+    published = read_status_file(daemon.paths.state_dir).get("socket")
+    if isinstance(published, str) and published and Path(published) != daemon.paths.socket:
+        log.info("another omnid (pid %s) serves %s: asking it to stop", holder.pid, published)
+        with contextlib.suppress(OmnidError):
+            with Client(published, autostart=False, timeout=5.0) as other:
+                other.shutdown()
+    deadline = time.monotonic() + TAKEOVER_TIMEOUT
+    while True:
+        try:
+            daemon.acquire_lock()
+            return
+        except AlreadyRunning:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -275,3 +275,19 @@ def test_an_unusable_retention_setting_is_reported_and_deletes_nothing(home, tmp
 def test_the_retention_setting_is_seconds(value, age, warned):
     got, warning = retention_from_env({} if value is None else {"OMNID_RETENTION": value})
     assert got == age and (warning is not None) == warned, warning
+
+
+def test_the_config_files_retention_drives_the_daemon_and_is_applied_live(home, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMNID_RETENTION", raising=False)
+    d = DaemonProcess(home).start()
+    try:
+        with d.client() as c:
+            ended = [full_session(c, tmp_path) for _ in range(2)]
+            assert c.status().retention.age is None
+            time.sleep(1.2)  # they ended over a second ago
+            (home / "config.toml").write_text("retention = 1\n")
+            st = wait_for(lambda: (s := c.status().retention).runs >= 1 and s, what="a retention run after reload")
+            assert (st.age, st.archived) == (1.0, 2)
+            assert sorted(session_ids(archived(home / "archive.jsonl"))) == sorted(ended)
+    finally:
+        assert d.stop() == 0

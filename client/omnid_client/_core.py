@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -73,9 +74,12 @@ from .protocol import (
     TaskRef,
     UpdateTask,
     Welcome,
+    version_note,
 )
 
+log = logging.getLogger("omnid_client")
 T = TypeVar("T")
+_noted: set[str] = set()
 _encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
@@ -172,6 +176,8 @@ class Methods:
         self.fail_open = fail_open
         self.client_name = client_name
         self.welcome: Welcome | None = None
+        self.version_note: str | None = None
+        """Set when the daemon is another release than this client, naming the older side."""
         self._next_id = 1
         self._init_connection()
 
@@ -429,4 +435,13 @@ def check_welcome(payload: bytes) -> Welcome:
     return result_of(parse_response(payload), Welcome)
 
 
-__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "frame_length", "hello_frame", "check_welcome"]
+def note_versions(welcome: Welcome) -> str | None:
+    """Which side is older when client and daemon differ (logged once per process), or None."""
+    note = version_note(__version__, welcome.server_version)
+    if note is not None and note not in _noted:
+        _noted.add(note)
+        log.info("%s", note)
+    return note
+
+
+__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "frame_length", "hello_frame", "check_welcome", "note_versions"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from ._core import Call, Methods, check_welcome, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
 from ._spawn import start_daemon
 from .client import Client
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
@@ -41,11 +42,13 @@ class AsyncClient(Methods):
                 if not self.autostart:
                     tried = ", ".join(str(p) for p, _ in candidates)
                     raise Unavailable(f"omnid is not running (tried {tried})")
-                target = self.socket_path or daemon_paths().socket
-                probe = Client(target, connect_timeout=self.connect_timeout, autostart=False)
+                paths = daemon_paths()
+                if self.socket_path:
+                    paths = dataclasses.replace(paths, socket=self.socket_path)
+                probe = Client(connect_timeout=self.connect_timeout, autostart=False)
                 try:
-                    await asyncio.to_thread(
-                        start_daemon, daemon_paths(), lambda: probe._try_connect(target), self.start_timeout
+                    target = await asyncio.to_thread(
+                        start_daemon, paths, probe._try_connect, self.start_timeout, use_service=not self.socket_path
                     )
                 finally:
                     probe.close()
@@ -67,6 +70,7 @@ class AsyncClient(Methods):
             writer.write(hello_frame(self.client_name))
             payload = await asyncio.wait_for(_read_frame(reader), self.connect_timeout)
             self.welcome = check_welcome(payload)
+            self.version_note = note_versions(self.welcome)
         except asyncio.TimeoutError:
             writer.close()
             raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None

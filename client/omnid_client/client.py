@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -10,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._core import Call, Methods, check_welcome, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
 from ._spawn import start_daemon
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
@@ -46,8 +47,10 @@ class Client(Methods):
             if not self.autostart:
                 tried = ", ".join(str(p) for p, _ in candidates)
                 raise Unavailable(f"omnid is not running (tried {tried})")
-            target = self.socket_path or daemon_paths().socket
-            start_daemon(daemon_paths(), lambda: self._try_connect(target), self.start_timeout)
+            paths = daemon_paths()
+            if self.socket_path:
+                paths = dataclasses.replace(paths, socket=self.socket_path)
+            target = start_daemon(paths, self._try_connect, self.start_timeout, use_service=not self.socket_path)
             if self._sock is None and not self._try_connect(target):
                 raise Unavailable(f"omnid started but {target} does not accept connections")
         assert self.welcome is not None
@@ -62,6 +65,7 @@ class Client(Methods):
             sock.connect(os.fspath(path))
             sock.sendall(hello_frame(self.client_name))
             self.welcome = check_welcome(self._read_frame(sock))
+            self.version_note = note_versions(self.welcome)
         except socket.timeout:
             sock.close()
             raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None

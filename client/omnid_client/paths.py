@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import plistlib
 import pwd
+import shlex
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 SOCKET_NAME = "omnid.sock"
+SYSTEMD_UNITS = ("omnid.socket", "omnid.service")
+LAUNCHD_LABEL = "dev.omnid.daemon"
+SERVICE_ENV = ("OMNID_HOME", "OMNID_SOCKET")
+"""The variables a service unit carries over from the shell that installed it."""
 MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108
 _SYSTEM_TMP = Path("/private/tmp" if sys.platform == "darwin" else "/tmp")
 
@@ -159,3 +165,85 @@ def write_json_atomic(path: Path, data: dict) -> None:
         json.dump(data, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+# --- service manager units ----------------------------------------------------------
+
+
+def systemd_unit_dir() -> Path:
+    """Where ``systemctl --user`` looks for the user's own units."""
+    config = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(config) if config and os.path.isabs(config) else Path.home() / ".config"
+    return base / "systemd" / "user"
+
+
+def launchd_plist_path() -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+
+@dataclass(frozen=True)
+class InstalledService:
+    """An omnid unit the service manager can start for this process's environment."""
+
+    manager: str
+    start_command: tuple[str, ...]
+    socket: Path
+
+
+def service_environment() -> dict[str, str]:
+    """The omnid variables of this process (as absolute paths) that an installed unit must match."""
+    return {name: os.path.abspath(os.environ[name]) for name in SERVICE_ENV if os.environ.get(name)}
+
+
+def installed_service() -> InstalledService | None:
+    """The installed unit (systemd) or LaunchAgent (launchd) that serves this process's
+    daemon location, or None: a unit installed for another OMNID_HOME does not count."""
+    if sys.platform.startswith("linux"):
+        unit = systemd_unit_dir() / "omnid.service"
+        env = _unit_environment(unit)
+        if env is None or env != service_environment():
+            return None
+        socket = daemon_paths().socket if env else systemd_socket_path()
+        return InstalledService("systemd", ("systemctl", "--user", "start", *SYSTEMD_UNITS), socket)
+    if sys.platform == "darwin":
+        env = _plist_environment(launchd_plist_path())
+        if env is None or env != service_environment():
+            return None
+        return InstalledService(
+            "launchd", ("launchctl", "kickstart", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"), daemon_paths().socket
+        )
+    return None
+
+
+def _unit_environment(unit: Path) -> dict[str, str] | None:
+    """The omnid variables set by a unit file's ``Environment=`` lines; None if no such file."""
+    try:
+        text = unit.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.strip() != "Environment":
+            continue
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            continue
+        for word in words:
+            name, eq, val = word.partition("=")
+            if eq and name in SERVICE_ENV and val:
+                env[name] = val.replace("%%", "%")
+    return env
+
+
+def _plist_environment(plist: Path) -> dict[str, str] | None:
+    try:
+        with open(plist, "rb") as f:
+            data = plistlib.load(f)
+    except (OSError, plistlib.InvalidFileException, ValueError):
+        return None
+    env = data.get("EnvironmentVariables") if isinstance(data, dict) else None
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if k in SERVICE_ENV and isinstance(v, str) and v}

@@ -99,6 +99,43 @@ class Welcome(Struct):
     pid: int
 
 
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as release ``a`` is older than, the same as, or newer than ``b``
+    (numeric dot-separated parts; a pre-release suffix sorts before its release)."""
+
+    def key(version: str) -> tuple:
+        parts = []
+        for part in version.split("+")[0].split("."):
+            digits = len(part) - len(part.lstrip("0123456789"))
+            number = int(part[:digits]) if digits else -1
+            # "1rc1" < "1": a part with a suffix sorts before the bare number.
+            parts.append((number, 0 if part[digits:] else 1, part[digits:]))
+        while parts and parts[-1] == (0, 1, ""):
+            parts.pop()
+        return tuple(parts)
+
+    ka, kb = key(a), key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def version_note(client_version: str, daemon_version: str) -> str | None:
+    """What to tell someone whose client and daemon are different releases, naming the
+    older side; None when they are the same release."""
+    order = compare_versions(client_version, daemon_version)
+    if order == 0:
+        return None
+    if order > 0:
+        return (
+            f"the omnid daemon ({daemon_version}) is older than this client ({client_version}); "
+            "it restarts itself when its package is upgraded, otherwise run `omnid stop` and the "
+            "next call starts the installed version"
+        )
+    return (
+        f"this client ({client_version}) is older than the omnid daemon ({daemon_version}); "
+        "upgrade the client package (omnid or omnid-client)"
+    )
+
+
 # --- sessions --------------------------------------------------------------------
 
 
@@ -805,6 +842,20 @@ class LastReap(Struct):
     reaped: int
 
 
+class Settings(Struct, kw_only=True):
+    """The daemon's settings, read from its TOML config file (durations in seconds)."""
+
+    sweep_interval: Annotated[float, Meta(ge=30, le=86400)] = 60.0
+    """How often every live session's owner is re-checked as a safety net."""
+    idle_expiry: Annotated[float, Meta(ge=0, le=10 * 365 * 86400)] = 0.0
+    """End live sessions whose owner cannot be checked after this long without activity; 0 = never."""
+    retention: Annotated[float, Meta(ge=0, le=100 * 365 * 86400)] = 0.0
+    """How long ended sessions are kept; 0 = forever."""
+    durability: Literal["normal", "full"] = "normal"
+    """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class DaemonStatus(Struct):
     pid: int
     version: str
@@ -824,6 +875,22 @@ class DaemonStatus(Struct):
     connections: int
     last_reap: LastReap | None
     retention: RetentionStatus | None = None
+    socket_source: str | None = None
+    """How the daemon got its socket: "bound", or "systemd" when inherited from the service manager."""
+    managed_by: Literal["systemd", "launchd"] | None = None
+    log_target: str | None = None
+    """Where log lines go: "journald", "stderr", or "file PATH (...)"."""
+    config_path: str | None = None
+    config_state: Literal["default", "loaded", "invalid"] | None = None
+    """"default": no config file, built-in settings; "invalid": the last read failed and the
+    settings before it stay in force (see ``config_error``)."""
+    config_error: str | None = None
+    config_loaded_at: float | None = None
+    settings: Settings | None = None
+    synchronous: str | None = None
+    """The database connection's ``PRAGMA synchronous`` as applied ("normal" or "full")."""
+    upgrade_error: str | None = None
+    """Why the daemon did not restart into a changed installed package, if it did not."""
 
 
 class Method(Struct, frozen=True):

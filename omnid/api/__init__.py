@@ -20,8 +20,19 @@ from omnid_client.errors import (
     TooLarge,
     Unsupported,
 )
-from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, ErrorInfo, IncomingRequest, ResponseFrame, Session
+from omnid_client.protocol import (
+    MAX_METADATA_BYTES,
+    METHODS,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    ErrorInfo,
+    IncomingRequest,
+    ResponseFrame,
+    Session,
+    compare_versions,
+)
 
+from .. import __version__
 from ..projects import locate
 from ..store import projects as project_store
 from ..store import sessions as session_store
@@ -41,6 +52,8 @@ class Caller:
     pid: int
     uid: int
     daemon: "Daemon"
+    client_version: str = ""
+    proto_minor: int = 0
 
 
 Handler = Callable[[Caller, Any], Any]
@@ -67,7 +80,14 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
     """Run one request; every failure becomes a typed error reply, never an exception."""
     handler = HANDLERS.get(request.method)
     if handler is None:
-        err: OmnidError = Unsupported(f"unknown method {request.method!r}", {"method": request.method})
+        message = f"unknown method {request.method!r}"
+        if caller.proto_minor > PROTOCOL_MINOR or compare_versions(caller.client_version or "0", __version__) > 0:
+            message += (
+                f"; the daemon ({__version__}, protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}) is older than the "
+                f"client ({caller.client_version}, protocol {PROTOCOL_MAJOR}.{caller.proto_minor}): upgrade omnid, "
+                "or run `omnid stop` if it is upgraded and this daemon is still the old one"
+            )
+        err: OmnidError = Unsupported(message, {"method": request.method, "daemon_version": __version__})
         return ResponseFrame(request.id, error=error_info(err))
     try:
         params = _param_decoders[request.method].decode(request.params)
