@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -170,3 +171,40 @@ def _never_touch_the_real_home(monkeypatch) -> None:
     """Tests that forget the ``home`` fixture still must not reach a user's real daemon."""
     if "OMNID_HOME" not in os.environ:
         monkeypatch.setenv("OMNID_HOME", "/nonexistent/omnid-test-home")
+
+
+# --- the omnid command, as a user runs it ----------------------------------------------
+
+
+def run_omnid(
+    *args: str, cwd: Path | None = None, stdin=subprocess.DEVNULL, text: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``python -m omnid ARGS`` in this test's environment (its OMNID_HOME)."""
+    return subprocess.run(
+        [sys.executable, "-m", "omnid", *args],
+        env=os.environ,
+        cwd=cwd,
+        stdin=stdin,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def omnid_ok(*args: str, cwd: Path | None = None, text: bool = True):
+    """The stdout of a command that must succeed."""
+    r = run_omnid(*args, cwd=cwd, text=text)
+    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    return r.stdout
+
+
+def omnid_json(*args: str, cwd: Path | None = None):
+    return json.loads(omnid_ok(*args, "--json", cwd=cwd))
+
+
+def omnid_error(*args: str, cwd: Path | None = None) -> dict:
+    """The JSON error of a command that must exit 1."""
+    r = run_omnid(*args, "--json", cwd=cwd)
+    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    return json.loads(r.stdout)["error"]

@@ -7,13 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, wait_for, run_omnid as omnid
 from omnid.identity import inspect
 from omnid_client import Client
 
@@ -35,10 +33,6 @@ def status(**kwargs):
         return c.status()
 
 
-def omnid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    )
 
 
 def test_settings_are_read_at_start_and_applied_live_on_every_change(home):

@@ -8,17 +8,14 @@ fixture) points it at the test's own daemon.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
+from conftest import wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok as ok, run_omnid as omnid
 from omnid_client import Client, NotFound
 from omnid_client.protocol import ContextEvent, NewMessage, Session
 
@@ -29,34 +26,12 @@ USAGE = 2
 MEMORY_ID = re.compile(r"^mem_[0-9a-f]{12}$")
 
 
-def omnid(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args],
-        env=os.environ,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
-def ok(*args: str, cwd: Path | None = None) -> str:
-    r = omnid(*args, cwd=cwd)
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.stdout
 
 
-def ok_json(*args: str, cwd: Path | None = None) -> Any:
-    return json.loads(ok(*args, "--json", cwd=cwd))
 
 
-def fails(*args: str, cwd: Path | None = None) -> dict[str, Any]:
-    """The JSON error of a command that must exit 1."""
-    r = omnid(*args, "--json", cwd=cwd)
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return json.loads(r.stdout)["error"]
 
 
 def plain(value: Any) -> Any:

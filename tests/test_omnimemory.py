@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
 from omnid_client import Client
 
 from omnid.omnimemory import parse_time
@@ -148,23 +147,10 @@ def current_db(path: Path, workspace: Path) -> Path:
     })
 
 
-def omnid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args], env=os.environ, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60, check=False,
-    )
 
 
-def ok_json(*args: str) -> Any:
-    r = omnid(*args, "--json")
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return json.loads(r.stdout)
 
 
-def fails(*args: str) -> dict[str, Any]:
-    r = omnid(*args, "--json")
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return json.loads(r.stdout)["error"]
 
 
 def fingerprint(path: Path) -> tuple:

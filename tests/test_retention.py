@@ -5,17 +5,14 @@ silently: each run is logged and counted in the daemon's status."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, wait_for, omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
 from omnid_client import Client, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
 
@@ -29,23 +26,10 @@ def _no_retention_unless_set(monkeypatch) -> None:
     monkeypatch.delenv("OMNID_RETENTION", raising=False)
 
 
-def omnid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args], env=os.environ, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60, check=False,
-    )
 
 
-def ok_json(*args: str) -> Any:
-    r = omnid(*args, "--json")
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return json.loads(r.stdout)
 
 
-def fails(*args: str) -> dict[str, Any]:
-    r = omnid(*args, "--json")
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return json.loads(r.stdout)["error"]
 
 
 def rows(home: Path, sql: str, *args: Any) -> list[tuple]:

@@ -3,12 +3,9 @@ real daemons, real sockets and real SQLite files, in throwaway OMNID_HOMEs."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -17,7 +14,7 @@ from typing import Any, Iterator
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
 from omnid_client import Client, Conflict, Invalid, TooLarge
 from omnid_client.protocol import (
     MAX_CONTENT,
@@ -45,27 +42,21 @@ UNICODE = "héllo wörld — 你好 🌍 שלום e\u0301 \u2028 nul\x00 tab\tne
 # --- helpers ---------------------------------------------------------------------------
 
 
-def omnid(*args: str, cwd: Path | None = None, stdin: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args], env=os.environ, cwd=cwd, stdin=stdin,
-        capture_output=True, timeout=60, check=False,
-    )
+def omnid(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Bytes out: exports are compared byte for byte."""
+    return run_omnid(*args, text=False, **kwargs)
 
 
 def ok(*args: str) -> bytes:
-    r = omnid(*args)
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
+    return omnid_ok(*args, text=False)
 
 
-def ok_json(*args: str) -> Any:
-    return json.loads(ok(*args, "--json"))
 
 
-def fails(*args: str) -> dict[str, Any]:
-    r = omnid(*args, "--json")
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return json.loads(r.stdout)["error"]
+
+
+
+
 
 
 def query(db_path: Path, sql: str, *args: Any) -> list[tuple]:
