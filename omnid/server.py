@@ -16,6 +16,7 @@ import stat
 import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -43,11 +44,41 @@ from .store import sessions as q
 log = logging.getLogger("omnid.server")
 
 HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new connection has to send its hello (``OMNID_HANDSHAKE_TIMEOUT``)."""
+IDLE_TIMEOUT = 3600.0
+"""Seconds a greeted connection may stay silent before it is closed (``OMNID_IDLE_TIMEOUT``)."""
 SHUTDOWN_GRACE = 2.0
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    handshake: float = HANDSHAKE_TIMEOUT
+    idle: float = IDLE_TIMEOUT
+
+    @classmethod
+    def from_env(cls) -> "Timeouts":
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_IDLE_TIMEOUT`` (seconds)."""
+        return cls(
+            _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
+            _seconds_from_env("OMNID_IDLE_TIMEOUT", IDLE_TIMEOUT),
+        )
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise StartupError(f"{name}={text!r} is not a positive number of seconds")
+    return value
 
 
 class AlreadyRunning(Exception):
@@ -82,7 +113,9 @@ class Connection(asyncio.Protocol):
         self.greeted = False
         self.closing = False
         self.buffer = bytearray()
-        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        """The handshake deadline until the hello, then the idle check."""
+        self._last_heard = 0.0
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -101,17 +134,19 @@ class Connection(asyncio.Protocol):
             self.fail(0, PermissionDenied(f"omnid serves uid {os.getuid()} only; you are uid {uid}"))
             return
         self.caller = api.Caller(pid, uid, self.daemon)
-        self._handshake_timer = self.daemon.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+        self._timer = self.daemon.loop.call_later(self.daemon.timeouts.handshake, self._handshake_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.daemon.connections.discard(self)
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self._last_heard = self.daemon.loop.time()
         buf = self.buffer
         buf += data
         while len(buf) >= HEADER.size and not self.closing:
@@ -175,9 +210,9 @@ class Connection(asyncio.Protocol):
             )
             return
         self.greeted = True
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.daemon.loop.call_later(self.daemon.timeouts.idle, self._idle_check)
         self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
 
     def send(self, response: ResponseFrame) -> None:
@@ -197,14 +232,32 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _handshake_expired(self) -> None:
+        self._timer = None
         if not self.greeted:
-            self.fail(0, ProtocolError(f"no hello within {HANDSHAKE_TIMEOUT:g}s"))
+            self.fail(0, ProtocolError(f"no hello within {self.daemon.timeouts.handshake:g}s"))
+
+    def _idle_check(self) -> None:
+        """Close a connection silent for the idle timeout. No error frame: a client finds
+        plain EOF before its next request and reconnects without losing that request."""
+        self._timer = None
+        if self.transport is None or self.closing:
+            return
+        loop = self.daemon.loop
+        quiet = loop.time() - self._last_heard
+        if quiet < self.daemon.timeouts.idle:
+            self._timer = loop.call_later(self.daemon.timeouts.idle - quiet, self._idle_check)
+            return
+        assert self.caller is not None
+        log.debug("closing connection of pid %d: silent for %.0fs", self.caller.pid, quiet)
+        self.closing = True
+        self.transport.close()
 
 
 class Daemon:
-    def __init__(self, paths: Paths, *, log_path: Path | None = None):
+    def __init__(self, paths: Paths, *, log_path: Path | None = None, timeouts: Timeouts = Timeouts()):
         self.paths = paths
         self.log_path = log_path
+        self.timeouts = timeouts
         self.started_at = time.time()
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -390,15 +443,15 @@ def run(paths: Paths, *, log_path: Path | None, ready_fd: int | None) -> int:
                 os.close(ready_fd)
             ready_fd = None
 
-    daemon = Daemon(paths, log_path=log_path)
     try:
+        daemon = Daemon(paths, log_path=log_path, timeouts=Timeouts.from_env())
         daemon.check_paths()
         daemon.acquire_lock()
     except AlreadyRunning as e:
         print(f"omnid: {e}; not starting a second one", file=sys.stderr)
         report(f"running {e.pid or 0}")
         return 0
-    except (OSError, ValueError, PathError) as e:
+    except (OSError, ValueError, PathError, StartupError) as e:
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 
 from ._core import Call, Methods, check_welcome, encode_frame, frame_length, hello_frame, parse_response, result_of
 from ._spawn import start_daemon
-from .client import Client
+from .client import Client, _closed_by_peer
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
 from .protocol import HEADER, RequestFrame, Session, Welcome
@@ -51,7 +51,10 @@ class AsyncClient(Methods):
     async def connect(self) -> Welcome:
         async with self._connect_lock:
             if self._writer is not None and self.welcome is not None:
-                return self.welcome
+                if self._pending or not _closed_by_peer(self._writer.get_extra_info("socket")):
+                    return self.welcome
+                # Closed by the daemon (idle) before our reader task saw the EOF: start afresh.
+                self._reset(Unavailable("omnid closed the connection"))
             candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
             for path, _ in candidates:
                 if await self._try_connect(path):
@@ -119,10 +122,15 @@ class AsyncClient(Methods):
         except ProtocolError as e:
             error = e
         finally:
-            self._reset(error)
+            # Only for its own connection: a reader of a replaced one must not reset the new one.
+            if self._reader_task is asyncio.current_task():
+                self._reset(error)
 
     def _reset(self, error: Exception) -> None:
         writer, self._writer = self._writer, None
+        task, self._reader_task = self._reader_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         self.welcome = None
         if writer is not None:
             writer.close()

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,8 +60,10 @@ class Client(Methods):
     def connect(self) -> Welcome:
         """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
         if self._sock is not None and self._pid == os.getpid():
-            assert self.welcome is not None
-            return self.welcome
+            if not _closed_by_peer(self._sock):
+                assert self.welcome is not None
+                return self.welcome
+            log.debug("omnid closed the connection (idle or restarted); reconnecting")
         self._drop()
         self._pid = os.getpid()
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
@@ -183,6 +186,15 @@ class Client(Methods):
 
 class _ConnectionLost(Exception):
     pass
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the daemon closed this connection (as it does idle ones) or sent bytes nobody
+    asked for: either way it is unusable. Checked before a request is sent, so none is
+    lost to a stale connection. (poll, not recv: a socket with a timeout would wait.)"""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
