@@ -1,4 +1,5 @@
-"""Hostile and careless peers against a real daemon: connections that never speak.
+"""Hostile and careless peers against a real daemon: connections that never speak, and
+pids that are not the caller's to claim.
 
 Other uids (refused at connect, and their pids refused as owners), garbage frames and the
 handshake deadline are covered in test_daemon.py and test_sessions.py.
@@ -7,12 +8,18 @@ handshake deadline are covered in test_daemon.py and test_sessions.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
+from click.testing import CliRunner
 from conftest import DaemonProcess, wait_for
-from test_daemon import Refusal, Wire, error_of, hello, request
+from test_daemon import NOBODY, Refusal, Wire, error_of, hello, request
 
+from omnid.cli import main
 from omnid_client import AsyncClient
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
@@ -84,3 +91,70 @@ def test_a_bad_timeout_setting_refuses_to_start_and_says_which(home, monkeypatch
     refusal = Refusal(home)
     assert "OMNID_IDLE_TIMEOUT" in refusal.stderr and "positive number of seconds" in refusal.stderr
     refusal.assert_clean()
+
+
+# --- owners that are not the caller's to claim ------------------------------------------
+
+_CLAIMER = """
+import json, os, subprocess, sys
+from omnid_client import Client, OmnidError
+grandparent, sibling, stranger = (int(a) for a in sys.argv[1:4])
+child = subprocess.Popen(["sleep", "600"])
+claims = {"self": None, "parent": os.getppid(), "grandparent": grandparent,
+          "sibling": sibling, "own child": child.pid, "other user": stranger}
+out = {}
+with Client(autostart=False) as c:
+    for strict in (True, False):
+        for name, pid in claims.items():
+            try:
+                s = c.get_or_create(f"claim-{strict}-{name.replace(' ', '-')}", pid=pid,
+                                    owner_must_be_ancestor=strict).session
+                out[f"{strict} {name}"] = ["ok", s.owner_pid]
+            except OmnidError as e:
+                out[f"{strict} {name}"] = [e.code, str(e)]
+child.kill()
+print(json.dumps({"me": os.getpid(), "parent": os.getppid(), "claims": out}))
+"""
+
+
+def test_acting_for_an_ancestor_accepts_only_the_caller_and_its_ancestors(daemon, spawn_owner):
+    """A real tree: this test -> sh -> python claimer (which starts its own child); a
+    sibling of sh and a process of another user are started by this test."""
+    sibling, stranger = spawn_owner(), spawn_owner(user=NOBODY)
+    # "; true" keeps sh from exec'ing python in its own place: sh stays the parent.
+    script = '"$0" -c "$1" "$2" "$3" "$4"; true'
+    argv = [sys.executable, _CLAIMER, str(os.getpid()), str(sibling.pid), str(stranger.pid)]
+    r = subprocess.run(["sh", "-c", script, *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    claims = out["claims"]
+
+    for name, pid in (("self", out["me"]), ("parent", out["parent"]), ("grandparent", os.getpid())):
+        assert claims[f"True {name}"] == ["ok", pid], name
+    for name in ("sibling", "own child"):
+        code, message = claims[f"True {name}"]
+        assert code == "permission" and "neither the caller" in message, (name, message)
+    code, message = claims["True other user"]
+    assert code == "permission" and f"uid {NOBODY}" in message
+
+    # Without the flag any process of the caller's uid may own a session, as before.
+    assert claims["False sibling"] == ["ok", sibling.pid]
+    assert claims["False own child"][0] == "ok"
+    assert claims["False other user"][0] == "permission"
+
+
+def test_session_start_refuses_a_parent_pid_that_is_no_longer_its_parent(daemon, client, spawn_owner, monkeypatch):
+    """``omnid session start`` binds to its parent. If the parent died and its pid went to
+    another process, the pid it read is no ancestor any more: that process is refused."""
+    impostor = spawn_owner()
+    monkeypatch.setattr("omnid.cli.os.getppid", lambda: impostor.pid)
+
+    result = CliRunner().invoke(main, ["session", "start", "--tool", "hook"], catch_exceptions=False)
+
+    assert result.exit_code == 1, result.stdout
+    assert result.stderr.startswith("omnid: permission: ") and "ancestors" in result.stderr
+    assert client.list_sessions(tool_id="hook").sessions == []
+    # An explicit --pid is the user's choice and may name any of their processes.
+    result = CliRunner().invoke(main, ["session", "start", "--tool", "hook", "--pid", str(impostor.pid)])
+    assert result.exit_code == 0, result.stderr
+    assert client.get(result.stdout.strip()).owner_pid == impostor.pid

@@ -134,6 +134,9 @@ class GetOrCreate(Struct):
     session_type: Annotated[str, Meta(min_length=1, max_length=64)] = "default"
     metadata: dict[str, Any] = {}
     dedup: bool = True
+    owner_must_be_ancestor: bool = False
+    """For helpers acting for their parent (a shell hook): ``pid`` must be the caller itself
+    or one of its ancestors, so a stale or mistyped pid cannot bind someone else's process."""
 
 
 class GetOrCreateResult(Struct):

@@ -17,7 +17,7 @@ from omnid_client.protocol import (
     SessionSummary,
 )
 
-from ..identity import ProcessIdentity, cwd_of, owner_process
+from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process
 from ..projects import locate
 from ..store import context as context_store
 from ..store import memories as memory_store
@@ -32,7 +32,10 @@ from . import Caller, check_size, existing_session, handles, live_session
 def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
     daemon = caller.daemon
-    owner = owner_process(caller.pid if p.pid is None else p.pid, caller.uid).identity
+    pid = caller.pid if p.pid is None else p.pid
+    owner = owner_process(pid, caller.uid).identity
+    if p.owner_must_be_ancestor:
+        check_ancestor(pid, caller.pid)
     db = daemon.store.db
     now = daemon.store.now()
     if p.dedup:
