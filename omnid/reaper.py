@@ -39,6 +39,10 @@ class PidfdWatcher:
             fd = os.pidfd_open(identity.pid)
         except ProcessLookupError:
             return False
+        except OSError as e:  # out of file descriptors: the periodic sweep stands in
+            log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
+            info = inspect(identity.pid)
+            return info is not None and info.identity == identity
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
         if info is None or info.identity != identity:

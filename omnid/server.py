@@ -48,6 +48,10 @@ HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0
 """Seconds a greeted connection may stay silent before it is closed (``OMNID_IDLE_TIMEOUT``)."""
 SHUTDOWN_GRACE = 2.0
+LISTEN_BACKLOG = 4096
+"""Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
+FD_RESERVE = 32
+"""File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -142,6 +146,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.transport = None
+        self.daemon.listener.fd_freed()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -253,6 +258,110 @@ class Connection(asyncio.Protocol):
         self.transport.close()
 
 
+class Listener:
+    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store,
+    owner watches and /proc; past that, new connections wait in the kernel's listen backlog
+    until one closes. (asyncio's own server, out of fds, logs a traceback per queued
+    connection every second.)"""
+
+    def __init__(self, daemon: "Daemon", sock: socket.socket):
+        self.daemon = daemon
+        self.loop = daemon.loop
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.base_fds = _open_fd_count() - len(daemon.reaper.owners)
+        self.accepting = False
+        self._starting: set[asyncio.Task] = set()
+        self.paused_at: float | None = None
+        self._warned_at = float("-inf")
+        self._retry: asyncio.TimerHandle | None = None
+        self._resume()
+
+    def fds_in_use(self) -> int:
+        """An estimate that needs no syscall: what was open at start, plus each connection
+        (accepted or being set up) and each watched owner (a pidfd)."""
+        daemon = self.daemon
+        return self.base_fds + len(self._starting) + len(daemon.connections) + len(daemon.reaper.owners)
+
+    def has_room(self) -> bool:
+        return self.fd_limit == resource.RLIM_INFINITY or self.fds_in_use() < self.fd_limit - FD_RESERVE
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then let other work run; the socket stays readable
+            if not self.has_room():
+                self._pause(f"{self.fds_in_use()} of {self.fd_limit} file descriptors in use")
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause(str(e))
+                    return
+                log.warning("accept failed: %s", e)
+                return
+            task = self.loop.create_task(self._serve(conn))
+            self._starting.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._starting.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: Connection(self.daemon), conn)
+        except OSError as e:
+            log.warning("dropped a new connection: %s", e)
+            conn.close()
+
+    def _pause(self, why: str) -> None:
+        if self.accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+        if self.paused_at is None:
+            self.paused_at = now = time.monotonic()
+            if now - self._warned_at > 60.0:  # overload flaps; once a minute is enough
+                self._warned_at = now
+                log.warning("not accepting new connections for now (%s); they wait in the queue", why)
+        if self._retry is None:
+            self._retry = self.loop.call_later(1.0, self._retry_fired)
+
+    def _retry_fired(self) -> None:
+        self._retry = None
+        self._resume()
+
+    def fd_freed(self) -> None:
+        if not self.accepting and self.paused_at is not None and self.sock.fileno() >= 0:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.sock.fileno() < 0 or self.accepting:
+            return
+        if self.paused_at is not None:
+            if not self.has_room():
+                self._pause("")
+                return
+            log.debug("accepting connections again after %.1fs", time.monotonic() - self.paused_at)
+            self.paused_at = None
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self.accepting = True
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+        self.sock.close()
+
+
+def _open_fd_count() -> int:
+    for fd_dir in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return len(os.listdir(fd_dir))
+    return 32
+
+
 class Daemon:
     def __init__(self, paths: Paths, *, log_path: Path | None = None, timeouts: Timeouts = Timeouts()):
         self.paths = paths
@@ -264,6 +373,7 @@ class Daemon:
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
         self.expirer: Expirer = None  # type: ignore[assignment]
+        self.listener: Listener = None  # type: ignore[assignment]
         self._lock_fd = -1
         self._socket_inode: tuple[int, int] | None = None
         self._stopped: asyncio.Event | None = None
@@ -305,7 +415,7 @@ class Daemon:
             os.umask(old_umask)
         st = os.stat(path)  # before listen(): nobody can have replaced it yet
         self._socket_inode = (st.st_dev, st.st_ino)
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         return sock
 
     def check_paths(self) -> None:
@@ -326,7 +436,7 @@ class Daemon:
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         sock = self.bind()
-        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        self.listener = Listener(self, sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.write_status_file()
@@ -337,15 +447,15 @@ class Daemon:
         )
         on_ready()
         await self._stopped.wait()
-        await self._shutdown(server)
+        await self._shutdown()
 
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
             self.loop.call_soon(self._stopped.set)
 
-    async def _shutdown(self, server: asyncio.base_events.Server) -> None:
-        server.close()
+    async def _shutdown(self) -> None:
+        self.listener.close()
         self.store.flush()
         for conn in list(self.connections):
             if conn.transport is not None:

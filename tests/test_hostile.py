@@ -1,5 +1,5 @@
-"""Hostile and careless peers against a real daemon: connections that never speak, and
-pids that are not the caller's to claim.
+"""Hostile and careless peers against a real daemon: connections that never speak, pids
+that are not the caller's to claim, and a thousand connections at once.
 
 Other uids (refused at connect, and their pids refused as owners), garbage frames and the
 handshake deadline are covered in test_daemon.py and test_sessions.py.
@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from conftest import DaemonProcess, wait_for
@@ -158,3 +160,94 @@ def test_session_start_refuses_a_parent_pid_that_is_no_longer_its_parent(daemon,
     result = CliRunner().invoke(main, ["session", "start", "--tool", "hook", "--pid", str(impostor.pid)])
     assert result.exit_code == 0, result.stderr
     assert client.get(result.stdout.strip()).owner_pid == impostor.pid
+
+
+# --- a crowd ---------------------------------------------------------------------------------
+
+CROWD = 1000
+
+
+@pytest.fixture
+def many_fds():
+    """This process may open as many files as its hard limit allows (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * CROWD + 100:
+        pytest.skip(f"the hard limit on open files is {hard}; {CROWD} connections need more")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def daemon_fds(d: DaemonProcess) -> int:
+    return psutil.Process(d.pid).num_fds()
+
+
+def test_a_thousand_connections_at_once_are_all_served(daemon, many_fds):
+    with daemon.client() as c:
+        c.get_or_create("warm-up")  # this process is watched from now on: one pidfd
+        baseline = daemon_fds(daemon)
+
+        async def crowd() -> tuple[list, int]:
+            everyone_in = asyncio.Event()
+            arrived = 0
+            peak = 0
+
+            async def member(i: int):
+                nonlocal arrived, peak
+                async with AsyncClient(autostart=False, connect_timeout=60, timeout=60) as ac:
+                    try:
+                        await ac.connect()
+                    finally:
+                        arrived += 1
+                        if arrived == CROWD:
+                            # Everyone holds an open, greeted connection now (or has failed).
+                            peak = (await asyncio.to_thread(c.status)).connections
+                            everyone_in.set()
+                    await everyone_in.wait()
+                    return (await ac.get_or_create(f"crowd-{i}")).session.tool_id
+
+            results = await asyncio.gather(*(member(i) for i in range(CROWD)), return_exceptions=True)
+            return results, peak
+
+        results, peak = asyncio.run(crowd())
+
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, f"{len(failures)} of {CROWD} failed, e.g. {failures[:3]!r}"
+        assert sorted(results) == sorted(f"crowd-{i}" for i in range(CROWD))
+        assert peak == CROWD + 1
+        assert c.status().live_sessions == CROWD + 1
+        wait_for(lambda: c.status().connections == 1, what="the crowd's connections to close")
+        wait_for(lambda: daemon_fds(daemon) <= baseline, what=f"the daemon's fds to return to {baseline}")
+    assert daemon.running
+
+
+def test_a_crowd_larger_than_the_daemons_fd_limit_waits_its_turn(home, start_daemon, spawn_owner, many_fds):
+    """With room for about a hundred connections the daemon takes what it can, leaves the rest
+    in the listen backlog until fds free up, and neither crashes nor fails a request."""
+    limit = 128
+    d = start_daemon(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    owners = [spawn_owner() for _ in range(8)]
+    baseline = daemon_fds(d)
+
+    async def crowd() -> list:
+        async def member(i: int):
+            async with AsyncClient(autostart=False, connect_timeout=120, timeout=120) as ac:
+                # Some need a new watch on an owner process (a pidfd: one more fd) just when
+                # the daemon has none left.
+                pid = owners[i % len(owners)].pid if i % 50 == 0 else None
+                return (await ac.get_or_create(f"queued-{i}", pid=pid)).session.tool_id
+
+        return await asyncio.gather(*(member(i) for i in range(CROWD)), return_exceptions=True)
+
+    results = asyncio.run(crowd())
+
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, f"{len(failures)} of {CROWD} failed, e.g. {failures[:3]!r}\n{d.log_text()[-3000:]}"
+    with d.client() as c:
+        assert c.status().live_sessions == CROWD
+        wait_for(lambda: c.status().connections == 1, what="the crowd's connections to close")
+    assert psutil.Process(d.pid).rlimit(psutil.RLIMIT_NOFILE) == (limit, limit)
+    wait_for(lambda: daemon_fds(d) <= baseline + len(owners), what="the daemon's fds to return")
+    log = d.log_text()
+    assert "not accepting new connections for now" in log, "the crowd never reached the fd limit"
+    assert "Traceback" not in log, log[-5000:]

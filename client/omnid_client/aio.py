@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -77,9 +79,12 @@ class AsyncClient(Methods):
             return self.welcome
 
     async def _try_connect(self, path: Path) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
         try:
+            sock = await _connect_unix(path, deadline)
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(os.fspath(path), limit=2**16), self.connect_timeout
+                asyncio.open_unix_connection(sock=sock, limit=2**16), max(deadline - loop.time(), 0.001)
             )
         except asyncio.TimeoutError:
             raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
@@ -204,6 +209,30 @@ class AsyncClient(Methods):
 
 class _ConnectionLost(TransportError):
     pass
+
+
+async def _connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy) is
+    waited out until ``deadline``; asyncio's own connect would take it for a connection."""
+    loop = asyncio.get_running_loop()
+    delay = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except BlockingIOError as e:
+            sock.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            if loop.time() + delay > deadline:
+                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
+        except BaseException:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ from .protocol import HEADER, RequestFrame, Session, Welcome
 
 log = logging.getLogger("omnid_client")
 
-_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EAGAIN)
+_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
 
 
 class Client(Methods):
@@ -84,10 +85,15 @@ class Client(Methods):
     def _try_connect(self, path: Path) -> bool:
         if self._sock is not None:
             return True
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.connect_timeout)
+        deadline = time.monotonic() + self.connect_timeout
         try:
-            sock.connect(os.fspath(path))
+            sock = connect_unix(path, deadline)
+        except OSError as e:
+            if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
+                return False
+            raise Unavailable(f"cannot connect to {path}: {e}") from e
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(hello_frame(self.client_name))
             self.welcome = check_welcome(self._read_frame(sock))
         except socket.timeout:
@@ -186,6 +192,31 @@ class Client(Methods):
 
 class _ConnectionLost(Exception):
     pass
+
+
+def connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy)
+    is waited out until ``deadline``, then reported as a Timeout, never as "not running"."""
+    delay = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+        except BlockingIOError as e:
+            sock.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(True)
+        return sock
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
