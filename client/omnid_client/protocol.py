@@ -22,6 +22,9 @@ MAX_METADATA_BYTES = 64 * 1024
 """Largest metadata document, in bytes of its JSON encoding (as stored)."""
 MAX_VALUE_BYTES = 256 * 1024
 """Largest project-memory value, in bytes of its JSON encoding (as stored)."""
+MAX_NESTING = 100
+"""Deepest nesting of lists and maps in a metadata document or memory value: deeper ones
+could be stored but not read back within Python's recursion limit."""
 MAX_CONTENT = 256 * 1024
 """Longest message, interaction or session-memory content, in characters."""
 MAX_BATCH = 500

@@ -20,7 +20,15 @@ from omnid_client.errors import (
     TooLarge,
     Unsupported,
 )
-from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, ErrorInfo, IncomingRequest, ResponseFrame, Session
+from omnid_client.protocol import (
+    MAX_METADATA_BYTES,
+    MAX_NESTING,
+    METHODS,
+    ErrorInfo,
+    IncomingRequest,
+    ResponseFrame,
+    Session,
+)
 
 from ..projects import locate
 from ..store import projects as project_store
@@ -96,13 +104,37 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
 
 
 def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metadata") -> None:
-    """The document must be storable as JSON and no larger than ``limit`` bytes as JSON."""
+    """The document must be storable as JSON, no larger than ``limit`` bytes as JSON, and
+    nested no deeper than ``MAX_NESTING``."""
+    depth = nesting(value, MAX_NESTING)
+    if depth > MAX_NESTING:
+        raise TooLarge(f"{field} nests more than {MAX_NESTING} levels deep; the limit is {MAX_NESTING}", {"field": field})
     try:
         size = len(dumps(value))
     except (TypeError, ValueError, OverflowError) as e:
         raise Invalid(f"{field} cannot be stored as JSON: {e}", {"field": field}) from None
     if size > limit:
         raise TooLarge(f"{field} is {size} bytes encoded; the limit is {limit}", {"field": field})
+
+
+def nesting(value: Any, stop_past: int) -> int:
+    """How deeply lists and dicts nest in ``value`` (0 for a scalar), counted without
+    recursion; counting stops once it passes ``stop_past``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_past:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def existing_session(caller: Caller, session_id: str) -> Session:
