@@ -226,7 +226,18 @@ class Connection(asyncio.Protocol):
             return
         buf = bytearray(HEADER.size)
         _encoder.encode_into(response, buf, HEADER.size)
-        HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+        size = len(buf) - HEADER.size
+        if size > MAX_FRAME:
+            # The client would drop the connection on a frame this large: say what to do instead.
+            log.warning("reply to request %d is %d bytes, over the frame limit; sent an error instead", response.id, size)
+            err = TooLarge(
+                f"the reply is {size} bytes, over the {MAX_FRAME}-byte frame limit; ask for fewer items (a smaller limit)",
+                {"reply_bytes": size, "limit": MAX_FRAME},
+            )
+            buf = bytearray(HEADER.size)
+            _encoder.encode_into(ResponseFrame(response.id, error=api.error_info(err)), buf, HEADER.size)
+            size = len(buf) - HEADER.size
+        HEADER.pack_into(buf, 0, size)
         transport.write(buf)
 
     def fail(self, request_id: int, err: OmnidError) -> None:

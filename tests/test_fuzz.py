@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from test_daemon import Wire, frame, hello
 
 from omnid_client import TooLarge
-from omnid_client.protocol import MAX_NESTING, METHODS
+from omnid_client.protocol import MAX_FRAME, MAX_NESTING, METHODS
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
@@ -334,3 +334,21 @@ def test_a_document_nested_past_the_limit_is_refused_before_it_is_stored(client,
     assert client.get(sid).metadata == doc
     assert client.put_memory("nested", doc, workspace="/nested").value == doc
     assert client.get_memory("nested", workspace="/nested").value == doc
+
+
+def test_a_reply_too_large_for_a_frame_is_a_typed_error_not_a_dropped_connection(client):
+    """Six messages of 250,000 characters are each within limits, but a page of them is
+    1.5 MB: the daemon used to send that frame, and the client, which refuses frames over
+    1 MiB, dropped the connection with a ProtocolError on every try."""
+    sid = client.get_or_create("big-pages").session.session_id
+    for _ in range(6):
+        client.add_message(sid, "user", "x" * 250_000)
+    sock = client._sock
+
+    with pytest.raises(TooLarge) as err:
+        client.list_messages(sid)
+
+    assert err.value.details["limit"] == MAX_FRAME < err.value.details["reply_bytes"]
+    assert "smaller limit" in str(err.value)
+    assert client._sock is sock, "the connection was dropped"
+    assert len(client.list_messages(sid, limit=3).messages) == 3
