@@ -26,6 +26,7 @@ from omnid_client.paths import Paths, PathError, check_socket_path, ensure_priva
 from omnid_client.protocol import (
     HEADER,
     MAX_FRAME,
+    METHODS,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     DaemonStatus,
@@ -185,13 +186,27 @@ class Connection(asyncio.Protocol):
         if not self.greeted:
             self.greet(request)
             return
-        assert self.caller is not None
-        response = api.dispatch(self.caller, request)
+        caller = self.caller
+        assert caller is not None
+        response = api.dispatch(caller, request)
         store = self.daemon.store
-        if store.in_transaction:
-            store.after_commit(lambda err: self.send(response if err is None else ResponseFrame(response.id, error=api.error_info(err))))
-        else:
+        if not store.in_transaction:
             self.send(response)
+            return
+        method = METHODS.get(request.method)
+        writes = method is not None and method.writes
+
+        def deliver(err: Exception | None) -> None:
+            if err is None:
+                self.send(response)
+            elif writes:
+                self.send(ResponseFrame(response.id, error=api.error_info(err)))
+            else:
+                # A read in a batch that could not be committed may have seen writes that
+                # are now undone: read again. A failing disk must not fail reads.
+                self.send(api.dispatch(caller, request))
+
+        store.after_commit(deliver)
 
     def greet(self, request: IncomingRequest) -> None:
         if request.method != "hello":
@@ -400,8 +415,12 @@ class Daemon:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise AlreadyRunning(int(holder) if holder.isdigit() else None, self.paths.lock) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full or read-only disk
+            os.close(fd)
+            raise StartupError(f"cannot write the lock file {self.paths.lock}: {e.strerror}") from e
         self._lock_fd = fd
 
     def bind(self) -> socket.socket:

@@ -38,13 +38,15 @@ class Store:
         self._waiters: list[CommitWaiter] = []
         self._on_rollback: list[Callable[[], None]] = []
         self._last_now = 0.0
+        self._closed = False
+        self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open database {self.path}: {e}") from e
+            raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
             check_version(db, self.path)  # before anything below rewrites a newer omnid's file
             db.execute("PRAGMA busy_timeout = 5000")
@@ -59,7 +61,7 @@ class Store:
             migrate(db, self.path)
         except sqlite3.Error as e:
             db.close()
-            raise StoreError(f"cannot open database {self.path}: {e}") from e
+            raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         except BaseException:
             db.close()
             raise
@@ -115,16 +117,30 @@ class Store:
 
     def flush(self) -> None:
         self._flush_pending = False
+        if self._closed:  # a flush scheduled before close() ran
+            return
         if not self.db.in_transaction:
             self._release(None)
             return
         try:
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            log.error("commit failed: %s", e)
+            self._log_failure(e)
             self._abort(e)
             return
         self._release(None)
+
+    def _log_failure(self, e: sqlite3.Error) -> None:
+        """Log a failed commit; the same failure again (a full disk fails every batch) at
+        most once a minute, with how often it happened meanwhile."""
+        text, logged_at, since = self._failure
+        now = time.monotonic()
+        if str(e) == text and now - logged_at < 60.0:
+            self._failure = (text, logged_at, since + 1)
+            return
+        more = f" (and {since} more time(s) in the last minute)" if since else ""
+        log.error("commit failed: %s%s", e, more)
+        self._failure = (str(e), now, 0)
 
     def _abort(self, exc: BaseException) -> None:
         if self.db.in_transaction:
@@ -155,9 +171,24 @@ class Store:
 
     def close(self) -> None:
         self.flush()
+        self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+
+
+def disk_hint(path: Path) -> str:
+    """A note for an error message when the file system holding ``path`` is full or
+    read-only (SQLite often says only "disk I/O error")."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f" (the file system holding {path.parent} is read-only)"
+    if st.f_bavail * st.f_frsize < 1 << 20:
+        return f" (the file system holding {path.parent} is full)"
+    return ""
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
