@@ -202,6 +202,8 @@ def print_status(st: DaemonStatus) -> None:
         ("connections", str(st.connections)),
         ("last reap", last),
     ]
+    if st.set_aside:
+        lines.append(("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)"))
     for name, value in lines:
         click.echo(f"{name + ':':15} {value}")
 

@@ -39,7 +39,7 @@ from omnid_client.protocol import (
 from . import __version__, api
 from .expiry import Expirer
 from .reaper import Reaper
-from .store import Store, StoreError
+from .store import CorruptDatabase, Store, StoreError, set_aside
 from .store import sessions as q
 
 log = logging.getLogger("omnid.server")
@@ -395,6 +395,8 @@ class Daemon:
         self.timeouts = timeouts
         self.started_at = time.time()
         self.connections: set[Connection] = set()
+        self.set_aside: list[str] = []
+        """Files of a corrupt database found at start and moved aside."""
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
@@ -457,7 +459,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         _raise_fd_limit()
-        self.store = Store(self.paths.database, schedule=self.loop.call_soon)
+        self.store = self.open_store()
         self.reaper = Reaper(self.store, self.loop)
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
@@ -478,6 +480,20 @@ class Daemon:
         on_ready()
         await self._stopped.wait()
         await self._shutdown()
+
+    def open_store(self) -> Store:
+        """The store; a corrupt database is moved aside (kept, never deleted), reported in the
+        log and in ``daemon.status``, and replaced by a new, empty one."""
+        try:
+            return Store(self.paths.database, schedule=self.loop.call_soon)
+        except CorruptDatabase as e:
+            moved = set_aside(self.paths.database)
+            self.set_aside = [str(p) for p in moved]
+            log.error(
+                "%s; moved it aside to %s (kept for recovery) and started with a new, empty database",
+                e, ", ".join(self.set_aside),
+            )
+        return Store(self.paths.database, schedule=self.loop.call_soon)
 
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
@@ -549,6 +565,7 @@ class Daemon:
             watched_processes=len(self.reaper.owners),
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
+            set_aside=self.set_aside,
         )
 
 

@@ -1,5 +1,6 @@
-"""A disk that fills up or turns read-only: writes fail with a storage error, reads keep
-working, and nothing acknowledged is lost.
+"""A disk that fills up, turns read-only, or holds a damaged database: writes fail with a
+storage error, reads keep working, nothing acknowledged is lost, and a corrupt database
+is moved aside (never deleted) and reported.
 
 Full and read-only are real file systems mounted on the test's OMNID_HOME: a small tmpfs,
 and an ext4 image on a loop device that the kernel turns read-only on an error. Both
@@ -311,3 +312,67 @@ def test_a_file_system_turned_read_only_fails_writes_keeps_reads_and_loses_nothi
     with d.client() as c:
         assert all(c.get(s).live for s in acked)
         assert c.get_or_create("after-repair", pid=owner.pid).status == "created"
+
+
+# --- a corrupt database at start -------------------------------------------------------------------
+
+
+def _garbage(db: Path) -> None:
+    db.write_bytes(os.urandom(64 * 1024))
+
+
+def _damaged_page(db: Path) -> None:
+    """A valid database whose sessions table's root page has a broken header."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" + os.urandom(15))
+
+
+def _filled(home: Path, daemons, spawn_owner) -> list[str]:
+    """A database with a few sessions in it, checkpointed into the main file."""
+    d = daemons()
+    owner = spawn_owner()
+    with d.client() as c:
+        sids = [c.get_or_create(f"precious-{i}", pid=owner.pid).session.session_id for i in range(30)]
+    assert d.stop() == 0
+    return sids
+
+
+@pytest.mark.parametrize("damage", [_garbage, _damaged_page], ids=["garbage", "damaged page"])
+def test_a_corrupt_database_is_set_aside_and_reported_never_deleted(home, daemons, spawn_owner, damage):
+    _filled(home, daemons, spawn_owner)
+    db = home / "omnid.db"
+    damage(db)
+    wal = Path(f"{db}-wal")
+    wal.write_bytes(b"a WAL that belongs to the damaged database")
+    before = {p.name: p.read_bytes() for p in (db, wal)}
+
+    d = daemons()
+
+    with d.client() as c:
+        st = c.status()
+        assert c.list_sessions().sessions == [], "the new database should be empty"
+        assert c.get_or_create("fresh").status == "created"
+    assert len(st.set_aside) >= 2, st.set_aside
+    kept = {Path(p).name: Path(p).read_bytes() for p in st.set_aside}
+    main = next(n for n in kept if n.startswith("omnid.db.corrupt-") and not n.endswith(("-wal", "-shm")))
+    assert kept[main] == before["omnid.db"], "the damaged database was not kept as it was"
+    assert kept[f"{main}-wal"] == before["omnid.db-wal"], "its WAL was not kept beside it"
+    assert all(Path(p).parent == home for p in st.set_aside)
+    log = d.log_text()
+    assert "moved it aside to" in log and main in log
+
+    # omnid status says so, in both forms.
+    out = subprocess.run([*OMNID, "status"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and f"set aside:      {home / main}" in out.stdout, out.stdout
+
+    # The next start finds a healthy database and sets nothing aside.
+    assert d.stop() == 0
+    d = daemons()
+    with d.client() as c:
+        assert c.status().set_aside == []
+        assert [s.tool_id for s in c.list_sessions().sessions] == ["fresh"]
+    assert (home / main).exists()

@@ -616,6 +616,8 @@ class DaemonStatus(Struct):
     watched_processes: int
     connections: int
     last_reap: LastReap | None
+    set_aside: list[str] = []
+    """Files of a corrupt database this daemon found at start and moved aside (kept)."""
 
 
 class Method(Struct, frozen=True):

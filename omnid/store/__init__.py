@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,6 +27,21 @@ CommitWaiter = Callable[[Exception | None], None]
 
 class StoreError(Exception):
     """The database cannot be opened or migrated; the message says why and what to do."""
+
+
+class CorruptDatabase(StoreError):
+    """The database file is damaged (or not a database at all)."""
+
+
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_corruption(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(e)
+    return "malformed" in text or "not a database" in text
 
 
 class Store:
@@ -43,6 +59,8 @@ class Store:
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.exists():
+            self._inspect()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -55,17 +73,34 @@ class Store:
                 raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(f"database {self.path} failed its integrity check: {check}")
             migrate(db, self.path)
         except sqlite3.Error as e:
             db.close()
-            raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
+            kind = CorruptDatabase if is_corruption(e) else StoreError
+            raise kind(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         except BaseException:
             db.close()
             raise
         return db
+
+    def _inspect(self) -> None:
+        """Check an existing database through a read-only connection, which changes nothing:
+        a read-write one, closed on a damaged file, can checkpoint its WAL into it or delete
+        the WAL. StoreError if a newer omnid wrote it, CorruptDatabase if it is damaged."""
+        try:
+            probe = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return  # the read-write open below reports why
+        try:
+            check_version(probe, self.path)
+            check = probe.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise CorruptDatabase(f"database {self.path} failed its integrity check: {check}")
+        except sqlite3.Error as e:
+            if is_corruption(e):
+                raise CorruptDatabase(f"database {self.path} is damaged: {e}") from e
+        finally:
+            probe.close()
 
     # -- time --------------------------------------------------------------------
 
@@ -177,6 +212,26 @@ class Store:
         self.db.close()
 
 
+def set_aside(path: Path) -> list[Path]:
+    """Rename a damaged database and its WAL and shared-memory files to
+    ``NAME.corrupt-<UTC time>`` (keeping SQLite's ``-wal``/``-shm`` pairing), never
+    deleting anything; returns the new paths. The WAL goes first: a WAL left beside a new
+    database would be read into it."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    moved = []
+    for suffix in ("-wal", "-shm", ""):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.rename(source, f"{target}{suffix}")
+            moved.append(Path(f"{target}{suffix}"))
+    return moved[::-1]
+
+
 def disk_hint(path: Path) -> str:
     """A note for an error message when the file system holding ``path`` is full or
     read-only (SQLite often says only "disk I/O error")."""
@@ -226,8 +281,9 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
             db.execute(f"PRAGMA user_version = {version}")
             db.execute("COMMIT")
         except sqlite3.Error as e:
-            db.execute("ROLLBACK")
-            raise StoreError(
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise (CorruptDatabase if is_corruption(e) else StoreError)(
                 f"migrating {path} from schema v{version - 1} to v{version} failed: {e}; "
                 f"the database was left at v{version - 1}" + (f" (backup: {backup})" if found > 0 else "")
             ) from e
