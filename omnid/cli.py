@@ -245,6 +245,8 @@ def print_status(st: DaemonStatus) -> None:
         ("connections", str(st.connections)),
         ("last reap", last),
     ]
+    if st.set_aside:
+        lines.append(("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)"))
     for name, value in lines:
         if value is not None:
             click.echo(f"{name + ':':15} {value}")
@@ -499,7 +501,7 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @session.command("start")
 @click.option("--tool", "tool_id", required=True, help="The tool's id, e.g. claude-code.")
-@click.option("--pid", type=int, help="Owner process. Default: this command's parent (your shell).")
+@click.option("--pid", type=int, help="Owner process (any of yours). Default: this command's parent (your shell).")
 @click.option("--type", "session_type", default="default", show_default=True)
 @click.option("--tool-version")
 @click.option("--workspace", help="Default: the owner's working directory.")
@@ -517,6 +519,8 @@ def session_start(tool_id, pid, session_type, tool_version, workspace, meta, as_
             workspace=workspace,
             session_type=session_type,
             metadata=metadata,
+            # Acting for our parent: if it died and its pid was reused, refuse the stranger.
+            owner_must_be_ancestor=pid is None,
         )
     if as_json:
         print_json(got)

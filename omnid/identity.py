@@ -120,6 +120,22 @@ def owner_process(pid: int, caller_uid: int, known: ProcessInfo | None = None) -
     return info
 
 
+def check_ancestor(pid: int, caller_pid: int) -> None:
+    """PermissionDenied unless ``pid`` is the caller or one of its ancestors (parent,
+    grandparent, ...), as they are now."""
+    if pid == caller_pid:
+        return
+    try:
+        ancestors = [p.pid for p in psutil.Process(caller_pid).parents()]
+    except psutil.Error:
+        ancestors = []
+    if pid not in ancestors:
+        raise PermissionDenied(
+            f"process {pid} is neither the caller (pid {caller_pid}) nor one of its ancestors",
+            {"field": "pid", "ancestors": ancestors[:16]},
+        )
+
+
 def cwd_of(pid: int) -> str | None:
     try:
         return psutil.Process(pid).cwd() or None

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import select
+import sqlite3
 import sys
 from typing import Callable
 
@@ -21,6 +22,9 @@ from .store import sessions as q
 log = logging.getLogger("omnid.reaper")
 
 ExitCallback = Callable[[ProcessIdentity], None]
+
+RETRY_MIN = 1.0
+"""Seconds before the first retry to end dead owners' sessions after a failed commit (doubling)."""
 
 
 class PidfdWatcher:
@@ -39,6 +43,10 @@ class PidfdWatcher:
             fd = os.pidfd_open(identity.pid)
         except ProcessLookupError:
             return False
+        except OSError as e:  # out of file descriptors: the periodic sweep stands in
+            log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
+            info = inspect(identity.pid)
+            return info is not None and info.identity == identity
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
         if info is None or info.identity != identity:
@@ -167,7 +175,11 @@ class Reaper:
         self.periodic: list[Callable[[], None]] = []
         """Other checks that ride on the sweep timer, so an idle daemon wakes only for it."""
         self._timer: asyncio.TimerHandle | None = None
-        store.on_rollback(self.resync)
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_MIN
+        # After a lost batch: rebuild the watches, but end dead owners' sessions later; ending
+        # them at once would fail the same way (a full disk) and spin.
+        store.on_rollback(lambda: self.resync(end_dead=False))
 
     @property
     def mode(self) -> str:
@@ -190,6 +202,8 @@ class Reaper:
             self._arm_timer()
 
     def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -237,8 +251,9 @@ class Reaper:
         self.watcher.unwatch(owner)
         return sessions
 
-    def resync(self) -> None:
-        """Make the watches match the database's live sessions exactly."""
+    def resync(self, *, end_dead: bool = True) -> None:
+        """Make the watches match the database's live sessions exactly, and end the sessions
+        of owners found dead (now, or with ``end_dead=False`` in a retry a little later)."""
         wanted: dict[ProcessIdentity, set[str]] = {}
         for sid, _tool, owner in q.live_owned(self.store.db):
             wanted.setdefault(owner, set()).add(sid)
@@ -253,8 +268,25 @@ class Reaper:
                 self._add_owner(owner, sids)
             else:
                 dead.append(owner)
+        if dead and not end_dead:
+            self._retry_later()
+            return
         for owner in dead:
             self._end_sessions(wanted[owner], "resync")
+
+    def _retry_later(self) -> None:
+        if self._retry is None:
+            self._retry = self.loop.call_later(self._retry_delay, self._retry_fired)
+            self._retry_delay = min(self._retry_delay * 2, self.sweep_interval)
+
+    def _retry_fired(self) -> None:
+        self._retry = None
+        self.resync()
+        self.store.after_commit(self._retried)
+
+    def _retried(self, error: Exception | None) -> None:
+        if error is None:
+            self._retry_delay = RETRY_MIN
 
     # -- reaping -------------------------------------------------------------------
 
@@ -265,8 +297,13 @@ class Reaper:
             self._end_sessions(sessions, "exit event")
 
     def _end_sessions(self, session_ids: set[str], trigger: str) -> None:
-        with self.store.write() as db:
-            ended = q.end(db, sorted(session_ids), "reaped", self.store.now())
+        try:
+            with self.store.write() as db:
+                ended = q.end(db, sorted(session_ids), "reaped", self.store.now())
+        except sqlite3.Error as e:  # the batch was lost and resync() scheduled a retry
+            log.warning("could not end %d session(s) of a dead owner: %s; will retry", len(session_ids), e)
+            self._retry_later()
+            return
         self.last_reap = LastReap(self.store.now(), trigger, len(ended))
 
     def sweep(self, *, trigger: str = "sweep", dry_run: bool = False) -> ReapResult:

@@ -17,6 +17,7 @@ import stat
 import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -52,23 +53,57 @@ from .expiry import Expirer
 from .idle import IdleExpiry
 from .reaper import Reaper
 from .retention import Archiver, retention_from_env
-from .store import Store, StoreError
+from .store import CorruptDatabase, Store, StoreError, set_aside
 from .store import sessions as q
 from .watch import DirWatcher
 
 log = logging.getLogger("omnid.server")
 
 HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new connection has to send its hello (``OMNID_HANDSHAKE_TIMEOUT``)."""
+IDLE_TIMEOUT = 3600.0
+"""Seconds a greeted connection may stay silent before it is closed (``OMNID_IDLE_TIMEOUT``)."""
 SHUTDOWN_GRACE = 2.0
 TAKEOVER_TIMEOUT = 10.0
 PREFLIGHT_TIMEOUT = 60.0
 PACKAGE_SETTLE = 1.0
 """Seconds without further changes to the installed package before it is checked: an
 upgrade rewrites many files."""
+LISTEN_BACKLOG = 4096
+"""Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
+FD_RESERVE = 32
+"""File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    handshake: float = HANDSHAKE_TIMEOUT
+    idle: float = IDLE_TIMEOUT
+
+    @classmethod
+    def from_env(cls) -> "Timeouts":
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_IDLE_TIMEOUT`` (seconds)."""
+        return cls(
+            _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
+            _seconds_from_env("OMNID_IDLE_TIMEOUT", IDLE_TIMEOUT),
+        )
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise StartupError(f"{name}={text!r} is not a positive number of seconds")
+    return value
 
 
 class AlreadyRunning(Exception):
@@ -103,7 +138,9 @@ class Connection(asyncio.Protocol):
         self.greeted = False
         self.closing = False
         self.buffer = bytearray()
-        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        """The handshake deadline until the hello, then the idle check."""
+        self._last_heard = 0.0
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -122,17 +159,21 @@ class Connection(asyncio.Protocol):
             self.fail(0, PermissionDenied(f"omnid serves uid {os.getuid()} only; you are uid {uid}"))
             return
         self.caller = api.Caller(pid, uid, self.daemon)
-        self._handshake_timer = self.daemon.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+        self._timer = self.daemon.loop.call_later(self.daemon.timeouts.handshake, self._handshake_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.daemon.connections.discard(self)
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.transport = None
+        if self.daemon.listener is not None:
+            self.daemon.listener.fd_freed()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self._last_heard = self.daemon.loop.time()
         buf = self.buffer
         buf += data
         while len(buf) >= HEADER.size and not self.closing:
@@ -166,13 +207,32 @@ class Connection(asyncio.Protocol):
         if not self.greeted:
             self.greet(request)
             return
-        assert self.caller is not None
-        response = api.dispatch(self.caller, request)
+        caller = self.caller
+        assert caller is not None
+        self.respond(caller, request, retries=1)
+
+    def respond(self, caller: api.Caller, request: IncomingRequest, retries: int) -> None:
+        """Run a request; if it joined a transaction, reply only once that commits."""
         store = self.daemon.store
-        if store.in_transaction:
-            store.after_commit(lambda err: self.send(response if err is None else ResponseFrame(response.id, error=api.error_info(err))))
-        else:
+        writes_before = store.writes
+        response = api.dispatch(caller, request)
+        if not store.in_transaction:
             self.send(response)
+            return
+        wrote = store.writes != writes_before
+
+        def deliver(err: Exception | None) -> None:
+            if err is None:
+                self.send(response)
+            elif wrote or retries == 0:
+                self.send(ResponseFrame(response.id, error=api.error_info(err)))
+            else:
+                # A read in a batch that could not be committed may have seen writes that
+                # are now undone: run it again (once; it may write this time, and then its
+                # reply waits for its own commit). A failing disk must not fail reads.
+                self.respond(caller, request, retries - 1)
+
+        store.after_commit(deliver)
 
     def greet(self, request: IncomingRequest) -> None:
         if request.method != "hello":
@@ -203,9 +263,9 @@ class Connection(asyncio.Protocol):
         if note is not None and hello.client_version not in self.daemon.client_versions_seen:
             self.daemon.client_versions_seen.add(hello.client_version)
             log.info("client %r (pid %d): %s", hello.client_name, self.caller.pid, note)
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.daemon.loop.call_later(self.daemon.timeouts.idle, self._idle_check)
         self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
 
     def send(self, response: ResponseFrame) -> None:
@@ -214,7 +274,18 @@ class Connection(asyncio.Protocol):
             return
         buf = bytearray(HEADER.size)
         _encoder.encode_into(response, buf, HEADER.size)
-        HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
+        size = len(buf) - HEADER.size
+        if size > MAX_FRAME:
+            # The client would drop the connection on a frame this large: say what to do instead.
+            log.warning("reply to request %d is %d bytes, over the frame limit; sent an error instead", response.id, size)
+            err = TooLarge(
+                f"the reply is {size} bytes, over the {MAX_FRAME}-byte frame limit; ask for fewer items (a smaller limit)",
+                {"reply_bytes": size, "limit": MAX_FRAME},
+            )
+            buf = bytearray(HEADER.size)
+            _encoder.encode_into(ResponseFrame(response.id, error=api.error_info(err)), buf, HEADER.size)
+            size = len(buf) - HEADER.size
+        HEADER.pack_into(buf, 0, size)
         transport.write(buf)
 
     def fail(self, request_id: int, err: OmnidError) -> None:
@@ -225,8 +296,129 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _handshake_expired(self) -> None:
+        self._timer = None
         if not self.greeted:
-            self.fail(0, ProtocolError(f"no hello within {HANDSHAKE_TIMEOUT:g}s"))
+            self.fail(0, ProtocolError(f"no hello within {self.daemon.timeouts.handshake:g}s"))
+
+    def _idle_check(self) -> None:
+        """Close a connection silent for the idle timeout. No error frame: a client finds
+        plain EOF before its next request and reconnects without losing that request."""
+        self._timer = None
+        if self.transport is None or self.closing:
+            return
+        loop = self.daemon.loop
+        quiet = loop.time() - self._last_heard
+        if quiet < self.daemon.timeouts.idle:
+            self._timer = loop.call_later(self.daemon.timeouts.idle - quiet, self._idle_check)
+            return
+        assert self.caller is not None
+        log.debug("closing connection of pid %d: silent for %.0fs", self.caller.pid, quiet)
+        self.closing = True
+        self.transport.close()
+
+
+class Listener:
+    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store,
+    owner watches and /proc; past that, new connections wait in the kernel's listen backlog
+    until one closes. (asyncio's own server, out of fds, logs a traceback per queued
+    connection every second.)"""
+
+    def __init__(self, daemon: "Daemon", sock: socket.socket):
+        self.daemon = daemon
+        self.loop = daemon.loop
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.base_fds = _open_fd_count() - len(daemon.reaper.owners)
+        self.accepting = False
+        self._starting: set[asyncio.Task] = set()
+        self.paused_at: float | None = None
+        self._warned_at = float("-inf")
+        self._retry: asyncio.TimerHandle | None = None
+        self._resume()
+
+    def fds_in_use(self) -> int:
+        """An estimate that needs no syscall: what was open at start, plus each connection
+        (accepted or being set up) and each watched owner (a pidfd)."""
+        daemon = self.daemon
+        return self.base_fds + len(self._starting) + len(daemon.connections) + len(daemon.reaper.owners)
+
+    def has_room(self) -> bool:
+        return self.fd_limit == resource.RLIM_INFINITY or self.fds_in_use() < self.fd_limit - FD_RESERVE
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then let other work run; the socket stays readable
+            if not self.has_room():
+                self._pause(f"{self.fds_in_use()} of {self.fd_limit} file descriptors in use")
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause(str(e))
+                    return
+                log.warning("accept failed: %s", e)
+                return
+            task = self.loop.create_task(self._serve(conn))
+            self._starting.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._starting.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: Connection(self.daemon), conn)
+        except OSError as e:
+            log.warning("dropped a new connection: %s", e)
+            conn.close()
+
+    def _pause(self, why: str) -> None:
+        if self.accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+        if self.paused_at is None:
+            self.paused_at = now = time.monotonic()
+            if now - self._warned_at > 60.0:  # overload flaps; once a minute is enough
+                self._warned_at = now
+                log.warning("not accepting new connections for now (%s); they wait in the queue", why)
+        if self._retry is None:
+            self._retry = self.loop.call_later(1.0, self._retry_fired)
+
+    def _retry_fired(self) -> None:
+        self._retry = None
+        self._resume()
+
+    def fd_freed(self) -> None:
+        if not self.accepting and self.paused_at is not None and self.sock.fileno() >= 0:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.sock.fileno() < 0 or self.accepting:
+            return
+        if self.paused_at is not None:
+            if not self.has_room():
+                self._pause("")
+                return
+            log.debug("accepting connections again after %.1fs", time.monotonic() - self.paused_at)
+            self.paused_at = None
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self.accepting = True
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+        self.sock.close()
+
+
+def _open_fd_count() -> int:
+    for fd_dir in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return len(os.listdir(fd_dir))
+    return 32
 
 
 class Daemon:
@@ -239,6 +431,7 @@ class Daemon:
         config: Config | None = None,
         restart_argv: list[str] | None = None,
         log_level_fixed: bool = False,
+        timeouts: Timeouts = Timeouts(),
     ):
         self.paths = paths
         self.log_path = log_path
@@ -246,9 +439,12 @@ class Daemon:
         self.config = config if config is not None else Config(config_path())
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
+        self.timeouts = timeouts
         self.started_at = time.time()
         self.connections: set[Connection] = set()
         self.client_versions_seen: set[str] = set()
+        self.set_aside: list[str] = []
+        """Files of a corrupt database found at start and moved aside."""
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.store: Store = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
@@ -262,9 +458,9 @@ class Daemon:
         self.upgrade_error: str | None = None
         self.restart_requested = False
         self.handover_socket: socket.socket | None = None
+        self.listener: Listener | None = None
         self._lock_fd = -1
         self._listener: socket.socket | None = None
-        self._server: asyncio.base_events.Server | None = None
         self._socket_inode: tuple[int, int] | None = None
         self._stopped: asyncio.Event | None = None
         self._stopping = False
@@ -311,8 +507,12 @@ class Daemon:
         self._hold_lock(fd)
 
     def _hold_lock(self, fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # a full or read-only disk
+            os.close(fd)
+            raise StartupError(f"cannot write the lock file {self.paths.lock}: {e.strerror}") from e
         self._lock_fd = fd
 
     def adopt_socket(self, fd: int, *, owner: str) -> None:
@@ -359,7 +559,7 @@ class Daemon:
             os.umask(old_umask)
         st = os.stat(path)  # before listen(): nobody can have replaced it yet
         self._socket_inode = (st.st_dev, st.st_ino)
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         return sock
 
     def check_paths(self) -> None:
@@ -378,7 +578,7 @@ class Daemon:
         self.watcher = DirWatcher(self.loop)
         self._watch_files()
         settings = self.settings
-        self.store = Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
+        self.store = self.open_store()
         self.store.set_durability(settings.durability)
         self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
         startup = self.reaper.start()
@@ -399,7 +599,7 @@ class Daemon:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         if self._listener is None:
             self._listener = self.bind()
-        self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=self._listener)
+        self.listener = Listener(self, self._listener)
         self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
@@ -426,6 +626,20 @@ class Daemon:
         await self._stopped.wait()
         await self._shutdown()
 
+    def open_store(self) -> Store:
+        """The store; a corrupt database is moved aside (kept, never deleted), reported in the
+        log and in ``daemon.status``, and replaced by a new, empty one."""
+        try:
+            return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
+        except CorruptDatabase as e:
+            moved = set_aside(self.paths.database)
+            self.set_aside = [str(p) for p in moved]
+            log.error(
+                "%s; moved it aside to %s (kept for recovery) and started with a new, empty database",
+                e, ", ".join(self.set_aside),
+            )
+        return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
+
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
@@ -447,8 +661,8 @@ class Daemon:
             self._preflight.cancel()
         if self.watcher is not None:
             self.watcher.close()
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
         self.store.flush()
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -583,17 +797,14 @@ class Daemon:
             return
         log.warning("socket %s was %s; bound it again", path, what)
         self._listener = sock
-        self.loop.create_task(self._serve_on(sock))
+        self._serve_on(sock)
         if self.watcher is not None:
             self._watch_files()
 
-    async def _serve_on(self, sock: socket.socket) -> None:
-        server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
-        old, self._server = self._server, server
+    def _serve_on(self, sock: socket.socket) -> None:
+        old, self.listener = self.listener, Listener(self, sock)
         if old is not None:
             old.close()  # its socket file is gone: nobody new can reach it
-        if self._stopping:
-            server.close()
 
     # -- upgrades ----------------------------------------------------------------------
 
@@ -707,6 +918,7 @@ class Daemon:
             settings=self.settings,
             synchronous=self.store.durability(),
             upgrade_error=self.upgrade_error,
+            set_aside=self.set_aside,
         )
 
 def _accepts_connections(path: Path) -> bool:
@@ -749,6 +961,12 @@ def run(
                 os.close(ready_fd)
             ready_fd = None
 
+    try:
+        timeouts = Timeouts.from_env()
+    except StartupError as e:
+        print(f"omnid: cannot start: {e}", file=sys.stderr)
+        report(f"error {e}")
+        return 1
     handover = upgrade.take_handover()
     inherited = systemd.listen_fds()
     config = Config(config_path())
@@ -757,7 +975,7 @@ def run(
         logs.set_level(config.settings.log_level)
     daemon = Daemon(
         paths, log_path=log_path, log_target=log_target, config=config,
-        restart_argv=restart_argv, log_level_fixed=log_level_fixed,
+        restart_argv=restart_argv, log_level_fixed=log_level_fixed, timeouts=timeouts,
     )
     try:
         if len(inherited) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,8 +13,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import psutil
 import pytest
 
 from omnid_client import Client
@@ -69,12 +71,14 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, *extra: str) -> "DaemonProcess":
+    def start(self, *extra: str, **popen) -> "DaemonProcess":
+        """Start and wait until the socket accepts; ``popen`` goes to ``subprocess.Popen``."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "omnid", "serve", "--log-file", str(self.log), *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            **popen,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not accepts(self.socket):
@@ -141,6 +145,56 @@ def daemon(home) -> Iterator[DaemonProcess]:
     if d.running:
         assert d.stop() == 0, d.log_text()
     assert "Traceback" not in d.log_text(), d.log_text()
+
+
+def omnid_daemons(home: Path) -> list[psutil.Process]:
+    """Every live ``omnid serve`` process whose OMNID_HOME is ``home``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "serve" not in cmdline:
+            continue
+        if not any("omnid" in part for part in cmdline):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("OMNID_HOME") == str(home):
+                found.append(proc)
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def no_stray_daemons(home) -> Iterator[None]:
+    """Kill whatever daemon a failed test left behind for this home (detached ones included)."""
+    yield
+    for proc in omnid_daemons(home):
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+        wait_for(lambda pid=proc.pid: gone(pid), what=f"stray daemon {proc.pid} to die")
+
+
+@pytest.fixture
+def start_daemon(home) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start further daemons on ``home`` (``start(*serve_args, **popen_kwargs)``); each still
+    running is stopped (status 0) at the end, and no log may hold a traceback."""
+    started: list[DaemonProcess] = []
+
+    def start(*extra: str, **popen) -> DaemonProcess:
+        d = DaemonProcess(home).start(*extra, **popen)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.running:
+            assert d.stop() == 0, d.log_text()
+        assert "Traceback" not in d.log_text(), d.log_text()
 
 
 @pytest.fixture

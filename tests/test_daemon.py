@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
-import psutil
 import pytest
 
 import omnid
-from conftest import DaemonProcess, accepts, wait_for
+from conftest import DaemonProcess, accepts, gone, omnid_daemons, wait_for
 from omnid.server import HANDSHAKE_TIMEOUT
 from omnid.store.migrations import LATEST
 from omnid_client import Client, OmnidError, Unavailable
@@ -140,53 +139,9 @@ def assert_serving(d: DaemonProcess, *, other_clients: int = 0) -> None:
         wait_for(lambda: c.status().connections == expected, what="the daemon to drop finished connections")
 
 
-def omnid_daemons(home: Path) -> list[psutil.Process]:
-    """Every live ``omnid serve`` process whose OMNID_HOME is ``home``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or "serve" not in cmdline:
-            continue
-        if not any("omnid" in part for part in cmdline):
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get("OMNID_HOME") == str(home):
-                found.append(proc)
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.fixture(autouse=True)
-def _no_stray_daemons(home) -> None:
-    """Kill whatever daemon a failed test left behind for this home (detached ones included)."""
-    yield
-    for proc in omnid_daemons(home):
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-        wait_for(lambda pid=proc.pid: gone(pid), what=f"stray daemon {proc.pid} to die")
-
-
-@pytest.fixture
-def start_daemon(home) -> Callable[..., DaemonProcess]:
-    """Start further daemons on ``home``; each still running is stopped (status 0) at the end."""
-    started: list[DaemonProcess] = []
-
-    def start(*extra: str) -> DaemonProcess:
-        d = DaemonProcess(home).start(*extra)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.running:
-            assert d.stop() == 0, d.log_text()
-        assert "Traceback" not in d.log_text(), d.log_text()
+def _no_stray_daemons(no_stray_daemons) -> None:
+    """For every test here."""
 
 
 class Refusal:

@@ -197,9 +197,13 @@ class Methods:
         session_type: str = "default",
         metadata: dict[str, Any] | None = None,
         dedup: bool = True,
+        owner_must_be_ancestor: bool = False,
     ) -> GetOrCreateResult:
-        """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none."""
-        params = GetOrCreate(tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup)
+        """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
+        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors."""
+        params = GetOrCreate(
+            tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor
+        )
         return self._call(Call("session.get_or_create", params, idempotent=dedup))
 
     def find(self, tool_id: str, *, pid: int | None = None) -> Session | None:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
 from ._spawn import start_daemon
-from .client import Client
+from .client import Client, _closed_by_peer
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
 from .protocol import HEADER, RequestFrame, Session, Welcome
@@ -33,7 +35,10 @@ class AsyncClient(Methods):
     async def connect(self) -> Welcome:
         async with self._connect_lock:
             if self._writer is not None and self.welcome is not None:
-                return self.welcome
+                if self._pending or not _closed_by_peer(self._writer.get_extra_info("socket")):
+                    return self.welcome
+                # Closed by the daemon (idle) before our reader task saw the EOF: start afresh.
+                self._reset(Unavailable("omnid closed the connection"))
             candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
             for path, _ in candidates:
                 if await self._try_connect(path):
@@ -58,9 +63,12 @@ class AsyncClient(Methods):
             return self.welcome
 
     async def _try_connect(self, path: Path) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
         try:
+            sock = await _connect_unix(path, deadline)
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(os.fspath(path), limit=2**16), self.connect_timeout
+                asyncio.open_unix_connection(sock=sock, limit=2**16), max(deadline - loop.time(), 0.001)
             )
         except asyncio.TimeoutError:
             raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
@@ -104,10 +112,15 @@ class AsyncClient(Methods):
         except ProtocolError as e:
             error = e
         finally:
-            self._reset(error)
+            # Only for its own connection: a reader of a replaced one must not reset the new one.
+            if self._reader_task is asyncio.current_task():
+                self._reset(error)
 
     def _reset(self, error: Exception) -> None:
         writer, self._writer = self._writer, None
+        task, self._reader_task = self._reader_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         self.welcome = None
         if writer is not None:
             writer.close()
@@ -181,6 +194,30 @@ class AsyncClient(Methods):
 
 class _ConnectionLost(TransportError):
     pass
+
+
+async def _connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy) is
+    waited out until ``deadline``; asyncio's own connect would take it for a connection."""
+    loop = asyncio.get_running_loop()
+    delay = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except BlockingIOError as e:
+            sock.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            if loop.time() + delay > deadline:
+                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
+        except BaseException:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

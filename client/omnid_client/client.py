@@ -7,7 +7,9 @@ import dataclasses
 import errno
 import logging
 import os
+import select
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +21,7 @@ from .protocol import HEADER, RequestFrame, Session, Welcome
 
 log = logging.getLogger("omnid_client")
 
-_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EAGAIN)
+_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
 
 
 class Client(Methods):
@@ -35,8 +37,10 @@ class Client(Methods):
     def connect(self) -> Welcome:
         """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
         if self._sock is not None and self._pid == os.getpid():
-            assert self.welcome is not None
-            return self.welcome
+            if not _closed_by_peer(self._sock):
+                assert self.welcome is not None
+                return self.welcome
+            log.debug("omnid closed the connection (idle or restarted); reconnecting")
         self._drop()
         self._pid = os.getpid()
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
@@ -59,10 +63,15 @@ class Client(Methods):
     def _try_connect(self, path: Path) -> bool:
         if self._sock is not None:
             return True
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.connect_timeout)
+        deadline = time.monotonic() + self.connect_timeout
         try:
-            sock.connect(os.fspath(path))
+            sock = connect_unix(path, deadline)
+        except OSError as e:
+            if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
+                return False
+            raise Unavailable(f"cannot connect to {path}: {e}") from e
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(hello_frame(self.client_name))
             self.welcome = check_welcome(self._read_frame(sock))
             self.version_note = note_versions(self.welcome)
@@ -162,6 +171,40 @@ class Client(Methods):
 
 class _ConnectionLost(Exception):
     pass
+
+
+def connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy)
+    is waited out until ``deadline``, then reported as a Timeout, never as "not running"."""
+    delay = 0.001
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+        except BlockingIOError as e:
+            sock.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(True)
+        return sock
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the daemon closed this connection (as it does idle ones) or sent bytes nobody
+    asked for: either way it is unusable. Checked before a request is sent, so none is
+    lost to a stale connection. (poll, not recv: a socket with a timeout would wait.)"""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

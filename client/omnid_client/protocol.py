@@ -22,6 +22,9 @@ MAX_METADATA_BYTES = 64 * 1024
 """Largest metadata document, in bytes of its JSON encoding (as stored)."""
 MAX_VALUE_BYTES = 256 * 1024
 """Largest project-memory value, in bytes of its JSON encoding (as stored)."""
+MAX_NESTING = 100
+"""Deepest nesting of lists and maps in a metadata document or memory value: deeper ones
+could be stored but not read back within Python's recursion limit."""
 MAX_CONTENT = 256 * 1024
 """Longest message, interaction or session-memory content, in characters."""
 MAX_BATCH = 500
@@ -171,6 +174,9 @@ class GetOrCreate(Struct):
     session_type: Annotated[str, Meta(min_length=1, max_length=64)] = "default"
     metadata: dict[str, Any] = {}
     dedup: bool = True
+    owner_must_be_ancestor: bool = False
+    """For helpers acting for their parent (a shell hook): ``pid`` must be the caller itself
+    or one of its ancestors, so a stale or mistyped pid cannot bind someone else's process."""
 
 
 class GetOrCreateResult(Struct):
@@ -891,6 +897,8 @@ class DaemonStatus(Struct):
     """The database connection's ``PRAGMA synchronous`` as applied ("normal" or "full")."""
     upgrade_error: str | None = None
     """Why the daemon did not restart into a changed installed package, if it did not."""
+    set_aside: list[str] = []
+    """Files of a corrupt database this daemon found at start and moved aside (kept)."""
 
 
 class Method(Struct, frozen=True):

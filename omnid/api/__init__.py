@@ -22,6 +22,7 @@ from omnid_client.errors import (
 )
 from omnid_client.protocol import (
     MAX_METADATA_BYTES,
+    MAX_NESTING,
     METHODS,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
@@ -116,9 +117,13 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
 
 
 def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metadata") -> None:
-    """The document must be storable as JSON and no larger than ``limit`` bytes as JSON."""
+    """The document must be storable as JSON, no larger than ``limit`` bytes as JSON, and
+    nested no deeper than ``MAX_NESTING``."""
     if not value and isinstance(value, dict):
         return
+    depth = nesting(value, MAX_NESTING)
+    if depth > MAX_NESTING:
+        raise TooLarge(f"{field} nests more than {MAX_NESTING} levels deep; the limit is {MAX_NESTING}", {"field": field})
     try:
         size = len(dumps(value))
     except (TypeError, ValueError, OverflowError) as e:
@@ -133,6 +138,26 @@ def current(caller: Caller, session: Session) -> Session:
     if pending is not None and session.ended_at is None and pending > session.last_activity:
         session.last_activity = pending
     return session
+
+
+def nesting(value: Any, stop_past: int) -> int:
+    """How deeply lists and dicts nest in ``value`` (0 for a scalar), counted without
+    recursion; counting stops once it passes ``stop_past``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_past:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def existing_session(caller: Caller, session_id: str) -> Session:

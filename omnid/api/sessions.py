@@ -17,7 +17,7 @@ from omnid_client.protocol import (
     SessionSummary,
 )
 
-from ..identity import ProcessIdentity, cwd_of, owner_process
+from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process
 from ..projects import locate
 from ..store import context as context_store
 from ..store import memories as memory_store
@@ -34,6 +34,8 @@ def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     daemon = caller.daemon
     pid = caller.pid if p.pid is None else p.pid
     owner = owner_process(pid, caller.uid, daemon.reaper.known_owner(pid)).identity
+    if p.owner_must_be_ancestor:
+        check_ancestor(pid, caller.pid)
     store = daemon.store
     now = store.now()
     if p.dedup:

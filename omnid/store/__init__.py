@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,6 +31,21 @@ class StoreError(Exception):
     """The database cannot be opened or migrated; the message says why and what to do."""
 
 
+class CorruptDatabase(StoreError):
+    """The database file is damaged (or not a database at all)."""
+
+
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_corruption(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(e)
+    return "malformed" in text or "not a database" in text
+
+
 class Store:
     def __init__(
         self,
@@ -45,18 +61,24 @@ class Store:
         self._schedule = schedule
         self._schedule_later = schedule_later
         self._activity: dict[str, float] = {}
+        self.writes = 0
+        """Write blocks entered so far: tells a caller whether a request wrote."""
         self._activity_due = False
         self._flush_pending = False
         self._waiters: list[CommitWaiter] = []
         self._on_rollback: list[Callable[[], None]] = []
         self._last_now = 0.0
+        self._closed = False
+        self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.exists():
+            self._inspect()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open database {self.path}: {e}") from e
+            raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
             check_version(db, self.path)  # before anything below rewrites a newer omnid's file
             db.execute("PRAGMA busy_timeout = 5000")
@@ -65,17 +87,34 @@ class Store:
                 raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(f"database {self.path} failed its integrity check: {check}")
             migrate(db, self.path)
         except sqlite3.Error as e:
             db.close()
-            raise StoreError(f"cannot open database {self.path}: {e}") from e
+            kind = CorruptDatabase if is_corruption(e) else StoreError
+            raise kind(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         except BaseException:
             db.close()
             raise
         return db
+
+    def _inspect(self) -> None:
+        """Check an existing database through a read-only connection, which changes nothing:
+        a read-write one, closed on a damaged file, can checkpoint its WAL into it or delete
+        the WAL. StoreError if a newer omnid wrote it, CorruptDatabase if it is damaged."""
+        try:
+            probe = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return  # the read-write open below reports why
+        try:
+            check_version(probe, self.path)
+            check = probe.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise CorruptDatabase(f"database {self.path} failed its integrity check: {check}")
+        except sqlite3.Error as e:
+            if is_corruption(e):
+                raise CorruptDatabase(f"database {self.path} is damaged: {e}") from e
+        finally:
+            probe.close()
 
     # -- time --------------------------------------------------------------------
 
@@ -94,6 +133,7 @@ class Store:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One request's writes: joins the open transaction inside its own savepoint."""
         db = self.db
+        self.writes += 1
         if not db.in_transaction:
             db.execute("BEGIN IMMEDIATE")
             if self._schedule is not None and not self._flush_pending:
@@ -157,6 +197,8 @@ class Store:
 
     def flush(self) -> None:
         self._flush_pending = False
+        if self._closed:  # a flush scheduled before close() ran
+            return
         if not self.db.in_transaction:
             self._release(None)
             return
@@ -165,10 +207,22 @@ class Store:
                 self._apply_activity()
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            log.error("commit failed: %s", e)
+            self._log_failure(e)
             self._abort(e)
             return
         self._release(None)
+
+    def _log_failure(self, e: sqlite3.Error) -> None:
+        """Log a failed commit; the same failure again (a full disk fails every batch) at
+        most once a minute, with how often it happened meanwhile."""
+        text, logged_at, since = self._failure
+        now = time.monotonic()
+        if str(e) == text and now - logged_at < 60.0:
+            self._failure = (text, logged_at, since + 1)
+            return
+        more = f" (and {since} more time(s) in the last minute)" if since else ""
+        log.error("commit failed: %s%s", e, more)
+        self._failure = (str(e), now, 0)
 
     def _abort(self, exc: BaseException) -> None:
         if self.db.in_transaction:
@@ -211,9 +265,44 @@ class Store:
         if self._activity and not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
         self.flush()
+        self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+
+
+def set_aside(path: Path) -> list[Path]:
+    """Rename a damaged database and its WAL and shared-memory files to
+    ``NAME.corrupt-<UTC time>`` (keeping SQLite's ``-wal``/``-shm`` pairing), never
+    deleting anything; returns the new paths. The WAL goes first: a WAL left beside a new
+    database would be read into it."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    moved = []
+    for suffix in ("-wal", "-shm", ""):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.rename(source, f"{target}{suffix}")
+            moved.append(Path(f"{target}{suffix}"))
+    return moved[::-1]
+
+
+def disk_hint(path: Path) -> str:
+    """A note for an error message when the file system holding ``path`` is full or
+    read-only (SQLite often says only "disk I/O error")."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f" (the file system holding {path.parent} is read-only)"
+    if st.f_bavail * st.f_frsize < 1 << 20:
+        return f" (the file system holding {path.parent} is full)"
+    return ""
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
@@ -251,8 +340,9 @@ def migrate(db: sqlite3.Connection, path: Path) -> int:
             db.execute(f"PRAGMA user_version = {version}")
             db.execute("COMMIT")
         except sqlite3.Error as e:
-            db.execute("ROLLBACK")
-            raise StoreError(
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise (CorruptDatabase if is_corruption(e) else StoreError)(
                 f"migrating {path} from schema v{version - 1} to v{version} failed: {e}; "
                 f"the database was left at v{version - 1}" + (f" (backup: {backup})" if found > 0 else "")
             ) from e
