@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test lint bench
+.PHONY: install test lint bench soak
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -9,9 +9,13 @@ test:
 	$(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -m ruff check omnid client tests
+	$(PYTHON) -m ruff check omnid client tests bench
 
 # Latency, throughput, reaping and scale against baselines measured in the same run.
 bench:
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) bench/run.py --out bench-results.json
+
+# Mixed load on a real daemon for MINUTES (default 10), sampling its RSS and fds; not part of `test`.
+soak:
+	$(PYTHON) bench/soak.py --minutes $(or $(MINUTES),10)
