@@ -37,14 +37,14 @@ def daemon_with(monkeypatch, start_daemon, **env: str) -> DaemonProcess:
 
 
 def test_silent_greeted_connection_is_closed_after_the_idle_timeout(monkeypatch, start_daemon):
-    d = daemon_with(monkeypatch, start_daemon, OMNID_CONNECTION_IDLE_TIMEOUT="1", OMNID_HANDSHAKE_TIMEOUT="0.5")
+    d = daemon_with(monkeypatch, start_daemon, OMNID_CONNECTION_IDLE_TIMEOUT="2", OMNID_HANDSHAKE_TIMEOUT="0.5")
     with Wire(d.socket) as silent, Wire(d.socket) as busy, Wire(d.socket) as mute:
         for w in (silent, busy):
             w.send(hello())
             assert w.reply().error is None
 
-        # The busy one speaks every 0.3 s for three idle timeouts and keeps its connection.
-        for i in range(1, 11):
+        # The busy one speaks every 0.3 s for two idle timeouts and keeps its connection.
+        for i in range(1, 15):
             busy.send(request(i, "daemon.status"))
             resp = busy.reply()
             assert resp is not None, f"a connection in use was closed after {i - 1} requests"
