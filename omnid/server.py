@@ -61,8 +61,9 @@ log = logging.getLogger("omnid.server")
 
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a new connection has to send its hello (``OMNID_HANDSHAKE_TIMEOUT``)."""
-IDLE_TIMEOUT = 3600.0
-"""Seconds a greeted connection may stay silent before it is closed (``OMNID_IDLE_TIMEOUT``)."""
+CONNECTION_IDLE_TIMEOUT = 3600.0
+"""Seconds a greeted connection may stay silent before it is closed
+(``OMNID_CONNECTION_IDLE_TIMEOUT``). Connections only: sessions do not expire by it."""
 SHUTDOWN_GRACE = 2.0
 TAKEOVER_TIMEOUT = 10.0
 PREFLIGHT_TIMEOUT = 60.0
@@ -82,14 +83,14 @@ _encoder = msgspec.msgpack.Encoder()
 @dataclass(frozen=True)
 class Timeouts:
     handshake: float = HANDSHAKE_TIMEOUT
-    idle: float = IDLE_TIMEOUT
+    idle: float = CONNECTION_IDLE_TIMEOUT
 
     @classmethod
     def from_env(cls) -> "Timeouts":
-        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_IDLE_TIMEOUT`` (seconds)."""
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT`` (seconds)."""
         return cls(
             _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
-            _seconds_from_env("OMNID_IDLE_TIMEOUT", IDLE_TIMEOUT),
+            _seconds_from_env("OMNID_CONNECTION_IDLE_TIMEOUT", CONNECTION_IDLE_TIMEOUT),
         )
 
 

@@ -121,7 +121,9 @@ def read_only(db_path: Path) -> sqlite3.Connection:
 
 
 def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
-    rng = random.Random(os.environ.get("OMNID_CRASH_SEED", time.time_ns()))
+    seed = int(os.environ.get("OMNID_CRASH_SEED", time.time_ns()))
+    print(f"\nkill moments from seed {seed} (set OMNID_CRASH_SEED to repeat them)")
+    rng = random.Random(seed)
     ledgers: list[Ledger] = []
     in_flight_at_kill: Counter[str] = Counter()
     killed: list[int] = []
