@@ -179,14 +179,14 @@ def no_stray_daemons(home) -> Iterator[None]:
         wait_for(lambda pid=proc.pid: gone(pid), what=f"stray daemon {proc.pid} to die")
 
 
-@pytest.fixture
-def start_daemon(home) -> Iterator[Callable[..., DaemonProcess]]:
-    """Start further daemons on ``home`` (``start(*serve_args, **popen_kwargs)``); each still
-    running is stopped (status 0) at the end, and no log may hold a traceback."""
+@contextlib.contextmanager
+def started_daemons(make: Callable[[int], DaemonProcess]) -> Iterator[Callable[..., DaemonProcess]]:
+    """``start(*serve_args, **popen_kwargs)`` starts the n-th daemon ``make(n)`` builds; at
+    the end each still running is stopped (status 0), and no log may hold a traceback."""
     started: list[DaemonProcess] = []
 
     def start(*extra: str, **popen) -> DaemonProcess:
-        d = DaemonProcess(home).start(*extra, **popen)
+        d = make(len(started)).start(*extra, **popen)
         started.append(d)
         return d
 
@@ -195,6 +195,13 @@ def start_daemon(home) -> Iterator[Callable[..., DaemonProcess]]:
         if d.running:
             assert d.stop() == 0, d.log_text()
         assert "Traceback" not in d.log_text(), d.log_text()
+
+
+@pytest.fixture
+def start_daemon(home) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start further daemons on ``home``; see ``started_daemons``."""
+    with started_daemons(lambda _: DaemonProcess(home)) as start:
+        yield start
 
 
 @pytest.fixture

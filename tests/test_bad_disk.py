@@ -23,7 +23,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, wait_for, started_daemons
 from test_daemon import Wire, hello, request
 
 from omnid_client import StorageError
@@ -57,18 +57,8 @@ def outside() -> Iterator[Path]:
 @pytest.fixture
 def daemons(home, outside) -> Iterator:
     """Start daemons on ``home`` logging to ``outside``; stopped (status 0) at the end, no tracebacks."""
-    started: list[DaemonProcess] = []
-
-    def start() -> DaemonProcess:
-        d = OffDiskLog(home, outside / f"omnid-{len(started)}.log").start()
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.running:
-            assert d.stop() == 0, d.log_text()
-        assert "Traceback" not in d.log_text(), d.log_text()
+    with started_daemons(lambda n: OffDiskLog(home, outside / f"omnid-{n}.log")) as start:
+        yield start
 
 
 def mount(*args: str) -> None:
