@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
+from conftest import DaemonProcess, started_daemons, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
 from omnid_client import Client, Conflict, Invalid, TooLarge
 from omnid_client.protocol import (
     MAX_CONTENT,
@@ -96,22 +96,16 @@ def imported(result: Any, kind: str) -> tuple[int, int, dict[str, int]]:
 def other_home(monkeypatch) -> Iterator:
     """Switch this test (and the commands it runs) to a fresh OMNID_HOME with its own
     daemon; stopped and removed at the end."""
-    started: list[DaemonProcess] = []
     homes: list[Path] = []
 
-    def switch() -> DaemonProcess:
+    def fresh_home(_: int) -> DaemonProcess:
         path = Path(tempfile.mkdtemp(prefix="omnid-t2-", dir="/tmp"))
         homes.append(path)
         monkeypatch.setenv("OMNID_HOME", str(path))
-        d = DaemonProcess(path).start()
-        started.append(d)
-        return d
+        return DaemonProcess(path)
 
-    yield switch
-    for d in started:
-        if d.running:
-            assert d.stop() == 0, d.log_text()
-        assert "Traceback" not in d.log_text(), d.log_text()
+    with started_daemons(fresh_home) as switch:
+        yield switch
     for path in homes:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import logging
-import os
 import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
 from ._spawn import start_daemon
-from .client import Client, _closed_by_peer
+from .client import Client, connect_attempt, queue_full, _closed_by_peer
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
 from .protocol import HEADER, RequestFrame, Session, Welcome
@@ -197,27 +195,16 @@ class _ConnectionLost(TransportError):
 
 
 async def _connect_unix(path: Path, deadline: float) -> socket.socket:
-    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy) is
-    waited out until ``deadline``; asyncio's own connect would take it for a connection."""
+    """A connected socket; a full accept queue is waited out until ``deadline`` (asyncio's
+    own connect would take it for a connection)."""
     loop = asyncio.get_running_loop()
     delay = 0.001
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.connect(os.fspath(path))
-            return sock
-        except BlockingIOError as e:
-            sock.close()
-            if e.errno != errno.EAGAIN:
-                raise
-            if loop.time() + delay > deadline:
-                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
-        except BaseException:
-            sock.close()
-            raise
+    while (sock := connect_attempt(path)) is None:
+        if loop.time() + delay > deadline:
+            raise queue_full(path)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
+    return sock
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

@@ -173,29 +173,39 @@ class _ConnectionLost(Exception):
     pass
 
 
-def connect_unix(path: Path, deadline: float) -> socket.socket:
-    """A connected socket. A full accept queue (``EAGAIN``: the daemon is there but busy)
-    is waited out until ``deadline``, then reported as a Timeout, never as "not running"."""
-    delay = 0.001
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.connect(os.fspath(path))
-        except BlockingIOError as e:
-            sock.close()
-            if e.errno != errno.EAGAIN:
-                raise
-            if time.monotonic() + delay > deadline:
-                raise Timeout(f"omnid at {path} is not accepting connections (its queue is full)") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        sock.setblocking(True)
+def connect_attempt(path: Path) -> socket.socket | None:
+    """One non-blocking connect: the connected socket, or None if the daemon's accept
+    queue is full (``EAGAIN``: it is there but busy). Other failures raise."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(os.fspath(path))
         return sock
+    except BlockingIOError as e:
+        sock.close()
+        if e.errno != errno.EAGAIN:
+            raise
+        return None
+    except BaseException:
+        sock.close()
+        raise
+
+
+def queue_full(path: Path) -> Timeout:
+    return Timeout(f"omnid at {path} is not accepting connections (its queue is full)")
+
+
+def connect_unix(path: Path, deadline: float) -> socket.socket:
+    """A connected, blocking socket. A full accept queue is waited out until ``deadline``,
+    then reported as a Timeout, never as "not running"."""
+    delay = 0.001
+    while (sock := connect_attempt(path)) is None:
+        if time.monotonic() + delay > deadline:
+            raise queue_full(path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    sock.setblocking(True)
+    return sock
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
