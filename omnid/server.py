@@ -448,6 +448,7 @@ class Daemon:
         """Files of a corrupt database found at start and moved aside."""
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.store: Store = None  # type: ignore[assignment]
+        self.live_sessions: q.LiveLookups = None  # type: ignore[assignment]
         self.reaper: Reaper = None  # type: ignore[assignment]
         self.expirer: Expirer = None  # type: ignore[assignment]
         self.archiver: Archiver = None  # type: ignore[assignment]
@@ -580,6 +581,7 @@ class Daemon:
         self._watch_files()
         settings = self.settings
         self.store = self.open_store()
+        self.live_sessions = q.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
         self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
         startup = self.reaper.start()

@@ -100,6 +100,31 @@ def test_same_tool_and_pid_reuses_the_session(client, spawn_owner):
     assert second.session.last_activity > first.session.last_activity
 
 
+def test_a_reused_session_reflects_every_change_made_since(client, daemon, spawn_owner):
+    """Reuse answers come from a cache between writes: each kind of write must show."""
+    owner = spawn_owner()
+    sid = client.get_or_create("claude-code", pid=owner.pid).session.session_id
+    for _ in range(3):  # the later ones are served without SQL
+        assert client.get_or_create("claude-code", pid=owner.pid).session.message_count == 0
+    client.add_message(sid, "user", "hello", tokens_used=7)
+    again = client.get_or_create("claude-code", pid=owner.pid).session
+    assert (again.session_id, again.message_count, again.total_tokens) == (sid, 1, 7)
+    assert client.find("claude-code", pid=owner.pid).message_count == 1
+
+    with daemon.client() as other:  # ended by someone else
+        other.end(sid)
+    assert client.find("claude-code", pid=owner.pid) is None
+    fresh = client.get_or_create("claude-code", pid=owner.pid)
+    assert fresh.status == "created" and fresh.session.session_id != sid
+
+    client.get_or_create("claude-code", pid=owner.pid)
+    assert client.find("claude-code", pid=owner.pid).session_id == fresh.session.session_id
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    wait_for(lambda: reaped(client, fresh.session.session_id), timeout=10, what="the session to be reaped")
+    assert client.find("claude-code", pid=owner.pid) is None
+
+
 def test_different_pids_get_different_sessions(client, spawn_owner):
     a, b = spawn_owner(), spawn_owner()
     sa = client.get_or_create("claude-code", pid=a.pid)

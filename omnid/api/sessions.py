@@ -39,7 +39,7 @@ def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     store = daemon.store
     now = store.now()
     if p.dedup:
-        existing = q.find_live(store.db, p.tool_id, owner)
+        existing = daemon.live_sessions.find_live(p.tool_id, owner)
         if existing is not None:
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
@@ -83,7 +83,7 @@ def find(caller: Caller, p: Find) -> FindResult:
         owner = owner_process(pid, caller.uid, caller.daemon.reaper.known_owner(pid)).identity
     except NotFound:
         return FindResult(None)
-    found = q.find_live(caller.daemon.store.db, p.tool_id, owner)
+    found = caller.daemon.live_sessions.find_live(p.tool_id, owner)
     return FindResult(current(caller, found) if found else None)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from omnid_client.protocol import Session
 
 from ..identity import ProcessIdentity
 from .codec import decode_cursor, dumps, encode_cursor, from_nanos, loads_dict
+
+if TYPE_CHECKING:
+    from . import Store
 
 COLUMNS = (
     "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, "
@@ -45,6 +48,35 @@ def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> S
         (tool_id, owner.pid, owner.start, owner.boot_id),
     ).fetchone()
     return _session(row) if row else None
+
+
+class LiveLookups:
+    """``find_live`` answers kept until the next write: a get_or_create that reuses a
+    session (what every tool does at start, and many on every request) then runs no SQL.
+
+    Any write block, committed or not, empties it, and only rows read outside a
+    transaction are kept, so an answer from here is never older than the committed
+    database. (Every change to the database goes through ``Store.write``.)"""
+
+    LIMIT = 4096
+
+    def __init__(self, store: "Store"):
+        self._store = store
+        self._writes_seen = -1
+        self._found: dict[tuple[str, int, int, str], Session] = {}
+
+    def find_live(self, tool_id: str, owner: ProcessIdentity) -> Session | None:
+        store = self._store
+        if self._writes_seen != store.writes:
+            self._found.clear()
+            self._writes_seen = store.writes
+        key = (tool_id, owner.pid, owner.start, owner.boot_id)
+        session = self._found.get(key)
+        if session is None:
+            session = find_live(store.db, tool_id, owner)
+            if session is not None and not store.in_transaction and len(self._found) < self.LIMIT:
+                self._found[key] = session
+        return session
 
 
 def touch(db: sqlite3.Connection, session_id: str, now: float) -> bool:
