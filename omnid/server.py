@@ -175,19 +175,26 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         self._last_heard = self.daemon.loop.time()
-        buf = self.buffer
-        buf += data
-        while len(buf) >= HEADER.size and not self.closing:
-            (length,) = HEADER.unpack_from(buf)
+        if self.buffer:
+            self.buffer += data
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        # Frames are decoded straight out of what arrived (usually exactly one frame);
+        # only an incomplete tail is kept for the next read.
+        view = memoryview(data)
+        start, size = 0, len(data)
+        while size - start >= HEADER.size and not self.closing:
+            (length,) = HEADER.unpack_from(data, start)
             if length > MAX_FRAME:
                 self.fail(0, TooLarge(f"frame of {length} bytes; the limit is {MAX_FRAME}"))
                 return
-            end = HEADER.size + length
-            if len(buf) < end:
+            end = start + HEADER.size + length
+            if size < end:
                 break
-            payload = bytes(buf[HEADER.size : end])
-            del buf[:end]
-            self.handle(payload)
+            self.handle(view[start + HEADER.size : end])
+            start = end
+        if start < size and not self.closing:
+            self.buffer += view[start:]
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -199,7 +206,7 @@ class Connection(asyncio.Protocol):
 
     # -- requests ------------------------------------------------------------------
 
-    def handle(self, payload: bytes) -> None:
+    def handle(self, payload: memoryview) -> None:
         try:
             request = _request_decoder.decode(payload)
         except (msgspec.DecodeError, RecursionError) as e:

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -591,6 +592,27 @@ def test_pipelined_requests_all_get_their_own_reply(daemon, spawn_owner):
         assert session.tool_id == tool
     assert created == found and len(created) == count // 2
     assert_serving(daemon)
+
+
+def test_frames_split_anywhere_across_reads_are_reassembled(daemon, spawn_owner):
+    """Pieces cut mid-header, mid-body and across frames, each read on its own."""
+    owner = spawn_owner()
+    data = hello()
+    for i in range(1, 6):
+        data += request(i, "session.get_or_create", {"tool_id": f"split-{i}", "pid": owner.pid})
+    sizes = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]
+    with Wire(daemon.socket) as w:
+        at, k = 0, 0
+        while at < len(data):
+            w.send(data[at : at + sizes[k % len(sizes)]])
+            at += sizes[k % len(sizes)]
+            k += 1
+            time.sleep(0.002)  # each piece arrives in a read of its own
+        replies = [w.reply() for _ in range(6)]
+    assert [r.id for r in replies] == list(range(6))
+    assert all(r.error is None for r in replies), [r.error for r in replies]
+    tools = [result_of(r, GetOrCreateResult).session.tool_id for r in replies[1:]]
+    assert tools == [f"split-{i}" for i in range(1, 6)]
 
 
 # --- status ----------------------------------------------------------------------------------

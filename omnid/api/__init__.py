@@ -58,14 +58,15 @@ class Caller:
 
 
 Handler = Callable[[Caller, Any], Any]
-HANDLERS: dict[str, Handler] = {}
-_param_decoders = {name: msgspec.msgpack.Decoder(spec.params) for name, spec in METHODS.items()}
+_ROUTES: dict[str, tuple[Handler, msgspec.msgpack.Decoder, bool]] = {}
+"""method -> (handler, parameter decoder, writes): one lookup per request."""
 
 
 def handles(method: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         assert method in METHODS, method
-        HANDLERS[method] = fn
+        spec = METHODS[method]
+        _ROUTES[method] = (fn, msgspec.msgpack.Decoder(spec.params), spec.writes)
         return fn
 
     return register
@@ -79,8 +80,8 @@ def error_info(err: OmnidError) -> ErrorInfo:
 
 def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
     """Run one request; every failure becomes a typed error reply, never an exception."""
-    handler = HANDLERS.get(request.method)
-    if handler is None:
+    route = _ROUTES.get(request.method)
+    if route is None:
         message = f"unknown method {request.method!r}"
         if caller.proto_minor > PROTOCOL_MINOR or compare_versions(caller.client_version or "0", __version__) > 0:
             message += (
@@ -90,8 +91,9 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
             )
         err: OmnidError = Unsupported(message, {"method": request.method, "daemon_version": __version__})
         return ResponseFrame(request.id, error=error_info(err))
+    handler, decoder, writes = route
     try:
-        params = _param_decoders[request.method].decode(request.params)
+        params = decoder.decode(request.params)
     except msgspec.ValidationError as e:
         # msgspec names the field; a length bound is a size limit, everything else bad input.
         kind = TooLarge if "length <=" in str(e) else Invalid
@@ -100,7 +102,7 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
         return ResponseFrame(request.id, error=error_info(Invalid(f"{request.method}: undecodable parameters: {e}")))
     store = caller.daemon.store
     try:
-        if METHODS[request.method].writes:
+        if writes:
             with store.write():
                 result = handler(caller, params)
         else:
