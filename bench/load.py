@@ -1,8 +1,9 @@
 """One benchmark client process: waits for the start signal, runs one operation in a
 loop for a fixed time, and writes its latencies (ns) to a file.
 
-``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo or
-baseline; the socket or port comes from ARG or the environment.
+``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo,
+baseline or paired (omnid and the echo floor in turn); the socket or port comes from ARG
+or the environment.
 """
 
 from __future__ import annotations
@@ -77,21 +78,26 @@ def baseline_op(op: str, port: str):
 def main() -> None:
     target, op, seconds, go_fd, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     arg = sys.argv[6] if len(sys.argv) > 6 else ""
-    call = {"omnid": omnid_op, "echo": echo_op, "baseline": baseline_op}[target](op, arg)
-    call()  # warm up: connection made, code paths loaded
+    if target == "paired":
+        # omnid and the echo floor called in turn from one process: both see the same
+        # moments of a noisy machine. Writes {"omnid": [...], "echo": [...]}.
+        calls = {"omnid": omnid_op(op, ""), "echo": echo_op("echo", arg)}
+    else:
+        calls = {target: {"omnid": omnid_op, "echo": echo_op, "baseline": baseline_op}[target](op, arg)}
+    for call in calls.values():
+        call()  # warm up: connection made, code paths loaded
     print("ready", flush=True)
     os.read(go_fd, 1)  # returns when the runner closes the other end: all start together
-    latencies = []
+    latencies: dict[str, list[int]] = {name: [] for name in calls}
     now = time.perf_counter_ns
     end = now() + int(seconds * 1e9)
-    while True:
-        t0 = now()
-        if t0 >= end:
-            break
-        call()
-        latencies.append(now() - t0)
+    while now() < end:
+        for name, call in calls.items():
+            t0 = now()
+            call()
+            latencies[name].append(now() - t0)
     with open(out, "wb") as f:
-        f.write(msgspec.msgpack.encode(latencies))
+        f.write(msgspec.msgpack.encode(latencies if target == "paired" else latencies[target]))
 
 
 if __name__ == "__main__":
