@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,7 +87,7 @@ class Client(Methods):
         except OmnidError:
             sock.close()
             raise
-        sock.settimeout(self.timeout)
+        bound_each_transfer(sock, self.timeout)
         self._sock = sock
         self.connected_path = path
         return True
@@ -137,7 +138,7 @@ class Client(Methods):
         try:
             sock.sendall(frame)
             payload = self._read_frame(sock)
-        except socket.timeout:
+        except _TIMED_OUT:
             self._drop()
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
         except (ConnectionError, OSError) as e:
@@ -206,6 +207,27 @@ def connect_unix(path: Path, deadline: float) -> socket.socket:
         delay = min(delay * 2, 0.05)
     sock.setblocking(True)
     return sock
+
+
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: on macOS its int tv_usec is padded to a long
+_TIMED_OUT = (BlockingIOError, socket.timeout)
+"""How an expired deadline surfaces: EAGAIN from a kernel timeout, or socket.timeout."""
+
+
+def bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
+    """Leave ``sock`` blocking and have the kernel bound each send and receive by ``seconds``
+    (SO_SNDTIMEO/SO_RCVTIMEO; an expired one fails with EAGAIN). A Python-level timeout
+    would cost a poll before every send and receive."""
+    sock.settimeout(None)
+    if seconds is None:
+        return
+    usec = min(max(round(seconds * 1e6), 1), (2**31 - 1) * 1_000_000)  # a zero timeval means "forever"
+    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    except OSError:  # a platform whose timeval we got wrong: the portable, slower way
+        sock.settimeout(seconds)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
