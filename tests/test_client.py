@@ -1,5 +1,5 @@
 """The blocking client's transport promises against a real daemon: deadlines, calls cut
-short, and connections the daemon closed.
+short, connections the daemon closed, and replies of every size.
 
 Forks, fail-open and retries after a kill are covered in test_sessions.py and
 test_crash.py; the idle close with a non-idempotent call in test_hostile.py.
@@ -14,10 +14,12 @@ import sys
 import threading
 import time
 
+import msgspec
 import pytest
 from conftest import wait_for
 
 from omnid_client import Timeout
+from omnid_client.protocol import HEADER, ResponseFrame
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
@@ -97,3 +99,22 @@ def test_a_connection_closed_while_idle_does_not_kill_a_tool_that_restored_sigpi
     r = subprocess.run([sys.executable, "-c", _SIGPIPE_CHILD], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout.strip() == "1"
+
+
+def test_replies_of_every_size_around_the_receive_buffer(client, tmp_path):
+    """Reply frames just under, at and just over the client's receive buffer, and a few
+    times its size, arrive whole."""
+    from omnid_client.client import REPLY_BUFFER
+
+    workspace = str(tmp_path)
+    client.put_memory("k", "", workspace=workspace)
+    near = REPLY_BUFFER - _frame_size(client.get_memory("k", workspace=workspace))
+    for size in [*range(near - 64, near + 64), 3 * REPLY_BUFFER + 1]:
+        value = "v" * size
+        client.put_memory("k", value, workspace=workspace)
+        assert client.get_memory("k", workspace=workspace).value == value, size
+
+
+def _frame_size(result) -> int:
+    """Bytes of a reply frame carrying ``result``, header included (give or take the id)."""
+    return HEADER.size + len(msgspec.msgpack.encode(ResponseFrame(1, result=result)))

@@ -95,8 +95,9 @@ def encode_frame(msg: Any) -> bytearray:
     return buf
 
 
-def frame_length(header: bytes) -> int:
-    (n,) = HEADER.unpack(header)
+def frame_length(header: bytes | bytearray | memoryview) -> int:
+    """The payload length a frame starts with (from the first bytes of ``header``)."""
+    (n,) = HEADER.unpack_from(header)
     if n > MAX_FRAME:
         raise ProtocolError(f"daemon sent a {n}-byte frame; the limit is {MAX_FRAME}")
     return n

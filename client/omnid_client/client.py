@@ -23,6 +23,8 @@ from .protocol import HEADER, RequestFrame, Session, Welcome
 log = logging.getLogger("omnid_client")
 
 _UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
+REPLY_BUFFER = 64 * 1024
+"""Bytes of the buffer each client receives replies into; larger ones get their own."""
 
 
 class Client(Methods):
@@ -32,6 +34,7 @@ class Client(Methods):
         self.connected_path: Path | None = None
         self._sock: socket.socket | None = None
         self._pid = os.getpid()
+        self._buffer = memoryview(bytearray(REPLY_BUFFER))
 
     # -- connection ------------------------------------------------------------
 
@@ -74,7 +77,7 @@ class Client(Methods):
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(hello_frame(self.client_name))
-            self.welcome = check_welcome(self._read_frame(sock))
+            self.welcome = check_welcome(self._receive(sock))
             self.version_note = note_versions(self.welcome)
         except socket.timeout:
             sock.close()
@@ -87,7 +90,7 @@ class Client(Methods):
         except OmnidError:
             sock.close()
             raise
-        bound_each_transfer(sock, self.timeout)
+        _bound_each_transfer(sock, self.timeout)
         self._sock = sock
         self.connected_path = path
         return True
@@ -137,7 +140,7 @@ class Client(Methods):
         frame = encode_frame(RequestFrame(request_id, call.method, call.params))
         try:
             sock.sendall(frame)
-            payload = self._read_frame(sock)
+            payload = self._receive(sock)
         except _TIMED_OUT:
             self._drop()
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
@@ -153,10 +156,25 @@ class Client(Methods):
             raise
         return call.finish(result)
 
-    @staticmethod
-    def _read_frame(sock: socket.socket) -> bytes:
-        header = _recv_exact(sock, HEADER.size)
-        return _recv_exact(sock, frame_length(header))
+    def _receive(self, sock: socket.socket) -> memoryview:
+        """The payload of the next frame, valid until the next call. Header and body
+        usually arrive together: one recv into the client's buffer."""
+        view = self._buffer
+        got = sock.recv_into(view)
+        if got < HEADER.size:
+            got = _fill(sock, view, got, HEADER.size)
+        end = HEADER.size + frame_length(view)
+        if got < end:
+            if end > len(view):  # a reply larger than the buffer gets one of its own
+                view = memoryview(bytearray(end))
+                view[:got] = self._buffer[:got]
+            _fill(sock, view, got, end)
+        elif got > end:
+            # Bytes after the reply that nobody asked for: the stream is out of step. The
+            # reply stands; the connection is finished, and the next call finds it closed.
+            log.debug("omnid sent %d bytes more than its reply; the connection is dropped", got - end)
+            sock.shutdown(socket.SHUT_RDWR)
+        return view[HEADER.size : end]
 
     @contextlib.contextmanager
     def session(self, tool_id: str, **kwargs: Any) -> Iterator[Session | None]:
@@ -214,7 +232,7 @@ _TIMED_OUT = (BlockingIOError, socket.timeout)
 """How an expired deadline surfaces: EAGAIN from a kernel timeout, or socket.timeout."""
 
 
-def bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
+def _bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
     """Leave ``sock`` blocking and have the kernel bound each send and receive by ``seconds``
     (SO_SNDTIMEO/SO_RCVTIMEO; an expired one fails with EAGAIN). A Python-level timeout
     would cost a poll before every send and receive."""
@@ -239,14 +257,12 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
+def _fill(sock: socket.socket, view: memoryview, got: int, want: int) -> int:
+    """Receive into ``view`` until it holds ``want`` bytes (``got`` already there)."""
+    while got < want:
+        n = sock.recv_into(view[got:want])
+        if n == 0:
             raise ConnectionResetError("daemon closed the connection")
-        got += k
-    return bytes(buf)
+        got += n
+    return got
 
