@@ -118,3 +118,14 @@ def test_replies_of_every_size_around_the_receive_buffer(client, tmp_path):
 def _frame_size(result) -> int:
     """Bytes of a reply frame carrying ``result``, header included (give or take the id)."""
     return HEADER.size + len(msgspec.msgpack.encode(ResponseFrame(1, result=result)))
+
+
+def test_a_write_after_the_daemon_restarted_between_calls_is_sent_once(start_daemon):
+    """The connection died with the old daemon; the write goes, once, to the new one."""
+    first = start_daemon()
+    with first.client() as c:
+        sid = c.get_or_create("restarted").session.session_id
+        assert first.stop() == 0
+        start_daemon()
+        assert c.add_message(sid, "user", "after the restart").message_count == 1
+        assert [m.content for m in c.list_messages(sid).messages] == ["after the restart"]

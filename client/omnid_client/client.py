@@ -10,6 +10,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +26,10 @@ log = logging.getLogger("omnid_client")
 _UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
 REPLY_BUFFER = 64 * 1024
 """Bytes of the buffer each client receives replies into; larger ones get their own."""
+# A send to a connection the daemon closed must fail with EPIPE, not kill a tool that set
+# SIGPIPE back to the default: MSG_NOSIGNAL per send, or SO_NOSIGPIPE (macOS) per socket.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
+_SO_NOSIGPIPE = getattr(socket, "SO_NOSIGPIPE", 0x1022) if sys.platform == "darwin" else None
 
 
 class Client(Methods):
@@ -45,6 +50,10 @@ class Client(Methods):
                 assert self.welcome is not None
                 return self.welcome
             log.debug("omnid closed the connection (idle or restarted); reconnecting")
+        return self._open()
+
+    def _open(self) -> Welcome:
+        """A new connection (after dropping any old one), starting the daemon if allowed."""
         self._drop()
         self._pid = os.getpid()
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
@@ -76,7 +85,7 @@ class Client(Methods):
             raise Unavailable(f"cannot connect to {path}: {e}") from e
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(hello_frame(self.client_name))
+            sock.sendall(hello_frame(self.client_name), _NO_SIGPIPE)
             self.welcome = check_welcome(self._receive(sock))
             self.version_note = note_versions(self.welcome)
         except socket.timeout:
@@ -122,34 +131,51 @@ class Client(Methods):
             raise
 
     def _call_with_retry(self, call: Call) -> Any:
-        for attempt in (1, 2):
-            self.connect()
+        retried = False
+        while True:
+            # No check that the connection is still open: a send to one the daemon closed
+            # fails, and then the request provably never left (below).
+            reused = self._sock is not None and self._pid == os.getpid()
+            if not reused:
+                self._open()
             try:
                 return self._roundtrip(call)
             except _ConnectionLost as lost:
-                self._drop()
-                if attempt == 2 or not call.idempotent:
+                if reused and not lost.delivered:
+                    log.debug("omnid closed the connection (idle or restarted); reconnecting")
+                    continue
+                if retried or (lost.delivered and not call.idempotent):
                     raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
-        raise AssertionError("unreachable")
+                retried = True
 
     def _roundtrip(self, call: Call) -> Any:
         sock = self._sock
         assert sock is not None
         request_id = self._next_id
-        self._next_id += 1
+        self._next_id = request_id + 1
         frame = encode_frame(RequestFrame(request_id, call.method, call.params))
+        delivered = False
         try:
-            sock.sendall(frame)
-            payload = self._receive(sock)
+            sock.sendall(frame, _NO_SIGPIPE)
+            delivered = True
+            resp = parse_response(self._receive(sock))
         except _TIMED_OUT:
             self._drop()
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
-        except (ConnectionError, OSError) as e:
-            raise _ConnectionLost(str(e) or type(e).__name__) from None
+        except OSError as e:
+            # A send that fails left at most part of the frame, which the daemon never
+            # acts on: only a request sent whole may have been processed.
+            self._drop()
+            raise _ConnectionLost(str(e) or type(e).__name__, delivered) from None
+        except BaseException:
+            # Cut short (a signal handler raised, a malformed reply): whatever comes next
+            # on this connection would be taken for the next call's reply.
+            self._drop()
+            raise
+        if resp.id != request_id:
+            self._drop()
+            raise ProtocolError(f"reply for request {resp.id} while waiting for {request_id}")
         try:
-            resp = parse_response(payload)
-            if resp.id != request_id:
-                raise ProtocolError(f"reply for request {resp.id} while waiting for {request_id}")
             result = result_of(resp, call.result_type)
         except TransportError:
             self._drop()
@@ -189,13 +215,19 @@ class Client(Methods):
 
 
 class _ConnectionLost(Exception):
-    pass
+    def __init__(self, why: str, delivered: bool):
+        super().__init__(why)
+        self.delivered = delivered
+        """Whether the whole request was sent (and so may have been processed)."""
 
 
 def connect_attempt(path: Path) -> socket.socket | None:
     """One non-blocking connect: the connected socket, or None if the daemon's accept
     queue is full (``EAGAIN``: it is there but busy). Other failures raise."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if _SO_NOSIGPIPE is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
     sock.setblocking(False)
     try:
         sock.connect(os.fspath(path))
