@@ -31,6 +31,18 @@ REPLY_BUFFER = 64 * 1024
 _NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
 _SO_NOSIGPIPE = getattr(socket, "SO_NOSIGPIPE", 0x1022) if sys.platform == "darwin" else None
 
+_process = os.getpid()
+"""This process's pid, renewed in a forked child: a connection made under another pid is the
+parent's and is never touched. Kept by a fork hook, so a call costs no getpid()."""
+
+
+def _renew_process() -> None:
+    global _process
+    _process = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_process)
+
 
 class Client(Methods):
     """A blocking connection to the omnid daemon (options: see ``Methods``)."""
@@ -38,14 +50,14 @@ class Client(Methods):
     def _init_connection(self) -> None:
         self.connected_path: Path | None = None
         self._sock: socket.socket | None = None
-        self._pid = os.getpid()
+        self._pid = _process
         self._buffer = memoryview(bytearray(REPLY_BUFFER))
 
     # -- connection ------------------------------------------------------------
 
     def connect(self) -> Welcome:
         """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None and self._pid == _process:
             if not _closed_by_peer(self._sock):
                 assert self.welcome is not None
                 return self.welcome
@@ -55,7 +67,7 @@ class Client(Methods):
     def _open(self) -> Welcome:
         """A new connection (after dropping any old one), starting the daemon if allowed."""
         self._drop()
-        self._pid = os.getpid()
+        self._pid = _process
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
         for path, _source in candidates:
             if self._try_connect(path):
@@ -109,7 +121,7 @@ class Client(Methods):
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
-        if sock is not None and self._pid == os.getpid():
+        if sock is not None and self._pid == _process:
             sock.close()
         self.welcome = None
 
@@ -135,7 +147,7 @@ class Client(Methods):
         while True:
             # No check that the connection is still open: a send to one the daemon closed
             # fails, and then the request provably never left (below).
-            reused = self._sock is not None and self._pid == os.getpid()
+            reused = self._sock is not None and self._pid == _process
             if not reused:
                 self._open()
             try:
