@@ -57,6 +57,7 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
+    Reply,
     RequestFrame,
     RetentionResult,
     RunRetention,
@@ -123,6 +124,30 @@ def result_of(resp: IncomingResponse, result_type: type) -> Any:
         return _decoder(result_type).decode(resp.result)
     except msgspec.DecodeError as e:
         raise ProtocolError(f"malformed {result_type.__name__} from daemon: {e}") from e
+
+
+_reply_decoders: dict[type, Callable[[Any], Reply]] = {}
+
+
+def decode_reply(payload: Any, result_type: type) -> Reply:
+    """A reply whose result is ``result_type`` (or an error), in one pass: not the
+    envelope first and the result from it again."""
+    decode = _reply_decoders.get(result_type)
+    if decode is None:
+        decode = _reply_decoders[result_type] = msgspec.msgpack.Decoder(Reply[result_type]).decode  # type: ignore[valid-type]
+    try:
+        return decode(payload)
+    except msgspec.DecodeError as e:
+        raise ProtocolError(f"malformed {result_type.__name__} reply from daemon: {e}") from e
+
+
+def result_or_raise(reply: Reply) -> Any:
+    """The result of a decoded reply; raises the typed error for an error reply."""
+    if reply.error is not None:
+        raise from_wire(reply.error.code, reply.error.message, reply.error.details)
+    if reply.result is None:
+        raise ProtocolError("reply from daemon carries neither a result nor an error")
+    return reply.result
 
 
 def hello_frame(client_name: str) -> bytearray:
@@ -449,4 +474,4 @@ def note_versions(welcome: Welcome) -> str | None:
     return note
 
 
-__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "frame_length", "hello_frame", "check_welcome", "note_versions"]
+__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "decode_reply", "result_or_raise", "frame_length", "hello_frame", "check_welcome", "note_versions"]

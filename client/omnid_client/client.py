@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._core import Call, Methods, check_welcome, decode_reply, encode_frame, frame_length, hello_frame, note_versions, result_or_raise
 from ._spawn import start_daemon
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
@@ -170,7 +170,7 @@ class Client(Methods):
         try:
             sock.sendall(frame, _NO_SIGPIPE)
             delivered = True
-            resp = parse_response(self._receive(sock))
+            reply = decode_reply(self._receive(sock), call.result_type)
         except _TIMED_OUT:
             self._drop()
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
@@ -184,11 +184,11 @@ class Client(Methods):
             # on this connection would be taken for the next call's reply.
             self._drop()
             raise
-        if resp.id != request_id:
+        if reply.id != request_id:
             self._drop()
-            raise ProtocolError(f"reply for request {resp.id} while waiting for {request_id}")
+            raise ProtocolError(f"reply for request {reply.id} while waiting for {request_id}")
         try:
-            result = result_of(resp, call.result_type)
+            result = result_or_raise(reply)
         except TransportError:
             self._drop()
             raise
