@@ -85,12 +85,15 @@ _encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
 
-def encode_frame(msg: Any) -> bytearray:
-    """A length-prefixed frame; TooLarge (nothing sent) past the daemon's frame limit."""
-    buf = bytearray(HEADER.size)
+def encode_frame(msg: Any, buf: bytearray | None = None) -> bytearray:
+    """A length-prefixed frame, in ``buf`` if given (replacing what it held, so a blocking
+    sender can reuse one); TooLarge (nothing sent) past the daemon's frame limit."""
+    if buf is None:
+        buf = bytearray(HEADER.size)
     _encoder.encode_into(msg, buf, HEADER.size)
     size = len(buf) - HEADER.size
     if size > MAX_FRAME:
+        del buf[HEADER.size :]
         raise TooLarge(f"request is {size} bytes encoded; the frame limit is {MAX_FRAME}", {"size": size})
     HEADER.pack_into(buf, 0, size)
     return buf

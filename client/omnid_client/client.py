@@ -52,6 +52,7 @@ class Client(Methods):
         self._sock: socket.socket | None = None
         self._pid = _process
         self._buffer = memoryview(bytearray(REPLY_BUFFER))
+        self._request = bytearray(HEADER.size)
 
     # -- connection ------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class Client(Methods):
         assert sock is not None
         request_id = self._next_id
         self._next_id = request_id + 1
-        frame = encode_frame(RequestFrame(request_id, call.method, call.params))
+        frame = encode_frame(RequestFrame(request_id, call.method, call.params), self._request)
         delivered = False
         try:
             sock.sendall(frame, _NO_SIGPIPE)
