@@ -212,7 +212,8 @@ class Client(Methods):
             # Bytes after the reply that nobody asked for: the stream is out of step. The
             # reply stands; the connection is finished, and the next call finds it closed.
             log.debug("omnid sent %d bytes more than its reply; the connection is dropped", got - end)
-            sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         return view[HEADER.size : end]
 
     @contextlib.contextmanager
@@ -280,7 +281,8 @@ _TIMED_OUT = (BlockingIOError, socket.timeout)
 def _bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
     """Leave ``sock`` blocking and have the kernel bound each send and receive by ``seconds``
     (SO_SNDTIMEO/SO_RCVTIMEO; an expired one fails with EAGAIN). A Python-level timeout
-    would cost a poll before every send and receive."""
+    would cost a poll before every send and receive. (Unlike it, a wait interrupted by a
+    signal that a Python handler takes starts over with the full timeout.)"""
     sock.settimeout(None)
     if seconds is None:
         return
@@ -295,8 +297,9 @@ def _bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
 
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the daemon closed this connection (as it does idle ones) or sent bytes nobody
-    asked for: either way it is unusable. Checked before a request is sent, so none is
-    lost to a stale connection. (poll, not recv: a socket with a timeout would wait.)"""
+    asked for: either way it is unusable. For ``connect()``, which promises a live
+    connection, and the async client; the blocking client's calls learn it from the send.
+    (poll, not recv: a socket with a timeout would wait.)"""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
