@@ -57,6 +57,7 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
+    Reply,
     RequestFrame,
     RetentionResult,
     RunRetention,
@@ -84,19 +85,23 @@ _encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
 
-def encode_frame(msg: Any) -> bytearray:
-    """A length-prefixed frame; TooLarge (nothing sent) past the daemon's frame limit."""
-    buf = bytearray(HEADER.size)
+def encode_frame(msg: Any, buf: bytearray | None = None) -> bytearray:
+    """A length-prefixed frame, in ``buf`` if given (replacing what it held, so a blocking
+    sender can reuse one); TooLarge (nothing sent) past the daemon's frame limit."""
+    if buf is None:
+        buf = bytearray(HEADER.size)
     _encoder.encode_into(msg, buf, HEADER.size)
     size = len(buf) - HEADER.size
     if size > MAX_FRAME:
+        del buf[HEADER.size :]
         raise TooLarge(f"request is {size} bytes encoded; the frame limit is {MAX_FRAME}", {"size": size})
     HEADER.pack_into(buf, 0, size)
     return buf
 
 
-def frame_length(header: bytes) -> int:
-    (n,) = HEADER.unpack(header)
+def frame_length(header: bytes | bytearray | memoryview) -> int:
+    """The payload length a frame starts with (from the first bytes of ``header``)."""
+    (n,) = HEADER.unpack_from(header)
     if n > MAX_FRAME:
         raise ProtocolError(f"daemon sent a {n}-byte frame; the limit is {MAX_FRAME}")
     return n
@@ -122,6 +127,30 @@ def result_of(resp: IncomingResponse, result_type: type) -> Any:
         return _decoder(result_type).decode(resp.result)
     except msgspec.DecodeError as e:
         raise ProtocolError(f"malformed {result_type.__name__} from daemon: {e}") from e
+
+
+_reply_decoders: dict[type, Callable[[Any], Reply]] = {}
+
+
+def decode_reply(payload: Any, result_type: type) -> Reply:
+    """A reply whose result is ``result_type`` (or an error), in one pass: not the
+    envelope first and the result from it again."""
+    decode = _reply_decoders.get(result_type)
+    if decode is None:
+        decode = _reply_decoders[result_type] = msgspec.msgpack.Decoder(Reply[result_type]).decode  # type: ignore[valid-type]
+    try:
+        return decode(payload)
+    except msgspec.DecodeError as e:
+        raise ProtocolError(f"malformed {result_type.__name__} reply from daemon: {e}") from e
+
+
+def result_or_raise(reply: Reply) -> Any:
+    """The result of a decoded reply; raises the typed error for an error reply."""
+    if reply.error is not None:
+        raise from_wire(reply.error.code, reply.error.message, reply.error.details)
+    if reply.result is None:
+        raise ProtocolError("reply from daemon carries neither a result nor an error")
+    return reply.result
 
 
 def hello_frame(client_name: str) -> bytearray:
@@ -448,4 +477,4 @@ def note_versions(welcome: Welcome) -> str | None:
     return note
 
 
-__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "frame_length", "hello_frame", "check_welcome", "note_versions"]
+__all__ = ["Call", "Methods", "OmnidError", "encode_frame", "parse_response", "result_of", "decode_reply", "result_or_raise", "frame_length", "hello_frame", "check_welcome", "note_versions"]

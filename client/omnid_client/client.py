@@ -9,11 +9,13 @@ import logging
 import os
 import select
 import socket
+import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._core import Call, Methods, check_welcome, decode_reply, encode_frame, frame_length, hello_frame, note_versions, result_or_raise
 from ._spawn import start_daemon
 from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
@@ -22,6 +24,24 @@ from .protocol import HEADER, RequestFrame, Session, Welcome
 log = logging.getLogger("omnid_client")
 
 _UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
+REPLY_BUFFER = 64 * 1024
+"""Bytes of the buffer each client receives replies into; larger ones get their own."""
+# A send to a connection the daemon closed must fail with EPIPE, not kill a tool that set
+# SIGPIPE back to the default: MSG_NOSIGNAL per send, or SO_NOSIGPIPE (macOS) per socket.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
+_SO_NOSIGPIPE = getattr(socket, "SO_NOSIGPIPE", 0x1022) if sys.platform == "darwin" else None
+
+_process = os.getpid()
+"""This process's pid, renewed in a forked child: a connection made under another pid is the
+parent's and is never touched. Kept by a fork hook, so a call costs no getpid()."""
+
+
+def _renew_process() -> None:
+    global _process
+    _process = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_process)
 
 
 class Client(Methods):
@@ -30,19 +50,25 @@ class Client(Methods):
     def _init_connection(self) -> None:
         self.connected_path: Path | None = None
         self._sock: socket.socket | None = None
-        self._pid = os.getpid()
+        self._pid = _process
+        self._buffer = memoryview(bytearray(REPLY_BUFFER))
+        self._request = bytearray(HEADER.size)
 
     # -- connection ------------------------------------------------------------
 
     def connect(self) -> Welcome:
         """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None and self._pid == _process:
             if not _closed_by_peer(self._sock):
                 assert self.welcome is not None
                 return self.welcome
             log.debug("omnid closed the connection (idle or restarted); reconnecting")
+        return self._open()
+
+    def _open(self) -> Welcome:
+        """A new connection (after dropping any old one), starting the daemon if allowed."""
         self._drop()
-        self._pid = os.getpid()
+        self._pid = _process
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
         for path, _source in candidates:
             if self._try_connect(path):
@@ -72,8 +98,8 @@ class Client(Methods):
             raise Unavailable(f"cannot connect to {path}: {e}") from e
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(hello_frame(self.client_name))
-            self.welcome = check_welcome(self._read_frame(sock))
+            sock.sendall(hello_frame(self.client_name), _NO_SIGPIPE)
+            self.welcome = check_welcome(self._receive(sock))
             self.version_note = note_versions(self.welcome)
         except socket.timeout:
             sock.close()
@@ -86,7 +112,7 @@ class Client(Methods):
         except OmnidError:
             sock.close()
             raise
-        sock.settimeout(self.timeout)
+        _bound_each_transfer(sock, self.timeout)
         self._sock = sock
         self.connected_path = path
         return True
@@ -96,7 +122,7 @@ class Client(Methods):
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
-        if sock is not None and self._pid == os.getpid():
+        if sock is not None and self._pid == _process:
             sock.close()
         self.welcome = None
 
@@ -118,44 +144,77 @@ class Client(Methods):
             raise
 
     def _call_with_retry(self, call: Call) -> Any:
-        for attempt in (1, 2):
-            self.connect()
+        retried = False
+        while True:
+            # No check that the connection is still open: a send to one the daemon closed
+            # fails, and then the request provably never left (below).
+            reused = self._sock is not None and self._pid == _process
+            if not reused:
+                self._open()
             try:
                 return self._roundtrip(call)
             except _ConnectionLost as lost:
-                self._drop()
-                if attempt == 2 or not call.idempotent:
+                if reused and not lost.delivered:
+                    log.debug("omnid closed the connection (idle or restarted); reconnecting")
+                    continue
+                if retried or (lost.delivered and not call.idempotent):
                     raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
-        raise AssertionError("unreachable")
+                retried = True
 
     def _roundtrip(self, call: Call) -> Any:
         sock = self._sock
         assert sock is not None
         request_id = self._next_id
-        self._next_id += 1
-        frame = encode_frame(RequestFrame(request_id, call.method, call.params))
+        self._next_id = request_id + 1
+        frame = encode_frame(RequestFrame(request_id, call.method, call.params), self._request)
+        delivered = False
         try:
-            sock.sendall(frame)
-            payload = self._read_frame(sock)
-        except socket.timeout:
+            sock.sendall(frame, _NO_SIGPIPE)
+            delivered = True
+            reply = decode_reply(self._receive(sock), call.result_type)
+        except _TIMED_OUT:
             self._drop()
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
-        except (ConnectionError, OSError) as e:
-            raise _ConnectionLost(str(e) or type(e).__name__) from None
+        except OSError as e:
+            # A send that fails left at most part of the frame, which the daemon never
+            # acts on: only a request sent whole may have been processed.
+            self._drop()
+            raise _ConnectionLost(str(e) or type(e).__name__, delivered) from None
+        except BaseException:
+            # Cut short (a signal handler raised, a malformed reply): whatever comes next
+            # on this connection would be taken for the next call's reply.
+            self._drop()
+            raise
+        if reply.id != request_id:
+            self._drop()
+            raise ProtocolError(f"reply for request {reply.id} while waiting for {request_id}")
         try:
-            resp = parse_response(payload)
-            if resp.id != request_id:
-                raise ProtocolError(f"reply for request {resp.id} while waiting for {request_id}")
-            result = result_of(resp, call.result_type)
+            result = result_or_raise(reply)
         except TransportError:
             self._drop()
             raise
         return call.finish(result)
 
-    @staticmethod
-    def _read_frame(sock: socket.socket) -> bytes:
-        header = _recv_exact(sock, HEADER.size)
-        return _recv_exact(sock, frame_length(header))
+    def _receive(self, sock: socket.socket) -> memoryview:
+        """The payload of the next frame, valid until the next call. Header and body
+        usually arrive together: one recv into the client's buffer."""
+        view = self._buffer
+        got = sock.recv_into(view)
+        if got < HEADER.size:
+            got = _fill(sock, view, got, HEADER.size)
+        end = HEADER.size + frame_length(view)
+        if got < end:
+            if end > len(view):  # a reply larger than the buffer gets one of its own
+                view = memoryview(bytearray(end))
+                view[:got] = self._buffer[:got]
+            _fill(sock, view, got, end)
+        elif got > end:
+            # Bytes after the reply that nobody asked for: the stream is out of step. The
+            # reply stands; the connection is finished, and the next call finds it closed.
+            log.debug("omnid sent %d bytes more than its reply; the connection is dropped", got - end)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return view[HEADER.size : end]
 
     @contextlib.contextmanager
     def session(self, tool_id: str, **kwargs: Any) -> Iterator[Session | None]:
@@ -170,13 +229,19 @@ class Client(Methods):
 
 
 class _ConnectionLost(Exception):
-    pass
+    def __init__(self, why: str, delivered: bool):
+        super().__init__(why)
+        self.delivered = delivered
+        """Whether the whole request was sent (and so may have been processed)."""
 
 
 def connect_attempt(path: Path) -> socket.socket | None:
     """One non-blocking connect: the connected socket, or None if the daemon's accept
     queue is full (``EAGAIN``: it is there but busy). Other failures raise."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if _SO_NOSIGPIPE is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
     sock.setblocking(False)
     try:
         sock.connect(os.fspath(path))
@@ -208,23 +273,44 @@ def connect_unix(path: Path, deadline: float) -> socket.socket:
     return sock
 
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: on macOS its int tv_usec is padded to a long
+_TIMED_OUT = (BlockingIOError, socket.timeout)
+"""How an expired deadline surfaces: EAGAIN from a kernel timeout, or socket.timeout."""
+
+
+def _bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
+    """Leave ``sock`` blocking and have the kernel bound each send and receive by ``seconds``
+    (SO_SNDTIMEO/SO_RCVTIMEO; an expired one fails with EAGAIN). A Python-level timeout
+    would cost a poll before every send and receive. (Unlike it, a wait interrupted by a
+    signal that a Python handler takes starts over with the full timeout.)"""
+    sock.settimeout(None)
+    if seconds is None:
+        return
+    usec = min(max(round(seconds * 1e6), 1), (2**31 - 1) * 1_000_000)  # a zero timeval means "forever"
+    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    except OSError:  # a platform whose timeval we got wrong: the portable, slower way
+        sock.settimeout(seconds)
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the daemon closed this connection (as it does idle ones) or sent bytes nobody
-    asked for: either way it is unusable. Checked before a request is sent, so none is
-    lost to a stale connection. (poll, not recv: a socket with a timeout would wait.)"""
+    asked for: either way it is unusable. For ``connect()``, which promises a live
+    connection, and the async client; the blocking client's calls learn it from the send.
+    (poll, not recv: a socket with a timeout would wait.)"""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
+def _fill(sock: socket.socket, view: memoryview, got: int, want: int) -> int:
+    """Receive into ``view`` until it holds ``want`` bytes (``got`` already there)."""
+    while got < want:
+        n = sock.recv_into(view[got:want])
+        if n == 0:
             raise ConnectionResetError("daemon closed the connection")
-        got += k
-    return bytes(buf)
+        got += n
+    return got
 

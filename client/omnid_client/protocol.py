@@ -8,7 +8,7 @@ carries that method's parameter struct, every response carries a result or an er
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -82,6 +82,17 @@ class ResponseFrame(Struct, omit_defaults=True):
 class IncomingResponse(Struct):
     id: int
     result: msgspec.Raw = msgspec.Raw(b"\xc0")
+    error: ErrorInfo | None = None
+
+
+T = TypeVar("T")
+
+
+class Reply(Struct, Generic[T]):
+    """A response as received by a caller that knows the result type: decoded in one pass."""
+
+    id: int
+    result: T | None = None
     error: ErrorInfo | None = None
 
 
