@@ -26,8 +26,11 @@ from omnid_client.protocol import (
     MAX_METADATA_BYTES,
     MAX_VALUE_BYTES,
     ContextEvent,
+    ContextRecord,
+    ExportHeader,
     NewMessage,
     Session,
+    SessionRecord,
 )
 
 from omnid.projects import project_id_for
@@ -75,6 +78,17 @@ def count(home: Path, table: str, where: str = "1", *args: Any) -> int:
 def table_counts(home: Path) -> dict[str, int]:
     """Rows in every content table: equal before and after means nothing was written."""
     return {table: count(home, table) for table in CONTENT_TABLES}
+
+
+def miscounted_context(home: Path) -> list[tuple]:
+    """(session_id, counter, rows) of each session whose context event counter differs from
+    its number of context events: always empty."""
+    return query(
+        home,
+        "SELECT session_id, context_event_count, n FROM (SELECT session_id, context_event_count, "
+        "(SELECT count(*) FROM context_events c WHERE c.session_id = s.session_id) AS n FROM sessions s) "
+        "WHERE context_event_count != n",
+    )
 
 
 def raw_call(client: Client, method: str, params: dict[str, Any]) -> Any:
@@ -408,6 +422,43 @@ def test_event_batches_hold_1_to_max_batch_events(client, home, session):
     assert count(home, "context_events") == 0
 
     assert client.append_context(sid, [ev("search", "q")] * MAX_BATCH).event_count == MAX_BATCH
+
+
+def test_every_way_of_adding_or_removing_events_keeps_the_session_counters_exact(client, home, ws):
+    a, b = start(client, ws), start(client, ws)
+    assert client.append_context(a.session_id, [ev("search", "one")]).event_count == 1
+    assert client.append_context(a.session_id, EVERY_KIND).event_count == 6
+    assert client.append_context(b.session_id, [ev("decision", "d")] * 3).event_count == 3
+    refused(Invalid, "bad batch", raw_call, client, "context.append",
+            {"session_id": a.session_id, "events": [{"kind": "search", "subject": "ok"}, {"kind": "nope", "subject": "x"}]})
+    client.end(b.session_id)
+    refused(Conflict, "ended", client.append_context, b.session_id, [ev("search", "late")])
+    assert miscounted_context(home) == []
+
+    # Imports: a new session with its events, more events for an existing one, a dry run,
+    # and a batch that fails half way (all or nothing).
+    new = "11111111-2222-4333-8444-555555555555"
+
+    def context(sid: str, seq: int) -> ContextRecord:
+        return ContextRecord(sid, seq, "decision", f"imported {seq}", None, None, 1.5)
+
+    session_record = SessionRecord(new, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0,
+                                   "ended", None, 0, 0, 0)
+    client.import_records([ExportHeader(), session_record, *(context(new, n) for n in (1, 2))])
+    client.import_records([ExportHeader(), context(a.session_id, 7), context(a.session_id, 8)])
+    client.import_records([ExportHeader(), context(a.session_id, 9), context(new, 3)], dry_run=True)
+    refused(Invalid, "gap", client.import_records, [ExportHeader(), context(new, 3), context(new, 5)])
+    assert client.session_summary(new).context_events == 2
+    assert client.session_summary(a.session_id).context_events == 8
+    assert client.append_context(a.session_id, [ev("search", "after the import")]).event_count == 9
+    assert miscounted_context(home) == []
+
+    # Deleting sessions takes their events and their counters together.
+    empty = client.end(start(client, ws).session_id)
+    assert client.cleanup_orphans(0).session_ids == [empty.session_id]
+    client.run_retention(older_than=0, purge=True)
+    assert query(home, "SELECT session_id FROM sessions") == [(a.session_id,)]
+    assert miscounted_context(home) == []
 
 
 # --- project memories ------------------------------------------------------------------

@@ -96,16 +96,33 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
             "boot_id, workspace, metadata, started_at, last_activity) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (sid, "old-tool", "0.9", "default", 4242, 777, BOOT, "/old", '{"from": "old"}', 1000.5, 1001.5),
         )
+        if version >= 2:  # the schema has context events: the row holds a few
+            db.executemany(
+                "INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)",
+                [(sid, "file_access", f"/old/{n}", 1001.0 + n) for n in range(OLD_EVENTS)],
+            )
         return sid
     finally:
         db.close()
 
 
+OLD_EVENTS = 3
+"""Context events that ``build_database`` gives its row, in schemas that have them."""
 OLD_ROW_COLUMNS = (
     "tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, workspace, metadata, "
     "started_at, last_activity, ended_at"
 )
 OLD_ROW = ("old-tool", "0.9", "default", 4242, 777, BOOT, "/old", '{"from": "old"}', 1000.5, 1001.5, None)
+
+
+def miscounted_context(db: sqlite3.Connection) -> list[tuple]:
+    """(session_id, counter, rows) of every session whose context event counter is not
+    the number of its context events: always empty."""
+    return db.execute(
+        "SELECT session_id, context_event_count, n FROM (SELECT session_id, context_event_count, "
+        "(SELECT count(*) FROM context_events c WHERE c.session_id = s.session_id) AS n FROM sessions s) "
+        "WHERE context_event_count != n"
+    ).fetchall()
 
 
 def read_old_row(db: sqlite3.Connection, sid: str) -> tuple | None:
@@ -183,6 +200,9 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
                 "sessions_tool_newest"} <= names
         if sid is not None:
             assert read_old_row(store.db, sid) == OLD_ROW
+            assert miscounted_context(store.db) == []
+            events = store.db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)).fetchone()
+            assert events == (OLD_EVENTS if version >= 2 else 0,)
     finally:
         store.close()
 
@@ -199,6 +219,31 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
         assert read_old_row(bdb, sid) == OLD_ROW
     finally:
         bdb.close()
+
+
+def test_the_context_event_counter_is_filled_in_for_every_session_of_a_v2_database(db_path):
+    build_database(db_path, 2)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    held = {"none": 0, "one": 1, "many": 250}
+    for n, (name, events) in enumerate(held.items()):
+        db.execute(
+            "INSERT INTO sessions (session_id, tool_id, session_type, started_at, last_activity, ended_at, end_reason) "
+            "VALUES (?, 'v2-tool', 'default', ?, ?, ?, 'ended')",
+            (name, 1000.0 + n, 1000.0 + n, 1001.0 + n),
+        )
+        db.executemany(
+            "INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?, 'search', ?, 1000.5)",
+            [(name, f"q{i}") for i in range(events)],
+        )
+    db.close()
+
+    store = Store(db_path)
+    try:
+        counted = dict(store.db.execute("SELECT session_id, context_event_count FROM sessions WHERE tool_id = 'v2-tool'"))
+        assert counted == held
+        assert miscounted_context(store.db) == []
+    finally:
+        store.close()
 
 
 def test_opening_a_current_database_changes_nothing_and_writes_no_backup(db_path):

@@ -6,7 +6,6 @@ from omnid_client.protocol import AppendContext, Appended, GetContext, SessionCo
 
 from ..store import context as context_store
 from ..store import projects as project_store
-from ..store import sessions as session_store
 from . import Caller, existing_session, handles, live_session
 
 
@@ -15,10 +14,9 @@ def append(caller: Caller, p: AppendContext) -> Appended:
     session = live_session(caller, p.session_id)
     store = caller.daemon.store
     now = store.now()
-    context_store.append(store.db, session.session_id, session.project_id, p.events, now)
-    session_store.touch(store.db, session.session_id, now)
+    count = context_store.append(store.db, session.session_id, session.project_id, p.events, now)
     project_store.touch(store.db, session.project_id, now)
-    return Appended(len(p.events), context_store.count(store.db, session.session_id))
+    return Appended(len(p.events), count)
 
 
 @handles("context.get")

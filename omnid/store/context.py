@@ -21,7 +21,8 @@ from . import search
 
 def append(
     db: sqlite3.Connection, session_id: str, project_id: str | None, events: list[ContextEvent], now: float
-) -> None:
+) -> int:
+    """Add the events and note the session's activity; returns how many events it now holds."""
     for event in events:
         cur = db.execute(
             "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
@@ -31,10 +32,17 @@ def append(
         if event.kind == "decision":
             body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
             search.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=now)
+    db.execute(
+        "UPDATE sessions SET context_event_count = context_event_count + ?, last_activity = ? WHERE session_id = ?",
+        (len(events), now, session_id),
+    )
+    return count(db, session_id)
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:
-    return db.execute("SELECT count(*) FROM context_events WHERE session_id = ?", (session_id,)).fetchone()[0]
+    """The session's context events, from the counter every insert keeps (0 for no session)."""
+    row = db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    return row[0] if row else 0
 
 
 def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:

@@ -181,6 +181,14 @@ MIGRATIONS: list[list[Step]] = [
         )
         """,
     ],
+    # 3: each session's number of context events, kept by the code that adds events (as
+    # message_count is), so an append no longer counts the session's rows.
+    [
+        "ALTER TABLE sessions ADD COLUMN context_event_count INTEGER NOT NULL DEFAULT 0",
+        "UPDATE sessions SET context_event_count = "
+        "(SELECT count(*) FROM context_events c WHERE c.session_id = sessions.session_id) "
+        "WHERE session_id IN (SELECT session_id FROM context_events)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

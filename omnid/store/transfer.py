@@ -394,13 +394,17 @@ class Importer:
     def _context(self, r: ContextRecord) -> str:
         if not self._parent("session", "sessions", "session_id", r.session_id):
             return "imported"
-        outcome = self._position("context", r.session_id, r.seq, "SELECT count(*) FROM context_events WHERE session_id = ?")
+        outcome = self._position(
+            "context", r.session_id, r.seq,
+            "SELECT coalesce((SELECT context_event_count FROM sessions WHERE session_id = ?), 0)",
+        )
         if outcome == "imported" and not self.dry_run:
             event_id = self._write(
                 "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
                 "VALUES (?,?,?,?,?,?)",
                 r.session_id, r.kind, r.subject, r.importance, r.detail, r.created_at,
             )
+            self._write("UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id)
             if r.kind == "decision":
                 body = r.subject if r.detail is None else f"{r.subject}\n{r.detail}"
                 search.index(
