@@ -3,7 +3,8 @@ loop for a fixed time, and writes its latencies (ns) to a file.
 
 ``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo,
 baseline or paired (omnid and the echo floor in turn); the socket or port comes from ARG
-or the environment.
+or the environment. For omnid's context and message ops, ARG may name the (live)
+session to write to.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def omnid_op(op: str, arg: str):
     if op == "reuse":
         client.get_or_create("bench-reuse")
         return lambda: client.get_or_create("bench-reuse")
-    session_id = client.get_or_create(f"bench-{op}").session.session_id
+    session_id = arg or client.get_or_create(f"bench-{op}").session.session_id
     if op == "context":
         events = [ContextEvent("file_access", "src/omnid/server.py", 0.7)]
         return lambda: client.append_context(session_id, events)

@@ -212,6 +212,37 @@ def fill_sessions(home: Path, count: int) -> None:
     db.close()
 
 
+def fill_context(home: Path, session_id: str, count: int) -> None:
+    """Put ``count`` context events of one session straight into a stopped daemon's database."""
+    db = sqlite3.connect(home / "omnid.db")
+    now = time.time() - 3600
+    kinds = ("file_access", "search", "file_change", "decision")
+    rows = ((session_id, kinds[i % 4], f"src/module_{i % 997}.py", now + i * 1e-3) for i in range(count))
+    with db:
+        db.executemany("INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)", rows)
+        db.execute(
+            "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?", (count, session_id)
+        )
+    db.close()
+
+
+def context_at_scale(work: Path, seconds: float, events: int) -> dict:
+    """context.append p50 (one client) in a fresh session and in one already holding
+    ``events`` events, both owned by this process and in the same database."""
+    from omnid_client import Client
+
+    home = work / "scale-context"
+    home.mkdir()
+    env = {**os.environ, "OMNID_HOME": str(home)}
+    with omnid_daemon(home), Client(home / "run" / "omnid.sock", autostart=False) as client:
+        fresh, full = (client.get_or_create(f"bench-scale-{n}", dedup=False).session.session_id for n in (1, 2))
+    fill_context(home, full, events)
+    with omnid_daemon(home):
+        fresh_p50 = run_load("omnid", "context", 1, seconds, fresh, env, work)["p50_us"]
+        full_p50 = run_load("omnid", "context", 1, seconds, full, env, work)["p50_us"]
+    return {"events": events, "fresh_p50_us": fresh_p50, "full_p50_us": full_p50}
+
+
 def watched_rss(home: Path, sessions: int, owners: int) -> dict:
     """Daemon RSS before and after ``sessions`` live sessions spread over ``owners`` processes."""
     from omnid_client import Client
@@ -318,6 +349,7 @@ def main() -> int:
                     op: run_load("omnid", op, 1, sec, "", senv, work)["p50_us"] for op in ("reuse", "create")
                 }
             scale[label]["sessions"] = count
+        scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
 
         rss_home = work / "rss"
@@ -360,6 +392,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         "omnid_over_baseline_throughput_16": reuse16["throughput"] / base16["throughput"],
         "full_over_empty_p50_reuse": r["scale"]["full"]["reuse"] / r["scale"]["empty"]["reuse"],
         "full_over_empty_p50_create": r["scale"]["full"]["create"] / r["scale"]["empty"]["create"],
+        "full_over_fresh_p50_context_append": r["scale"]["context"]["full_p50_us"] / r["scale"]["context"]["fresh_p50_us"],
     }
     worst_p99_16 = max(find(loads, "omnid", op, 16)["p99_us"] for op in ("reuse", "context", "message"))
     targets = [
@@ -396,6 +429,11 @@ def print_report(r: dict) -> None:
     print(
         f"scale: p50 reuse {sc['empty']['reuse']:.1f} us empty vs {sc['full']['reuse']:.1f} us with {sc['full']['sessions']:,} sessions; "
         f"create {sc['empty']['create']:.1f} vs {sc['full']['create']:.1f} us"
+    )
+    cx = sc["context"]
+    print(
+        f"scale: p50 context.append {cx['fresh_p50_us']:.1f} us in a fresh session vs {cx['full_p50_us']:.1f} us "
+        f"in one holding {cx['events']:,} events"
     )
     w = r["watched"]
     print(
