@@ -21,6 +21,7 @@ from omnid_client.protocol import Session
 import omnid.store
 from omnid.identity import ProcessIdentity
 from omnid.store import Store, StoreError
+from omnid.store import search
 from omnid.store import sessions as q
 from omnid.store.migrations import LATEST, MIGRATIONS, apply
 
@@ -578,6 +579,108 @@ def test_a_write_that_makes_sqlite_abandon_the_transaction_fails_the_whole_batch
     assert not store.in_transaction
     scheduled.run_pending()  # the scheduled flush finds nothing to commit
     assert session_ids(db_path) == set()
+
+
+# --- search rows wait for the commit ---------------------------------------------------
+
+
+def index(db: sqlite3.Connection, kind: str, ref_id: str, body: str, session_id: str = "s") -> None:
+    search.index(db, kind, ref_id, body, session_id=session_id, project_id=None, created_at=1.0)
+
+
+def indexed(path: Path) -> list[tuple]:
+    """(kind, ref_id, body) of every committed search row, as another connection sees them."""
+    db = other_connection(path)
+    try:
+        return db.execute("SELECT kind, ref_id, body FROM search_index ORDER BY kind, ref_id, body").fetchall()
+    finally:
+        db.close()
+
+
+def test_a_batch_indexes_its_search_rows_when_it_commits_without_those_of_a_failed_write(scheduled, db_path):
+    store = scheduled.store
+    with store.write() as db:
+        index(db, "message", "1", "first words")
+    with pytest.raises(RuntimeError), store.write() as db:
+        index(db, "message", "2", "doomed words")
+        raise RuntimeError("request handler failed")
+    with store.write() as db:
+        index(db, "message", "3", "third words")
+    assert indexed(db_path) == []
+
+    scheduled.run_pending()
+
+    assert indexed(db_path) == [("message", "1", "first words"), ("message", "3", "third words")]
+    assert store.db.pending_search_rows == []
+
+
+def test_a_search_in_the_open_transaction_finds_the_rows_added_before_it_once(scheduled, db_path):
+    store = scheduled.store
+    with store.write() as db:
+        index(db, "message", "1", "needle one")
+    with store.write() as db:
+        index(db, "decision", "2", "needle two")
+
+    hits = search.query(store.db, "needle", project_id=None, session_id=None, kinds=None, limit=10, now=2.0)
+    assert sorted(h.ref_id for h in hits) == ["1", "2"]
+    with store.write() as db:
+        index(db, "message", "3", "needle three")
+    scheduled.run_pending()
+
+    assert [ref for _, ref, _ in indexed(db_path)] == ["2", "1", "3"]
+
+
+def test_unindexing_in_the_open_transaction_also_drops_rows_still_waiting(scheduled, db_path):
+    store = scheduled.store
+    with store.write() as db:
+        index(db, "memory", "m1", "committed value")
+        index(db, "message", "9", "in a session that goes", session_id="gone")
+    scheduled.run_pending()
+
+    with store.write() as db:  # a memory replaced twice in one batch, as memory.put does
+        search.unindex(db, "memory", ["m1"])
+        index(db, "memory", "m1", "second value")
+    with store.write() as db:
+        search.unindex(db, "memory", ["m1"])
+        index(db, "memory", "m1", "third value")
+        index(db, "message", "10", "also in the session that goes", session_id="gone")
+    with store.write() as db:
+        search.unindex_sessions(db, ["gone"])
+    scheduled.run_pending()
+
+    assert indexed(db_path) == [("memory", "m1", "third value")]
+
+
+def test_a_failed_write_that_unindexed_gives_back_the_rows_it_dropped(scheduled, db_path):
+    store = scheduled.store
+    with store.write() as db:
+        index(db, "memory", "m1", "kept value")
+        index(db, "message", "1", "kept words")
+    with pytest.raises(RuntimeError), store.write() as db:
+        search.unindex(db, "memory", ["m1"])
+        search.unindex_sessions(db, ["s"])
+        index(db, "memory", "m1", "doomed value")
+        raise RuntimeError("request handler failed")
+    scheduled.run_pending()
+
+    assert indexed(db_path) == [("memory", "m1", "kept value"), ("message", "1", "kept words")]
+
+
+def test_a_failed_commit_leaves_no_search_rows_for_the_next_batch(scheduled, db_path):
+    store, results = scheduled.store, []
+    _prepare_deferred_fk(store)
+    with store.write() as db:
+        index(db, "message", "1", "lost with its batch")
+        _orphan_row(db)
+    store.after_commit(results.append)
+    scheduled.run_pending()
+    assert isinstance(results[0], StorageError)
+
+    with store.write() as db:
+        index(db, "message", "2", "the next batch")
+    scheduled.run_pending()
+
+    assert indexed(db_path) == [("message", "2", "the next batch")]
 
 
 # --- paging ---------------------------------------------------------------------

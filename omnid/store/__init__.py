@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
+from . import search
 from .migrations import LATEST, MIGRATIONS, apply
 
 log = logging.getLogger("omnid.store")
@@ -44,6 +45,15 @@ def is_corruption(e: sqlite3.Error) -> bool:
         return code & 0xFF in _CORRUPT_CODES
     text = str(e)
     return "malformed" in text or "not a database" in text
+
+
+class Connection(sqlite3.Connection):
+    """The store's connection, holding the search rows its open transaction will index
+    when it commits (see ``search``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending_search_rows: list[tuple] = []
 
 
 class Store:
@@ -76,7 +86,7 @@ class Store:
         if self.path.exists():
             self._inspect()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=Connection)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
@@ -140,12 +150,18 @@ class Store:
                 self._flush_pending = True
                 self._schedule(self.flush)
         db.execute("SAVEPOINT request")
+        # Search rows are only ever appended to this list or replaced by a new one, so
+        # cutting this one back to its length now restores them as they were.
+        pending = db.pending_search_rows
+        mark = len(pending)
         try:
             yield db
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK TO request")
                 db.execute("RELEASE request")
+                del pending[mark:]
+                db.pending_search_rows = pending
             else:  # SQLite abandoned the whole transaction (disk full, I/O error)
                 self._abort(exc)
             raise
@@ -200,11 +216,13 @@ class Store:
         if self._closed:  # a flush scheduled before close() ran
             return
         if not self.db.in_transaction:
+            self.db.pending_search_rows = []
             self._release(None)
             return
         try:
             if self._activity:
                 self._apply_activity()
+            search.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._log_failure(e)
@@ -225,6 +243,7 @@ class Store:
         self._failure = (str(e), now, 0)
 
     def _abort(self, exc: BaseException) -> None:
+        self.db.pending_search_rows = []
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")

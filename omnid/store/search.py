@@ -1,13 +1,22 @@
-"""The full-text index (FTS5) over messages, memories, session memories and decisions."""
+"""The full-text index (FTS5) over messages, memories, session memories and decisions.
+
+On the store's connection, rows to index wait in ``pending_search_rows`` and are written
+together just before the transaction commits: FTS5 writes a new index segment (and later
+merges it) whenever a savepoint ends, and each request runs in its own savepoint, so rows
+written as they came cost a segment per request instead of one per commit. Unindexing
+drops waiting rows too, and a search writes them first, so no reader can tell.
+"""
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from typing import Callable
 
 from omnid_client.protocol import SearchHit
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+_INSERT = "INSERT INTO search_index (body, kind, ref_id, session_id, project_id, created_at) VALUES (?,?,?,?,?,?)"
 
 
 def index(
@@ -20,20 +29,40 @@ def index(
     project_id: str | None,
     created_at: float,
 ) -> None:
-    db.execute(
-        "INSERT INTO search_index (body, kind, ref_id, session_id, project_id, created_at) VALUES (?,?,?,?,?,?)",
-        (body, kind, str(ref_id), session_id, project_id, created_at),
-    )
+    row = (body, kind, str(ref_id), session_id, project_id, created_at)
+    pending = getattr(db, "pending_search_rows", None)
+    if pending is None or not db.in_transaction:
+        db.execute(_INSERT, row)
+    else:
+        pending.append(row)
+
+
+def write_pending(db: sqlite3.Connection) -> None:
+    """Index the rows waiting on ``db`` now; if that fails they are still waiting."""
+    pending = getattr(db, "pending_search_rows", None)
+    if pending:
+        db.executemany(_INSERT, pending)
+        db.pending_search_rows = []  # type: ignore[attr-defined]  # a new list: see Store.write
 
 
 def unindex(db: sqlite3.Connection, kind: str, ref_ids: list[str]) -> None:
     for ref_id in ref_ids:
         db.execute("DELETE FROM search_index WHERE kind = ? AND ref_id = ?", (kind, ref_id))
+    ids = set(ref_ids)
+    _drop_pending(db, lambda row: row[1] == kind and row[2] in ids)
 
 
 def unindex_sessions(db: sqlite3.Connection, session_ids: list[str]) -> None:
     for sid in session_ids:
         db.execute("DELETE FROM search_index WHERE session_id = ?", (sid,))
+    ids = set(session_ids)
+    _drop_pending(db, lambda row: row[3] in ids)
+
+
+def _drop_pending(db: sqlite3.Connection, matches: Callable[[tuple], bool]) -> None:
+    pending = getattr(db, "pending_search_rows", None)
+    if pending and any(matches(row) for row in pending):
+        db.pending_search_rows = [row for row in pending if not matches(row)]  # type: ignore[attr-defined]
 
 
 def match_expression(text: str) -> str | None:
@@ -60,6 +89,16 @@ def query(
     expression = match_expression(text)
     if expression is None:
         return []
+    if getattr(db, "pending_search_rows", None):  # rows added earlier in the open transaction are found too
+        db.execute("SAVEPOINT search_rows")
+        try:
+            write_pending(db)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK TO search_rows")
+                db.execute("RELEASE search_rows")
+            raise
+        db.execute("RELEASE search_rows")
     # Expired memories wait for the purge in the index, but are never returned.
     where = [
         "search_index MATCH ?",
