@@ -370,6 +370,26 @@ def test_appending_moves_last_activity_of_session_and_project(client, session):
     assert client.get_project(session.project_id).last_activity > project_before
 
 
+def test_project_activity_reaches_the_database_within_a_second_or_two_and_at_shutdown(daemon, client, home, session):
+    def stored() -> float:
+        return query(home, "SELECT last_activity FROM projects WHERE project_id = ?", session.project_id)[0][0]
+
+    # Writes note project activity and a timer writes it (at most once a second)...
+    client.add_message(session.session_id, "user", "hello")
+    added = client.list_messages(session.session_id).messages[-1].created_at
+    wait_for(lambda: stored() >= added, timeout=5, what="the project's last_activity to be written")
+
+    # ...while reads always see it, and stopping the daemon writes what is still pending.
+    appended = client.append_context(session.session_id, [ev("search", "last words")])
+    assert appended.event_count == 1
+    seen = client.get_project(session.project_id).last_activity
+    assert seen > added and [p.last_activity for p in client.list_projects().projects] == [seen]
+    client.append_context(session.session_id, [ev("search", "really the last")])
+    last = client.get(session.session_id).last_activity
+    assert daemon.stop() == 0
+    assert stored() == last
+
+
 def test_context_of_an_unknown_session_is_not_found(client, session):
     with pytest.raises(NotFound):
         client.append_context(UNKNOWN_SESSION, [ev("decision", "x")])

@@ -581,6 +581,57 @@ def test_a_write_that_makes_sqlite_abandon_the_transaction_fails_the_whole_batch
     assert session_ids(db_path) == set()
 
 
+# --- coalesced project activity ---------------------------------------------------------
+
+
+def project_activity(path: Path) -> float:
+    db = other_connection(path)
+    try:
+        return db.execute("SELECT last_activity FROM projects WHERE project_id = 'p'").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_project_activity_is_written_once_per_delay_on_reads_and_on_close(db_path):
+    flushes: list[Callable[[], None]] = []
+    timers: list[tuple[float, Callable[[], None]]] = []
+    store = Store(db_path, schedule=flushes.append, schedule_later=lambda delay, fn: timers.append((delay, fn)))
+
+    def commit() -> None:
+        while flushes:
+            flushes.pop(0)()
+
+    with store.write() as db:
+        db.execute("INSERT INTO projects VALUES ('p', '/p', 'p', NULL, 1.0, 1.0)")
+    commit()
+    for at in (5.0, 6.0):  # two batches of writes to the project
+        with store.write():
+            store.note_project_activity("p", at)
+        commit()
+    assert project_activity(db_path) == 1.0
+    assert [delay for delay, _ in timers] == [omnid.store.ACTIVITY_DELAY], "one timer for any number of bumps"
+
+    timers.pop()[1]()  # the delay is over
+    commit()
+    assert project_activity(db_path) == 6.0
+
+    store.note_project_activity("p", 7.0)
+    store.settle_project_activity()  # what a read of projects does first
+    assert store.db.execute("SELECT last_activity FROM projects").fetchone() == (7.0,)
+    commit()
+    assert project_activity(db_path) == 7.0
+
+    store.note_project_activity("p", 3.0)  # never moves back
+    store.note_project_activity(None, 9.0)  # a session outside any project
+    store.settle_project_activity()
+    commit()
+    assert project_activity(db_path) == 7.0
+
+    store.note_project_activity("p", 8.0)
+    store.close()
+    assert project_activity(db_path) == 8.0
+
+
 # --- search rows wait for the commit ---------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from omnid_client.protocol import AppendContext, Appended, GetContext, SessionContext
 
 from ..store import context as context_store
-from ..store import projects as project_store
 from . import Caller, existing_session, handles, live_session
 
 
@@ -15,7 +14,7 @@ def append(caller: Caller, p: AppendContext) -> Appended:
     store = caller.daemon.store
     now = store.now()
     count = context_store.append(store.db, session.session_id, session.project_id, p.events, now)
-    project_store.touch(store.db, session.project_id, now)
+    store.note_project_activity(session.project_id, now)
     return Appended(len(p.events), count)
 
 

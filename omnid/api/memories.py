@@ -19,7 +19,6 @@ from omnid_client.protocol import (
 )
 
 from ..store import memories as memory_store
-from ..store import projects as project_store
 from ..store import sessions as session_store
 from . import Caller, check_size, existing_session, handles, live_session, project_of
 
@@ -42,7 +41,7 @@ def put(caller: Caller, p: PutMemory) -> Memory:
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
-    project_store.touch(store.db, project_id, now)
+    store.note_project_activity(project_id, now)
     if expires_at is not None:
         caller.daemon.expirer.expect(expires_at)
     return memory

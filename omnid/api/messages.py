@@ -5,7 +5,6 @@ from __future__ import annotations
 from omnid_client.protocol import AddMessages, ListMessages, MessagePage, MessagesAdded
 
 from ..store import messages as message_store
-from ..store import projects as project_store
 from ..store.codec import from_nanos
 from . import Caller, check_size, existing_session, handles, live_session
 
@@ -18,7 +17,7 @@ def add(caller: Caller, p: AddMessages) -> MessagesAdded:
     store = caller.daemon.store
     now = store.now()
     ids, count, tokens, nanos = message_store.add(store.db, session.session_id, session.project_id, p.messages, now)
-    project_store.touch(store.db, session.project_id, now)
+    store.note_project_activity(session.project_id, now)
     return MessagesAdded(ids, count, tokens, from_nanos(nanos))
 
 

@@ -13,6 +13,7 @@ from . import Caller, existing_session, handles, project_of
 @handles("project.list")
 def list_projects(caller: Caller, p: ListProjects) -> ProjectPage:
     store = caller.daemon.store
+    store.settle_project_activity()
     projects, cursor = project_store.page(store.db, limit=p.limit, cursor=p.cursor, now=store.now())
     return ProjectPage(projects, cursor)
 
@@ -21,6 +22,7 @@ def list_projects(caller: Caller, p: ListProjects) -> ProjectPage:
 def get(caller: Caller, p: ProjectRef) -> Project:
     store = caller.daemon.store
     project_id = project_of(caller, p.project_id, p.workspace, create=False)
+    store.settle_project_activity()
     project = project_store.get(store.db, project_id, store.now())
     if project is None:
         raise NotFound(f"no project {project_id}", {"project_id": project_id})

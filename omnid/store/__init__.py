@@ -71,9 +71,11 @@ class Store:
         self._schedule = schedule
         self._schedule_later = schedule_later
         self._activity: dict[str, float] = {}
+        self._project_activity: dict[str, float] = {}
         self.writes = 0
         """Write blocks entered so far: tells a caller whether a request wrote."""
         self._activity_due = False
+        self._project_activity_due = False
         self._flush_pending = False
         self._waiters: list[CommitWaiter] = []
         self._on_rollback: list[Callable[[], None]] = []
@@ -195,6 +197,30 @@ class Store:
             self._activity_due = True
             self._schedule_later(ACTIVITY_DELAY, self._commit_activity)
 
+    def note_project_activity(self, project_id: str | None, at: float) -> None:
+        """Record that a project was used at ``at``. Bumps are written at most once per
+        ``ACTIVITY_DELAY`` seconds, however many writes use the project meanwhile, so the
+        database may show a project's last_activity up to that much late (and a crash may
+        lose those bumps); reads of projects call ``settle_project_activity`` first."""
+        if project_id is None:
+            return
+        self._project_activity[project_id] = at
+        if self._schedule_later is None:
+            self.settle_project_activity()
+        elif not self._project_activity_due:
+            self._project_activity_due = True
+            self._schedule_later(ACTIVITY_DELAY, self._project_activity_timer)
+
+    def settle_project_activity(self) -> None:
+        """Write the pending project bumps now (in the open transaction, if there is one)."""
+        if not self._project_activity:
+            return
+        if self.db.in_transaction:
+            self._apply_project_activity()
+        else:
+            with self.write():
+                self._apply_project_activity()
+
     def pending_activity(self, session_id: str) -> float | None:
         return self._activity.get(session_id)
 
@@ -204,11 +230,22 @@ class Store:
             with self.write():
                 pass  # flush() applies the pending bumps inside this transaction
 
+    def _project_activity_timer(self) -> None:
+        self._project_activity_due = False
+        self.settle_project_activity()
+
     def _apply_activity(self) -> None:
         pending, self._activity = self._activity, {}
         self.db.executemany(
             "UPDATE sessions SET last_activity = max(last_activity, ?) WHERE session_id = ? AND ended_at IS NULL",
             [(at, sid) for sid, at in pending.items()],
+        )
+
+    def _apply_project_activity(self) -> None:
+        pending, self._project_activity = self._project_activity, {}
+        self.db.executemany(
+            "UPDATE projects SET last_activity = max(last_activity, ?) WHERE project_id = ?",
+            [(at, pid) for pid, at in pending.items()],
         )
 
     def flush(self) -> None:
@@ -281,8 +318,10 @@ class Store:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
-        if self._activity and not self.db.in_transaction:
+        if (self._activity or self._project_activity) and not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
+        if self._project_activity:
+            self._apply_project_activity()
         self.flush()
         self._closed = True
         with contextlib.suppress(sqlite3.Error):

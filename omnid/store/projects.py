@@ -28,11 +28,6 @@ def ensure(db: sqlite3.Connection, p: ProjectRoot, now: float) -> None:
     )
 
 
-def touch(db: sqlite3.Connection, project_id: str | None, now: float) -> None:
-    if project_id is not None:
-        db.execute("UPDATE projects SET last_activity = ? WHERE project_id = ?", (now, project_id))
-
-
 def get(db: sqlite3.Connection, project_id: str, now: float) -> Project | None:
     row = db.execute(_SELECT + " WHERE p.project_id = ?", (now, project_id)).fetchone()
     return Project(*row) if row else None
