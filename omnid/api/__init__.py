@@ -165,19 +165,34 @@ def nesting(value: Any, stop_past: int) -> int:
 def existing_session(caller: Caller, session_id: str) -> Session:
     session = session_store.get(caller.daemon.store.db, session_id)
     if session is None:
-        raise NotFound(f"no session {session_id}", {"session_id": session_id})
+        raise _no_session(session_id)
     return current(caller, session)
 
 
 def live_session(caller: Caller, session_id: str) -> Session:
     """The session, which must not have ended: content is only added to live sessions."""
     session = existing_session(caller, session_id)
-    if session.ended_at is not None:
-        raise Conflict(
-            f"session {session_id} has ended ({session.end_reason})",
-            {"session_id": session_id, "end_reason": session.end_reason},
-        )
+    if session.end_reason is not None:
+        raise _ended(session_id, session.end_reason)
     return session
+
+
+def live_totals(caller: Caller, session_id: str) -> session_store.Totals:
+    """``live_session`` for the busiest writers: only the part of the row they need."""
+    totals = session_store.totals(caller.daemon.store.db, session_id)
+    if totals is None:
+        raise _no_session(session_id)
+    if totals.end_reason is not None:
+        raise _ended(session_id, totals.end_reason)
+    return totals
+
+
+def _no_session(session_id: str) -> NotFound:
+    return NotFound(f"no session {session_id}", {"session_id": session_id})
+
+
+def _ended(session_id: str, end_reason: str) -> Conflict:
+    return Conflict(f"session {session_id} has ended ({end_reason})", {"session_id": session_id, "end_reason": end_reason})
 
 
 def project_of(caller: Caller, project_id: str | None, workspace: str | None, *, create: bool) -> str:

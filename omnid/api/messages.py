@@ -6,17 +6,17 @@ from omnid_client.protocol import AddMessages, ListMessages, MessagePage, Messag
 
 from ..store import messages as message_store
 from ..store.codec import from_nanos
-from . import Caller, check_size, existing_session, handles, live_session
+from . import Caller, check_size, existing_session, handles, live_totals
 
 
 @handles("message.add")
 def add(caller: Caller, p: AddMessages) -> MessagesAdded:
     for message in p.messages:
         check_size(message.metadata)
-    session = live_session(caller, p.session_id)
+    session = live_totals(caller, p.session_id)
     store = caller.daemon.store
     now = store.now()
-    ids, count, tokens, nanos = message_store.add(store.db, session.session_id, session.project_id, p.messages, now)
+    ids, count, tokens, nanos = message_store.add(store.db, p.session_id, session, p.messages, now)
     store.note_project_activity(session.project_id, now)
     return MessagesAdded(ids, count, tokens, from_nanos(nanos))
 

@@ -21,8 +21,8 @@ from . import search
 
 def append(
     db: sqlite3.Connection, session_id: str, project_id: str | None, events: list[ContextEvent], now: float
-) -> int:
-    """Add the events and note the session's activity; returns how many events it now holds."""
+) -> None:
+    """Add the events, counting them and noting the activity on the session's row."""
     for event in events:
         cur = db.execute(
             "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
@@ -36,7 +36,6 @@ def append(
         "UPDATE sessions SET context_event_count = context_event_count + ?, last_activity = ? WHERE session_id = ?",
         (len(events), now, session_id),
     )
-    return count(db, session_id)
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:

@@ -8,17 +8,17 @@ from omnid_client.protocol import Message, NewMessage
 
 from . import search
 from .codec import dumps, from_nanos, loads_dict, to_nanos
+from .sessions import Totals
 
 _COLUMNS = "message_id, session_id, seq, role, content, message_type, metadata, tokens_used, cost_nanos, created_at"
 
 
 def add(
-    db: sqlite3.Connection, session_id: str, project_id: str | None, messages: list[NewMessage], now: float
+    db: sqlite3.Connection, session_id: str, session: Totals, messages: list[NewMessage], now: float
 ) -> tuple[list[int], int, int, int]:
-    """Append in order; returns (message ids, message_count, total_tokens, total_cost_nanos)."""
-    count, tokens, nanos = db.execute(
-        "SELECT message_count, total_tokens, total_cost_nanos FROM sessions WHERE session_id = ?", (session_id,)
-    ).fetchone()
+    """Append in order to the session whose row read ``session``; returns (message ids,
+    message_count, total_tokens, total_cost_nanos)."""
+    project_id, count, tokens, nanos = session.project_id, session.message_count, session.total_tokens, session.total_cost_nanos
     ids = []
     for m in messages:
         count += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from omnid_client.protocol import Session
 
@@ -39,6 +39,27 @@ def insert(db: sqlite3.Connection, s: Session, *, dedup: bool) -> None:
 def get(db: sqlite3.Connection, session_id: str) -> Session | None:
     row = db.execute(f"SELECT {COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     return _session(row) if row else None
+
+
+class Totals(NamedTuple):
+    """What a method adding content to a session needs of its row: whether it ended, its
+    project, and the counters it keeps."""
+
+    end_reason: str | None
+    project_id: str | None
+    message_count: int
+    total_tokens: int
+    total_cost_nanos: int
+    context_event_count: int
+
+
+def totals(db: sqlite3.Connection, session_id: str) -> Totals | None:
+    row = db.execute(
+        "SELECT end_reason, project_id, message_count, total_tokens, total_cost_nanos, context_event_count "
+        "FROM sessions WHERE session_id = ?",
+        (session_id,),
+    ).fetchone()
+    return Totals(*row) if row else None
 
 
 def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> Session | None:
