@@ -474,6 +474,28 @@ def test_a_failing_write_undoes_only_itself(scheduled, db_path, fail):
     assert rolled_back == []
 
 
+@pytest.mark.parametrize("fail", [_raise_runtime_error, _violate_a_constraint], ids=["exception", "constraint"])
+def test_a_failing_write_that_began_the_batch_undoes_only_itself(scheduled, db_path, fail):
+    store, results, rolled_back = scheduled.store, [], []
+    store.on_rollback(lambda: rolled_back.append(True))
+    with store.write() as db:
+        add(db, "a")
+    scheduled.run_pending()
+
+    with pytest.raises((RuntimeError, sqlite3.IntegrityError)), store.write() as db:
+        search.index(db, "message", "1", "doomed words", session_id="doomed", project_id=None, created_at=1.0)
+        fail(db)
+    with store.write() as db:
+        add(db, "b")
+    store.after_commit(results.append)
+    scheduled.run_pending()
+
+    assert session_ids(db_path) == {"a", "b"}
+    assert results == [None]
+    assert rolled_back == []
+    assert indexed(db_path) == []
+
+
 def test_without_a_scheduler_every_write_commits_at_once(store, db_path):
     with store.write() as db:
         add(db, "a")

@@ -143,15 +143,19 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One request's writes: joins the open transaction inside its own savepoint."""
+        """One request's writes: joins the open transaction inside its own savepoint, or
+        begins one (where it needs none: until it ends, the transaction holds its writes
+        alone, so a failure rolls back the whole transaction)."""
         db = self.db
         self.writes += 1
-        if not db.in_transaction:
+        joined = db.in_transaction
+        if joined:
+            db.execute("SAVEPOINT request")
+        else:
             db.execute("BEGIN IMMEDIATE")
             if self._schedule is not None and not self._flush_pending:
                 self._flush_pending = True
                 self._schedule(self.flush)
-        db.execute("SAVEPOINT request")
         # Search rows are only ever appended to this list or replaced by a new one, so
         # cutting this one back to its length now restores them as they were.
         pending = db.pending_search_rows
@@ -159,15 +163,19 @@ class Store:
         try:
             yield db
         except BaseException as exc:
-            if db.in_transaction:
+            if not db.in_transaction:  # SQLite abandoned the whole transaction (disk full, I/O error)
+                self._abort(exc)
+            elif joined:
                 db.execute("ROLLBACK TO request")
                 db.execute("RELEASE request")
                 del pending[mark:]
                 db.pending_search_rows = pending
-            else:  # SQLite abandoned the whole transaction (disk full, I/O error)
-                self._abort(exc)
+            else:
+                db.execute("ROLLBACK")
+                db.pending_search_rows = []
             raise
-        db.execute("RELEASE request")
+        if joined:
+            db.execute("RELEASE request")
         if self._schedule is None:
             self.flush()
 
