@@ -338,6 +338,27 @@ def test_a_dry_run_writes_nothing_and_says_what_would_happen(daemon, client, hom
     assert table_counts(home / "omnid.db") == before
 
 
+def test_messages_imported_into_an_existing_session_count_in_its_totals(daemon, client, tmp_path):
+    sid = "11111111-2222-4333-8444-666666666666"
+    session = SessionRecord(sid, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0, "ended",
+                            None, 1, 5, 1000)
+    first = write_jsonl(tmp_path / "first.jsonl", [ExportHeader(), session, MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5)])
+    assert imported(ok_json("import", str(first)), "message") == (1, 0, {})
+    s = client.get(sid)
+    assert (s.message_count, s.total_tokens, s.total_cost) == (1, 5, 1e-6)
+
+    later = write_jsonl(tmp_path / "later.jsonl", [
+        ExportHeader(), session,
+        MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5),
+        MessageRecord(sid, 2, "assistant", "y", "text", {}, 7, 3000, 1.7),
+    ])
+    result = ok_json("import", str(later))
+    assert imported(result, "session") == (0, 1, {}) and imported(result, "message") == (1, 1, {})
+    s = client.get(sid)
+    assert (s.message_count, s.total_tokens, s.total_cost) == (2, 12, 4e-6)
+    assert client.stats().messages == 2
+
+
 def test_export_filters_by_session_project_and_time(daemon, client, home, tmp_path):
     a, b = repo(tmp_path / "a"), repo(tmp_path / "b")
     old = client.get_or_create(TOOL, workspace=str(a), dedup=False).session

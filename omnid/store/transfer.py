@@ -425,6 +425,14 @@ class Importer:
                 r.session_id, r.seq, r.role, r.content, r.message_type, dumps(r.metadata), r.tokens_used,
                 r.cost_nanos, r.created_at,
             )
+            if r.session_id not in self._new["session"]:
+                # A new session's record already counts its messages; an existing one's
+                # totals must grow with each message added to it.
+                self._write(
+                    "UPDATE sessions SET message_count = message_count + 1, total_tokens = total_tokens + ?, "
+                    "total_cost_nanos = total_cost_nanos + ? WHERE session_id = ?",
+                    r.tokens_used, r.cost_nanos, r.session_id,
+                )
             search.index(
                 self.db, "message", message_id, r.content,  # type: ignore[arg-type]
                 session_id=r.session_id, project_id=self._session_project(r.session_id), created_at=r.created_at,
