@@ -24,18 +24,24 @@ def append(
 ) -> None:
     """Add the events, counting them and noting the activity on the session's row."""
     for event in events:
-        cur = db.execute(
-            "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
-            "VALUES (?,?,?,?,?,?)",
-            (session_id, event.kind, event.subject, event.importance, event.detail, now),
-        )
-        if event.kind == "decision":
-            body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
-            search.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=now)
+        insert(db, session_id, project_id, event, now)
     db.execute(
         "UPDATE sessions SET context_event_count = context_event_count + ?, last_activity = ? WHERE session_id = ?",
         (len(events), now, session_id),
     )
+
+
+def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float) -> None:
+    """One event row, and a decision in the search index too; the caller keeps the
+    session's context_event_count."""
+    cur = db.execute(
+        "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
+        "VALUES (?,?,?,?,?,?)",
+        (session_id, event.kind, event.subject, event.importance, event.detail, created_at),
+    )
+    if event.kind == "decision":
+        body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
+        search.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:

@@ -12,6 +12,7 @@ import msgspec
 from omnid_client.errors import Conflict, Invalid, RemoteError
 from omnid_client.protocol import (
     MAX_VALUE_BYTES,
+    ContextEvent,
     ContextRecord,
     ExportHeader,
     ImportCounts,
@@ -27,6 +28,7 @@ from omnid_client.protocol import (
 )
 
 from ..projects import project_id_for
+from . import context as context_store
 from . import search
 from .codec import dumps, loads, loads_dict
 from .memories import _body as memory_search_body
@@ -399,18 +401,9 @@ class Importer:
             "SELECT coalesce((SELECT context_event_count FROM sessions WHERE session_id = ?), 0)",
         )
         if outcome == "imported" and not self.dry_run:
-            event_id = self._write(
-                "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
-                "VALUES (?,?,?,?,?,?)",
-                r.session_id, r.kind, r.subject, r.importance, r.detail, r.created_at,
-            )
+            event = ContextEvent(r.kind, r.subject, r.importance, r.detail)
+            context_store.insert(self.db, r.session_id, self._session_project(r.session_id), event, r.created_at)
             self._write("UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id)
-            if r.kind == "decision":
-                body = r.subject if r.detail is None else f"{r.subject}\n{r.detail}"
-                search.index(
-                    self.db, "decision", event_id, body,  # type: ignore[arg-type]
-                    session_id=r.session_id, project_id=self._session_project(r.session_id), created_at=r.created_at,
-                )
         return outcome
 
     def _message(self, r: MessageRecord) -> str:
