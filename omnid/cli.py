@@ -304,19 +304,31 @@ def service() -> None:
     """Run omnid as a per-user service (systemd user units, or a launchd LaunchAgent)."""
 
 
-def _print_report(report, as_json: bool) -> None:
+def _service_call(action, *args, **kwargs):
+    """``action`` of omnid.service; its ServiceError becomes the command's error."""
+    from .service import ServiceError
+
+    try:
+        return action(*args, **kwargs)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _report_and_exit(report, as_json: bool) -> None:
+    """Show what install/uninstall did, and exit 0 if it all went well, else 1."""
     if as_json:
         print_json(report)
-        return
-    for f in report.files:
-        click.echo(f"{f.state:9} {f.path}")
-    for c in report.commands:
-        result = "ok" if c.ok else (f"exit status {c.exit_status}" if c.exit_status is not None else "not run")
-        click.echo(f"ran       {c.command}: {result}")
-        if not c.ok and c.output:
-            for line in c.output.splitlines()[-3:]:
-                click.echo(f"          {line}")
-    click.echo(report.message, err=not report.ok)
+    else:
+        for f in report.files:
+            click.echo(f"{f.state:9} {f.path}")
+        for c in report.commands:
+            result = "ok" if c.ok else (f"exit status {c.exit_status}" if c.exit_status is not None else "not run")
+            click.echo(f"ran       {c.command}: {result}")
+            if not c.ok and c.output:
+                for line in c.output.splitlines()[-3:]:
+                    click.echo(f"          {line}")
+        click.echo(report.message, err=not report.ok)
+    sys.exit(0 if report.ok else 1)
 
 
 @service.command("install")
@@ -326,14 +338,9 @@ def _print_report(report, as_json: bool) -> None:
 def service_install(manager: str, no_start: bool, as_json: bool) -> None:
     """Write the unit files for this interpreter and have the service manager start omnid.
     Running it again updates what changed and is otherwise a no-op."""
-    from .service import ServiceError, install
+    from .service import install
 
-    try:
-        report = install(_manager(manager), start=not no_start)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from None
-    _print_report(report, as_json)
-    sys.exit(0 if report.ok else 1)
+    _report_and_exit(_service_call(install, _manager(manager), start=not no_start), as_json)
 
 
 @service.command("uninstall")
@@ -341,14 +348,9 @@ def service_install(manager: str, no_start: bool, as_json: bool) -> None:
 @json_option
 def service_uninstall(manager: str, as_json: bool) -> None:
     """Stop the service and remove its unit files (a no-op when not installed)."""
-    from .service import ServiceError, uninstall
+    from .service import uninstall
 
-    try:
-        report = uninstall(_manager(manager))
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from None
-    _print_report(report, as_json)
-    sys.exit(0 if report.ok else 1)
+    _report_and_exit(_service_call(uninstall, _manager(manager)), as_json)
 
 
 @service.command("status")
@@ -357,13 +359,9 @@ def service_uninstall(manager: str, as_json: bool) -> None:
 def service_status(manager: str, as_json: bool) -> None:
     """Whether the service is installed and up to date, and what the service manager says.
     Exit status 0 if installed, 3 if not."""
-    from .service import ServiceError
     from .service import status as service_state
 
-    try:
-        st = service_state(_manager(manager))
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from None
+    st = _service_call(service_state, _manager(manager))
     if as_json:
         print_json(st)
     else:
