@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, wait_for
+from conftest import DaemonProcess, db_rows, wait_for
 from omnid_client import Client, Conflict, Invalid, NotFound, TooLarge
 from omnid_client._core import Call, check_welcome, hello_frame, parse_response
 from omnid_client.protocol import (
@@ -62,17 +62,8 @@ def ended(client: Client, workspace: Path) -> Session:
     return client.end(start(client, workspace).session_id)
 
 
-def query(home: Path, sql: str, *args: Any) -> list[tuple]:
-    """Rows from the daemon's database file, opened read-only."""
-    db = sqlite3.connect(f"file:{home / 'omnid.db'}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
 def count(home: Path, table: str, where: str = "1", *args: Any) -> int:
-    return query(home, f"SELECT count(*) FROM {table} WHERE {where}", *args)[0][0]
+    return db_rows(home / "omnid.db", f"SELECT count(*) FROM {table} WHERE {where}", *args)[0][0]
 
 
 def table_counts(home: Path) -> dict[str, int]:
@@ -83,8 +74,8 @@ def table_counts(home: Path) -> dict[str, int]:
 def miscounted_context(home: Path) -> list[tuple]:
     """(session_id, counter, rows) of each session whose context event counter differs from
     its number of context events: always empty."""
-    return query(
-        home,
+    return db_rows(
+        home / "omnid.db",
         "SELECT session_id, context_event_count, n FROM (SELECT session_id, context_event_count, "
         "(SELECT count(*) FROM context_events c WHERE c.session_id = s.session_id) AS n FROM sessions s) "
         "WHERE context_event_count != n",
@@ -290,14 +281,14 @@ def test_one_append_records_every_kind_and_the_view_shows_them(client, home, ses
 def test_appends_add_rows_and_leave_earlier_rows_untouched(client, home, session):
     rows = "SELECT event_id, kind, subject, importance, detail, created_at FROM context_events WHERE session_id = ?"
     client.append_context(session.session_id, EVERY_KIND)
-    first = query(home, rows, session.session_id)
+    first = db_rows(home / "omnid.db", rows, session.session_id)
 
     for n in range(1, 11):
         result = client.append_context(session.session_id, [ev("search", f"query {n}")])
         assert result.event_count == 5 + n
         assert count(home, "context_events") == 5 + n
 
-    after = query(home, rows, session.session_id)
+    after = db_rows(home / "omnid.db", rows, session.session_id)
     assert after[: len(first)] == first
     assert [r[2] for r in after[len(first) :]] == [f"query {n}" for n in range(1, 11)]
 
@@ -372,7 +363,7 @@ def test_appending_moves_last_activity_of_session_and_project(client, session):
 
 def test_project_activity_reaches_the_database_within_a_second_or_two_and_at_shutdown(daemon, client, home, session):
     def stored() -> float:
-        return query(home, "SELECT last_activity FROM projects WHERE project_id = ?", session.project_id)[0][0]
+        return db_rows(home / "omnid.db", "SELECT last_activity FROM projects WHERE project_id = ?", session.project_id)[0][0]
 
     # Writes note project activity and a timer writes it (at most once a second)...
     client.add_message(session.session_id, "user", "hello")
@@ -477,7 +468,7 @@ def test_every_way_of_adding_or_removing_events_keeps_the_session_counters_exact
     empty = client.end(start(client, ws).session_id)
     assert client.cleanup_orphans(0).session_ids == [empty.session_id]
     client.run_retention(older_than=0, purge=True)
-    assert query(home, "SELECT session_id FROM sessions") == [(a.session_id,)]
+    assert db_rows(home / "omnid.db", "SELECT session_id FROM sessions") == [(a.session_id,)]
     assert miscounted_context(home) == []
 
 
@@ -501,7 +492,7 @@ def test_put_then_get_counts_each_read(client, home, ws):
     assert (first.memory_id, first.value) == (put.memory_id, "black")
     assert (first.accessed_count, second.accessed_count) == (1, 2)
     assert put.created_at < first.last_accessed < second.last_accessed <= time.time()
-    assert query(home, "SELECT accessed_count, last_accessed FROM memories WHERE memory_id = ?", put.memory_id) == [
+    assert db_rows(home / "omnid.db", "SELECT accessed_count, last_accessed FROM memories WHERE memory_id = ?", put.memory_id) == [
         (2, second.last_accessed)
     ]
     assert client.list_memories(workspace=str(ws))[0].accessed_count == 2
@@ -774,7 +765,7 @@ def test_session_counters_stay_exact_under_concurrent_adds(daemon, home, session
         summary = c.session_summary(session.session_id)
         assert (summary.message_count, summary.total_tokens, summary.total_cost) == (total, 7 * total, 20.0)
         assert [m.seq for m in c.list_messages(session.session_id, limit=1000).messages] == list(range(1, total + 1))
-    assert query(home, "SELECT count(*), sum(tokens_used), sum(cost_nanos) FROM messages") == [(total, 7 * total, 20 * 10**9)]
+    assert db_rows(home / "omnid.db", "SELECT count(*), sum(tokens_used), sum(cost_nanos) FROM messages") == [(total, 7 * total, 20 * 10**9)]
 
 
 BAD_MESSAGES = {

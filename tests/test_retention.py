@@ -5,14 +5,12 @@ silently: each run is logged and counted in the daemon's status."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, wait_for, omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
+from conftest import DaemonProcess, db_rows, wait_for, omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
 from omnid_client import Client, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
 
@@ -32,21 +30,13 @@ def _no_retention_unless_set(monkeypatch) -> None:
 
 
 
-def rows(home: Path, sql: str, *args: Any) -> list[tuple]:
-    db = sqlite3.connect(f"file:{home / 'omnid.db'}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
 def held_by(home: Path, session_id: str) -> dict[str, int]:
     """Rows anywhere that belong to the session."""
     return {
-        table: rows(home, f"SELECT count(*) FROM {table} WHERE session_id = ?", session_id)[0][0]
+        table: db_rows(home / "omnid.db", f"SELECT count(*) FROM {table} WHERE session_id = ?", session_id)[0][0]
         for table in ("sessions", "context_events", "messages", "session_memories", "tasks", "search_index")
-    } | {"interactions": rows(
-        home, "SELECT count(*) FROM interactions i JOIN tasks t USING (task_id) WHERE t.session_id = ?", session_id
+    } | {"interactions": db_rows(
+        home / "omnid.db", "SELECT count(*) FROM interactions i JOIN tasks t USING (task_id) WHERE t.session_id = ?", session_id
     )[0][0]}
 
 
@@ -149,7 +139,7 @@ def test_runs_work_through_many_sessions_a_chunk_at_a_time(daemon, client, home,
     everything = ok_json("retention", "run", "--older-than", "0s", "--purge")  # the command finishes the job
     assert sorted(first.session_ids + everything["session_ids"]) == sorted(ids)
     assert everything["remaining"] == 0
-    assert rows(home, "SELECT count(*) FROM sessions") == [(0,)]
+    assert db_rows(home / "omnid.db", "SELECT count(*) FROM sessions") == [(0,)]
 
 
 def test_bad_requests_are_refused_and_delete_nothing(daemon, client, home, tmp_path):

@@ -4,7 +4,6 @@ real daemons, real sockets and real SQLite files, in throwaway OMNID_HOMEs."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -14,7 +13,7 @@ from typing import Any, Iterator
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, started_daemons, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
+from conftest import DaemonProcess, db_rows as query, started_daemons, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
 from omnid_client import Client, Conflict, Invalid, TooLarge
 from omnid_client.protocol import (
     MAX_CONTENT,
@@ -57,14 +56,6 @@ def ok(*args: str) -> bytes:
 
 
 
-
-
-def query(db_path: Path, sql: str, *args: Any) -> list[tuple]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def table_counts(db_path: Path) -> dict[str, int]:
