@@ -133,7 +133,7 @@ def main() -> None:
 @click.option("--ready-fd", type=int, hidden=True, help="Write one readiness line to this inherited fd.")
 def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: int | None) -> None:
     """Run the daemon (in the foreground unless --detach)."""
-    from . import logs, server
+    from .daemon import logs, run
 
     os.umask(0o077)  # the database, WAL, log and status file are the user's alone
     paths = daemon_paths()
@@ -148,7 +148,7 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
     if log_level is not None:
         restart += ["--log-level", log_level]
     sys.exit(
-        server.run(
+        run(
             paths, log_path=log_file, ready_fd=ready_fd, log_target=target,
             restart_argv=restart, log_level_fixed=log_level is not None,
         )

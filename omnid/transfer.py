@@ -29,7 +29,7 @@ from omnid_client.protocol import (
 )
 
 from .store.migrations import LATEST
-from .store.transfer import export_records, jsonl
+from .store.records import export_records, jsonl
 
 BATCH_BYTES = MAX_FRAME - 64 * 1024
 """Encoded records per import request, leaving room for the frame's envelope."""

@@ -213,7 +213,7 @@ def test_log_level_follows_the_config_unless_given_on_the_command_line(home, spa
 
 
 def test_the_log_file_is_rotated_and_status_says_where_it_is(home):
-    from omnid.logs import BACKUPS, MAX_BYTES
+    from omnid.daemon.logs import BACKUPS, MAX_BYTES
 
     log_file = home / "omnid.log"
     log_file.write_bytes(b"x" * (MAX_BYTES - 10) + b"\n")  # nearly full: the first lines roll it over

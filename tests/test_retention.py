@@ -14,7 +14,7 @@ from conftest import DaemonProcess, db_rows, wait_for, omnid_error as fails, omn
 from omnid_client import Client, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
 
-from omnid.retention import retention_from_env, write_archive
+from omnid.jobs.retention import retention_from_env, write_archive
 
 TOOL = "retention-test"
 

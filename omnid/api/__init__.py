@@ -41,7 +41,7 @@ from ..store import storage_error
 from ..store.codec import dumps
 
 if TYPE_CHECKING:
-    from ..server import Daemon
+    from ..daemon.app import Daemon
 
 log = logging.getLogger("omnid.api")
 
@@ -212,4 +212,4 @@ def project_of(caller: Caller, project_id: str | None, workspace: str | None, *,
     return project_id
 
 
-from . import context, daemon, memories, messages, projects, sessions, tasks, transfer  # noqa: E402,F401  (they register their handlers)
+from . import context, daemon, memories, messages, projects, sessions, tasks, maintenance  # noqa: E402,F401  (they register their handlers)

@@ -47,14 +47,15 @@ from omnid_client.protocol import (
     version_note,
 )
 
-from . import __version__, api, logs, systemd, upgrade
-from .config import Config, config_path
-from .expiry import Expirer
-from .idle import IdleExpiry
-from .reaper import Reaper
-from .retention import Archiver, retention_from_env
-from .store import CorruptDatabase, Store, StoreError, set_aside
-from .store import sessions as q
+from .. import __version__, api
+from ..config import Config, config_path
+from ..jobs.expiry import Expirer
+from ..jobs.idle import IdleExpiry
+from ..jobs.reaper import Reaper
+from ..jobs.retention import Archiver, retention_from_env
+from ..store import CorruptDatabase, Store, StoreError, set_aside
+from ..store import sessions as q
+from . import logs, systemd, upgrade
 from .watch import DirWatcher
 
 log = logging.getLogger("omnid.server")

@@ -15,10 +15,10 @@ from typing import Callable, Iterable, Mapping
 from omnid_client.errors import Invalid, StorageError
 from omnid_client.protocol import Record, RetentionResult, RetentionRun, RetentionStatus
 
-from .store import Store
-from .store import search as search_store
-from .store import tasks as task_store
-from .store.transfer import archive_records, jsonl
+from ..store import Store
+from ..store import search as search_store
+from ..store import tasks as task_store
+from ..store.records import archive_records, jsonl
 
 log = logging.getLogger("omnid.retention")
 

@@ -7,8 +7,8 @@ import asyncio
 import logging
 import time
 
-from .store import Store
-from .store import memories as memory_store
+from ..store import Store
+from ..store import memories as memory_store
 
 log = logging.getLogger("omnid.expiry")
 

@@ -15,9 +15,9 @@ from typing import Callable
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive
-from .store import Store
-from .store import sessions as q
+from ..identity import ProcessIdentity, ProcessInfo, inspect, is_alive
+from ..store import Store
+from ..store import sessions as q
 
 log = logging.getLogger("omnid.reaper")
 

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import time
 
-from .identity import ProcessIdentity, is_alive
+from ..identity import ProcessIdentity, is_alive
 from .reaper import Reaper
-from .store import Store
-from .store import sessions as q
+from ..store import Store
+from ..store import sessions as q
 
 log = logging.getLogger("omnid.idle")
 

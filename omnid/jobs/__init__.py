@@ -1,0 +1,1 @@
+"""The daemon's background jobs: reaping, idle expiry, memory expiry, retention."""
