@@ -9,7 +9,7 @@ from omnid_client.protocol import ImportRecords, ImportResult, RetentionResult, 
 
 from ..identity import ProcessIdentity, is_alive
 from ..store import sessions as session_store
-from ..store.records import Importer
+from ..store.importer import Importer
 from . import Caller, check_size, handles
 
 log = logging.getLogger("omnid.transfer")

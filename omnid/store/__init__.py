@@ -18,7 +18,8 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
-from . import search
+from . import search as search_store
+from .search import StoreConnection
 from .migrations import LATEST, MIGRATIONS, apply
 
 log = logging.getLogger("omnid.store")
@@ -45,15 +46,6 @@ def is_corruption(e: sqlite3.Error) -> bool:
         return code & 0xFF in _CORRUPT_CODES
     text = str(e)
     return "malformed" in text or "not a database" in text
-
-
-class Connection(sqlite3.Connection):
-    """The store's connection, holding the search rows its open transaction will index
-    when it commits (see ``search``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pending_search_rows: list[tuple] = []
 
 
 class Store:
@@ -84,11 +76,11 @@ class Store:
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
         self.db = self._open()
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> StoreConnection:
         if self.path.exists():
             self._inspect()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=Connection)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=StoreConnection)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
@@ -142,7 +134,7 @@ class Store:
         return self.db.in_transaction
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[StoreConnection]:
         """One request's writes: joins the open transaction inside its own savepoint, or
         begins one (where it needs none: until it ends, the transaction holds its writes
         alone, so a failure rolls back the whole transaction)."""
@@ -267,7 +259,7 @@ class Store:
         try:
             if self._activity:
                 self._apply_activity()
-            search.write_pending(self.db)
+            search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._log_failure(e)

@@ -146,7 +146,8 @@ def page(
     cursor: str | None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
         if value is not None:
             where.append(f"{column} = ?")
