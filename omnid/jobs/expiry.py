@@ -9,6 +9,7 @@ import time
 
 from ..store import Store
 from ..store import memories as memory_store
+from ._timer import Timer
 
 log = logging.getLogger("omnid.expiry")
 
@@ -19,7 +20,7 @@ class Expirer:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop):
         self.store = store
         self.loop = loop
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Timer(loop, self._fire, "purging expired memories", log)
         self._due: float | None = None
         self._last_run = 0.0
         self.purged = 0
@@ -28,9 +29,7 @@ class Expirer:
         self.purge()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def expect(self, expires_at: float) -> None:
         """A memory will expire at ``expires_at`` (UTC epoch seconds): make sure we wake for it."""
@@ -53,14 +52,11 @@ class Expirer:
         return len(ids)
 
     def _schedule(self, expires_at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         self._due = expires_at
         wait = max(expires_at - time.time(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
-        self._timer = self.loop.call_later(wait, self._fire)
+        self._timer.arm(wait)
 
     def _fire(self) -> None:
-        self._timer = None
         try:
             self.purge()
         except Exception:

@@ -11,7 +11,8 @@ import time
 from ..identity import ProcessIdentity, is_alive
 from .reaper import Reaper
 from ..store import Store
-from ..store import sessions as q
+from ..store import sessions as session_store
+from ._timer import Timer
 
 log = logging.getLogger("omnid.idle")
 
@@ -26,7 +27,7 @@ class IdleExpiry:
         self.reaper = reaper
         self.idle_expiry = idle_expiry
         self.expired = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Timer(loop, self.run, "expiring idle sessions", log)
         self._last_run = float("-inf")
 
     def configure(self, idle_expiry: float) -> None:
@@ -35,9 +36,7 @@ class IdleExpiry:
         self.run()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def _unchecked(self) -> list[tuple[str, float, ProcessIdentity | None]]:
         """(session id, last activity, owner) of every live session whose owner cannot be checked."""
@@ -45,7 +44,7 @@ class IdleExpiry:
             "SELECT session_id, last_activity, owner_pid, owner_start, boot_id FROM sessions WHERE ended_at IS NULL"
             + ("" if self.reaper.mode == "polling" else " AND (owner_pid IS NULL OR owner_start IS NULL OR boot_id IS NULL)")
         ).fetchall()
-        found = []
+        found: list[tuple[str, float, ProcessIdentity | None]] = []
         for sid, last, pid, start, boot in rows:
             if pid is None or start is None or boot is None:
                 found.append((sid, last, None))
@@ -72,7 +71,7 @@ class IdleExpiry:
         ended: list[str] = []
         if due:
             with self.store.write() as db:
-                ended = q.end(db, [sid for sid, _ in due], "expired", now)
+                ended = session_store.end(db, [sid for sid, _ in due], "expired", now)
             for sid, owner in due:
                 if owner is not None:
                     self.reaper.untrack(sid, owner)
@@ -80,12 +79,5 @@ class IdleExpiry:
             log.info("expired %d session(s) idle for %gs whose owner cannot be checked", len(ended), self.idle_expiry)
         if next_due is not None:
             wait = max(next_due - time.time(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
-            self._timer = self.loop.call_later(wait, self._fire)
+            self._timer.arm(wait)
         return ended
-
-    def _fire(self) -> None:
-        self._timer = None
-        try:
-            self.run()
-        except Exception:
-            log.exception("expiring idle sessions failed")

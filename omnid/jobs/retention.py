@@ -19,6 +19,7 @@ from ..store import Store
 from ..store import search as search_store
 from ..store import tasks as task_store
 from ..store.records import archive_records, jsonl
+from ._timer import Timer
 
 log = logging.getLogger("omnid.retention")
 
@@ -96,7 +97,7 @@ class Archiver:
         self.age = age
         self.archive_path = archive_path
         self._protected = {os.path.realpath(p) for p in protected}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Timer(loop, self._fire, "retention run", log)
         self._last_run = -MIN_INTERVAL
         self.next_run: float | None = None
         self.runs = self.archived = self.purged = self.failures = 0
@@ -110,9 +111,7 @@ class Archiver:
             self._arm(0.0)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.next_run = None
 
     def reschedule(self) -> None:
@@ -122,9 +121,7 @@ class Archiver:
             self._arm(self._next_delay())
 
     def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, self._fire)
+        self._timer.arm(delay)
         self.next_run = time.time() + delay
 
     def _next_delay(self) -> float:
@@ -135,7 +132,6 @@ class Archiver:
         return min(wait, max(MAX_SLEEP, MIN_INTERVAL))
 
     def _fire(self) -> None:
-        self._timer = None
         self.next_run = None
         if not self.age():
             return
