@@ -31,7 +31,7 @@ import pytest
 
 import omnid
 from conftest import DaemonProcess, accepts, gone, omnid_daemons, wait_for
-from omnid.daemon.app import HANDSHAKE_TIMEOUT
+from omnid.daemon.connection import HANDSHAKE_TIMEOUT
 from omnid.store.migrations import LATEST
 from omnid_client import Client, OmnidError, Unavailable
 from omnid_client._core import hello_frame, parse_response, result_of

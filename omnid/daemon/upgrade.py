@@ -22,6 +22,10 @@ log = logging.getLogger("omnid.upgrade")
 
 HANDOVER_ENV = "OMNID_HANDOVER"
 PREFLIGHT = "import omnid.upgrade as u; u.import_everything(); print(u.installed_version())"
+"""Run by ``python -c`` on a newly installed package: ``omnid.upgrade`` is the name every
+daemon, old or new, imports, so upgrades and downgrades across layouts both work."""
+
+Fingerprint = tuple[tuple[object, ...], ...]
 
 
 def package_dirs() -> list[Path]:
@@ -69,19 +73,19 @@ def _installed_record() -> Path | None:
     (an editable install or a checkout on PYTHONPATH has none that names its files)."""
     try:
         dist = importlib.metadata.distribution("omnid")
-        located = Path(dist.locate_file("omnid/__init__.py"))
+        located = Path(str(dist.locate_file("omnid/__init__.py")))
     except (importlib.metadata.PackageNotFoundError, OSError, ValueError):
         return None
     if not located.exists() or not located.samefile(omnid.__file__):
         return None
     for entry in dist.files or []:
         if entry.name == "RECORD" and entry.parent.name.endswith(".dist-info"):
-            record = Path(dist.locate_file(entry))
+            record = Path(str(dist.locate_file(entry)))
             return record if record.exists() else None
     return None
 
 
-def fingerprint() -> tuple:
+def fingerprint() -> Fingerprint:
     """The identity (inode, size, mtime) of what an install or upgrade rewrites: each
     package's ``__init__.py`` and the distribution's RECORD. Editing some other module
     of a checkout does not restart the daemon; reinstalling does."""
@@ -89,7 +93,7 @@ def fingerprint() -> tuple:
     record = _installed_record()
     if record is not None:
         paths.append(record)
-    entries = []
+    entries: list[tuple[object, ...]] = []
     for path in paths:
         try:
             st = path.stat()

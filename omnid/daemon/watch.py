@@ -7,6 +7,7 @@ watchfiles is not used here on purpose: its watch loop wakes every ``step`` mill
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import errno
@@ -16,7 +17,7 @@ import select
 import struct
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 log = logging.getLogger("omnid.watch")
 
@@ -42,10 +43,18 @@ _MASK = IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | I
 _EVENT = struct.Struct("iIII")
 
 
+class _Watcher(Protocol):
+    mode: str
+
+    def watch(self, directory: Path, callback: Callback) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class InotifyWatcher:
     mode = "inotify"
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
         libc_name = ctypes.util.find_library("c") or "libc.so.6"
         self._libc = ctypes.CDLL(libc_name, use_errno=True)
         fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -119,56 +128,58 @@ class InotifyWatcher:
             self._watches.clear()
 
 
-class KqueueWatcher:
-    mode = "kqueue"
+if sys.platform != "linux" and sys.platform != "win32":  # where select.kqueue exists
 
-    def __init__(self, loop):
-        self._kq = select.kqueue()
-        self._loop = loop
-        self._watches: dict[int, tuple[Path, list[Callback]]] = {}
-        self._by_path: dict[Path, int] = {}
-        loop.add_reader(self._kq.fileno(), self._read)
+    class KqueueWatcher:
+        mode = "kqueue"
 
-    def watch(self, directory: Path, callback: Callback) -> None:
-        fd = self._by_path.get(directory)
-        if fd is None:
-            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_EVTONLY", 0) | os.O_CLOEXEC | os.O_DIRECTORY)
-            flags = select.KQ_NOTE_WRITE | select.KQ_NOTE_DELETE | select.KQ_NOTE_RENAME | select.KQ_NOTE_REVOKE
-            event = select.kevent(fd, select.KQ_FILTER_VNODE, select.KQ_EV_ADD | select.KQ_EV_CLEAR, flags)
-            try:
-                self._kq.control([event], 0, 0)
-            except OSError:
-                os.close(fd)
-                raise
-            self._by_path[directory] = fd
-            self._watches[fd] = (directory, [])
-        callbacks = self._watches[fd][1]
-        if callback not in callbacks:
-            callbacks.append(callback)
+        def __init__(self, loop: asyncio.AbstractEventLoop):
+            self._kq = select.kqueue()
+            self._loop = loop
+            self._watches: dict[int, tuple[Path, list[Callback]]] = {}
+            self._by_path: dict[Path, int] = {}
+            loop.add_reader(self._kq.fileno(), self._read)
 
-    def _read(self) -> None:
-        for event in self._kq.control(None, 64, 0):
-            entry = self._watches.get(event.ident)
-            if entry is None:
-                continue
-            directory, callbacks = entry
-            if event.fflags & (select.KQ_NOTE_DELETE | select.KQ_NOTE_RENAME | select.KQ_NOTE_REVOKE):
-                del self._watches[event.ident]
-                self._by_path.pop(directory, None)
-                os.close(event.ident)
-            for callback in list(callbacks):
+        def watch(self, directory: Path, callback: Callback) -> None:
+            fd = self._by_path.get(directory)
+            if fd is None:
+                fd = os.open(directory, os.O_RDONLY | getattr(os, "O_EVTONLY", 0) | os.O_CLOEXEC | os.O_DIRECTORY)
+                flags = select.KQ_NOTE_WRITE | select.KQ_NOTE_DELETE | select.KQ_NOTE_RENAME | select.KQ_NOTE_REVOKE
+                event = select.kevent(fd, select.KQ_FILTER_VNODE, select.KQ_EV_ADD | select.KQ_EV_CLEAR, flags)
                 try:
-                    callback(None)
-                except Exception:
-                    log.exception("a change handler failed")
+                    self._kq.control([event], 0, 0)
+                except OSError:
+                    os.close(fd)
+                    raise
+                self._by_path[directory] = fd
+                self._watches[fd] = (directory, [])
+            callbacks = self._watches[fd][1]
+            if callback not in callbacks:
+                callbacks.append(callback)
 
-    def close(self) -> None:
-        self._loop.remove_reader(self._kq.fileno())
-        self._kq.close()
-        for fd in self._watches:
-            os.close(fd)
-        self._watches.clear()
-        self._by_path.clear()
+        def _read(self) -> None:
+            for event in self._kq.control(None, 64, 0):
+                entry = self._watches.get(event.ident)
+                if entry is None:
+                    continue
+                directory, callbacks = entry
+                if event.fflags & (select.KQ_NOTE_DELETE | select.KQ_NOTE_RENAME | select.KQ_NOTE_REVOKE):
+                    del self._watches[event.ident]
+                    self._by_path.pop(directory, None)
+                    os.close(event.ident)
+                for callback in list(callbacks):
+                    try:
+                        callback(None)
+                    except Exception:
+                        log.exception("a change handler failed")
+
+        def close(self) -> None:
+            self._loop.remove_reader(self._kq.fileno())
+            self._kq.close()
+            for fd in self._watches:
+                os.close(fd)
+            self._watches.clear()
+            self._by_path.clear()
 
 
 class DirWatcher:
@@ -176,12 +187,12 @@ class DirWatcher:
     entries. Without kernel support, ``watch`` returns False and nothing is called: the
     daemon's periodic checks then notice the same changes later."""
 
-    def __init__(self, loop):
-        self._impl: InotifyWatcher | KqueueWatcher | None = None
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._impl: _Watcher | None = None
         try:
             if sys.platform.startswith("linux"):
                 self._impl = InotifyWatcher(loop)
-            elif hasattr(select, "kqueue"):
+            elif sys.platform != "win32" and hasattr(select, "kqueue"):
                 self._impl = KqueueWatcher(loop)
         except OSError as e:
             log.warning("cannot watch files (%s): changes are noticed by the periodic checks only", e)

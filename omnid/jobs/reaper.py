@@ -1,163 +1,26 @@
 """Ending sessions whose owner process died: OS exit events (pidfd, kqueue) reap within
-moments, and a periodic identity sweep is the safety net."""
+moments, and an identity sweep (run by the daemon's minute tick) is the safety net."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import random
-import select
 import sqlite3
-import sys
-from typing import Callable
 
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from ..identity import ProcessIdentity, ProcessInfo, inspect, is_alive
+from ..identity import ProcessIdentity, ProcessInfo, is_alive
 from ..store import Store
-from ..store import sessions as q
+from ..store import sessions as session_store
+from ._timer import Timer
+from .exits import make_watcher
 
 log = logging.getLogger("omnid.reaper")
 
-ExitCallback = Callable[[ProcessIdentity], None]
-
 RETRY_MIN = 1.0
 """Seconds before the first retry to end dead owners' sessions after a failed commit (doubling)."""
-
-
-class PidfdWatcher:
-    """Linux: one pidfd per owner process, readable once that process has exited."""
-
-    mode = "pidfd"
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
-        self._loop = loop
-        self._on_exit = on_exit
-        self._fds: dict[ProcessIdentity, int] = {}
-
-    def watch(self, identity: ProcessIdentity) -> bool:
-        """Start watching; False if that process is already gone."""
-        try:
-            fd = os.pidfd_open(identity.pid)
-        except ProcessLookupError:
-            return False
-        except OSError as e:  # out of file descriptors: the periodic sweep stands in
-            log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
-            info = inspect(identity.pid)
-            return info is not None and info.identity == identity
-        # The pid may have been reused before the pidfd was opened: check it is still ours.
-        info = inspect(identity.pid)
-        if info is None or info.identity != identity:
-            os.close(fd)
-            return False
-        self._fds[identity] = fd
-        self._loop.add_reader(fd, self._fired, identity)
-        return True
-
-    def running(self, identity: ProcessIdentity) -> bool:
-        """Still running, known without reading /proc: its pidfd is not readable yet."""
-        fd = self._fds.get(identity)
-        return fd is not None and not select.select([fd], [], [], 0)[0]
-
-    def unwatch(self, identity: ProcessIdentity) -> None:
-        fd = self._fds.pop(identity, None)
-        if fd is not None:
-            self._loop.remove_reader(fd)
-            os.close(fd)
-
-    def _fired(self, identity: ProcessIdentity) -> None:
-        self.unwatch(identity)
-        self._on_exit(identity)
-
-    def close(self) -> None:
-        for identity in list(self._fds):
-            self.unwatch(identity)
-
-
-class KqueueWatcher:
-    """macOS/BSD: EVFILT_PROC NOTE_EXIT events on one kqueue."""
-
-    mode = "kqueue"
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
-        self._loop = loop
-        self._on_exit = on_exit
-        self._kq = select.kqueue()
-        self._by_pid: dict[int, ProcessIdentity] = {}
-        loop.add_reader(self._kq.fileno(), self._drain)
-
-    def watch(self, identity: ProcessIdentity) -> bool:
-        event = select.kevent(
-            identity.pid, select.KQ_FILTER_PROC, select.KQ_EV_ADD | select.KQ_EV_ONESHOT, select.KQ_NOTE_EXIT
-        )
-        try:
-            self._kq.control([event], 0, 0)
-        except ProcessLookupError:
-            return False
-        info = inspect(identity.pid)
-        if info is None or info.identity != identity:
-            self.unwatch(identity)
-            return False
-        self._by_pid[identity.pid] = identity
-        return True
-
-    def running(self, identity: ProcessIdentity) -> bool:
-        self._drain()
-        return self._by_pid.get(identity.pid) == identity
-
-    def unwatch(self, identity: ProcessIdentity) -> None:
-        if self._by_pid.get(identity.pid) == identity:
-            del self._by_pid[identity.pid]
-        event = select.kevent(identity.pid, select.KQ_FILTER_PROC, select.KQ_EV_DELETE)
-        try:
-            self._kq.control([event], 0, 0)
-        except OSError:
-            pass
-
-    def _drain(self) -> None:
-        for event in self._kq.control(None, 256, 0):
-            identity = self._by_pid.pop(event.ident, None)
-            if identity is not None:
-                self._on_exit(identity)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._kq.fileno())
-        self._kq.close()
-
-
-class PollingWatcher:
-    """No exit events on this OS: the periodic sweep finds dead owners."""
-
-    mode = "polling"
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
-        pass
-
-    def watch(self, identity: ProcessIdentity) -> bool:
-        return is_alive(identity)[0]
-
-    def running(self, identity: ProcessIdentity) -> bool:
-        return False  # unknown without a look at the process: callers inspect it
-
-    def unwatch(self, identity: ProcessIdentity) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
-    if hasattr(os, "pidfd_open"):
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-            return PidfdWatcher(loop, on_exit)
-        except OSError:
-            pass
-    if hasattr(select, "kqueue") and sys.platform != "win32":
-        return KqueueWatcher(loop, on_exit)
-    return PollingWatcher(loop, on_exit)
 
 
 class Reaper:
@@ -172,10 +35,7 @@ class Reaper:
         self._by_pid: dict[int, ProcessIdentity] = {}
         self._uid = os.getuid()  # every session here was bound to a process of this user
         self.last_reap: LastReap | None = None
-        self.periodic: list[Callable[[], None]] = []
-        """Other checks that ride on the sweep timer, so an idle daemon wakes only for it."""
-        self._timer: asyncio.TimerHandle | None = None
-        self._retry: asyncio.TimerHandle | None = None
+        self._retry = Timer(loop, self._retry_fired, "ending dead owners' sessions again", log)
         self._retry_delay = RETRY_MIN
         # After a lost batch: rebuild the watches, but end dead owners' sessions later; ending
         # them at once would fail the same way (a full disk) and spin.
@@ -189,24 +49,14 @@ class Reaper:
         """Check every live session left from before and watch the owners still running."""
         result = self.sweep(trigger="startup")
         self.resync()
-        self._arm_timer()
         return result
 
     def set_interval(self, seconds: float) -> None:
-        """Sweep every ``seconds`` from now on (the next sweep is rescheduled)."""
-        if seconds == self.sweep_interval:
-            return
+        """The sweeps are ``seconds`` apart from now on (which also caps the retry delay)."""
         self.sweep_interval = seconds
-        if self._timer is not None:
-            self._timer.cancel()
-            self._arm_timer()
 
     def stop(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._retry.cancel()
         self.watcher.close()
         self.owners.clear()
         self._by_pid.clear()
@@ -255,7 +105,7 @@ class Reaper:
         """Make the watches match the database's live sessions exactly, and end the sessions
         of owners found dead (now, or with ``end_dead=False`` in a retry a little later)."""
         wanted: dict[ProcessIdentity, set[str]] = {}
-        for sid, _tool, owner in q.live_owned(self.store.db):
+        for sid, _tool, owner in session_store.live_owned(self.store.db):
             wanted.setdefault(owner, set()).add(sid)
         for owner in list(self.owners):
             if owner not in wanted:
@@ -275,12 +125,11 @@ class Reaper:
             self._end_sessions(wanted[owner], "resync")
 
     def _retry_later(self) -> None:
-        if self._retry is None:
-            self._retry = self.loop.call_later(self._retry_delay, self._retry_fired)
+        if not self._retry.armed:
+            self._retry.arm(self._retry_delay)
             self._retry_delay = min(self._retry_delay * 2, self.sweep_interval)
 
     def _retry_fired(self) -> None:
-        self._retry = None
         self.resync()
         self.store.after_commit(self._retried)
 
@@ -299,7 +148,7 @@ class Reaper:
     def _end_sessions(self, session_ids: set[str], trigger: str) -> None:
         try:
             with self.store.write() as db:
-                ended = q.end(db, sorted(session_ids), "reaped", self.store.now())
+                ended = session_store.end(db, sorted(session_ids), "reaped", self.store.now())
         except sqlite3.Error as e:  # the batch was lost and resync() scheduled a retry
             log.warning("could not end %d session(s) of a dead owner: %s; will retry", len(session_ids), e)
             self._retry_later()
@@ -311,7 +160,7 @@ class Reaper:
         found: list[ReapedSession] = []
         dead_owners: dict[ProcessIdentity, str] = {}
         checked: dict[ProcessIdentity, tuple[bool, str]] = {}
-        for sid, tool, owner in q.live_owned(self.store.db):
+        for sid, tool, owner in session_store.live_owned(self.store.db):
             if owner not in checked:
                 # An unfired exit watch is proof of life; only the others need /proc.
                 checked[owner] = (True, "running") if self.watcher.running(owner) else is_alive(owner)
@@ -323,26 +172,9 @@ class Reaper:
         if not dry_run:
             if found:
                 with self.store.write() as db:
-                    q.end(db, [s.session_id for s in found], "reaped", now)
+                    session_store.end(db, [s.session_id for s in found], "reaped", now)
                 for owner in dead_owners:
                     self._drop_owner(owner)
                 log.info("%s sweep reaped %d session(s)", trigger, len(found))
             self.last_reap = LastReap(now, trigger, len(found))
         return ReapResult(dry_run, now, found)
-
-    def _arm_timer(self) -> None:
-        # Jitter keeps many users' daemons from waking in step.
-        delay = self.sweep_interval * random.uniform(0.9, 1.1)
-        self._timer = self.loop.call_later(delay, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        try:
-            self.sweep(trigger="sweep")
-        except Exception:
-            log.exception("periodic sweep failed")
-        for check in self.periodic:
-            try:
-                check()
-            except Exception:
-                log.exception("periodic check %s failed", getattr(check, "__name__", check))
-        self._arm_timer()
