@@ -292,4 +292,3 @@ def _raise_fd_limit() -> None:
     if soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-

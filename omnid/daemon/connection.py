@@ -187,7 +187,6 @@ class Connection(asyncio.Protocol):
         assert caller is not None
         respond(self.state.context, caller, request, self.send)
 
-
     def greet(self, request: IncomingRequest) -> None:
         if request.method != "hello":
             self.fail(request.id, ProtocolError("the first request must be hello"))

@@ -272,4 +272,3 @@ class Housekeeping:
 
         watchdog = self._watchdog = Timer(self.loop, ping, "watchdog ping", log)
         watchdog.arm(interval)
-
