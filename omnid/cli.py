@@ -289,7 +289,7 @@ manager_option = click.option(
 
 
 def _manager(name: str):
-    from .service import ServiceError, detect_manager
+    from .offline.service import ServiceError, detect_manager
 
     if name != "auto":
         return name
@@ -306,7 +306,7 @@ def service() -> None:
 
 def _service_call(action, *args, **kwargs):
     """``action`` of omnid.service; its ServiceError becomes the command's error."""
-    from .service import ServiceError
+    from .offline.service import ServiceError
 
     try:
         return action(*args, **kwargs)
@@ -338,7 +338,7 @@ def _report_and_exit(report, as_json: bool) -> None:
 def service_install(manager: str, no_start: bool, as_json: bool) -> None:
     """Write the unit files for this interpreter and have the service manager start omnid.
     Running it again updates what changed and is otherwise a no-op."""
-    from .service import install
+    from .offline.service import install
 
     _report_and_exit(_service_call(install, _manager(manager), start=not no_start), as_json)
 
@@ -348,7 +348,7 @@ def service_install(manager: str, no_start: bool, as_json: bool) -> None:
 @json_option
 def service_uninstall(manager: str, as_json: bool) -> None:
     """Stop the service and remove its unit files (a no-op when not installed)."""
-    from .service import uninstall
+    from .offline.service import uninstall
 
     _report_and_exit(_service_call(uninstall, _manager(manager)), as_json)
 
@@ -359,7 +359,7 @@ def service_uninstall(manager: str, as_json: bool) -> None:
 def service_status(manager: str, as_json: bool) -> None:
     """Whether the service is installed and up to date, and what the service manager says.
     Exit status 0 if installed, 3 if not."""
-    from .service import status as service_state
+    from .offline.service import status as service_state
 
     st = _service_call(service_state, _manager(manager))
     if as_json:
@@ -382,7 +382,7 @@ def service_status(manager: str, as_json: bool) -> None:
 @click.option("--python", "python", help="Interpreter to name (default: this one).")
 def service_show(manager: str, python: str | None) -> None:
     """Print the files `omnid service install` would write, without writing them."""
-    from .service import ServiceError, wanted_files
+    from .offline.service import ServiceError, wanted_files
 
     try:
         files = wanted_files(_manager(manager), python=python)
@@ -960,7 +960,7 @@ def backup(path: Path, force: bool, as_json: bool) -> None:
 
     Uses SQLite's online backup from a read-only connection, checks the copy's integrity,
     and only then puts it at PATH. An existing PATH is refused unless --force."""
-    from . import transfer
+    from .offline import transfer
 
     info = transfer.backup(daemon_paths().database, path, force=force)
     if as_json:
@@ -995,7 +995,7 @@ def _since(text: str | None) -> float | None:
 def export_command(output, force, session_ids, project_ids, since, as_json) -> None:
     """Export sessions (with their context, messages, memories, tasks), projects and project
     memories as JSONL, one record per line, in a stable order (see `omnid import`)."""
-    from . import transfer
+    from .offline import transfer
 
     if as_json and output is None:
         raise click.UsageError("--json prints a summary, so the export needs --output")
@@ -1055,7 +1055,7 @@ def import_command(file: Path, dry_run: bool, as_json: bool) -> None:
     """Import a JSONL export through the daemon, keeping ids. Every line is checked before
     anything is written; records already present are left alone, so importing the same
     file again adds nothing."""
-    from . import transfer
+    from .offline import transfer
 
     with transfer_client() as client:
         result = transfer.import_file(client, file, dry_run=dry_run)
@@ -1071,7 +1071,7 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     """Import sessions (with their context) and project memories from an OmniMemory
     dashboard.db, read-only. Sessions OmniMemory never ended are imported as ended
     (reaped) at their last activity; expired memories are skipped."""
-    from . import omnimemory, transfer
+    from .offline import omnimemory, transfer
 
     records, report = omnimemory.read(path)
     with transfer_client() as client:
