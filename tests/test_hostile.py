@@ -149,7 +149,7 @@ def test_session_start_refuses_a_parent_pid_that_is_no_longer_its_parent(daemon,
     """``omnid session start`` binds to its parent. If the parent died and its pid went to
     another process, the pid it read is no ancestor any more: that process is refused."""
     impostor = spawn_owner()
-    monkeypatch.setattr("omnid.cli.os.getppid", lambda: impostor.pid)
+    monkeypatch.setattr("omnid.cli.sessions.os.getppid", lambda: impostor.pid)
 
     result = CliRunner().invoke(main, ["session", "start", "--tool", "hook"], catch_exceptions=False)
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
 from omnid_client import Client
 
-from omnid.omnimemory import parse_time
+from omnid.offline.omnimemory_values import parse_time
 from omnid.projects import project_id_for
 
 KOLKATA = timezone(timedelta(hours=5, minutes=30))

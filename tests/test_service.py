@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from conftest import wait_for
-from omnid.service import PLACEHOLDER_PYTHON, render_launchd, render_systemd
+from omnid.offline.service import PLACEHOLDER_PYTHON, render_launchd, render_systemd
 from omnid_client import Client
 from omnid_client.paths import LAUNCHD_LABEL
 
@@ -65,7 +65,7 @@ def unit_dir(user_home: Path) -> Path:
 def test_shipped_files_are_what_install_writes_for_the_placeholder_interpreter():
     for name, text in render_systemd(PLACEHOLDER_PYTHON, {}).items():
         assert (ROOT / "systemd" / name).read_text() == text, (
-            f"systemd/{name} is stale; regenerate it with omnid.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
+            f"systemd/{name} is stale; regenerate it with omnid.offline.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
         )
     shipped = ROOT / "launchd" / f"{LAUNCHD_LABEL}.plist"
     assert shipped.read_bytes() == render_launchd(PLACEHOLDER_PYTHON, {}, Path("/Users/USERNAME"))

@@ -1,9 +1,8 @@
-"""Backups, exports and imports of the database, run by the ``omnid`` command.
+"""Backups, exports and imports of the database, run in the ``omnid`` command's process."""
 
-Backup and export read the database file through their own read-only connection: in WAL
-mode a reader sees one consistent snapshot and never blocks the daemon, which stays the
-only writer. Imports go through the daemon, in batches that each fit one frame.
-"""
+# Backup and export read the database file through their own read-only connection: in WAL
+# mode a reader sees one consistent snapshot and never blocks the daemon, which stays the
+# only writer. Imports go through the daemon, in batches that each fit one frame.
 
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ from omnid_client.protocol import (
     Record,
 )
 
-from .store.migrations import LATEST
-from .store.records import export_records, jsonl
+from ..store.migrations import LATEST
+from ..store.records import export_records, jsonl
 
 BATCH_BYTES = MAX_FRAME - 64 * 1024
 """Encoded records per import request, leaving room for the frame's envelope."""

@@ -214,7 +214,7 @@ def _launchd_target() -> str:
     return f"gui/{os.getuid()}/{LAUNCHD_LABEL}"
 
 
-def _write(path: Path, content: bytes) -> str:
+def _write(path: Path, content: bytes) -> Literal["created", "updated", "unchanged"]:
     try:
         old = path.read_bytes()
     except FileNotFoundError:
