@@ -344,6 +344,42 @@ def test_unusable_pids_get_typed_errors(client, spawn_owner, make_pid, error):
     assert client.status().live_sessions == 1
 
 
+def kernel_thread_pid() -> int:
+    """A kernel thread other than kthreadd: a child of pid 2."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != "2":
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_bytes()
+                if stat[stat.rindex(b")") + 2 :].split()[1] == b"2":
+                    return int(entry.name)
+    pytest.skip("no kernel thread is visible in this pid namespace")
+
+
+@pytest.mark.parametrize(
+    "make_pid, error, why",
+    [
+        (lambda daemon: 1, PermissionDenied, "init process"),
+        (lambda daemon: 2 if Path("/proc/2").exists() else pytest.skip("no kthreadd here"), PermissionDenied,
+         "kernel thread"),
+        (lambda daemon: kernel_thread_pid(), PermissionDenied, "kernel thread"),
+        (lambda daemon: daemon.pid, Invalid, "omnid daemon itself"),
+    ],
+    ids=["init", "kthreadd", "kernel-thread", "the-daemon"],
+)
+def test_processes_that_never_exit_or_are_omnid_cannot_own_a_session(daemon, client, make_pid, error, why):
+    """Root may inspect every process, so only these checks stop a session from being
+    bound to one that never exits (it would never be reaped) or to the daemon itself."""
+    pid = make_pid(daemon)
+    sock = connection_of(client)
+    for call in (client.get_or_create, client.find):
+        with pytest.raises(error) as exc:
+            call("claude-code", pid=pid)
+        assert why in str(exc.value) and str(pid) in str(exc.value)
+        assert exc.value.details.get("field") == "pid"
+    assert_connection_kept(client, sock)
+    assert client.status().live_sessions == 0
+
+
 @pytest.mark.parametrize(
     "method, params, field",
     [

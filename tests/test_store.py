@@ -102,6 +102,8 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
                 "INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)",
                 [(sid, "file_access", f"/old/{n}", 1001.0 + n) for n in range(OLD_EVENTS)],
             )
+        if version >= 3:  # that schema counts them in the row, as omnid did when adding them
+            db.execute("UPDATE sessions SET context_event_count = ? WHERE session_id = ?", (OLD_EVENTS, sid))
         return sid
     finally:
         db.close()
