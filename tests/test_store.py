@@ -203,6 +203,8 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
                 "sessions_tool_newest"} <= names
         if sid is not None:
             assert read_old_row(store.db, sid) == OLD_ROW
+            # No pidfd inode was recorded for it: its owner is compared by start time alone.
+            assert store.db.execute("SELECT owner_ino FROM sessions WHERE session_id = ?", (sid,)).fetchone() == (None,)
             assert miscounted_context(store.db) == []
             events = store.db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)).fetchone()
             assert events == (OLD_EVENTS if version >= 2 else 0,)
