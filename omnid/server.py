@@ -48,7 +48,7 @@ from omnid_client.protocol import (
 )
 
 from . import __version__, api, logs, systemd, upgrade
-from .config import Config, config_path
+from .config import Config, config_path, describe
 from .expiry import Expirer
 from .idle import IdleExpiry
 from .reaper import Reaper
@@ -74,6 +74,11 @@ LISTEN_BACKLOG = 4096
 """Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
 FD_RESERVE = 32
 """File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+"""Signals whose default action would end the daemon: each stops it gracefully, logged by
+name. SIGHUP rereads the config file instead (the daemon convention)."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -611,8 +616,10 @@ class Daemon:
             self._listener = self.bind()
         self.listener = Listener(self, self._listener)
         self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self._stop_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
         self.check_config_file()  # changed since it was read, before the watch was armed?
         self.write_status_file()
@@ -649,6 +656,17 @@ class Daemon:
                 e, ", ".join(self.set_aside),
             )
         return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
+
+    def _stop_signal(self, sig: int) -> None:
+        log.warning("received %s: stopping", signal.Signals(sig).name)
+        self.request_stop(f"signal {signal.Signals(sig).name}")
+
+    def _reload_signal(self) -> None:
+        """SIGHUP, as for most daemons: read the config file again (never stop)."""
+        log.info("received SIGHUP: rereading the config file %s", self.config.path)
+        self.reload_config()
+        if self.config.error is None:
+            log.info("settings in force: %s", describe(self.settings))
 
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
@@ -977,6 +995,10 @@ def run(
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
+    if hasattr(signal, "SIGHUP"):
+        # Until the event loop handles it (a config reload), a SIGHUP must not kill the
+        # daemon silently; the file is read during startup anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handover = upgrade.take_handover()
     inherited = systemd.listen_fds()
     config = Config(config_path())

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import DaemonProcess, wait_for, run_omnid as omnid
 from omnid.identity import inspect
 from omnid_client import Client
@@ -228,3 +230,29 @@ def test_the_log_file_is_rotated_and_status_says_where_it_is(home):
         assert log_file.stat().st_size < 100_000 and "serving" in d.log_text()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_sighup_rereads_the_config_and_every_stopping_signal_is_logged_by_name(home, stop_signal):
+    write_config(home, "sweep_interval = 45\n")
+    d = DaemonProcess(home).start()
+    try:
+        assert status().settings.sweep_interval == 45  # it answers: its signal handlers are set
+        write_config(home, "sweep_interval = 75\n")
+        os.kill(d.pid, signal.SIGHUP)
+        wait_for(lambda: "received SIGHUP" in d.log_text() and "sweep_interval=75" in d.log_text(),
+                 what="the SIGHUP reload to be logged")
+        assert d.running, "SIGHUP must not stop the daemon"
+        assert status().settings.sweep_interval == 75
+        os.kill(d.pid, signal.SIGHUP)  # nothing changed: still a reload, still running
+        wait_for(lambda: d.log_text().count("received SIGHUP") == 2, what="the second SIGHUP")
+        assert status().pid == d.pid
+        os.kill(d.pid, stop_signal)
+        assert d.proc.wait(10) == 0, "a stopping signal stops the daemon gracefully"
+    finally:
+        if d.running:
+            d.kill()
+        d.stop()
+    log = d.log_text()
+    assert f"received {stop_signal.name}: stopping" in log
+    assert "Traceback" not in log
