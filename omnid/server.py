@@ -47,7 +47,7 @@ from omnid_client.protocol import (
     version_note,
 )
 
-from . import __version__, api, logs, systemd, upgrade
+from . import __version__, api, clock, logs, systemd, upgrade
 from .config import Config, config_path, describe
 from .expiry import Expirer
 from .idle import IdleExpiry
@@ -453,7 +453,8 @@ class Daemon:
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
         self.timeouts = timeouts
-        self.started_at = time.time()
+        self.started_at = clock.wall()
+        self._started_mono = time.monotonic()
         self.connections: set[Connection] = set()
         self.client_versions_seen: set[str] = set()
         self.set_aside: list[str] = []
@@ -916,13 +917,12 @@ class Daemon:
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()
-        now = time.time()
         return DaemonStatus(
             pid=os.getpid(),
             version=__version__,
             protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             started_at=self.started_at,
-            uptime=now - self.started_at,
+            uptime=time.monotonic() - self._started_mono,  # a wall-clock jump does not change it
             home=str(self.paths.state_dir),
             socket=str(self.paths.socket),
             database=str(self.paths.database),
