@@ -482,6 +482,8 @@ class Daemon:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._fingerprint: tuple = ()
+        self.snapshot: Path | None = None
+        """A copy of the running code, for a failed upgrade to fall back to."""
         self._rejected_fingerprint: tuple | None = None
         self._preflight: asyncio.Task | None = None
         self._package_names: set[str] = set()
@@ -588,6 +590,14 @@ class Daemon:
         _raise_fd_limit()
         upgrade.import_everything()
         self._fingerprint = upgrade.fingerprint()
+        failure = upgrade.take_failure()
+        if failure is not None:
+            # Until the installed package changes again, this (old) code is what runs.
+            self.upgrade_error = (
+                f"the upgraded package ({upgrade.installed_version()}) failed before it was ready: {failure}; "
+                f"running the previous code ({__version__}) from {upgrade.running_snapshot()}"
+            )
+            log.error("%s", self.upgrade_error)
         # Watch before anything can be seen from outside, so no change made once a client
         # can connect goes unnoticed.
         self.watcher = DirWatcher(self.loop)
@@ -639,6 +649,8 @@ class Daemon:
             )
         self.archiver.start()
         on_ready()
+        # Only now: a copy taken before it is ready would be the code a failed start falls back to.
+        self.snapshot = upgrade.keep_snapshot(self.paths.state_dir, self._fingerprint)
         systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
         self._arm_watchdog()
         await self._stopped.wait()
@@ -1041,7 +1053,7 @@ def run(
         return 1
     if daemon.restart_requested and daemon.handover_socket is not None:
         owner = "systemd" if daemon.socket_inherited else "own"
-        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv)
+        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv, daemon.snapshot)
     return 0
 
 
