@@ -484,6 +484,7 @@ class Daemon:
         self._fingerprint: tuple = ()
         self.snapshot: Path | None = None
         """A copy of the running code, for a failed upgrade to fall back to."""
+        self._snapshotting: asyncio.Future | None = None
         self._rejected_fingerprint: tuple | None = None
         self._preflight: asyncio.Task | None = None
         self._package_names: set[str] = set()
@@ -588,6 +589,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         _raise_fd_limit()
+        imported = upgrade.files_stamp()
         upgrade.import_everything()
         self._fingerprint = upgrade.fingerprint()
         failure = upgrade.take_failure()
@@ -650,7 +652,9 @@ class Daemon:
         self.archiver.start()
         on_ready()
         # Only now: a copy taken before it is ready would be the code a failed start falls back to.
-        self.snapshot = upgrade.keep_snapshot(self.paths.state_dir, self._fingerprint)
+        self._snapshotting = self.loop.run_in_executor(
+            None, upgrade.keep_snapshot, self.paths.state_dir, imported
+        )
         systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
         self._arm_watchdog()
         await self._stopped.wait()
@@ -688,6 +692,11 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._snapshotting is not None:
+            try:
+                self.snapshot = await self._snapshotting
+            except Exception:
+                log.exception("keeping a copy of the running code failed")
         if self.restart_requested:
             systemd.notify("RELOADING=1", "STATUS=restarting into the upgraded package")
             assert self._listener is not None

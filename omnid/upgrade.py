@@ -109,21 +109,29 @@ def package_dirs() -> list[Path]:
     return found
 
 
-def keep_snapshot(state_dir: Path, expected: tuple) -> Path | None:
-    """Copy the running packages to ``state_dir``/``SNAPSHOT`` (replacing an older copy),
-    for a failed upgrade to fall back to; the copy in use when running from one. None
-    if no faithful copy can be made (the package changed since it was imported)."""
+def keep_snapshot(state_dir: Path, imported: list[tuple]) -> Path | None:
+    """Copy the running packages to ``state_dir``/``SNAPSHOT`` (replacing an older copy
+    unless it is of these very files), for a failed upgrade to fall back to; the copy in
+    use when running from one. ``imported``: ``files_stamp()`` from before the packages
+    were imported; None if the files changed since (no faithful copy can be made).
+    Blocking file work: run it off the event loop."""
     current = running_snapshot()
     if current is not None:
         return current
     target = state_dir / SNAPSHOT
+    stamp = repr(imported)
+    try:
+        if (target / SNAPSHOT_MARK).read_text() == stamp:
+            return target
+    except (OSError, UnicodeDecodeError):
+        pass
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".code-", dir=state_dir))
         try:
             for name, top in zip(PACKAGES, running_dirs()):
                 shutil.copytree(top, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-            (tmp / SNAPSHOT_MARK).write_text("the code an omnid daemon ran, kept in case an upgrade fails\n")
-            if fingerprint() != expected:
+            (tmp / SNAPSHOT_MARK).write_text(stamp)
+            if files_stamp() != imported:
                 log.info("the installed package changed since it was imported: no copy kept of the running code")
                 shutil.rmtree(tmp, ignore_errors=True)
                 return None
@@ -139,6 +147,17 @@ def keep_snapshot(state_dir: Path, expected: tuple) -> Path | None:
         log.warning("cannot keep a copy of the running code in %s (%s): a failed upgrade would stop the daemon", target, e)
         return None
     return target
+
+
+def files_stamp() -> list[tuple]:
+    """(path, size, mtime) of every file of the running packages: whether a copy is current."""
+    found = []
+    for top in running_dirs():
+        for path in sorted(top.rglob("*")):
+            if "__pycache__" not in path.parts and path.is_file():
+                st = path.stat()
+                found.append((str(path), st.st_size, st.st_mtime_ns))
+    return found
 
 
 def take_failure() -> str | None:

@@ -171,7 +171,8 @@ def test_an_upgrade_that_fails_before_it_is_ready_falls_back_to_the_code_that_ra
         with Client(autostart=False) as c:
             owner = spawn_owner()
             sid = c.get_or_create("upgrade-tool", pid=owner.pid).session.session_id
-            assert c.status().version == "1.5.0"  # ready, and so its code is kept
+            assert c.status().version == "1.5.0"
+        wait_for(lambda: (home / "code" / "omnid-snapshot").exists(), what="the copy of the running code")
         server = site / "omnid" / "server.py"
         good = server.read_text()
         marker = "    async def serve(self, on_ready: Callable[[], None]) -> None:\n"
