@@ -71,7 +71,7 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
         last_activity=now,
         project_id=project_id,
     )
-    session_store.insert(db, session, dedup=p.dedup)
+    session_store.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     ctx.reaper.track(session.session_id, owner)
     return session
 

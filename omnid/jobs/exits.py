@@ -10,7 +10,7 @@ import select
 import sys
 from typing import Callable, Protocol
 
-from ..identity import ProcessIdentity, inspect, is_alive
+from ..identity import ProcessIdentity, inspect, is_alive, same_process
 
 log = logging.getLogger("omnid.reaper")
 
@@ -50,10 +50,10 @@ class PidfdWatcher:
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
             log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
             info = inspect(identity.pid)
-            return info is not None and info.identity == identity
+            return info is not None and same_process(identity, info.identity)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
-        if info is None or info.identity != identity:
+        if info is None or not same_process(identity, info.identity):
             os.close(fd)
             return False
         self._fds[identity] = fd
@@ -103,7 +103,7 @@ if sys.platform != "linux" and sys.platform != "win32":  # where select.kqueue e
             except ProcessLookupError:
                 return False
             info = inspect(identity.pid)
-            if info is None or info.identity != identity:
+            if info is None or not same_process(identity, info.identity):
                 self.unwatch(identity)
                 return False
             self._by_pid[identity.pid] = identity
