@@ -92,7 +92,7 @@ def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as release ``a`` is older than, the same as, or newer than ``b``
     (numeric dot-separated parts; a pre-release suffix sorts before its release)."""
 
-    def key(version: str) -> tuple:
+    def key(version: str) -> tuple[tuple[int, int, str], ...]:
         parts = []
         for part in version.split("+")[0].split("."):
             digits = len(part) - len(part.lstrip("0123456789"))
