@@ -39,10 +39,6 @@ class Paths:
     socket_source: str
 
     @property
-    def runtime_dir(self) -> Path:
-        return self.socket.parent
-
-    @property
     def database(self) -> Path:
         return self.state_dir / "omnid.db"
 
