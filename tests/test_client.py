@@ -104,7 +104,7 @@ def test_a_connection_closed_while_idle_does_not_kill_a_tool_that_restored_sigpi
 def test_replies_of_every_size_around_the_receive_buffer(client, tmp_path):
     """Reply frames just under, at and just over the client's receive buffer, and a few
     times its size, arrive whole."""
-    from omnid_client.client import REPLY_BUFFER
+    from omnid_client._connection import REPLY_BUFFER
 
     workspace = str(tmp_path)
     client.put_memory("k", "", workspace=workspace)

@@ -859,6 +859,8 @@ def test_every_daemon_package_is_listed_for_installation():
     root = Path(__file__).resolve().parent.parent
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {
-        ".".join(init.parent.relative_to(root).parts) for init in (root / "omnid").rglob("__init__.py")
-    } | {"omnid_client"}
+        ".".join(init.parent.relative_to(top).parts)
+        for top, package in ((root, root / "omnid"), (root / "client", root / "client" / "omnid_client"))
+        for init in package.rglob("__init__.py")
+    }
     assert found == listed
