@@ -79,6 +79,22 @@ STOP_SIGNALS = tuple(
 )
 """Signals whose default action would end the daemon: each stops it gracefully, logged by
 name. SIGHUP rereads the config file instead (the daemon convention)."""
+WRITE_HIGH_WATER = 256 * 1024
+"""Bytes of replies queued for one connection (unsent, or waiting for their commit) past
+which the daemon reads no further requests from it, until the client has taken its
+replies down to ``WRITE_LOW_WATER``. With ``MAX_IN_FLIGHT`` and the frame limit this
+bounds what any one connection can make the daemon hold (see ``CONNECTION_MEMORY``)."""
+WRITE_LOW_WATER = 64 * 1024
+MAX_IN_FLIGHT = 64
+"""Requests of one connection decoded and run but not yet answered (waiting for their
+commit) past which no further request of it is decoded."""
+READ_CHUNK = 256 * 1024
+"""Most bytes asyncio reads from a socket at once."""
+CONNECTION_MEMORY = 2 * WRITE_HIGH_WATER + 4 * (HEADER.size + MAX_FRAME) + READ_CHUNK
+"""Most bytes of requests and replies one connection can make the daemon hold, whatever its
+client does (about 4.8 MiB): replies unsent and replies waiting for their commit (each
+stopped at the high-water mark, plus the reply that crossed it, and a read's request kept
+to be retried), and unread request bytes (one frame being assembled, plus one read)."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -137,6 +153,11 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int]:
 
 
 class Connection(asyncio.Protocol):
+    """One client connection. Requests are decoded and run in order, but only while the
+    client keeps up with its replies: past ``WRITE_HIGH_WATER`` queued reply bytes or
+    ``MAX_IN_FLIGHT`` unanswered requests, the rest of what arrived stays undecoded and
+    the socket is not read, until the client has taken its replies."""
+
     def __init__(self, daemon: "Daemon"):
         self.daemon = daemon
         self.transport: asyncio.Transport | None = None
@@ -147,12 +168,21 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The handshake deadline until the hello, then the idle check."""
         self._last_heard = 0.0
+        self._write_paused = False
+        """The transport holds more than ``WRITE_HIGH_WATER`` unsent bytes."""
+        self._reading = True
+        self.in_flight = 0
+        """Requests run whose replies wait for their commit."""
+        self.waiting_bytes = 0
+        """Bytes of those replies."""
+        self._resume_pending = False
 
     # -- asyncio callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.daemon.connections.add(self)
         try:
             pid, uid = peer_credentials(transport.get_extra_info("socket"))
@@ -173,6 +203,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.transport = None
+        self.buffer = bytearray()
         if self.daemon.listener is not None:
             self.daemon.listener.fd_freed()
 
@@ -184,11 +215,16 @@ class Connection(asyncio.Protocol):
             self.buffer += data
             data = bytes(self.buffer)
             self.buffer.clear()
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Run the complete frames at the start of ``data`` while the client keeps up;
+        keep the rest for later."""
         # Frames are decoded straight out of what arrived (usually exactly one frame);
-        # only an incomplete tail is kept for the next read.
+        # only an incomplete tail, or what must wait for the client, is kept.
         view = memoryview(data)
         start, size = 0, len(data)
-        while size - start >= HEADER.size and not self.closing:
+        while size - start >= HEADER.size and not self.closing and not self.backlogged:
             (length,) = HEADER.unpack_from(data, start)
             if length > MAX_FRAME:
                 self.fail(0, TooLarge(f"frame of {length} bytes; the limit is {MAX_FRAME}"))
@@ -200,14 +236,49 @@ class Connection(asyncio.Protocol):
             start = end
         if start < size and not self.closing:
             self.buffer += view[start:]
+        self._pace_reading()
+
+    @property
+    def backlogged(self) -> bool:
+        """The client is behind on its replies: decode nothing more from it for now."""
+        return self._write_paused or self.in_flight >= MAX_IN_FLIGHT or self.waiting_bytes >= WRITE_HIGH_WATER
+
+    def _pace_reading(self) -> None:
+        """Read the socket only while the client keeps up with its replies."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        want = not self.backlogged
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _caught_up(self) -> None:
+        """The client took replies, or some were answered: go on with what waits (soon,
+        not from inside a commit or a transport callback)."""
+        if self._resume_pending or self.backlogged or self.transport is None:
+            return
+        self._resume_pending = True
+        self.daemon.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_pending = False
+        if self.closing or self.transport is None or self.backlogged:
+            return
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._consume(data)
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._write_paused = True
+        self._pace_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._write_paused = False
+        self._caught_up()
 
     # -- requests ------------------------------------------------------------------
 
@@ -233,17 +304,28 @@ class Connection(asyncio.Protocol):
             self.send(response)
             return
         wrote = store.writes != writes_before
+        # What waits is held as bytes, and counted: the reply, and a read's request (for the
+        # retry below), copied out of the read buffer it points into.
+        frame = self.encode(response)
+        request_id, method = request.id, request.method
+        retry = None if wrote or retries == 0 else msgspec.Raw(bytes(request.params))
+        held = len(frame) + (len(retry) if retry is not None else 0)
+        self.in_flight += 1
+        self.waiting_bytes += held
 
         def deliver(err: Exception | None) -> None:
+            self.in_flight -= 1
+            self.waiting_bytes -= held
             if err is None:
-                self.send(response)
-            elif wrote or retries == 0:
-                self.send(ResponseFrame(response.id, error=api.error_info(err)))
+                self.write(frame)
+            elif retry is None:
+                self.send(ResponseFrame(request_id, error=api.error_info(err)))
             else:
                 # A read in a batch that could not be committed may have seen writes that
                 # are now undone: run it again (once; it may write this time, and then its
                 # reply waits for its own commit). A failing disk must not fail reads.
-                self.respond(caller, request, retries - 1)
+                self.respond(caller, IncomingRequest(request_id, method, retry), retries - 1)
+            self._caught_up()
 
         store.after_commit(deliver)
 
@@ -282,9 +364,16 @@ class Connection(asyncio.Protocol):
         self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
 
     def send(self, response: ResponseFrame) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.encode(response))
+
+    def write(self, frame: bytearray) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
+    def encode(self, response: ResponseFrame) -> bytearray:
+        """The framed reply; an error in its place if it is over the frame limit."""
         buf = bytearray(HEADER.size)
         _encoder.encode_into(response, buf, HEADER.size)
         size = len(buf) - HEADER.size
@@ -299,7 +388,7 @@ class Connection(asyncio.Protocol):
             _encoder.encode_into(ResponseFrame(response.id, error=api.error_info(err)), buf, HEADER.size)
             size = len(buf) - HEADER.size
         HEADER.pack_into(buf, 0, size)
-        transport.write(buf)
+        return buf
 
     def fail(self, request_id: int, err: OmnidError) -> None:
         """Send a final error and close: the stream can no longer be trusted."""

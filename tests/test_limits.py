@@ -1,0 +1,88 @@
+"""What a same-user client can make the daemon spend, against a real daemon: reply bytes
+queued for a client that never reads, file descriptors held by owner watches, and disk
+(the storage quota); and a database file deleted or replaced under a running daemon.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgspec
+import psutil
+import pytest
+from conftest import DaemonProcess, wait_for
+from test_daemon import Wire, hello, request
+
+from omnid_client.protocol import MessagePage, NewMessage, Task
+
+pytestmark = pytest.mark.usefixtures("no_stray_daemons")
+
+
+def rss(d: DaemonProcess) -> int:
+    return psutil.Process(d.pid).memory_info().rss
+
+
+# --- a client that pipelines and never reads ------------------------------------------
+
+REPLY_BYTES = 32 * 1024
+PIPELINED = 10000
+RSS_GROWTH_LIMIT = 48 << 20
+"""Well above what the README promises per connection (a few MiB), far below what
+``PIPELINED`` replies of ``REPLY_BYTES`` would take if the daemon queued them all (~300 MiB)."""
+
+
+def test_a_client_that_pipelines_and_never_reads_cannot_bloat_or_stall_the_daemon(daemon, spawn_owner):
+    owner = spawn_owner()
+    with daemon.client() as c:
+        sid = c.get_or_create("pipeliner", pid=owner.pid).session.session_id
+        c.add_messages(sid, [NewMessage("user", "x" * REPLY_BYTES)])
+        baseline = rss(daemon)
+
+        # Reads with large replies, and every tenth request a write, whose reply waits for
+        # its commit: the replies must still come back in order.
+        data = bytearray(hello())
+        for i in range(1, PIPELINED + 1):
+            if i % 10:
+                data += request(i, "message.list", {"session_id": sid})
+            else:
+                data += request(i, "task.create", {"session_id": sid, "title": f"t{i}"})
+
+        with Wire(daemon.socket, timeout=120) as w:
+            sender = threading.Thread(target=w.send, args=(bytes(data),), daemon=True)
+            sender.start()
+            # The daemon has stopped reading, so the sender is stuck in sendall; meanwhile
+            # the daemon's memory stays flat and other clients are served.
+            peak = baseline
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                peak = max(peak, rss(daemon))
+                assert peak - baseline < RSS_GROWTH_LIMIT, (
+                    f"daemon RSS grew by {(peak - baseline) >> 20} MiB for one client that does not read"
+                )
+                time.sleep(0.02)
+            assert sender.is_alive(), "the daemon read every request without the client reading a reply"
+            with daemon.client(timeout=10) as other:
+                started = time.monotonic()
+                assert other.get_or_create("bystander").session.tool_id == "bystander"
+                assert other.status().connections == 3
+                waited = time.monotonic() - started
+            assert waited < 5.0, f"another client waited {waited:.1f}s"
+
+            # Now the client reads: every reply arrives, in order, complete.
+            assert w.reply().id == 0
+            for i in range(1, PIPELINED + 1):
+                resp = w.reply()
+                assert resp is not None and resp.error is None, (i, resp and resp.error)
+                assert resp.id == i
+                if i % 10:
+                    page = msgspec.msgpack.decode(resp.result, type=MessagePage)
+                    assert len(page.messages[0].content) == REPLY_BYTES
+                else:
+                    assert msgspec.msgpack.decode(resp.result, type=Task).title == f"t{i}"
+                peak = max(peak, rss(daemon)) if i % 200 == 0 else peak
+            sender.join(10)
+            assert not sender.is_alive()
+        assert peak - baseline < RSS_GROWTH_LIMIT
+        assert len(c.list_tasks(session_id=sid, limit=1000).tasks) == PIPELINED // 10
+    assert "Traceback" not in daemon.log_text()
