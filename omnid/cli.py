@@ -210,6 +210,14 @@ def _seconds(value: float, zero: str) -> str:
     return zero if value == 0 else f"{value:g}s"
 
 
+def _watching(st: DaemonStatus) -> str:
+    text = f"{st.watched_processes} process(es) via {st.watcher}"
+    swept = st.watched_processes - (st.pidfd_watches or 0)
+    if st.pidfd_watches is not None and swept > 0:
+        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
+    return text
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -241,7 +249,7 @@ def print_status(st: DaemonStatus) -> None:
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
-        ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
+        ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]

@@ -73,7 +73,12 @@ upgrade rewrites many files."""
 LISTEN_BACKLOG = 4096
 """Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
 FD_RESERVE = 32
-"""File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
+"""File descriptors spent neither on connections nor on owner watches: SQLite, /proc and the
+daemon's own files need some."""
+PIDFD_SHARE = 0.5
+"""The share of the file descriptors above ``FD_RESERVE`` (and those open at start) that
+exit watches on owner processes (pidfds) may take; connections always keep the rest.
+Owners past it are found dead by the periodic sweep instead of at once."""
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
 )
@@ -105,17 +110,22 @@ _encoder = msgspec.msgpack.Encoder()
 class Timeouts:
     handshake: float = HANDSHAKE_TIMEOUT
     idle: float = CONNECTION_IDLE_TIMEOUT
+    sweep: float | None = None
+    """Seconds between sweeps, overriding the config's ``sweep_interval`` (and its 30 s
+    floor) for one-off runs and tests."""
 
     @classmethod
     def from_env(cls) -> "Timeouts":
-        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT`` (seconds)."""
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT``
+        / ``OMNID_SWEEP_INTERVAL`` (seconds)."""
         return cls(
             _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
             _seconds_from_env("OMNID_CONNECTION_IDLE_TIMEOUT", CONNECTION_IDLE_TIMEOUT),
+            _seconds_from_env("OMNID_SWEEP_INTERVAL", None),
         )
 
 
-def _seconds_from_env(name: str, default: float) -> float:
+def _seconds_from_env(name: str, default: float | None) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -420,8 +430,8 @@ class Connection(asyncio.Protocol):
 
 
 class Listener:
-    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store,
-    owner watches and /proc; past that, new connections wait in the kernel's listen backlog
+    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store
+    and /proc (owner watches take at most ``PIDFD_SHARE`` of the rest); past that, new connections wait in the kernel's listen backlog
     until one closes. (asyncio's own server, out of fds, logs a traceback per queued
     connection every second.)"""
 
@@ -431,7 +441,7 @@ class Listener:
         self.sock = sock
         sock.setblocking(False)
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.base_fds = _open_fd_count() - len(daemon.reaper.owners)
+        self.base_fds = _open_fd_count() - daemon.reaper.watcher.fds
         self.accepting = False
         self._starting: set[asyncio.Task] = set()
         self.paused_at: float | None = None
@@ -441,9 +451,9 @@ class Listener:
 
     def fds_in_use(self) -> int:
         """An estimate that needs no syscall: what was open at start, plus each connection
-        (accepted or being set up) and each watched owner (a pidfd)."""
+        (accepted or being set up) and each exit watch on an owner (a pidfd)."""
         daemon = self.daemon
-        return self.base_fds + len(self._starting) + len(daemon.connections) + len(daemon.reaper.owners)
+        return self.base_fds + len(self._starting) + len(daemon.connections) + daemon.reaper.watcher.fds
 
     def has_room(self) -> bool:
         return self.fd_limit == resource.RLIM_INFINITY or self.fds_in_use() < self.fd_limit - FD_RESERVE
@@ -584,6 +594,10 @@ class Daemon:
         return self.config.settings
 
     @property
+    def sweep_interval(self) -> float:
+        return self.timeouts.sweep or self.settings.sweep_interval
+
+    @property
     def retention(self) -> float | None:
         """Seconds after which ended sessions are archived and deleted; None: kept forever."""
         if self._retention_override is not None or self._retention_warning:
@@ -677,7 +691,7 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        _raise_fd_limit()
+        fd_limit = _raise_fd_limit()
         imported = upgrade.files_stamp()
         upgrade.import_everything()
         self._fingerprint = upgrade.fingerprint()
@@ -697,7 +711,7 @@ class Daemon:
         self.store = self.open_store()
         self.live_sessions = q.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
-        self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=_pidfd_budget(fd_limit))
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -900,7 +914,7 @@ class Daemon:
             self.reload_config()
 
     def apply_settings(self, old: Settings, new: Settings) -> None:
-        if new.sweep_interval != old.sweep_interval:
+        if new.sweep_interval != old.sweep_interval and self.timeouts.sweep is None:
             self.reaper.set_interval(new.sweep_interval)
         if new.durability != old.durability:
             self.store.set_durability(new.durability)
@@ -1043,6 +1057,8 @@ class Daemon:
             watcher=self.reaper.mode,
             live_sessions=q.count_live(self.store.db),
             watched_processes=len(self.reaper.owners),
+            pidfd_watches=self.reaper.watcher.fds if self.reaper.mode == "pidfd" else None,
+            pidfd_budget=self.reaper.watcher.max_fds,
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),
@@ -1071,12 +1087,23 @@ def _accepts_connections(path: Path) -> bool:
         probe.close()
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (as far as allowed); returns the
+    soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
+    if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _pidfd_budget(fd_limit: int) -> int | None:
+    """How many owner processes may get an exit watch (a pidfd): ``PIDFD_SHARE`` of the file
+    descriptors neither open now nor in ``FD_RESERVE``. None: no limit."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return None
+    return max(0, int((fd_limit - _open_fd_count() - FD_RESERVE) * PIDFD_SHARE))
 
 
 def run(

@@ -5,6 +5,7 @@ queued for a client that never reads, file descriptors held by owner watches, an
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 
@@ -12,7 +13,7 @@ import msgspec
 import psutil
 import pytest
 from conftest import DaemonProcess, wait_for
-from test_daemon import Wire, hello, request
+from test_daemon import Refusal, Wire, hello, request
 
 from omnid_client.protocol import MessagePage, NewMessage, Task
 
@@ -86,3 +87,59 @@ def test_a_client_that_pipelines_and_never_reads_cannot_bloat_or_stall_the_daemo
         assert peak - baseline < RSS_GROWTH_LIMIT
         assert len(c.list_tasks(session_id=sid, limit=1000).tasks) == PIPELINED // 10
     assert "Traceback" not in daemon.log_text()
+
+
+# --- more live owners than file descriptors --------------------------------------------
+
+FD_LIMIT = 64
+OWNERS = 100
+
+
+def test_more_live_owners_than_fds_neither_fail_calls_nor_lock_clients_out(monkeypatch, start_daemon, spawn_owner):
+    """Past its pidfd budget the daemon watches further owners with the sweep instead: every
+    get_or_create succeeds, new clients still get in, and every owner's death is reaped."""
+    monkeypatch.setenv("OMNID_SWEEP_INTERVAL", "1")
+    d = start_daemon(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
+    owners = [spawn_owner() for _ in range(OWNERS)]
+    with d.client(timeout=10) as c:
+        sids = {c.get_or_create(f"owned-{i}", pid=p.pid).session.session_id: p for i, p in enumerate(owners)}
+        assert len(sids) == OWNERS
+        st = c.status()
+        assert st.watched_processes == OWNERS
+        assert st.pidfd_budget is not None and 0 < st.pidfd_budget < OWNERS
+        assert st.pidfd_watches == st.pidfd_budget  # the rest are left to the sweep
+
+        # New clients still connect, several at once.
+        others = [d.client(timeout=10) for _ in range(5)]
+        try:
+            for other in others:
+                assert other.status().live_sessions == OWNERS
+        finally:
+            for other in others:
+                other.close()
+
+        for p in owners:
+            p.kill()
+            p.wait()
+        wait_for(lambda: c.status().live_sessions == 0, timeout=30, what="every owner's sessions to be reaped")
+        for sid in sids:
+            assert c.get(sid).end_reason == "reaped"
+        assert c.status().pidfd_watches == 0
+    assert psutil.Process(d.pid).rlimit(psutil.RLIMIT_NOFILE) == (FD_LIMIT, FD_LIMIT)
+    log = d.log_text()
+    assert "sweep reaped" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_the_soft_fd_limit_is_raised_to_the_hard_one(start_daemon):
+    d = start_daemon(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, 4 * FD_LIMIT)))
+    assert psutil.Process(d.pid).rlimit(psutil.RLIMIT_NOFILE) == (4 * FD_LIMIT, 4 * FD_LIMIT)
+    with d.client() as c:
+        assert c.status().pidfd_budget > (4 * FD_LIMIT - FD_LIMIT) // 2
+
+
+def test_a_bad_sweep_interval_override_refuses_to_start_and_says_which(home, monkeypatch):
+    monkeypatch.setenv("OMNID_SWEEP_INTERVAL", "0")
+    refusal = Refusal(home)
+    assert "OMNID_SWEEP_INTERVAL" in refusal.stderr and "positive number of seconds" in refusal.stderr
+    refusal.assert_clean()

@@ -913,6 +913,11 @@ class DaemonStatus(Struct):
     """Why the daemon did not restart into a changed installed package, if it did not."""
     set_aside: list[str] = []
     """Files of a corrupt database this daemon found at start and moved aside (kept)."""
+    pidfd_watches: int | None = None
+    """Owner processes whose exit is an event (one pidfd each); the other watched processes
+    are checked by the periodic sweep. None where exit watches cost no file descriptor."""
+    pidfd_budget: int | None = None
+    """Most pidfds the daemon spends on owners (see ``PIDFD_SHARE``); None: no limit."""
 
 
 class Method(Struct, frozen=True):
