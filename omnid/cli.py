@@ -218,6 +218,19 @@ def _watching(st: DaemonStatus) -> str:
     return text
 
 
+def _storage(st: DaemonStatus) -> str | None:
+    if st.database_used_bytes is None:
+        return None  # an older daemon
+    used = f"{st.database_used_bytes} bytes used"
+    if st.database_quota:
+        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
+    else:
+        used += " (no quota)"
+    if st.storage_error:
+        used += f"; WRITES REFUSED: {st.storage_error}"
+    return used
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -243,6 +256,7 @@ def print_status(st: DaemonStatus) -> None:
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
         ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),

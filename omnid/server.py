@@ -711,6 +711,7 @@ class Daemon:
         self.store = self.open_store()
         self.live_sessions = q.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
+        self.store.max_bytes = settings.max_database_bytes
         self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=_pidfd_budget(fd_limit))
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
@@ -736,7 +737,9 @@ class Daemon:
             self.loop.add_signal_handler(sig, self._stop_signal, sig)
         if hasattr(signal, "SIGHUP"):
             self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
-        self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
+        self.reaper.periodic += [
+            self.check_config_file, self.check_socket, self.check_package, self.idle.run, self.check_database,
+        ]
         self.check_config_file()  # changed since it was read, before the watch was armed?
         self.write_status_file()
         log.info(
@@ -918,12 +921,21 @@ class Daemon:
             self.reaper.set_interval(new.sweep_interval)
         if new.durability != old.durability:
             self.store.set_durability(new.durability)
+        if new.max_database_bytes != old.max_database_bytes:
+            self.store.max_bytes = new.max_database_bytes
         if new.log_level != old.log_level and not self.log_level_fixed:
             logs.set_level(new.log_level)
         if new.idle_expiry != old.idle_expiry:
             self.idle.configure(new.idle_expiry)
         if new.retention != old.retention and self._retention_override is None:
             self.archiver.reschedule()
+
+    # -- the database file ---------------------------------------------------------------
+
+    def check_database(self) -> None:
+        """Housekeeping: is the database file still the one open, and how full is it? (Also
+        looked at before each commit, at most once a second.)"""
+        self.store.check(force=True)
 
     # -- the socket ---------------------------------------------------------------------
 
@@ -1059,6 +1071,9 @@ class Daemon:
             watched_processes=len(self.reaper.owners),
             pidfd_watches=self.reaper.watcher.fds if self.reaper.mode == "pidfd" else None,
             pidfd_budget=self.reaper.watcher.max_fds,
+            database_used_bytes=self.store.used_bytes,
+            database_quota=self.store.max_bytes or None,
+            storage_error=str(refusal) if (refusal := self.store.refusal(grows=True)) is not None else None,
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),

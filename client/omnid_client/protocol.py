@@ -874,6 +874,9 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_database_bytes: Annotated[int, Meta(ge=0, le=2**50)] = 2 * 1024**3
+    """The storage quota: past this many bytes of used database pages, writes that add data
+    fail with a StorageError (reason "quota"); reads, ends and deletions go on. 0 = none."""
 
 
 class DaemonStatus(Struct):
@@ -918,6 +921,12 @@ class DaemonStatus(Struct):
     are checked by the periodic sweep. None where exit watches cost no file descriptor."""
     pidfd_budget: int | None = None
     """Most pidfds the daemon spends on owners (see ``PIDFD_SHARE``); None: no limit."""
+    database_used_bytes: int | None = None
+    """Bytes of database pages in use (free pages not counted): what the quota limits."""
+    database_quota: int | None = None
+    """The storage quota in bytes (``max_database_bytes``); None: no quota."""
+    storage_error: str | None = None
+    """Why writes are refused right now (over the quota, database file gone), if they are."""
 
 
 class Method(Struct, frozen=True):
