@@ -223,8 +223,9 @@ def test_writes_stop_within_a_second_of_the_database_file_being_deleted(home, da
                 acked.append((c.add_message(before, "user", f"m{len(acked)}"), time.monotonic()))
         refused_at = time.monotonic()
         assert refused.value.reason == "database_gone" and "deleted" in str(refused.value), refused.value
-        # Writes acknowledged after the file went are lost (it is gone): only within the window.
-        assert all(at - gone_at <= DETECTION_WINDOW + 0.5 for _, at in acked), refused_at - gone_at
+        # Writes acknowledged after the file went are lost with it: only within the window
+        # (timed here, as each reply came back, so with a second of slack for a loaded machine).
+        assert all(at - gone_at <= DETECTION_WINDOW + 1.0 for _, at in acked), refused_at - gone_at
 
         for attempt in (
             lambda: c.add_message(before, "user", "refused"),
