@@ -27,6 +27,12 @@ RETRY_MIN = 1.0
 """Seconds before the first retry to end dead owners' sessions after a failed commit (doubling)."""
 
 
+def _running(identity: ProcessIdentity) -> bool:
+    """That process still runs (a look at /proc), for owners left to the sweep."""
+    info = inspect(identity.pid)
+    return info is not None and same_process(identity, info.identity)
+
+
 class PidfdWatcher:
     """Linux: one pidfd per owner process, readable once that process has exited; at most
     ``max_fds`` of them, so owners cannot starve connections and the store of file
@@ -68,16 +74,14 @@ class PidfdWatcher:
                     "limit leaves room for; the exits of further owners are found by the periodic sweep",
                     len(self._fds),
                 )
-            info = inspect(identity.pid)
-            return info is not None and info.identity == identity
+            return _running(identity)
         try:
             fd = os.pidfd_open(identity.pid)
         except ProcessLookupError:
             return False
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
             log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
-            info = inspect(identity.pid)
-            return info is not None and same_process(identity, info.identity)
+            return _running(identity)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
         if info is None or not same_process(identity, info.identity):
