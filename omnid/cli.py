@@ -210,6 +210,27 @@ def _seconds(value: float, zero: str) -> str:
     return zero if value == 0 else f"{value:g}s"
 
 
+def _watching(st: DaemonStatus) -> str:
+    text = f"{st.watched_processes} process(es) via {st.watcher}"
+    swept = st.watched_processes - (st.pidfd_watches or 0)
+    if st.pidfd_watches is not None and swept > 0:
+        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
+    return text
+
+
+def _storage(st: DaemonStatus) -> str | None:
+    if st.database_used_bytes is None:
+        return None  # an older daemon
+    used = f"{st.database_used_bytes} bytes used"
+    if st.database_quota:
+        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
+    else:
+        used += " (no quota)"
+    if st.storage_error:
+        used += f"; WRITES REFUSED: {st.storage_error}"
+    return used
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -235,13 +256,14 @@ def print_status(st: DaemonStatus) -> None:
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
         ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
-        ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
+        ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]

@@ -142,6 +142,9 @@ class Archiver:
             return
         self._last_run = time.monotonic()
         try:
+            # Not into a database file that is gone: the archive would get the same sessions
+            # again on every retry, as their deletion can never commit.
+            self.store.ensure_writable(grows=False)
             with self.store.write():
                 result = self.run(trigger="timer")
         except Exception as e:

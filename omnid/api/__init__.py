@@ -58,15 +58,21 @@ class Caller:
 
 
 Handler = Callable[[Caller, Any], Any]
-_ROUTES: dict[str, tuple[Handler, msgspec.msgpack.Decoder, bool]] = {}
-"""method -> (handler, parameter decoder, writes): one lookup per request."""
+_ROUTES: dict[str, tuple[Handler, msgspec.msgpack.Decoder, bool, bool]] = {}
+"""method -> (handler, parameter decoder, writes, grows): one lookup per request."""
+
+SHRINKING = frozenset({
+    "session.heartbeat", "session.end", "daemon.reap", "memory.get", "memory.delete",
+    "maintenance.cleanup_orphans", "maintenance.retention",
+})
+"""Writes that add no data (or free some), so the storage quota never refuses them."""
 
 
 def handles(method: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         assert method in METHODS, method
         spec = METHODS[method]
-        _ROUTES[method] = (fn, msgspec.msgpack.Decoder(spec.params), spec.writes)
+        _ROUTES[method] = (fn, msgspec.msgpack.Decoder(spec.params), spec.writes, method not in SHRINKING)
         return fn
 
     return register
@@ -91,7 +97,7 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
             )
         err: OmnidError = Unsupported(message, {"method": request.method, "daemon_version": __version__})
         return ResponseFrame(request.id, error=error_info(err))
-    handler, decoder, writes = route
+    handler, decoder, writes, grows = route
     try:
         params = decoder.decode(request.params)
     except msgspec.ValidationError as e:
@@ -103,6 +109,7 @@ def dispatch(caller: Caller, request: IncomingRequest) -> ResponseFrame:
     store = caller.daemon.store
     try:
         if writes:
+            store.ensure_writable(grows=grows, adding=len(request.params))
             with store.write():
                 result = handler(caller, params)
         else:
