@@ -225,6 +225,9 @@ class Connection(asyncio.Protocol):
         store = self.daemon.store
         writes_before = store.writes
         response = api.dispatch(caller, request)
+        if isinstance(response, asyncio.Future):  # it replies once its background work is done
+            response.add_done_callback(lambda done: done.cancelled() or self.send(done.result()))
+            return
         if not store.in_transaction:
             self.send(response)
             return
