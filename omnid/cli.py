@@ -1081,10 +1081,12 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     records, report = omnimemory.read(path)
     with transfer_client() as client:
         result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
-    if as_json:
-        print_json({"source": report.as_dict(), "import": result})
-        return
     source = report.as_dict()
+    for warning in source["warnings"]:
+        click.echo(f"omnid: warning: {warning}", err=True)
+    if as_json:
+        print_json({"source": source, "import": result})
+        return
     click.echo("read: " + (", ".join(f"{n} {table} row(s)" for table, n in source["tables"].items()) or "no tables"))
     for what in ("sessions", "context", "memories"):
         entry = dict(source[what])
