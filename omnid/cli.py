@@ -1038,6 +1038,8 @@ def export_command(output, force, session_ids, project_ids, since, as_json) -> N
 
 
 def print_import(result: Any, source: dict | None = None) -> None:
+    from .identity import GONE
+
     verb = "would import" if result.dry_run else "imported"
     rows = []
     for kind, c in result.records.items():
@@ -1049,6 +1051,9 @@ def print_import(result: Any, source: dict | None = None) -> None:
         click.echo("no records")
     if result.reaped:
         click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {'would be' if result.dry_run else 'were'} ended as reaped")
+        for session_id, why in result.why.items():
+            if why not in GONE:
+                click.echo(f"  {session_id}: {why}")
 
 
 @main.command("import")

@@ -15,7 +15,7 @@ from typing import Callable
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive
+from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive, same_process
 from .store import Store
 from .store import sessions as q
 
@@ -46,10 +46,10 @@ class PidfdWatcher:
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
             log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
             info = inspect(identity.pid)
-            return info is not None and info.identity == identity
+            return info is not None and same_process(identity, info.identity)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
-        if info is None or info.identity != identity:
+        if info is None or not same_process(identity, info.identity):
             os.close(fd)
             return False
         self._fds[identity] = fd
@@ -97,7 +97,7 @@ class KqueueWatcher:
         except ProcessLookupError:
             return False
         info = inspect(identity.pid)
-        if info is None or info.identity != identity:
+        if info is None or not same_process(identity, info.identity):
             self.unwatch(identity)
             return False
         self._by_pid[identity.pid] = identity

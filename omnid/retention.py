@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterable, Mapping, Type
 from omnid_client.errors import Invalid, StorageError
 from omnid_client.protocol import Record, RetentionResult, RetentionRun, RetentionStatus
 
+from . import clock
 from .store import Store
 from .store import search as search_store
 from .store import tasks as task_store
@@ -175,13 +176,13 @@ class Archiver:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(delay, self._fire)
-        self.next_run = time.time() + delay
+        self.next_run = clock.wall() + delay
 
     def _next_delay(self) -> float:
         age = self.age() or 0.0
         oldest = self.store.db.execute("SELECT min(ended_at) FROM sessions WHERE ended_at IS NOT NULL").fetchone()[0]
-        due = oldest + age if oldest is not None else time.time() + age
-        wait = max(due - time.time(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
+        due = oldest + age if oldest is not None else clock.wall() + age
+        wait = max(due - clock.wall(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
         return min(wait, max(MAX_SLEEP, MIN_INTERVAL))
 
     def _fire(self) -> None:
@@ -337,7 +338,7 @@ class Archiver:
         return Path(archive)
 
     def _record(self, trigger: str, cutoff: float, deleted: int, target: Path | None, error: str | None) -> None:
-        self.last_run = RetentionRun(time.time(), trigger, cutoff, deleted, str(target) if target else None, error)  # type: ignore[arg-type]
+        self.last_run = RetentionRun(clock.wall(), trigger, cutoff, deleted, str(target) if target else None, error)  # type: ignore[arg-type]
         before = datetime.fromtimestamp(cutoff).astimezone().isoformat(timespec="seconds")
         if error is not None:
             self.failures += 1

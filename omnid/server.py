@@ -47,8 +47,8 @@ from omnid_client.protocol import (
     version_note,
 )
 
-from . import __version__, api, logs, systemd, upgrade
-from .config import Config, config_path
+from . import __version__, api, clock, logs, systemd, upgrade
+from .config import Config, config_path, describe
 from .expiry import Expirer
 from .idle import IdleExpiry
 from .reaper import Reaper
@@ -75,6 +75,11 @@ LISTEN_BACKLOG = 4096
 """Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
 FD_RESERVE = 32
 """File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+"""Signals whose default action would end the daemon: each stops it gracefully, logged by
+name. SIGHUP rereads the config file instead (the daemon convention)."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -452,7 +457,8 @@ class Daemon:
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
         self.timeouts = timeouts
-        self.started_at = time.time()
+        self.started_at = clock.wall()
+        self._started_mono = time.monotonic()
         self.connections: set[Connection] = set()
         self.client_versions_seen: set[str] = set()
         self.set_aside: list[str] = []
@@ -480,6 +486,9 @@ class Daemon:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._fingerprint: tuple = ()
+        self.snapshot: Path | None = None
+        """A copy of the running code, for a failed upgrade to fall back to."""
+        self._snapshotting: asyncio.Future | None = None
         self._rejected_fingerprint: tuple | None = None
         self._preflight: asyncio.Task | None = None
         self._package_names: set[str] = set()
@@ -587,8 +596,17 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         _raise_fd_limit()
+        imported = upgrade.files_stamp()
         upgrade.import_everything()
         self._fingerprint = upgrade.fingerprint()
+        failure = upgrade.take_failure()
+        if failure is not None:
+            # Until the installed package changes again, this (old) code is what runs.
+            self.upgrade_error = (
+                f"the upgraded package ({upgrade.installed_version()}) failed before it was ready: {failure}; "
+                f"running the previous code ({__version__}) from {upgrade.running_snapshot()}"
+            )
+            log.error("%s", self.upgrade_error)
         # Watch before anything can be seen from outside, so no change made once a client
         # can connect goes unnoticed.
         self.watcher = DirWatcher(self.loop)
@@ -618,8 +636,10 @@ class Daemon:
             self._listener = self.bind()
         self.listener = Listener(self, self._listener)
         self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self._stop_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
         self.check_config_file()  # changed since it was read, before the watch was armed?
         self.write_status_file()
@@ -638,6 +658,10 @@ class Daemon:
             )
         self.archiver.start()
         on_ready()
+        # Only now: a copy taken before it is ready would be the code a failed start falls back to.
+        self._snapshotting = self.loop.run_in_executor(
+            None, upgrade.keep_snapshot, self.paths.state_dir, imported
+        )
         systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
         self._arm_watchdog()
         await self._stopped.wait()
@@ -657,6 +681,17 @@ class Daemon:
             )
         return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
 
+    def _stop_signal(self, sig: int) -> None:
+        log.warning("received %s: stopping", signal.Signals(sig).name)
+        self.request_stop(f"signal {signal.Signals(sig).name}")
+
+    def _reload_signal(self) -> None:
+        """SIGHUP, as for most daemons: read the config file again (never stop)."""
+        log.info("received SIGHUP: rereading the config file %s", self.config.path)
+        self.reload_config()
+        if self.config.error is None:
+            log.info("settings in force: %s", describe(self.settings))
+
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
@@ -664,6 +699,11 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._snapshotting is not None:
+            try:
+                self.snapshot = await self._snapshotting
+            except Exception:
+                log.exception("keeping a copy of the running code failed")
         if self.restart_requested:
             systemd.notify("RELOADING=1", "STATUS=restarting into the upgraded package")
             assert self._listener is not None
@@ -907,13 +947,12 @@ class Daemon:
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()
-        now = time.time()
         return DaemonStatus(
             pid=os.getpid(),
             version=__version__,
             protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             started_at=self.started_at,
-            uptime=now - self.started_at,
+            uptime=time.monotonic() - self._started_mono,  # a wall-clock jump does not change it
             home=str(self.paths.state_dir),
             socket=str(self.paths.socket),
             database=str(self.paths.database),
@@ -986,6 +1025,10 @@ def run(
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
+    if hasattr(signal, "SIGHUP"):
+        # Until the event loop handles it (a config reload), a SIGHUP must not kill the
+        # daemon silently; the file is read during startup anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handover = upgrade.take_handover()
     inherited = systemd.listen_fds()
     config = Config(config_path())
@@ -1028,7 +1071,7 @@ def run(
         return 1
     if daemon.restart_requested and daemon.handover_socket is not None:
         owner = "systemd" if daemon.socket_inherited else "own"
-        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv)
+        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv, daemon.snapshot)
     return 0
 
 

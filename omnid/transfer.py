@@ -255,6 +255,7 @@ def merge(total: ImportResult, result: ImportResult) -> None:
         for reason, n in counts.skipped.items():
             into.skipped[reason] = into.skipped.get(reason, 0) + n
     total.reaped.extend(result.reaped)
+    total.why.update(result.why)
 
 
 def import_file(client: Any, path: Path, *, dry_run: bool = False) -> ImportResult:

@@ -71,7 +71,7 @@ def _create(caller: Caller, p: GetOrCreate, owner: ProcessIdentity, now: float) 
         last_activity=now,
         project_id=project_id,
     )
-    q.insert(db, session, dedup=p.dedup)
+    q.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     daemon.reaper.track(session.session_id, owner)
     return session
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
+from .. import clock
 from ..safefile import check_existing, os_message
 from . import search
 from .migrations import LATEST, MIGRATIONS, apply
@@ -25,6 +26,8 @@ from .migrations import LATEST, MIGRATIONS, apply
 log = logging.getLogger("omnid.store")
 
 CommitWaiter = Callable[[Exception | None], None]
+CLOCK_STEP_BACK = 1.0
+"""Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
 """Longest a coalesced last_activity bump waits for a commit, in seconds."""
 
@@ -138,9 +141,18 @@ class Store:
     # -- time --------------------------------------------------------------------
 
     def now(self) -> float:
-        """UTC epoch seconds, strictly increasing within this daemon (sub-ms precision)."""
-        self._last_now = max(time.time(), self._last_now + 1e-6)
-        return self._last_now
+        """UTC epoch seconds from the wall clock, strictly increasing within this daemon
+        (sub-ms precision) except across a jump back of ``CLOCK_STEP_BACK`` or more: then
+        timestamps follow the clock again at once, rather than stand still until it
+        catches up."""
+        t = clock.wall()
+        if t <= self._last_now:
+            if self._last_now - t < CLOCK_STEP_BACK:
+                t = self._last_now + 1e-6
+            else:
+                log.warning("the wall clock went back %.3fs; timestamps follow it", self._last_now - t)
+        self._last_now = t
+        return t
 
     # -- transactions ------------------------------------------------------------
 
