@@ -3,6 +3,7 @@ as a table for people or as JSON (``--json``) for programs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
 from omnid_client.protocol import DaemonStatus, ReapResult, Session, Settings, version_note
 
 from . import __version__
+from .safefile import atomic_write, os_message
 
 EXIT_NOT_RUNNING = 3
 
@@ -33,12 +35,14 @@ def fail_cleanly(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OmnidError as e:
-            code = getattr(e, "code", type(e).__name__.lower())
+        except (OmnidError, OSError) as e:
+            # An OSError no command turned into its own error still gets one clean line.
+            code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
+            message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
             if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": {"code": code, "message": str(e)}}))
+                click.echo(json.dumps({"error": {"code": code, "message": message}}))
             else:
-                click.echo(f"omnid: {code}: {e}", err=True)
+                click.echo(f"omnid: {code}: {message}", err=True)
             sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
 
     return wrapper
@@ -139,9 +143,17 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
     paths = daemon_paths()
     if log_file is not None:
         log_file = log_file.absolute()
-    if detach:
-        _detach(log_file)
-    target = logs.configure(log_file, log_level or "info")
+    try:
+        if detach:
+            _detach(log_file)
+        target = logs.configure(log_file, log_level or "info")
+    except OSError as e:
+        why = f"cannot use the log file {log_file}: {os_message(e)}"
+        click.echo(f"omnid: cannot start: {why}", err=True)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error {why}\n".encode())
+        sys.exit(1)
     restart = [sys.executable, "-m", "omnid", "serve"]
     if log_file is not None:
         restart += ["--log-file", str(log_file)]
@@ -157,6 +169,9 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
 
 def _detach(log_file: Path | None) -> None:
     """Double fork so the daemon is no child of whoever started it and has no terminal."""
+    from .logs import open_log
+
+    err = open_log(log_file) if log_file is not None else -1  # before forking: its error is the caller's
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -165,12 +180,9 @@ def _detach(log_file: Path | None) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    if log_file is not None:
-        err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(err, 2)
+    os.dup2(err if err >= 0 else devnull, 2)
+    if err >= 0:
         os.close(err)
-    else:
-        os.dup2(devnull, 2)
     os.close(devnull)
 
 
@@ -1032,21 +1044,14 @@ def export_command(output, force, session_ids, project_ids, since, as_json) -> N
         sys.stdout.buffer.flush()
     else:
         output = output.absolute()
-        if output.exists() and not force:
-            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists")
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
         try:
             # The export holds every message: readable by its owner alone, like the database.
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
-                counts = transfer.export(database, f, **filters)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
+            with atomic_write(output, overwrite=force) as pending:
+                counts = transfer.export(database, pending.file, **filters)
+        except FileExistsError:
+            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
         except OSError as e:
-            raise transfer.TransferError(f"cannot write {output}: {e}", "io") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     if as_json:
         print_json({"path": str(output), "records": counts})
     else:
@@ -1103,10 +1108,12 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     records, report = omnimemory.read(path)
     with transfer_client() as client:
         result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
-    if as_json:
-        print_json({"source": report.as_dict(), "import": result})
-        return
     source = report.as_dict()
+    for warning in source["warnings"]:
+        click.echo(f"omnid: warning: {warning}", err=True)
+    if as_json:
+        print_json({"source": source, "import": result})
+        return
     click.echo("read: " + (", ".join(f"{n} {table} row(s)" for table, n in source["tables"].items()) or "no tables"))
     for what in ("sessions", "context", "memories"):
         entry = dict(source[what])

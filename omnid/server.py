@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import resource
@@ -31,7 +32,6 @@ from omnid_client.paths import (
     check_socket_path,
     ensure_private_dir,
     read_status_file,
-    write_json_atomic,
 )
 from omnid_client.protocol import (
     HEADER,
@@ -53,6 +53,7 @@ from .expiry import Expirer
 from .idle import IdleExpiry
 from .reaper import Reaper
 from .retention import Archiver, retention_from_env
+from .safefile import atomic_write, open_private, os_message
 from .store import CorruptDatabase, Store, StoreError, set_aside
 from .store import sessions as q
 from .watch import DirWatcher
@@ -310,6 +311,9 @@ class Connection(asyncio.Protocol):
         store = self.daemon.store
         writes_before = store.writes
         response = api.dispatch(caller, request)
+        if isinstance(response, asyncio.Future):  # it replies once its background work is done
+            response.add_done_callback(lambda done: done.cancelled() or self.send(done.result()))
+            return
         if not store.in_transaction:
             self.send(response)
             return
@@ -613,7 +617,10 @@ class Daemon:
 
     def acquire_lock(self) -> None:
         ensure_private_dir(self.paths.state_dir)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_private(self.paths.lock, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise StartupError(f"cannot open the lock file {self.paths.lock}: {os_message(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1036,20 +1043,22 @@ class Daemon:
     # -- status --------------------------------------------------------------------
 
     def write_status_file(self) -> None:
-        write_json_atomic(
-            self.paths.status_file,
-            {
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
-                "socket": str(self.paths.socket),
-                "database": str(self.paths.database),
-                "log": str(self.log_path) if self.log_path else None,
-                "log_target": self.log_target,
-                "config": str(self.config.path),
-                "started_at": self.started_at,
-            },
-        )
+        status = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            "socket": str(self.paths.socket),
+            "database": str(self.paths.database),
+            "log": str(self.log_path) if self.log_path else None,
+            "log_target": self.log_target,
+            "config": str(self.config.path),
+            "started_at": self.started_at,
+        }
+        try:
+            with atomic_write(self.paths.status_file, owned=True) as pending:
+                pending.file.write(json.dumps(status, indent=2).encode() + b"\n")
+        except OSError as e:
+            raise StartupError(f"cannot write the status file {self.paths.status_file}: {os_message(e)}") from None
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from omnid_client.errors import StorageError
 
 from .. import clock
+from ..safefile import check_existing, os_message
 from . import search
 from .migrations import LATEST, MIGRATIONS, apply
 
@@ -109,6 +110,12 @@ class Store:
         self.check(force=True)
 
     def _open(self) -> sqlite3.Connection:
+        try:
+            # SQLite follows links: a planted one must not make it write someone else's file.
+            for suffix in ("-wal", "-shm", ""):
+                check_existing(f"{self.path}{suffix}")
+        except OSError as e:
+            raise StoreError(f"cannot open database: {os_message(e)}") from None
         if self.path.exists():
             self._inspect()
         try:
