@@ -196,7 +196,7 @@ def test_backup_while_the_daemon_writes_is_complete_and_intact(daemon, client, h
     assert query(copy, "SELECT seq FROM messages ORDER BY seq") == [(n,) for n in range(1, messages + 1)]
     assert query(copy, "SELECT message_count FROM sessions")[0][0] == messages  # one snapshot: counters match rows
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_backup_refuses_an_existing_file_unless_forced(daemon, client, home, tmp_path):
@@ -236,7 +236,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     first = tmp_path / "first.jsonl"
     summary = ok_json("export", "-o", str(first))
     assert oct(first.stat().st_mode & 0o777) == oct(0o600)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     stats_before = client.stats()
 
     records = decode_all(first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from omnid_client.errors import Invalid, NotFound, RemoteError
@@ -81,9 +82,10 @@ def _unbindable(caller: Caller, owner: ProcessIdentity | None) -> str | None:
 
 
 @handles("maintenance.retention")
-def run_retention(ctx: Context, caller: Caller, p: RunRetention) -> RetentionResult:
-    return ctx.archiver.run(
-        trigger="manual",
+def run_retention(ctx: Context, caller: Caller, p: RunRetention) -> RetentionResult | asyncio.Task[RetentionResult]:
+    """A dry run answers at once; a real run writes its archive off the event loop, and
+    answers when it is done."""
+    return ctx.archiver.request(
         older_than=p.older_than,
         archive=p.archive,
         purge=p.purge,

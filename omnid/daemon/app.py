@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from omnid_client.paths import LAUNCHD_LABEL, Paths, write_json_atomic
+from omnid_client.paths import LAUNCHD_LABEL, Paths
 from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, Settings
 
 from .. import __version__, api, clock
@@ -24,13 +25,14 @@ from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
+from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store, set_aside
 from ..store import sessions as session_store
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
-from .instance import Instance
-from .listener import Listener
+from .instance import Instance, StartupError
+from .listener import Listener, pidfd_budget
 
 log = logging.getLogger("omnid.server")
 
@@ -98,6 +100,10 @@ class App:
         return self.config.settings
 
     @property
+    def sweep_interval(self) -> float:
+        return self.timeouts.sweep or self.settings.sweep_interval
+
+    @property
     def retention(self) -> float | None:
         """Seconds after which ended sessions are archived and deleted; None: kept forever."""
         if self._retention_override is not None or self._retention_warning:
@@ -116,12 +122,13 @@ class App:
     async def serve(self, on_ready: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        _raise_fd_limit()
+        fd_limit = _raise_fd_limit()
         imported = upgrade.files_stamp()
         upgrade.import_everything()
         self.housekeeping = Housekeeping(
             self.loop, self.instance, self.config,
             log_level_fixed=self.log_level_fixed, retention_fixed=self._retention_override is not None,
+            sweep_fixed=self.timeouts.sweep is not None,
             serve_on=self._serve_on, stop=self.request_stop,
         )
         failure = upgrade.take_failure()
@@ -139,7 +146,8 @@ class App:
         self.store = self.open_store()
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
-        self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
+        self.store.guard.max_bytes = settings.max_database_bytes
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=pidfd_budget(fd_limit))
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -157,7 +165,8 @@ class App:
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         self.context = api.Context(
-            self.store, self.reaper, self.live_sessions, self.expirer, self.archiver, self.status, self.request_stop
+            self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
+            self.status, self.request_stop,
         )
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
         if self.instance.listening_socket is None:
@@ -273,20 +282,22 @@ class App:
         return None
 
     def write_status_file(self) -> None:
-        write_json_atomic(
-            self.paths.status_file,
-            {
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
-                "socket": str(self.paths.socket),
-                "database": str(self.paths.database),
-                "log": str(self.log_path) if self.log_path else None,
-                "log_target": self.log_target,
-                "config": str(self.config.path),
-                "started_at": self.started_at,
-            },
-        )
+        status = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            "socket": str(self.paths.socket),
+            "database": str(self.paths.database),
+            "log": str(self.log_path) if self.log_path else None,
+            "log_target": self.log_target,
+            "config": str(self.config.path),
+            "started_at": self.started_at,
+        }
+        try:
+            with atomic_write(self.paths.status_file, owned=True) as pending:
+                pending.file.write(json.dumps(status, indent=2).encode() + b"\n")
+        except OSError as e:
+            raise StartupError(f"cannot write the status file {self.paths.status_file}: {os_message(e)}") from None
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()
@@ -306,6 +317,11 @@ class App:
             watcher=self.reaper.mode,
             live_sessions=session_store.count_live(self.store.db),
             watched_processes=len(self.reaper.owners),
+            pidfd_watches=self.reaper.watcher.fds if self.reaper.mode == "pidfd" else None,
+            pidfd_budget=self.reaper.watcher.max_fds,
+            database_used_bytes=self.store.guard.used_bytes,
+            database_quota=self.store.guard.max_bytes or None,
+            storage_error=str(refusal) if (refusal := self.store.guard.refusal(grows=True)) is not None else None,
             connections=len(self.state.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),
@@ -323,9 +339,12 @@ class App:
         )
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (as far as allowed); returns the
+    soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
+    if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
