@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import accepts, wait_for
 from omnid_client import Client
+from tests.helpers import accepts, wait_for
 
 
 def inode(path) -> int:
@@ -101,7 +101,7 @@ def context_switches(pid: int) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc to count context switches")
 def test_an_idle_daemon_does_not_wake_up(home, spawn_owner):
     (home / "config.toml").write_text("idle_expiry = 3600\n")  # the config watch is armed too
-    from conftest import DaemonProcess
+    from tests.helpers import DaemonProcess
 
     d = DaemonProcess(home).start()
     try:

@@ -23,12 +23,11 @@ from typing import Iterator
 
 import psutil
 import pytest
-from conftest import DaemonProcess, wait_for, started_daemons
-from test_daemon import Wire, hello, request
 
 from omnid_client import StorageError
 from omnid_client._core import result_of
 from omnid_client.protocol import FindResult, Session
+from tests.helpers import DaemonProcess, Wire, hello, request, started_daemons, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, wait_for, run_omnid as omnid
+
 from omnid.identity import inspect
 from omnid_client import Client
+from tests.helpers import DaemonProcess, run_omnid, wait_for
 
 
 def write_config(home: Path, text: str, *, replace: bool = False) -> None:
@@ -89,11 +90,11 @@ def test_an_invalid_file_keeps_the_settings_in_force_and_status_says_why(home):
             assert str(home / "config.toml") in st.config_error
             assert st.settings.idle_expiry == 600 and st.settings.sweep_interval == 60, "the old settings stay"
 
-        shown = omnid("status")
+        shown = run_omnid("status")
         assert shown.returncode == 0
         assert "INVALID" in shown.stdout and "previous settings kept" in shown.stdout
         assert "config file is invalid" in shown.stderr
-        as_json = omnid("status", "--json")
+        as_json = run_omnid("status", "--json")
         assert '"config_state": "invalid"' in as_json.stdout
 
         write_config(home, "idle_expiry = 60\n")
@@ -118,15 +119,15 @@ def test_an_invalid_file_at_start_means_defaults_not_a_refusal(home):
 def test_config_check_validates_a_file_without_a_daemon(home, tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('durability = "full"\n')
-    r = omnid("config", "check", str(good))
+    r = run_omnid("config", "check", str(good))
     assert r.returncode == 0 and 'durability = "full"' in r.stdout
 
     bad = tmp_path / "bad.toml"
     bad.write_text("sweep_interval = 1\n")
-    r = omnid("config", "check", str(bad))
+    r = run_omnid("config", "check", str(bad))
     assert r.returncode == 1 and "sweep_interval" in r.stderr and str(bad) in r.stderr
 
-    r = omnid("config", "check")  # the daemon's own file, absent here
+    r = run_omnid("config", "check")  # the daemon's own file, absent here
     assert r.returncode == 0 and str(home / "config.toml") in r.stdout and "defaults" in r.stdout
 
 
@@ -224,7 +225,7 @@ def test_the_log_file_is_rotated_and_status_says_where_it_is(home):
         st = status()
         assert st.log == str(log_file)
         assert st.log_target == f"file {log_file} (rotated at {MAX_BYTES // 2**20} MiB, {BACKUPS} kept)"
-        shown = omnid("status")
+        shown = run_omnid("status")
         assert f"log:            file {log_file}" in shown.stdout
         assert (home / "omnid.log.1").stat().st_size >= MAX_BYTES - 10
         assert log_file.stat().st_size < 100_000 and "serving" in d.log_text()

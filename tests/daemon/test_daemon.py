@@ -24,120 +24,54 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import msgspec
 import pytest
 
 import omnid
-from conftest import DaemonProcess, accepts, gone, omnid_daemons, wait_for
 from omnid.daemon.connection import HANDSHAKE_TIMEOUT
 from omnid.store.migrations import LATEST
 from omnid_client import Client, OmnidError, Unavailable
-from omnid_client._core import hello_frame, parse_response, result_of
-from omnid_client.protocol import MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, FindResult, GetOrCreateResult
-
-NOBODY = 65534
-SERVE = [sys.executable, "-m", "omnid", "serve"]
-
+from omnid_client._core import hello_frame, result_of
+from omnid_client.protocol import MAX_FRAME, FindResult, GetOrCreateResult
+from tests.helpers import (
+    NOBODY,
+    SERVE,
+    DaemonProcess,
+    Refusal,
+    Wire,
+    accepts,
+    as_nobody,
+    assert_serving,
+    error_of,
+    frame,
+    gone,
+    hello,
+    mode,
+    nested_arrays,
+    omnid_daemons,
+    request,
+    wait_for,
+)
 
 # --- raw wire ----------------------------------------------------------------------
 
 
-def frame(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
 
 
-def request(request_id: int, method: str, params: Any = None) -> bytes:
-    body = {"id": request_id, "method": method, "params": {} if params is None else params}
-    return frame(msgspec.msgpack.encode(body))
 
 
-def hello(major: int = PROTOCOL_MAJOR, minor: int = PROTOCOL_MINOR, request_id: int = 0) -> bytes:
-    params = {"proto_major": major, "proto_minor": minor, "client_version": "test", "client_name": "raw"}
-    return request(request_id, "hello", params)
 
 
-def nested_arrays(depth: int) -> msgspec.Raw:
-    """``depth`` arrays, each holding the next, around a nil: too deep for any decoder's recursion."""
-    return msgspec.Raw(b"\x91" * depth + b"\xc0")
 
 
-class Wire:
-    """One raw connection: bytes out, decoded reply frames in, no client-library logic."""
-
-    def __init__(self, path: Path, timeout: float = 10.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(os.fspath(path))
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def __enter__(self) -> "Wire":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        # The daemon may close before reading everything; its last reply is still readable.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.sock.sendall(data)
-
-    def end_writing(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-
-    def reply(self):
-        """The next reply, or None once the daemon has closed the connection."""
-        header = self._recv_exact(4)
-        if header is None:
-            return None
-        (length,) = struct.unpack(">I", header)
-        payload = self._recv_exact(length)
-        assert payload is not None, "the daemon closed the connection in the middle of a frame"
-        return parse_response(payload)
-
-    def replies_until_closed(self) -> list:
-        """Every reply until the daemon closes (raises socket.timeout if it never does)."""
-        replies = []
-        while (resp := self.reply()) is not None:
-            replies.append(resp)
-        return replies
-
-    def _recv_exact(self, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            try:
-                chunk = self.sock.recv(n - len(buf))
-            except ConnectionResetError:  # closed with our unread bytes still queued
-                chunk = b""
-            if not chunk:
-                assert not buf, f"connection closed after {len(buf)} of {n} bytes"
-                return None
-            buf += chunk
-        return buf
 
 
-def error_of(resp) -> tuple[str, str]:
-    assert resp is not None, "expected an error reply, but the connection was closed without one"
-    assert resp.error is not None, f"expected an error reply, got a result {bytes(resp.result)!r}"
-    return resp.error.code, resp.error.message
 
 
 # --- daemons and processes -----------------------------------------------------------
 
 
-def assert_serving(d: DaemonProcess, *, other_clients: int = 0) -> None:
-    """The daemon is alive, answers a new client, and holds no connection but that one
-    and ``other_clients`` the test keeps open (finished raw connections were dropped)."""
-    assert d.running, f"daemon exited with {d.proc.returncode}\n{d.log_text()}"
-    with d.client() as c:
-        assert c.status().pid == d.pid
-        expected = 1 + other_clients
-        wait_for(lambda: c.status().connections == expected, what="the daemon to drop finished connections")
 
 
 @pytest.fixture(autouse=True)
@@ -145,55 +79,10 @@ def _no_stray_daemons(no_stray_daemons) -> None:
     """For every test here."""
 
 
-class Refusal:
-    """What ``omnid serve`` said when it refused to start."""
-
-    def __init__(self, home: Path):
-        log = home / "refused.log"
-        proc = subprocess.run(
-            [*SERVE, "--log-file", str(log)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
-        )
-        self.stderr = proc.stderr
-        self.log = log.read_text() if log.exists() else ""
-        assert proc.returncode != 0, f"omnid serve started (status 0)\nstderr:\n{self.stderr}\nlog:\n{self.log}"
-        assert self.stderr.strip(), "omnid serve refused without saying why"
-
-    def assert_clean(self) -> None:
-        """An expected refusal is one clear line, not a crash report."""
-        assert "Traceback" not in self.stderr, self.stderr
-        assert "Traceback" not in self.log, self.log
 
 
-def as_nobody(fn: Callable[[], Any]) -> dict:
-    """Run ``fn`` in a forked child as uid/gid 65534 with no groups.
-
-    Returns ``{"ok": result}`` or ``{"raised": text, "errno": n}``; the result must be JSON-able.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                out = {"ok": fn()}
-            except BaseException as e:
-                out = {"raised": f"{type(e).__name__}: {e}", "errno": getattr(e, "errno", None)}
-            os.write(write_end, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    assert data, "the child running as nobody reported nothing"
-    return json.loads(data)
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
 
 
 # --- single instance -------------------------------------------------------------------

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, wait_for
 from omnid_client import Client, OmnidError
 from omnid_client import __version__ as CLIENT_VERSION
+from tests.helpers import DaemonProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT_PYTHONPATH = os.environ.get("PYTHONPATH", "")
@@ -127,7 +127,7 @@ def test_a_package_that_does_not_import_is_refused_until_it_is_fixed(home, site)
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate is not installed")
 def test_an_upgrade_keeps_serving_systemds_socket(home, site):
-    from test_systemd import Activator
+    from tests.helpers import Activator
 
     run_dir = home / "run"
     run_dir.mkdir(mode=0o700)
@@ -149,8 +149,8 @@ def test_an_upgrade_keeps_serving_systemds_socket(home, site):
 
 
 def test_an_unknown_method_from_a_newer_client_says_the_daemon_is_older(daemon):
-    from test_daemon import Wire, error_of, hello, request
     from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
+    from tests.helpers import Wire, error_of, hello, request
 
     with Wire(daemon.socket) as wire:
         wire.send(hello(PROTOCOL_MAJOR, PROTOCOL_MINOR + 1))

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, db_rows as query, started_daemons, wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok, run_omnid
+
+from omnid.projects import project_id_for
 from omnid_client import Client, Conflict, Invalid, TooLarge
 from omnid_client.protocol import (
     MAX_CONTENT,
@@ -27,8 +28,16 @@ from omnid_client.protocol import (
     SessionRecord,
     TaskRecord,
 )
-
-from omnid.projects import project_id_for
+from tests.helpers import (
+    DaemonProcess,
+    db_rows,
+    omnid_error,
+    omnid_json,
+    omnid_ok,
+    run_omnid,
+    started_daemons,
+    wait_for,
+)
 
 TOOL = "transfer-test"
 CONTENT_TABLES = (
@@ -59,7 +68,7 @@ def ok(*args: str) -> bytes:
 
 
 def table_counts(db_path: Path) -> dict[str, int]:
-    return {t: query(db_path, f"SELECT count(*) FROM {t}")[0][0] for t in CONTENT_TABLES}
+    return {t: db_rows(db_path, f"SELECT count(*) FROM {t}")[0][0] for t in CONTENT_TABLES}
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -180,7 +189,7 @@ def test_backup_while_the_daemon_writes_is_complete_and_intact(daemon, client, h
         wait_for(lambda: len(acknowledged) >= 200, what="a few hundred writes")
         before = len(acknowledged)
         started = time.monotonic()
-        info = ok_json("backup", str(tmp_path / "copy.db"))
+        info = omnid_json("backup", str(tmp_path / "copy.db"))
         done_by = sum(1 for t in acknowledged if t < started)
     finally:
         stop.set()
@@ -188,13 +197,13 @@ def test_backup_while_the_daemon_writes_is_complete_and_intact(daemon, client, h
 
     copy = tmp_path / "copy.db"
     assert info["path"] == str(copy) and info["integrity"] == "ok" and info["bytes"] == copy.stat().st_size
-    assert query(copy, "PRAGMA integrity_check") == [("ok",)]
-    assert query(copy, "PRAGMA journal_mode") == [("delete",)]  # one self-contained file
+    assert db_rows(copy, "PRAGMA integrity_check") == [("ok",)]
+    assert db_rows(copy, "PRAGMA journal_mode") == [("delete",)]  # one self-contained file
     assert not Path(f"{copy}-wal").exists()
-    messages = query(copy, "SELECT count(*) FROM messages")[0][0]
+    messages = db_rows(copy, "SELECT count(*) FROM messages")[0][0]
     assert messages >= max(before, done_by)  # every write acknowledged before the backup began
-    assert query(copy, "SELECT seq FROM messages ORDER BY seq") == [(n,) for n in range(1, messages + 1)]
-    assert query(copy, "SELECT message_count FROM sessions")[0][0] == messages  # one snapshot: counters match rows
+    assert db_rows(copy, "SELECT seq FROM messages ORDER BY seq") == [(n,) for n in range(1, messages + 1)]
+    assert db_rows(copy, "SELECT message_count FROM sessions")[0][0] == messages  # one snapshot: counters match rows
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -204,27 +213,27 @@ def test_backup_refuses_an_existing_file_unless_forced(daemon, client, home, tmp
     target = tmp_path / "exists.db"
     target.write_bytes(b"precious")
 
-    error = fails("backup", str(target))
+    error = omnid_error("backup", str(target))
     assert error["code"] == "exists" and "--force" in error["message"]
     assert target.read_bytes() == b"precious"
 
-    assert ok_json("backup", str(target), "--force")["sessions"] == 1
-    assert query(target, "SELECT count(*) FROM sessions") == [(1,)]
+    assert omnid_json("backup", str(target), "--force")["sessions"] == 1
+    assert db_rows(target, "SELECT count(*) FROM sessions") == [(1,)]
     assert omnid("backup", str(tmp_path)).returncode == 2  # a directory: a usage error
-    assert fails("backup", str(tmp_path / "no" / "dir" / "x.db"))["code"] == "io"
+    assert omnid_error("backup", str(tmp_path / "no" / "dir" / "x.db"))["code"] == "io"
 
 
 def test_backup_works_while_the_daemon_is_stopped_and_needs_a_database(home, daemon, client, tmp_path, monkeypatch):
     client.get_or_create(TOOL, workspace=str(tmp_path), dedup=False)
     assert daemon.stop() == 0
-    assert ok_json("backup", str(tmp_path / "b.db"))["sessions"] == 1
+    assert omnid_json("backup", str(tmp_path / "b.db"))["sessions"] == 1
     assert not daemon.socket.exists()  # the backup started no daemon
 
     empty = tmp_path / "empty-home"
     empty.mkdir()
     monkeypatch.setenv("OMNID_HOME", str(empty))
-    assert fails("backup", str(tmp_path / "c.db"))["code"] == "not_found"
-    assert fails("export", "-o", str(tmp_path / "e.jsonl"))["code"] == "not_found"
+    assert omnid_error("backup", str(tmp_path / "c.db"))["code"] == "not_found"
+    assert omnid_error("export", "-o", str(tmp_path / "e.jsonl"))["code"] == "not_found"
     assert not (tmp_path / "c.db").exists() and not (empty / "omnid.db").exists()
 
 
@@ -234,7 +243,7 @@ def test_backup_works_while_the_daemon_is_stopped_and_needs_a_database(home, dae
 def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, spawn_owner, other_home):
     data = rich_dataset(client, tmp_path, spawn_owner)
     first = tmp_path / "first.jsonl"
-    summary = ok_json("export", "-o", str(first))
+    summary = omnid_json("export", "-o", str(first))
     assert oct(first.stat().st_mode & 0o777) == oct(0o600)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     stats_before = client.stats()
@@ -255,7 +264,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     data["owner"].wait()
     assert daemon.stop() == 0
     second_daemon = other_home()
-    result = ok_json("import", str(first))
+    result = omnid_json("import", str(first))
     assert imported(result, "session") == (4, 0, {})
     assert imported(result, "message") == (6, 0, {})
     assert result["reaped"] == [data["orphan"].session_id]
@@ -275,7 +284,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     }
 
     # Importing the same file again adds nothing; the next export is still the same.
-    again = ok_json("import", str(first))
+    again = omnid_json("import", str(first))
     for kind, counts in again["records"].items():
         assert counts["imported"] == 0, (kind, counts)
     assert again["reaped"] == []
@@ -311,7 +320,7 @@ def test_a_dry_run_writes_nothing_and_says_what_would_happen(daemon, client, hom
     client.put_memory("later", "v", workspace=str(tmp_path))  # in the database, not in the file
     before = table_counts(home / "omnid.db")
 
-    dry = ok_json("import", str(export), "--dry-run")
+    dry = omnid_json("import", str(export), "--dry-run")
     assert dry["dry_run"] is True
     assert imported(dry, "session") == (0, 1, {}) and imported(dry, "message") == (0, 1, {})
     assert table_counts(home / "omnid.db") == before
@@ -324,7 +333,7 @@ def test_a_dry_run_writes_nothing_and_says_what_would_happen(daemon, client, hom
                       None, 1, 0, 0),
         MessageRecord(new_id, 1, "user", "x", "text", {}, 0, 0, 1.5),
     ])
-    dry = ok_json("import", str(other), "--dry-run")
+    dry = omnid_json("import", str(other), "--dry-run")
     assert imported(dry, "session") == (1, 0, {}) and imported(dry, "message") == (1, 0, {})
     assert table_counts(home / "omnid.db") == before
 
@@ -334,7 +343,7 @@ def test_messages_imported_into_an_existing_session_count_in_its_totals(daemon, 
     session = SessionRecord(sid, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0, "ended",
                             None, 1, 5, 1000)
     first = write_jsonl(tmp_path / "first.jsonl", [ExportHeader(), session, MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5)])
-    assert imported(ok_json("import", str(first)), "message") == (1, 0, {})
+    assert imported(omnid_json("import", str(first)), "message") == (1, 0, {})
     s = client.get(sid)
     assert (s.message_count, s.total_tokens, s.total_cost) == (1, 5, 1e-6)
 
@@ -343,7 +352,7 @@ def test_messages_imported_into_an_existing_session_count_in_its_totals(daemon, 
         MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5),
         MessageRecord(sid, 2, "assistant", "y", "text", {}, 7, 3000, 1.7),
     ])
-    result = ok_json("import", str(later))
+    result = omnid_json("import", str(later))
     assert imported(result, "session") == (0, 1, {}) and imported(result, "message") == (1, 1, {})
     s = client.get(sid)
     assert (s.message_count, s.total_tokens, s.total_cost) == (2, 12, 4e-6)
@@ -392,7 +401,7 @@ def test_export_filters_by_session_project_and_time(daemon, client, home, tmp_pa
     assert b"exported" in stdout.stderr
     target = tmp_path / "taken.jsonl"
     target.write_text("keep")
-    assert fails("export", "-o", str(target))["code"] == "exists" and target.read_text() == "keep"
+    assert omnid_error("export", "-o", str(target))["code"] == "exists" and target.read_text() == "keep"
     assert omnid("export", "--since", "yesterday-ish").returncode == 2
 
 
@@ -422,10 +431,10 @@ def test_a_bad_line_is_named_and_nothing_is_written(daemon, client, home, tmp_pa
     bad = tmp_path / "bad.jsonl"
     for line, expected in cases.items():
         bad.write_bytes(text.encode() + line + b'{"type":"omnid-export","format":1}\n')
-        error = fails("import", str(bad))
+        error = omnid_error("import", str(bad))
         assert error["code"] == "invalid" and expected in error["message"], (line, error)
         assert table_counts(home / "omnid.db") == before, line
-    assert fails("import", str(tmp_path / "missing.jsonl"))["code"] == "io"
+    assert omnid_error("import", str(tmp_path / "missing.jsonl"))["code"] == "io"
     assert client.status().pid == daemon.pid
 
 
@@ -442,19 +451,19 @@ def test_a_failing_batch_writes_nothing_and_earlier_batches_stay(daemon, client,
     records.append(MemoryRecord("mem_0123456789ab", "prj_000000000000", "k", "v", {}, 1, 1.0, 1.0, None, 0, None))
     path = write_jsonl(tmp_path / "big.jsonl", records)
 
-    error = fails("import", str(path))
+    error = omnid_error("import", str(path))
     assert error["code"] == "invalid" and "line 15" in error["message"] and "prj_000000000000" in error["message"]
-    stored = query(home / "omnid.db", "SELECT count(*) FROM messages WHERE session_id = ?", sid)[0][0]
+    stored = db_rows(home / "omnid.db", "SELECT count(*) FROM messages WHERE session_id = ?", sid)[0][0]
     assert 0 < stored < 12, stored  # the batches before the failing one were imported, whole
-    assert query(home / "omnid.db", "SELECT max(seq) FROM messages")[0][0] == stored
+    assert db_rows(home / "omnid.db", "SELECT max(seq) FROM messages")[0][0] == stored
     # A record from the failing batch is absent: that batch wrote nothing.
-    assert query(home / "omnid.db", "SELECT count(*) FROM memories") == [(0,)]
+    assert db_rows(home / "omnid.db", "SELECT count(*) FROM memories") == [(0,)]
 
     fixed = write_jsonl(tmp_path / "fixed.jsonl", records[:-1])
-    result = ok_json("import", str(fixed))
+    result = omnid_json("import", str(fixed))
     assert imported(result, "message") == (12 - stored, stored, {})
     assert imported(result, "session") == (0, 1, {})
-    assert query(home / "omnid.db", "SELECT count(*), max(seq) FROM messages") == [(12, 12)]
+    assert db_rows(home / "omnid.db", "SELECT count(*), max(seq) FROM messages") == [(12, 12)]
 
 
 def test_import_batches_are_all_or_nothing_and_checked_by_the_daemon(daemon, client, home, tmp_path):
@@ -537,7 +546,7 @@ def test_a_record_too_large_for_one_request_is_named(daemon, client, home, tmp_p
         MessageRecord(sid, 1, "user", "😀" * MAX_CONTENT, "text", {}, 0, 0, 1.5),  # 1 MiB of UTF-8
     ])
     before = table_counts(home / "omnid.db")
-    error = fails("import", str(path))
+    error = omnid_error("import", str(path))
     assert error["code"] == "too_large" and "line 2" in error["message"]
     assert table_counts(home / "omnid.db") == before
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import wait_for
 from omnid.offline.service import PLACEHOLDER_PYTHON, render_launchd, render_systemd
 from omnid_client import Client
 from omnid_client.paths import LAUNCHD_LABEL
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ import time
 
 import msgspec
 import pytest
-from conftest import wait_for
 
 from omnid_client import Timeout
 from omnid_client.protocol import HEADER, ResponseFrame
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

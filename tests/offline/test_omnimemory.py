@@ -23,11 +23,11 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
-from omnid_client import Client
 
 from omnid.offline.omnimemory_values import parse_time
 from omnid.projects import project_id_for
+from omnid_client import Client
+from tests.helpers import omnid_error, omnid_json, run_omnid
 
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
 """The tests run the command with TZ=Asia/Kolkata, so local times are not UTC."""
@@ -192,7 +192,7 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
     source = current_db(tmp_path / "src" / "dashboard.db", workspace)
     untouched = fingerprint(source)
 
-    out = ok_json("import-omnimemory", str(source))
+    out = omnid_json("import-omnimemory", str(source))
     assert fingerprint(source) == untouched
 
     report = out["source"]
@@ -258,20 +258,20 @@ def test_importing_again_adds_nothing_and_a_dry_run_writes_nothing(daemon, clien
     source = current_db(tmp_path / "dashboard.db", workspace)
     before = counts(home)
 
-    dry = ok_json("import-omnimemory", str(source), "--dry-run")
+    dry = omnid_json("import-omnimemory", str(source), "--dry-run")
     assert dry["import"]["dry_run"] is True
     assert dry["import"]["records"]["session"]["imported"] == 3 and dry["import"]["records"]["context"]["imported"] == 6
     assert counts(home) == before
 
-    first = ok_json("import-omnimemory", str(source))
+    first = omnid_json("import-omnimemory", str(source))
     after = counts(home)
     assert after["sessions"] == before["sessions"] + 3 and after["memory_versions"] == 3
-    again = ok_json("import-omnimemory", str(source))
+    again = omnid_json("import-omnimemory", str(source))
     assert {k: (v["imported"], v["existing"]) for k, v in again["import"]["records"].items()} == {
         k: (0, v["imported"]) for k, v in first["import"]["records"].items()
     }
     assert counts(home) == after
-    text = omnid("import-omnimemory", str(source))
+    text = run_omnid("import-omnimemory", str(source))
     assert text.returncode == 0 and "skipped 2 expired, 1 unknown_project" in text.stdout
 
 
@@ -291,7 +291,7 @@ def test_an_older_database_without_process_ids_or_a_sessions_table(daemon, clien
              "created_at": "2023-01-01 00:00:00", "ttl_seconds": None},
         ],
     })
-    out = ok_json("import-omnimemory", str(source))
+    out = omnid_json("import-omnimemory", str(source))
     assert out["source"]["tables"] == {"projects": 1, "tool_sessions": 2, "project_memories": 1}
     assert out["source"]["sessions"]["ended_on_import"] == 1
     listed = {s.tool_id: s for s in client.list_sessions().sessions}
@@ -320,7 +320,7 @@ def test_epoch_and_zoned_times_and_a_read_only_wal_source(daemon, client, home, 
     source.chmod(0o444)
     untouched = fingerprint(source)
 
-    out = ok_json("import-omnimemory", str(source))
+    out = omnid_json("import-omnimemory", str(source))
     assert fingerprint(source) == untouched
     assert out["import"]["records"]["session"]["imported"] == 1
     s = client.list_sessions().sessions[0]
@@ -337,7 +337,7 @@ def test_epoch_and_zoned_times_and_a_read_only_wal_source(daemon, client, home, 
         writer.execute("INSERT INTO project_memories VALUES ('y', ?, 'k2', 'in the wal', 1700000001, NULL)", (str(workspace),))
         writer.commit()
         assert Path(f"{source}-wal").stat().st_size > 0
-        again = ok_json("import-omnimemory", str(source))
+        again = omnid_json("import-omnimemory", str(source))
         assert again["import"]["records"]["memory"] == {"imported": 1, "existing": 1, "skipped": {}}
         assert client.get_memory("k2", workspace=str(workspace)).value == "in the wal"
     finally:
@@ -411,11 +411,11 @@ def test_a_hostile_database_is_streamed_with_every_value_capped(daemon, client, 
 def test_what_is_not_an_omnimemory_database_is_refused_before_anything_happens(home, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("just text, long enough to not be a database header at all " * 20)
-    assert fails("import-omnimemory", str(text))["code"] == "invalid"
+    assert omnid_error("import-omnimemory", str(text))["code"] == "invalid"
     other = make_db(tmp_path / "other.db", "CREATE TABLE things (x);", {})
-    error = fails("import-omnimemory", str(other))
+    error = omnid_error("import-omnimemory", str(other))
     assert error["code"] == "invalid" and "tool_sessions" in error["message"]
-    assert fails("import-omnimemory", str(tmp_path / "missing.db"))["code"] == "not_found"
+    assert omnid_error("import-omnimemory", str(tmp_path / "missing.db"))["code"] == "not_found"
     assert not (home / "omnid.db").exists()  # no daemon was started for any of it
 
 

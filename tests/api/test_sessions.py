@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProcess, db_rows, wait_for
+
 from omnid_client import (
     AsyncClient,
     Client,
@@ -32,6 +32,7 @@ from omnid_client import (
 )
 from omnid_client._core import Call
 from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, Session
+from tests.helpers import DaemonProcess, db_rows, wait_for
 
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")

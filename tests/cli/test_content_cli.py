@@ -15,11 +15,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for, omnid_error as fails, omnid_json as ok_json, omnid_ok as ok, run_omnid as omnid
-from omnid_client import Client, NotFound
-from omnid_client.protocol import ContextEvent, NewMessage, Session
 
 from omnid.projects import project_id_for
+from omnid_client import Client, NotFound
+from omnid_client.protocol import ContextEvent, NewMessage, Session
+from tests.helpers import omnid_error, omnid_json, omnid_ok, run_omnid, wait_for
 
 TOOL = "content-cli-test"
 USAGE = 2
@@ -64,28 +64,28 @@ def session(client, repo) -> Session:
 def test_projects_list_and_show(client, repo, session, tmp_path):
     other = start(client, tmp_path / "elsewhere")
 
-    listed = ok_json("projects", "list")
+    listed = omnid_json("projects", "list")
     assert listed == plain(client.list_projects())
     assert [p["project_id"] for p in listed["projects"]] == [other.project_id, session.project_id]
 
-    shown = ok_json("projects", "show", cwd=repo / "src")
+    shown = omnid_json("projects", "show", cwd=repo / "src")
     assert shown == plain(client.get_project(session.project_id))
     assert (shown["project_id"], shown["root"], shown["vcs"]) == (project_id_for(str(repo)), str(repo), "git")
-    assert ok_json("projects", "show", "--project", session.project_id) == shown
-    assert ok_json("projects", "show", "--workspace", str(repo / "src" / "not" / "there")) == shown
-    assert f"project:      {session.project_id}" in ok("projects", "show", cwd=repo)
+    assert omnid_json("projects", "show", "--project", session.project_id) == shown
+    assert omnid_json("projects", "show", "--workspace", str(repo / "src" / "not" / "there")) == shown
+    assert f"project:      {session.project_id}" in omnid_ok("projects", "show", cwd=repo)
 
-    first = omnid("projects", "list", "--limit", "1")
+    first = run_omnid("projects", "list", "--limit", "1")
     assert first.returncode == 0
     cursor = re.search(r"--cursor (\S+)", first.stderr)
     assert cursor, first.stderr
     assert other.project_id in first.stdout and session.project_id not in first.stdout
-    rest = ok_json("projects", "list", "--limit", "1", "--cursor", cursor.group(1))
+    rest = omnid_json("projects", "list", "--limit", "1", "--cursor", cursor.group(1))
     assert [p["project_id"] for p in rest["projects"]] == [session.project_id]
     assert rest["next_cursor"] is None
 
-    assert fails("projects", "show", "--project", "prj_000000000000")["code"] == "not_found"
-    assert fails("projects", "show", "--workspace", str(tmp_path / "never"))["code"] == "not_found"
+    assert omnid_error("projects", "show", "--project", "prj_000000000000")["code"] == "not_found"
+    assert omnid_error("projects", "show", "--workspace", str(tmp_path / "never"))["code"] == "not_found"
 
 
 # --- memories --------------------------------------------------------------------------
@@ -93,50 +93,50 @@ def test_projects_list_and_show(client, repo, session, tmp_path):
 
 def test_memories_put_get_list_history_delete(client, repo, session):
     cwd = repo / "src"
-    put = ok_json("memories", "put", "style", "black", cwd=cwd)
+    put = omnid_json("memories", "put", "style", "black", cwd=cwd)
     assert MEMORY_ID.match(put["memory_id"])
     assert (put["project_id"], put["key"], put["value"], put["version"]) == (session.project_id, "style", "black", 1)
     assert put["expires_at"] is None
 
-    second = ok_json("memories", "put", "style", '{"line": [88, 100]}', "--json-value", "--meta", "by=cli", cwd=cwd)
+    second = omnid_json("memories", "put", "style", '{"line": [88, 100]}', "--json-value", "--meta", "by=cli", cwd=cwd)
     assert (second["memory_id"], second["version"]) == (put["memory_id"], 2)
     assert (second["value"], second["metadata"]) == ({"line": [88, 100]}, {"by": "cli"})
     assert client.get_memory("style", workspace=str(repo)).value == {"line": [88, 100]}
 
-    got = ok_json("memories", "get", "style", cwd=cwd)
+    got = omnid_json("memories", "get", "style", cwd=cwd)
     assert (got["value"], got["accessed_count"]) == ({"line": [88, 100]}, 2)
-    assert json.loads(ok("memories", "get", "style", "--project", session.project_id)) == {"line": [88, 100]}
-    assert ok("memories", "put", "name", "plain text", "--workspace", str(repo)).split()[1:] == ["name", "v1"]
-    assert ok("memories", "get", "name", cwd=cwd) == "plain text\n"
+    assert json.loads(omnid_ok("memories", "get", "style", "--project", session.project_id)) == {"line": [88, 100]}
+    assert omnid_ok("memories", "put", "name", "plain text", "--workspace", str(repo)).split()[1:] == ["name", "v1"]
+    assert omnid_ok("memories", "get", "name", cwd=cwd) == "plain text\n"
 
-    listed = ok_json("memories", "list", cwd=cwd)
+    listed = omnid_json("memories", "list", cwd=cwd)
     assert listed == plain(client.list_memories(project_id=session.project_id))
     assert [m["key"] for m in listed] == ["name", "style"]
 
-    history = ok_json("memories", "history", "style", cwd=cwd)
+    history = omnid_json("memories", "history", "style", cwd=cwd)
     assert history == plain(client.memory_history("style", project_id=session.project_id))
     assert [(v["version"], v["value"]) for v in history["versions"]] == [(1, "black"), (2, {"line": [88, 100]})]
 
-    assert ok_json("memories", "delete", "style", cwd=cwd) == {"deleted": 1}
-    assert fails("memories", "get", "style", cwd=cwd)["code"] == "not_found"
+    assert omnid_json("memories", "delete", "style", cwd=cwd) == {"deleted": 1}
+    assert omnid_error("memories", "get", "style", cwd=cwd)["code"] == "not_found"
     with pytest.raises(NotFound):
         client.get_memory("style", project_id=session.project_id)
 
 
 def test_memories_put_with_ttl(client, repo, session):
     before = time.time()
-    put = ok_json("memories", "put", "brief", "soon gone", "--ttl", "0.5", cwd=repo)
+    put = omnid_json("memories", "put", "brief", "soon gone", "--ttl", "0.5", cwd=repo)
     after = time.time()
     assert before + 0.5 <= put["expires_at"] <= after + 0.5
     assert client.get_memory("brief", workspace=str(repo)).expires_at == put["expires_at"]
 
-    wait_for(lambda: omnid("memories", "get", "brief", cwd=repo).returncode == 1, timeout=10, what="the memory to expire")
-    assert ok_json("memories", "list", cwd=repo) == []
+    wait_for(lambda: run_omnid("memories", "get", "brief", cwd=repo).returncode == 1, timeout=10, what="the memory to expire")
+    assert omnid_json("memories", "list", cwd=repo) == []
 
 
 @pytest.mark.parametrize("args", [("k", "{not json", "--json-value"), ("k", "v", "--ttl", "0"), ("k", "v", "--ttl", "-5")])
 def test_memories_put_refuses_bad_arguments(client, repo, session, args):
-    r = omnid("memories", "put", *args, cwd=repo)
+    r = run_omnid("memories", "put", *args, cwd=repo)
     assert r.returncode == USAGE, r.stderr
     assert client.list_memories(project_id=session.project_id) == []
 
@@ -157,24 +157,24 @@ def test_context(client, session):
     )
     client.add_session_memory(sid, "likes short names")
 
-    assert ok_json("context", sid) == plain(client.get_context(sid))
-    text = ok("context", sid)
+    assert omnid_json("context", sid) == plain(client.get_context(sid))
+    text = omnid_ok("context", sid)
     assert text.splitlines()[0].startswith("4 event(s)")
     for shown in ("src/app.py", "reaper loop", "keep WAL", "modified", "session_memory"):
         assert shown in text
-    assert fails("context", "00000000-0000-4000-8000-000000000000")["code"] == "not_found"
+    assert omnid_error("context", "00000000-0000-4000-8000-000000000000")["code"] == "not_found"
 
 
 def test_messages_list(client, session):
     sid = session.session_id
     client.add_messages(sid, [NewMessage("user" if n % 2 else "assistant", f"message {n}", tokens_used=n) for n in range(1, 6)])
 
-    assert ok_json("messages", "list", sid) == plain(client.list_messages(sid))
-    page = ok_json("messages", "list", sid, "--limit", "2", "--after", "2")
+    assert omnid_json("messages", "list", sid) == plain(client.list_messages(sid))
+    page = omnid_json("messages", "list", sid, "--limit", "2", "--after", "2")
     assert [m["seq"] for m in page["messages"]] == [3, 4]
     assert page["next_after_seq"] == 4
 
-    r = omnid("messages", "list", sid, "--limit", "2")
+    r = run_omnid("messages", "list", sid, "--limit", "2")
     assert r.returncode == 0
     assert [line.split()[0] for line in r.stdout.splitlines()] == ["#1", "#2"]
     assert "--after 2" in r.stderr
@@ -186,11 +186,11 @@ def test_sessions_summary(client, session):
     client.add_session_memory(sid, "remember this")
     client.end(sid)
 
-    summary = ok_json("sessions", "summary", sid)
+    summary = omnid_json("sessions", "summary", sid)
     assert summary == plain(client.session_summary(sid))
     assert (summary["message_count"], summary["total_tokens"], summary["total_cost"]) == (2, 7, 0.5)
     assert (summary["has_memory"], summary["live"]) == (True, False)
-    assert "memory:       yes" in ok("sessions", "summary", sid)
+    assert "memory:       yes" in omnid_ok("sessions", "summary", sid)
 
 
 # --- tasks -----------------------------------------------------------------------------
@@ -204,17 +204,17 @@ def test_tasks_list_and_show(client, session):
     client.add_interaction(first.task_id, "answered")
     client.update_task(second.task_id, status="done")
 
-    listed = ok_json("tasks", "list")
+    listed = omnid_json("tasks", "list")
     assert listed == plain(client.list_tasks())
     assert [t["task_id"] for t in listed["tasks"]] == [second.task_id, first.task_id]
-    assert [t["task_id"] for t in ok_json("tasks", "list", "--session", sid, "--status", "done")["tasks"]] == [second.task_id]
-    assert [t["task_id"] for t in ok_json("tasks", "list", "--external-id", "conv-1")["tasks"]] == [first.task_id]
+    assert [t["task_id"] for t in omnid_json("tasks", "list", "--session", sid, "--status", "done")["tasks"]] == [second.task_id]
+    assert [t["task_id"] for t in omnid_json("tasks", "list", "--external-id", "conv-1")["tasks"]] == [first.task_id]
 
-    shown = ok_json("tasks", "show", first.task_id)
+    shown = omnid_json("tasks", "show", first.task_id)
     assert shown == plain(client.get_task(first.task_id))
     assert [(i["kind"], i["content"]) for i in shown["interactions"]] == [("prompt", "asked something"), ("note", "answered")]
-    assert "asked something" in ok("tasks", "show", first.task_id)
-    assert fails("tasks", "show", "task_0000000000000000")["code"] == "not_found"
+    assert "asked something" in omnid_ok("tasks", "show", first.task_id)
+    assert omnid_error("tasks", "show", "task_0000000000000000")["code"] == "not_found"
 
 
 # --- search and stats ------------------------------------------------------------------
@@ -226,14 +226,14 @@ def test_search(client, repo, session, tmp_path):
     other = start(client, tmp_path / "other")
     client.add_message(other.session_id, "user", "zebra elsewhere")
 
-    hits = ok_json("search", "zebra")
+    hits = omnid_json("search", "zebra")
     assert hits == plain(client.search("zebra"))
     assert len(hits) == 3
-    only = ok_json("search", "zebra", "--project", session.project_id, "--kind", "memory")
+    only = omnid_json("search", "zebra", "--project", session.project_id, "--kind", "memory")
     assert [(h["kind"], h["project_id"]) for h in only] == [("memory", session.project_id)]
-    assert {h["kind"] for h in ok_json("search", "zebra", "--session", session.session_id)} == {"message"}
-    assert ok_json("search", '"(zebra)*') == hits, "query syntax is plain text"
-    assert ok("search", "okapi") == "no matches\n"
+    assert {h["kind"] for h in omnid_json("search", "zebra", "--session", session.session_id)} == {"message"}
+    assert omnid_json("search", '"(zebra)*') == hits, "query syntax is plain text"
+    assert omnid_ok("search", "okapi") == "no matches\n"
 
 
 def test_stats(client, session, repo):
@@ -241,11 +241,11 @@ def test_stats(client, session, repo):
     client.put_memory("k", "v", workspace=str(repo))
     client.create_task(session.session_id, "t")
 
-    stats = ok_json("stats")
+    stats = omnid_json("stats")
     assert stats == plain(client.stats())
     assert (stats["sessions"], stats["messages"], stats["total_tokens"], stats["total_cost"]) == (1, 1, 11, 0.25)
     assert (stats["project_memories"], stats["tasks"], stats["sessions_by_tool"]) == (1, 1, {TOOL: 1})
-    assert "tasks:        1 (1 open)" in ok("stats")
+    assert "tasks:        1 (1 open)" in omnid_ok("stats")
 
 
 # --- orphan cleanup --------------------------------------------------------------------
@@ -257,16 +257,16 @@ def test_cleanup_orphans(client, tmp_path):
     client.add_message(kept.session_id, "user", "keeps it")
     client.end(kept.session_id)
 
-    assert ok_json("cleanup", "orphans", "--dry-run") == {"dry_run": True, "session_ids": []}, "default is 7 days"
-    dry = ok_json("cleanup", "orphans", "--older-than", "0s", "--dry-run")
+    assert omnid_json("cleanup", "orphans", "--dry-run") == {"dry_run": True, "session_ids": []}, "default is 7 days"
+    dry = omnid_json("cleanup", "orphans", "--older-than", "0s", "--dry-run")
     assert dry == {"dry_run": True, "session_ids": [orphan.session_id]}
     assert client.get(orphan.session_id).session_id == orphan.session_id
 
-    assert ok("cleanup", "orphans", "--older-than", "0", "--dry-run").splitlines() == [
+    assert omnid_ok("cleanup", "orphans", "--older-than", "0", "--dry-run").splitlines() == [
         "would delete 1 orphan session(s)",
         orphan.session_id,
     ]
-    assert ok_json("cleanup", "orphans", "--older-than", "0s") == {"dry_run": False, "session_ids": [orphan.session_id]}
+    assert omnid_json("cleanup", "orphans", "--older-than", "0s") == {"dry_run": False, "session_ids": [orphan.session_id]}
     with pytest.raises(NotFound):
         client.get(orphan.session_id)
     assert client.get(kept.session_id).message_count == 1
@@ -277,7 +277,7 @@ def test_cleanup_orphans_refuses_a_bad_age_as_a_usage_error(client, tmp_path, ag
     orphan = client.end(start(client, tmp_path / "empty").session_id)
 
     for age in ages:
-        r = omnid("cleanup", "orphans", f"--older-than={age}")
+        r = run_omnid("cleanup", "orphans", f"--older-than={age}")
         assert r.returncode == USAGE, f"--older-than {age!r} exited {r.returncode}: {r.stdout} {r.stderr}"
         assert "age" in r.stderr.lower(), r.stderr
 

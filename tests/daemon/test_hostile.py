@@ -18,11 +18,10 @@ import time
 import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import DaemonProcess, wait_for
-from test_daemon import NOBODY, Refusal, Wire, error_of, hello, request
 
 from omnid.cli import main
 from omnid_client import AsyncClient
+from tests.helpers import NOBODY, DaemonProcess, Refusal, Wire, error_of, hello, request, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

@@ -20,10 +20,10 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_daemon import Wire, frame, hello
 
 from omnid_client import TooLarge
 from omnid_client.protocol import MAX_FRAME, MAX_NESTING, METHODS
+from tests.helpers import Wire, frame, hello
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

@@ -5,9 +5,7 @@ socket (path and abstract), and log lines for the journal."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -16,48 +14,14 @@ import sys
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import DaemonProcess, accepts, wait_for
 from omnid_client import Client
+from tests.helpers import SOCKET_ACTIVATE, Activator, DaemonProcess, accepts, wait_for
 
-SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 needs_socket_activate = pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="systemd-socket-activate is not installed")
 
 
-class Activator:
-    """``systemd-socket-activate -l SOCKET python -m omnid serve``: it binds the socket and,
-    on the first connection, execs the daemon in its place with the socket as fd 3."""
-
-    def __init__(self, home: Path, sock: Path):
-        self.home = home
-        self.sock = sock
-        passed = []
-        for name in ("OMNID_HOME", "PYTHONPATH", "NOTIFY_SOCKET"):  # it passes on only what it is told to
-            if name in os.environ:
-                passed += ["-E", f"{name}={os.environ[name]}"]
-        self.output = open(home / "activate.out", "wb")
-        self.proc = subprocess.Popen(
-            [SOCKET_ACTIVATE, "-l", str(sock), *passed, sys.executable, "-m", "omnid", "serve",
-             "--log-file", str(home / "omnid.log")],
-            stdin=subprocess.DEVNULL, stdout=self.output, stderr=self.output,
-        )
-        wait_for(lambda: b"Listening on" in (home / "activate.out").read_bytes(), what="the socket to be bound")
-
-    def close(self) -> None:
-        for proc in psutil.Process(self.proc.pid).children(recursive=True) if self.proc.poll() is None else []:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.output.close()
-
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.home / "omnid.log").read_text()
-        return ""
 
 
 @needs_socket_activate

@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
-from conftest import wait_for
-from omnid_client import Client, Unavailable
 
 import omnid
 from omnid.cli import main
 from omnid.identity import boot_id, inspect
+from omnid_client import Client, Unavailable
+from tests.helpers import wait_for
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 NOT_RUNNING = 3

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for
 
 from omnid_client import AsyncClient, Client, OmnidError, Unavailable
 from omnid_client.protocol import ContextEvent
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

@@ -15,15 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from omnid_client import Invalid, StorageError
-from omnid_client.protocol import Session
 
 import omnid.store
 from omnid.identity import ProcessIdentity
-from omnid.store import Store, StoreError
-from omnid.store import search
+from omnid.store import Store, StoreError, search
 from omnid.store import sessions as q
 from omnid.store.migrations import LATEST, MIGRATIONS, apply
+from omnid_client import Invalid, StorageError
+from omnid_client.protocol import Session
 
 BOOT = "11111111-2222-3333-4444-555555555555"
 

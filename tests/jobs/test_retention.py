@@ -10,11 +10,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, db_rows, wait_for, omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
-from omnid_client import Client, Invalid, NotFound, StorageError
-from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
 
 from omnid.jobs.retention import retention_from_env, write_archive
+from omnid_client import Client, Invalid, NotFound, StorageError
+from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
+from tests.helpers import DaemonProcess, db_rows, omnid_error, omnid_json, run_omnid, wait_for
 
 TOOL = "retention-test"
 
@@ -78,11 +78,11 @@ def test_run_archives_then_deletes_only_sessions_ended_long_enough_ago(daemon, c
         start-up time, still well before ``young`` did)."""
         return f"{time.time() - old_end - 0.05:.3f}s"
 
-    dry = ok_json("retention", "run", "--older-than", just_past_old(), "--archive", str(archive), "--dry-run")
+    dry = omnid_json("retention", "run", "--older-than", just_past_old(), "--archive", str(archive), "--dry-run")
     assert (dry["dry_run"], dry["session_ids"], dry["remaining"]) == (True, [old], 0)
     assert not archive.exists() and held_by(home, old)["sessions"] == 1
 
-    result = ok_json("retention", "run", "--older-than", just_past_old(), "--archive", str(archive))
+    result = omnid_json("retention", "run", "--older-than", just_past_old(), "--archive", str(archive))
     assert (result["dry_run"], result["session_ids"], result["archive"]) == (False, [old], str(archive))
     assert set(held_by(home, old).values()) == {0}  # with its content and its search rows
     for kept in (young, live):
@@ -103,31 +103,31 @@ def test_run_archives_then_deletes_only_sessions_ended_long_enough_ago(daemon, c
     assert "retention (manual): archived 1 session(s)" in daemon.log_text()
 
     # The archive is an export: importing it brings the session back, whole.
-    back = ok_json("import", str(archive))
+    back = omnid_json("import", str(archive))
     assert back["records"]["session"]["imported"] == 1 and back["records"]["project"]["existing"] == 1
     assert held_by(home, old) == held_by(home, young)
 
     # A second run appends to the same archive.
-    ok_json("retention", "run", "--older-than", "0s", "--archive", str(archive))
+    omnid_json("retention", "run", "--older-than", "0s", "--archive", str(archive))
     assert sorted(session_ids(archived(archive))) == sorted([old, old, young])
     assert [r.__struct_config__.tag for r in archived(archive)].count("omnid-export") == 2
 
 
 def test_purge_deletes_without_an_archive_and_the_default_archive_is_in_the_state_dir(daemon, client, home, tmp_path):
     first = full_session(client, tmp_path)
-    purged = ok_json("retention", "run", "--older-than", "0s", "--purge")
+    purged = omnid_json("retention", "run", "--older-than", "0s", "--purge")
     assert (purged["session_ids"], purged["archive"]) == ([first], None)
     assert set(held_by(home, first).values()) == {0}
     assert not (home / "archive.jsonl").exists()
 
     second = full_session(client, tmp_path)
-    out = omnid("retention", "run", "--older-than", "0s")
+    out = run_omnid("retention", "run", "--older-than", "0s")
     assert out.returncode == 0 and "archived 1 session(s)" in out.stdout and second in out.stdout
     assert session_ids(archived(home / "archive.jsonl")) == [second]
 
     status = client.status().retention
     assert (status.runs, status.archived, status.purged, status.archive) == (2, 1, 1, str(home / "archive.jsonl"))
-    shown = ok_json("retention", "status")
+    shown = omnid_json("retention", "status")
     assert shown == json.loads(msgspec.json.encode(client.status().retention))
     assert "purged 1 session(s)" in daemon.log_text()
 
@@ -136,7 +136,7 @@ def test_runs_work_through_many_sessions_a_chunk_at_a_time(daemon, client, home,
     ids = [full_session(client, tmp_path) for _ in range(5)]
     first = client.run_retention(older_than=0, purge=True, limit=2)
     assert (len(first.session_ids), first.remaining) == (2, 3)
-    everything = ok_json("retention", "run", "--older-than", "0s", "--purge")  # the command finishes the job
+    everything = omnid_json("retention", "run", "--older-than", "0s", "--purge")  # the command finishes the job
     assert sorted(first.session_ids + everything["session_ids"]) == sorted(ids)
     assert everything["remaining"] == 0
     assert db_rows(home / "omnid.db", "SELECT count(*) FROM sessions") == [(0,)]
@@ -144,10 +144,10 @@ def test_runs_work_through_many_sessions_a_chunk_at_a_time(daemon, client, home,
 
 def test_bad_requests_are_refused_and_delete_nothing(daemon, client, home, tmp_path):
     sid = full_session(client, tmp_path)
-    error = fails("retention", "run")
+    error = omnid_error("retention", "run")
     assert error["code"] == "invalid" and "OMNID_RETENTION" in error["message"]
-    assert omnid("retention", "run", "--older-than", "soon").returncode == 2
-    assert omnid("retention", "run", "--older-than", "1s", "--purge", "--archive", "x").returncode == 2
+    assert run_omnid("retention", "run", "--older-than", "soon").returncode == 2
+    assert run_omnid("retention", "run", "--older-than", "1s", "--purge", "--archive", "x").returncode == 2
     with pytest.raises(Invalid, match="absolute"):
         client.run_retention(older_than=0, archive="relative.jsonl")
     with pytest.raises(Invalid, match="not both"):
