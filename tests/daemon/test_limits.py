@@ -14,11 +14,10 @@ import time
 import msgspec
 import psutil
 import pytest
-from conftest import DaemonProcess, omnid_json, omnid_ok, wait_for
-from test_daemon import Refusal, Wire, hello, request
 
 from omnid_client import StorageError
 from omnid_client.protocol import MessagePage, NewMessage, Task
+from tests.helpers import DaemonProcess, Refusal, Wire, hello, omnid_json, omnid_ok, request, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, omnid_error as fails, omnid_json as ok_json, run_omnid as omnid, wait_for
+
 from omnid_client import Client, Invalid
+from tests.helpers import DaemonProcess, omnid_error, omnid_json, run_omnid, wait_for
 
 TOOL = "safe-files-test"
 SECRET = b"the victim's own data\n"
@@ -43,7 +44,7 @@ def test_a_symlink_at_the_export_target_is_refused_and_its_target_untouched(daem
     out = tmp_path / "out.jsonl"
     out.symlink_to(victim)
     for force in ((), ("--force",)):
-        r = omnid("export", "-o", str(out), *force)
+        r = run_omnid("export", "-o", str(out), *force)
         assert r.returncode == 1 and no_traceback(r), r.stderr
         assert f"{out} is a symlink" in r.stderr
         assert out.is_symlink() and untouched(victim)
@@ -57,7 +58,7 @@ def test_an_export_never_writes_through_a_link_planted_at_a_guessable_temp_name(
     last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
     for pid in range(last + 1, last + 3000):
         (tmp_path / f".{out.name}.{pid}.partial").symlink_to(victim)
-    assert ok_json("export", "-o", str(out))["records"]["session"] == 1
+    assert omnid_json("export", "-o", str(out))["records"]["session"] == 1
     assert untouched(victim)
     assert not out.is_symlink() and b'"type":"session"' in out.read_bytes()
     assert oct(out.stat().st_mode & 0o777) == oct(0o600)
@@ -67,7 +68,7 @@ def test_a_fifo_at_the_export_target_is_refused_without_blocking(daemon, client,
     client.get_or_create(TOOL, workspace=str(tmp_path), dedup=False)
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
-    r = omnid("export", "-o", str(fifo), "--force", timeout=20)
+    r = run_omnid("export", "-o", str(fifo), "--force", timeout=20)
     assert r.returncode == 1 and no_traceback(r), r.stderr
     assert "is a FIFO, not a regular file" in r.stderr
     assert fifo.is_fifo()
@@ -77,18 +78,18 @@ def test_a_backup_is_never_written_through_a_link_or_into_a_fifo(daemon, client,
     client.get_or_create(TOOL, workspace=str(tmp_path), dedup=False)
     link = tmp_path / "b.db"
     link.symlink_to(victim)
-    error = fails("backup", str(link), "--force")
+    error = omnid_error("backup", str(link), "--force")
     assert error["code"] == "io" and "is a symlink" in error["message"]
     assert link.is_symlink() and untouched(victim)
     fifo = tmp_path / "b.fifo"
     os.mkfifo(fifo)
-    assert "is a FIFO" in fails("backup", str(fifo), "--force")["message"]
+    assert "is a FIFO" in omnid_error("backup", str(fifo), "--force")["message"]
     assert fifo.is_fifo()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_an_os_error_on_the_export_target_is_a_clean_error(daemon, client, tmp_path, victim):
-    r = omnid("export", "-o", str(victim / "x.jsonl"))
+    r = run_omnid("export", "-o", str(victim / "x.jsonl"))
     assert r.returncode == 1 and no_traceback(r), r.stderr
     assert r.stderr == f"omnid: io: cannot write {victim / 'x.jsonl'}: Not a directory\n"
 
@@ -107,14 +108,14 @@ def unit_dir(tmp_path, monkeypatch) -> Path:
 
 def test_service_install_never_writes_through_a_planted_link(home, unit_dir, victim):
     (unit_dir / ".omnid.service.tmp").symlink_to(victim)  # today's fixed temp name
-    r = omnid("service", "install", "--manager", "systemd", "--no-start")
+    r = run_omnid("service", "install", "--manager", "systemd", "--no-start")
     assert untouched(victim)
     assert (unit_dir / "omnid.service").is_file() and not (unit_dir / "omnid.service").is_symlink()
     assert oct((unit_dir / "omnid.service").stat().st_mode & 0o777) == oct(0o644)
 
     (unit_dir / "omnid.socket").unlink()
     (unit_dir / "omnid.socket").symlink_to(victim)
-    r = omnid("service", "install", "--manager", "systemd", "--no-start")
+    r = run_omnid("service", "install", "--manager", "systemd", "--no-start")
     assert r.returncode == 1 and no_traceback(r), r.stderr
     assert "omnid.socket is a symlink" in r.stderr
     assert untouched(victim)
@@ -163,7 +164,7 @@ def test_another_users_file_among_omnids_own_files_stops_the_daemon_from_startin
 
 def test_a_client_that_starts_the_daemon_reports_a_planted_log_link(home, victim):
     (home / "omnid.log").symlink_to(victim)
-    r = omnid("sessions", "list")
+    r = run_omnid("sessions", "list")
     assert r.returncode == 3 and no_traceback(r), r.stderr
     assert "omnid failed to start: cannot use the log file" in r.stderr and "omnid.log is a symlink" in r.stderr
     assert untouched(victim)
