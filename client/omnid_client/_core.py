@@ -195,10 +195,12 @@ class Methods:
     blocking in ``Client`` and a coroutine in ``AsyncClient``, so each method returns
     a value or an awaitable.
 
-    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
-    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
-    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
-    for tools that must never block or crash because of omnid.
+    ``timeout`` bounds each whole call: connecting, starting a daemon and the request;
+    within it, ``connect_timeout`` bounds each connection attempt. With ``autostart`` a
+    missing daemon is started (and waited for, up to ``start_timeout``). With
+    ``fail_open`` every call returns None instead of raising an ``OmnidError``, for
+    tools that must never block or crash because of omnid; an autostart that fails and a
+    platform without Unix sockets (``Unsupported``) included.
     """
 
     def __init__(
