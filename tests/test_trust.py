@@ -249,6 +249,22 @@ def test_the_daemon_refuses_to_bind_in_a_directory_it_does_not_own(reachable_hom
     assert list(run.iterdir()) == []
 
 
+def test_a_daemon_never_takes_over_a_shared_sticky_directory_it_happens_to_own(home, monkeypatch):
+    shared = home / "shared"  # what /tmp is to a daemon run as root
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    monkeypatch.setenv("OMNID_SOCKET", str(shared / "omnid.sock"))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "omnid", "serve", "--log-file", str(home / "refused.log")],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+
+    assert r.returncode == 1 and "shared directory" in r.stderr and "Traceback" not in r.stderr, r
+    assert stat.S_IMODE(os.lstat(shared).st_mode) == 0o1777, "the shared directory was made private"
+    assert list(shared.iterdir()) == []
+
+
 def test_a_home_too_deep_for_a_socket_gets_a_short_private_dir_named_in_the_status_file(
     monkeypatch, home, no_stray_daemons, start_daemon
 ):

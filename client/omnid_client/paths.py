@@ -206,6 +206,9 @@ def ensure_private_dir(path: Path) -> None:
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
             "remove it or set OMNID_HOME"
         )
+    if st.st_mode & stat.S_ISVTX and st.st_mode & 0o022:
+        # A shared directory like /tmp (a root daemon owns it): never made private for us.
+        raise UnsafePath(f"{path} is a shared directory (sticky, writable by others); set OMNID_SOCKET or OMNID_HOME to a directory of your own")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
 
