@@ -449,6 +449,8 @@ def assert_times_out_promptly(**options: Any) -> None:
 
 
 def test_timeout_bounds_connecting_to_a_wedged_daemon(daemon):
+    with Client(autostart=False, timeout=30) as c:
+        c.status()  # an answer: it is serving, its SIGTERM handler in place for the end
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         assert_times_out_promptly(autostart=False)
