@@ -3,6 +3,7 @@ as a table for people or as JSON (``--json``) for programs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
 from omnid_client.protocol import DaemonStatus, ReapResult, Session, Settings, version_note
 
 from . import __version__
+from .safefile import atomic_write, os_message
 
 EXIT_NOT_RUNNING = 3
 
@@ -33,20 +35,22 @@ def fail_cleanly(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OmnidError as e:
+        except (OmnidError, OSError) as e:
             exit_with_error(e, kwargs.get("as_json", False))
 
     return wrapper
 
 
-def exit_with_error(e: OmnidError, as_json: bool) -> NoReturn:
+def exit_with_error(e: OmnidError | OSError, as_json: bool) -> NoReturn:
     """One line on stderr (or a JSON error on stdout), then exit 3 if the daemon cannot be
-    reached, else 1: a refusal (another uid, an unsafe socket directory) is not "not running"."""
-    code = getattr(e, "code", type(e).__name__.lower())
+    reached, else 1: a refusal (another uid, an unsafe socket directory) is not "not running".
+    An OSError no command turned into its own error still gets one clean line."""
+    code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
+    message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
     if as_json:
-        click.echo(json.dumps({"error": {"code": code, "message": str(e)}}))
+        click.echo(json.dumps({"error": {"code": code, "message": message}}))
     else:
-        click.echo(f"omnid: {code}: {e}", err=True)
+        click.echo(f"omnid: {code}: {message}", err=True)
     sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
 
 
@@ -145,9 +149,17 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
     paths = daemon_paths()
     if log_file is not None:
         log_file = log_file.absolute()
-    if detach:
-        _detach(log_file)
-    target = logs.configure(log_file, log_level or "info")
+    try:
+        if detach:
+            _detach(log_file)
+        target = logs.configure(log_file, log_level or "info")
+    except OSError as e:
+        why = f"cannot use the log file {log_file}: {os_message(e)}"
+        click.echo(f"omnid: cannot start: {why}", err=True)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error {why}\n".encode())
+        sys.exit(1)
     restart = [sys.executable, "-m", "omnid", "serve"]
     if log_file is not None:
         restart += ["--log-file", str(log_file)]
@@ -163,6 +175,9 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
 
 def _detach(log_file: Path | None) -> None:
     """Double fork so the daemon is no child of whoever started it and has no terminal."""
+    from .logs import open_log
+
+    err = open_log(log_file) if log_file is not None else -1  # before forking: its error is the caller's
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -171,12 +186,9 @@ def _detach(log_file: Path | None) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    if log_file is not None:
-        err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(err, 2)
+    os.dup2(err if err >= 0 else devnull, 2)
+    if err >= 0:
         os.close(err)
-    else:
-        os.dup2(devnull, 2)
     os.close(devnull)
 
 
@@ -215,6 +227,27 @@ def _seconds(value: float, zero: str) -> str:
     return zero if value == 0 else f"{value:g}s"
 
 
+def _watching(st: DaemonStatus) -> str:
+    text = f"{st.watched_processes} process(es) via {st.watcher}"
+    swept = st.watched_processes - (st.pidfd_watches or 0)
+    if st.pidfd_watches is not None and swept > 0:
+        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
+    return text
+
+
+def _storage(st: DaemonStatus) -> str | None:
+    if st.database_used_bytes is None:
+        return None  # an older daemon
+    used = f"{st.database_used_bytes} bytes used"
+    if st.database_quota:
+        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
+    else:
+        used += " (no quota)"
+    if st.storage_error:
+        used += f"; WRITES REFUSED: {st.storage_error}"
+    return used
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -240,13 +273,14 @@ def print_status(st: DaemonStatus) -> None:
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
         ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
-        ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
+        ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]
@@ -1015,21 +1049,14 @@ def export_command(output, force, session_ids, project_ids, since, as_json) -> N
         sys.stdout.buffer.flush()
     else:
         output = output.absolute()
-        if output.exists() and not force:
-            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists")
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
         try:
             # The export holds every message: readable by its owner alone, like the database.
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
-                counts = transfer.export(database, f, **filters)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
+            with atomic_write(output, overwrite=force) as pending:
+                counts = transfer.export(database, pending.file, **filters)
+        except FileExistsError:
+            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
         except OSError as e:
-            raise transfer.TransferError(f"cannot write {output}: {e}", "io") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     if as_json:
         print_json({"path": str(output), "records": counts})
     else:
@@ -1038,6 +1065,8 @@ def export_command(output, force, session_ids, project_ids, since, as_json) -> N
 
 
 def print_import(result: Any, source: dict | None = None) -> None:
+    from .identity import GONE
+
     verb = "would import" if result.dry_run else "imported"
     rows = []
     for kind, c in result.records.items():
@@ -1049,6 +1078,9 @@ def print_import(result: Any, source: dict | None = None) -> None:
         click.echo("no records")
     if result.reaped:
         click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {'would be' if result.dry_run else 'were'} ended as reaped")
+        for session_id, why in result.why.items():
+            if why not in GONE:
+                click.echo(f"  {session_id}: {why}")
 
 
 @main.command("import")
@@ -1081,10 +1113,12 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     records, report = omnimemory.read(path)
     with transfer_client() as client:
         result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
-    if as_json:
-        print_json({"source": report.as_dict(), "import": result})
-        return
     source = report.as_dict()
+    for warning in source["warnings"]:
+        click.echo(f"omnid: warning: {warning}", err=True)
+    if as_json:
+        print_json({"source": source, "import": result})
+        return
     click.echo("read: " + (", ".join(f"{n} {table} row(s)" for table, n in source["tables"].items()) or "no tables"))
     for what in ("sessions", "context", "memories"):
         entry = dict(source[what])

@@ -15,7 +15,7 @@ from typing import Callable
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive
+from .identity import ProcessIdentity, ProcessInfo, inspect, is_alive, same_process
 from .store import Store
 from .store import sessions as q
 
@@ -27,29 +27,64 @@ RETRY_MIN = 1.0
 """Seconds before the first retry to end dead owners' sessions after a failed commit (doubling)."""
 
 
+def _running(identity: ProcessIdentity) -> bool:
+    """That process still runs (a look at /proc), for owners left to the sweep."""
+    info = inspect(identity.pid)
+    return info is not None and same_process(identity, info.identity)
+
+
 class PidfdWatcher:
-    """Linux: one pidfd per owner process, readable once that process has exited."""
+    """Linux: one pidfd per owner process, readable once that process has exited; at most
+    ``max_fds`` of them, so owners cannot starve connections and the store of file
+    descriptors. Owners past that are left to the periodic sweep (``watch`` still says
+    whether they live)."""
 
     mode = "pidfd"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
         self._loop = loop
         self._on_exit = on_exit
         self._fds: dict[ProcessIdentity, int] = {}
+        self.max_fds = max_fds
+        self._warned_at = float("-inf")
+
+    @property
+    def fds(self) -> int:
+        """File descriptors held (one per process with an exit watch)."""
+        return len(self._fds)
+
+    @property
+    def has_room(self) -> bool:
+        return self.max_fds is None or len(self._fds) < self.max_fds
+
+    def watching(self, identity: ProcessIdentity) -> bool:
+        """Its exit is an event (not only found by the sweep)."""
+        return identity in self._fds
 
     def watch(self, identity: ProcessIdentity) -> bool:
         """Start watching; False if that process is already gone."""
+        if identity in self._fds:
+            return True
+        if not self.has_room:
+            now = self._loop.time()
+            if now - self._warned_at > 3600.0:  # owners come and go at the limit: now and then is enough
+                self._warned_at = now
+                log.warning(
+                    "%d owner processes have an exit watch (pidfd), the most this daemon's file descriptor "
+                    "limit leaves room for; the exits of further owners are found by the periodic sweep",
+                    len(self._fds),
+                )
+            return _running(identity)
         try:
             fd = os.pidfd_open(identity.pid)
         except ProcessLookupError:
             return False
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
             log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
-            info = inspect(identity.pid)
-            return info is not None and info.identity == identity
+            return _running(identity)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
         info = inspect(identity.pid)
-        if info is None or info.identity != identity:
+        if info is None or not same_process(identity, info.identity):
             os.close(fd)
             return False
         self._fds[identity] = fd
@@ -59,7 +94,11 @@ class PidfdWatcher:
     def running(self, identity: ProcessIdentity) -> bool:
         """Still running, known without reading /proc: its pidfd is not readable yet."""
         fd = self._fds.get(identity)
-        return fd is not None and not select.select([fd], [], [], 0)[0]
+        if fd is None:
+            return False
+        poll = select.poll()  # not select(): pidfds past FD_SETSIZE (1024) are common
+        poll.register(fd, select.POLLIN)
+        return not poll.poll(0)
 
     def unwatch(self, identity: ProcessIdentity) -> None:
         fd = self._fds.pop(identity, None)
@@ -80,8 +119,12 @@ class KqueueWatcher:
     """macOS/BSD: EVFILT_PROC NOTE_EXIT events on one kqueue."""
 
     mode = "kqueue"
+    fds = 0
+    """One kqueue for every process: no file descriptor per watch."""
+    max_fds = None
+    has_room = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
         self._loop = loop
         self._on_exit = on_exit
         self._kq = select.kqueue()
@@ -97,11 +140,14 @@ class KqueueWatcher:
         except ProcessLookupError:
             return False
         info = inspect(identity.pid)
-        if info is None or info.identity != identity:
+        if info is None or not same_process(identity, info.identity):
             self.unwatch(identity)
             return False
         self._by_pid[identity.pid] = identity
         return True
+
+    def watching(self, identity: ProcessIdentity) -> bool:
+        return self._by_pid.get(identity.pid) == identity
 
     def running(self, identity: ProcessIdentity) -> bool:
         self._drain()
@@ -131,12 +177,18 @@ class PollingWatcher:
     """No exit events on this OS: the periodic sweep finds dead owners."""
 
     mode = "polling"
+    fds = 0
+    max_fds = None
+    has_room = False
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
         pass
 
     def watch(self, identity: ProcessIdentity) -> bool:
         return is_alive(identity)[0]
+
+    def watching(self, identity: ProcessIdentity) -> bool:
+        return False
 
     def running(self, identity: ProcessIdentity) -> bool:
         return False  # unknown without a look at the process: callers inspect it
@@ -148,11 +200,11 @@ class PollingWatcher:
         pass
 
 
-def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
+def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
     if hasattr(os, "pidfd_open"):
         try:
             os.close(os.pidfd_open(os.getpid()))
-            return PidfdWatcher(loop, on_exit)
+            return PidfdWatcher(loop, on_exit, max_fds)
         except OSError:
             pass
     if hasattr(select, "kqueue") and sys.platform != "win32":
@@ -163,11 +215,15 @@ def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback):
 class Reaper:
     """Keeps one watch per live owner process and ends its sessions when it dies."""
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0):
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0, max_fds: int | None = None
+    ):
+        """``max_fds``: most file descriptors to spend on exit watches (pidfds); owners past
+        that are found dead by the sweep alone."""
         self.store = store
         self.loop = loop
         self.sweep_interval = sweep_interval
-        self.watcher = make_watcher(loop, self._owner_exited)
+        self.watcher = make_watcher(loop, self._owner_exited, max_fds)
         self.owners: dict[ProcessIdentity, set[str]] = {}
         self._by_pid: dict[int, ProcessIdentity] = {}
         self._uid = os.getuid()  # every session here was bound to a process of this user
@@ -321,6 +377,12 @@ class Reaper:
                 dead_owners[owner] = cause
         now = self.store.now()
         if not dry_run:
+            # Owners left to the sweep get an exit watch as soon as there is room again.
+            for owner, (alive, _) in checked.items():
+                if not self.watcher.has_room:
+                    break
+                if alive and owner in self.owners and not self.watcher.watching(owner):
+                    self.watcher.watch(owner)
             if found:
                 with self.store.write() as db:
                     q.end(db, [s.session_id for s in found], "reaped", now)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import resource
@@ -30,7 +31,6 @@ from omnid_client.paths import (
     check_socket_path,
     ensure_private_dir,
     read_status_file,
-    write_json_atomic,
 )
 from omnid_client.protocol import (
     HEADER,
@@ -47,12 +47,13 @@ from omnid_client.protocol import (
 )
 from omnid_client.trust import peer_credentials
 
-from . import __version__, api, logs, systemd, upgrade
-from .config import Config, config_path
+from . import __version__, api, clock, logs, systemd, upgrade
+from .config import Config, config_path, describe
 from .expiry import Expirer
 from .idle import IdleExpiry
 from .reaper import Reaper
 from .retention import Archiver, retention_from_env
+from .safefile import atomic_write, open_private, os_message
 from .store import CorruptDatabase, Store, StoreError, set_aside
 from .store import sessions as q
 from .watch import DirWatcher
@@ -73,7 +74,33 @@ upgrade rewrites many files."""
 LISTEN_BACKLOG = 4096
 """Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
 FD_RESERVE = 32
-"""File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
+"""File descriptors spent neither on connections nor on owner watches: SQLite, /proc and the
+daemon's own files need some."""
+PIDFD_SHARE = 0.5
+"""The share of the file descriptors above ``FD_RESERVE`` (and those open at start) that
+exit watches on owner processes (pidfds) may take; connections always keep the rest.
+Owners past it are found dead by the periodic sweep instead of at once."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+"""Signals whose default action would end the daemon: each stops it gracefully, logged by
+name. SIGHUP rereads the config file instead (the daemon convention)."""
+WRITE_HIGH_WATER = 256 * 1024
+"""Bytes of replies queued for one connection (unsent, or waiting for their commit) past
+which the daemon reads no further requests from it, until the client has taken its
+replies down to ``WRITE_LOW_WATER``. With ``MAX_IN_FLIGHT`` and the frame limit this
+bounds what any one connection can make the daemon hold (see ``CONNECTION_MEMORY``)."""
+WRITE_LOW_WATER = 64 * 1024
+MAX_IN_FLIGHT = 64
+"""Requests of one connection decoded and run but not yet answered (waiting for their
+commit) past which no further request of it is decoded."""
+READ_CHUNK = 256 * 1024
+"""Most bytes asyncio reads from a socket at once."""
+CONNECTION_MEMORY = 2 * WRITE_HIGH_WATER + 4 * (HEADER.size + MAX_FRAME) + READ_CHUNK
+"""Most bytes of requests and replies one connection can make the daemon hold, whatever its
+client does (about 4.8 MiB): replies unsent and replies waiting for their commit (each
+stopped at the high-water mark, plus the reply that crossed it, and a read's request kept
+to be retried), and unread request bytes (one frame being assembled, plus one read)."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -84,17 +111,22 @@ _encoder = msgspec.msgpack.Encoder()
 class Timeouts:
     handshake: float = HANDSHAKE_TIMEOUT
     idle: float = CONNECTION_IDLE_TIMEOUT
+    sweep: float | None = None
+    """Seconds between sweeps, overriding the config's ``sweep_interval`` (and its 30 s
+    floor) for one-off runs and tests."""
 
     @classmethod
     def from_env(cls) -> "Timeouts":
-        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT`` (seconds)."""
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT``
+        / ``OMNID_SWEEP_INTERVAL`` (seconds)."""
         return cls(
             _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
             _seconds_from_env("OMNID_CONNECTION_IDLE_TIMEOUT", CONNECTION_IDLE_TIMEOUT),
+            _seconds_from_env("OMNID_SWEEP_INTERVAL", None),
         )
 
 
-def _seconds_from_env(name: str, default: float) -> float:
+def _seconds_from_env(name: str, default: float | None) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -118,6 +150,11 @@ class StartupError(Exception):
 
 
 class Connection(asyncio.Protocol):
+    """One client connection. Requests are decoded and run in order, but only while the
+    client keeps up with its replies: past ``WRITE_HIGH_WATER`` queued reply bytes or
+    ``MAX_IN_FLIGHT`` unanswered requests, the rest of what arrived stays undecoded and
+    the socket is not read, until the client has taken its replies."""
+
     def __init__(self, daemon: "Daemon"):
         self.daemon = daemon
         self.transport: asyncio.Transport | None = None
@@ -128,12 +165,21 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The handshake deadline until the hello, then the idle check."""
         self._last_heard = 0.0
+        self._write_paused = False
+        """The transport holds more than ``WRITE_HIGH_WATER`` unsent bytes."""
+        self._reading = True
+        self.in_flight = 0
+        """Requests run whose replies wait for their commit."""
+        self.waiting_bytes = 0
+        """Bytes of those replies."""
+        self._resume_pending = False
 
     # -- asyncio callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.daemon.connections.add(self)
         try:
             pid, uid = peer_credentials(transport.get_extra_info("socket"))
@@ -161,6 +207,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.transport = None
+        self.buffer = bytearray()
         if self.daemon.listener is not None:
             self.daemon.listener.fd_freed()
 
@@ -172,11 +219,16 @@ class Connection(asyncio.Protocol):
             self.buffer += data
             data = bytes(self.buffer)
             self.buffer.clear()
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Run the complete frames at the start of ``data`` while the client keeps up;
+        keep the rest for later."""
         # Frames are decoded straight out of what arrived (usually exactly one frame);
-        # only an incomplete tail is kept for the next read.
+        # only an incomplete tail, or what must wait for the client, is kept.
         view = memoryview(data)
         start, size = 0, len(data)
-        while size - start >= HEADER.size and not self.closing:
+        while size - start >= HEADER.size and not self.closing and not self.backlogged:
             (length,) = HEADER.unpack_from(data, start)
             if length > MAX_FRAME:
                 self.fail(0, TooLarge(f"frame of {length} bytes; the limit is {MAX_FRAME}"))
@@ -188,14 +240,49 @@ class Connection(asyncio.Protocol):
             start = end
         if start < size and not self.closing:
             self.buffer += view[start:]
+        self._pace_reading()
+
+    @property
+    def backlogged(self) -> bool:
+        """The client is behind on its replies: decode nothing more from it for now."""
+        return self._write_paused or self.in_flight >= MAX_IN_FLIGHT or self.waiting_bytes >= WRITE_HIGH_WATER
+
+    def _pace_reading(self) -> None:
+        """Read the socket only while the client keeps up with its replies."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        want = not self.backlogged
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _caught_up(self) -> None:
+        """The client took replies, or some were answered: go on with what waits (soon,
+        not from inside a commit or a transport callback)."""
+        if self._resume_pending or self.backlogged or self.transport is None:
+            return
+        self._resume_pending = True
+        self.daemon.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_pending = False
+        if self.closing or self.transport is None or self.backlogged:
+            return
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._consume(data)
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._write_paused = True
+        self._pace_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._write_paused = False
+        self._caught_up()
 
     # -- requests ------------------------------------------------------------------
 
@@ -217,21 +304,35 @@ class Connection(asyncio.Protocol):
         store = self.daemon.store
         writes_before = store.writes
         response = api.dispatch(caller, request)
+        if isinstance(response, asyncio.Future):  # it replies once its background work is done
+            response.add_done_callback(lambda done: done.cancelled() or self.send(done.result()))
+            return
         if not store.in_transaction:
             self.send(response)
             return
         wrote = store.writes != writes_before
+        # What waits is held as bytes, and counted: the reply, and a read's request (for the
+        # retry below), copied out of the read buffer it points into.
+        frame = self.encode(response)
+        request_id, method = request.id, request.method
+        retry = None if wrote or retries == 0 else msgspec.Raw(bytes(request.params))
+        held = len(frame) + (len(retry) if retry is not None else 0)
+        self.in_flight += 1
+        self.waiting_bytes += held
 
         def deliver(err: Exception | None) -> None:
+            self.in_flight -= 1
+            self.waiting_bytes -= held
             if err is None:
-                self.send(response)
-            elif wrote or retries == 0:
-                self.send(ResponseFrame(response.id, error=api.error_info(err)))
+                self.write(frame)
+            elif retry is None:
+                self.send(ResponseFrame(request_id, error=api.error_info(err)))
             else:
                 # A read in a batch that could not be committed may have seen writes that
                 # are now undone: run it again (once; it may write this time, and then its
                 # reply waits for its own commit). A failing disk must not fail reads.
-                self.respond(caller, request, retries - 1)
+                self.respond(caller, IncomingRequest(request_id, method, retry), retries - 1)
+            self._caught_up()
 
         store.after_commit(deliver)
 
@@ -270,9 +371,16 @@ class Connection(asyncio.Protocol):
         self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
 
     def send(self, response: ResponseFrame) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.encode(response))
+
+    def write(self, frame: bytearray) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
+    def encode(self, response: ResponseFrame) -> bytearray:
+        """The framed reply; an error in its place if it is over the frame limit."""
         buf = bytearray(HEADER.size)
         _encoder.encode_into(response, buf, HEADER.size)
         size = len(buf) - HEADER.size
@@ -287,7 +395,7 @@ class Connection(asyncio.Protocol):
             _encoder.encode_into(ResponseFrame(response.id, error=api.error_info(err)), buf, HEADER.size)
             size = len(buf) - HEADER.size
         HEADER.pack_into(buf, 0, size)
-        transport.write(buf)
+        return buf
 
     def fail(self, request_id: int, err: OmnidError) -> None:
         """Send a final error and close: the stream can no longer be trusted."""
@@ -319,8 +427,8 @@ class Connection(asyncio.Protocol):
 
 
 class Listener:
-    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store,
-    owner watches and /proc; past that, new connections wait in the kernel's listen backlog
+    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store
+    and /proc (owner watches take at most ``PIDFD_SHARE`` of the rest); past that, new connections wait in the kernel's listen backlog
     until one closes. (asyncio's own server, out of fds, logs a traceback per queued
     connection every second.)"""
 
@@ -330,7 +438,7 @@ class Listener:
         self.sock = sock
         sock.setblocking(False)
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.base_fds = _open_fd_count() - len(daemon.reaper.owners)
+        self.base_fds = _open_fd_count() - daemon.reaper.watcher.fds
         self.accepting = False
         self._starting: set[asyncio.Task] = set()
         self.paused_at: float | None = None
@@ -340,9 +448,9 @@ class Listener:
 
     def fds_in_use(self) -> int:
         """An estimate that needs no syscall: what was open at start, plus each connection
-        (accepted or being set up) and each watched owner (a pidfd)."""
+        (accepted or being set up) and each exit watch on an owner (a pidfd)."""
         daemon = self.daemon
-        return self.base_fds + len(self._starting) + len(daemon.connections) + len(daemon.reaper.owners)
+        return self.base_fds + len(self._starting) + len(daemon.connections) + daemon.reaper.watcher.fds
 
     def has_room(self) -> bool:
         return self.fd_limit == resource.RLIM_INFINITY or self.fds_in_use() < self.fd_limit - FD_RESERVE
@@ -441,7 +549,8 @@ class Daemon:
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
         self.timeouts = timeouts
-        self.started_at = time.time()
+        self.started_at = clock.wall()
+        self._started_mono = time.monotonic()
         self.connections: set[Connection] = set()
         self.client_versions_seen: set[str] = set()
         self.set_aside: list[str] = []
@@ -469,6 +578,9 @@ class Daemon:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._fingerprint: tuple = ()
+        self.snapshot: Path | None = None
+        """A copy of the running code, for a failed upgrade to fall back to."""
+        self._snapshotting: asyncio.Future | None = None
         self._rejected_fingerprint: tuple | None = None
         self._preflight: asyncio.Task | None = None
         self._package_names: set[str] = set()
@@ -477,6 +589,10 @@ class Daemon:
     def settings(self) -> Settings:
         """The settings in force (from the config file, or the defaults)."""
         return self.config.settings
+
+    @property
+    def sweep_interval(self) -> float:
+        return self.timeouts.sweep or self.settings.sweep_interval
 
     @property
     def retention(self) -> float | None:
@@ -494,7 +610,10 @@ class Daemon:
 
     def acquire_lock(self) -> None:
         ensure_private_dir(self.paths.state_dir)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_private(self.paths.lock, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise StartupError(f"cannot open the lock file {self.paths.lock}: {os_message(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -572,9 +691,18 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        _raise_fd_limit()
+        fd_limit = _raise_fd_limit()
+        imported = upgrade.files_stamp()
         upgrade.import_everything()
         self._fingerprint = upgrade.fingerprint()
+        failure = upgrade.take_failure()
+        if failure is not None:
+            # Until the installed package changes again, this (old) code is what runs.
+            self.upgrade_error = (
+                f"the upgraded package ({upgrade.installed_version()}) failed before it was ready: {failure}; "
+                f"running the previous code ({__version__}) from {upgrade.running_snapshot()}"
+            )
+            log.error("%s", self.upgrade_error)
         # Watch before anything can be seen from outside, so no change made once a client
         # can connect goes unnoticed.
         self.watcher = DirWatcher(self.loop)
@@ -583,7 +711,8 @@ class Daemon:
         self.store = self.open_store()
         self.live_sessions = q.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
-        self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
+        self.store.max_bytes = settings.max_database_bytes
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=_pidfd_budget(fd_limit))
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -604,9 +733,13 @@ class Daemon:
             self._listener = self.bind()
         self.listener = Listener(self, self._listener)
         self.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
-        self.reaper.periodic += [self.check_config_file, self.check_socket, self.check_package, self.idle.run]
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self._stop_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
+        self.reaper.periodic += [
+            self.check_config_file, self.check_socket, self.check_package, self.idle.run, self.check_database,
+        ]
         self.check_config_file()  # changed since it was read, before the watch was armed?
         self.write_status_file()
         log.info(
@@ -624,6 +757,10 @@ class Daemon:
             )
         self.archiver.start()
         on_ready()
+        # Only now: a copy taken before it is ready would be the code a failed start falls back to.
+        self._snapshotting = self.loop.run_in_executor(
+            None, upgrade.keep_snapshot, self.paths.state_dir, imported
+        )
         systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
         self._arm_watchdog()
         await self._stopped.wait()
@@ -643,6 +780,17 @@ class Daemon:
             )
         return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
 
+    def _stop_signal(self, sig: int) -> None:
+        log.warning("received %s: stopping", signal.Signals(sig).name)
+        self.request_stop(f"signal {signal.Signals(sig).name}")
+
+    def _reload_signal(self) -> None:
+        """SIGHUP, as for most daemons: read the config file again (never stop)."""
+        log.info("received SIGHUP: rereading the config file %s", self.config.path)
+        self.reload_config()
+        if self.config.error is None:
+            log.info("settings in force: %s", describe(self.settings))
+
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
@@ -650,6 +798,11 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._snapshotting is not None:
+            try:
+                self.snapshot = await self._snapshotting
+            except Exception:
+                log.exception("keeping a copy of the running code failed")
         if self.restart_requested:
             systemd.notify("RELOADING=1", "STATUS=restarting into the upgraded package")
             assert self._listener is not None
@@ -766,16 +919,25 @@ class Daemon:
             self.reload_config()
 
     def apply_settings(self, old: Settings, new: Settings) -> None:
-        if new.sweep_interval != old.sweep_interval:
+        if new.sweep_interval != old.sweep_interval and self.timeouts.sweep is None:
             self.reaper.set_interval(new.sweep_interval)
         if new.durability != old.durability:
             self.store.set_durability(new.durability)
+        if new.max_database_bytes != old.max_database_bytes:
+            self.store.max_bytes = new.max_database_bytes
         if new.log_level != old.log_level and not self.log_level_fixed:
             logs.set_level(new.log_level)
         if new.idle_expiry != old.idle_expiry:
             self.idle.configure(new.idle_expiry)
         if new.retention != old.retention and self._retention_override is None:
             self.archiver.reschedule()
+
+    # -- the database file ---------------------------------------------------------------
+
+    def check_database(self) -> None:
+        """Housekeeping: is the database file still the one open, and how full is it? (Also
+        looked at before each commit, at most once a second.)"""
+        self.store.check(force=True)
 
     # -- the socket ---------------------------------------------------------------------
 
@@ -876,30 +1038,31 @@ class Daemon:
     # -- status --------------------------------------------------------------------
 
     def write_status_file(self) -> None:
-        write_json_atomic(
-            self.paths.status_file,
-            {
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
-                "socket": str(self.paths.socket),
-                "database": str(self.paths.database),
-                "log": str(self.log_path) if self.log_path else None,
-                "log_target": self.log_target,
-                "config": str(self.config.path),
-                "started_at": self.started_at,
-            },
-        )
+        status = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            "socket": str(self.paths.socket),
+            "database": str(self.paths.database),
+            "log": str(self.log_path) if self.log_path else None,
+            "log_target": self.log_target,
+            "config": str(self.config.path),
+            "started_at": self.started_at,
+        }
+        try:
+            with atomic_write(self.paths.status_file, owned=True) as pending:
+                pending.file.write(json.dumps(status, indent=2).encode() + b"\n")
+        except OSError as e:
+            raise StartupError(f"cannot write the status file {self.paths.status_file}: {os_message(e)}") from None
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()
-        now = time.time()
         return DaemonStatus(
             pid=os.getpid(),
             version=__version__,
             protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             started_at=self.started_at,
-            uptime=now - self.started_at,
+            uptime=time.monotonic() - self._started_mono,  # a wall-clock jump does not change it
             home=str(self.paths.state_dir),
             socket=str(self.paths.socket),
             database=str(self.paths.database),
@@ -910,6 +1073,11 @@ class Daemon:
             watcher=self.reaper.mode,
             live_sessions=q.count_live(self.store.db),
             watched_processes=len(self.reaper.owners),
+            pidfd_watches=self.reaper.watcher.fds if self.reaper.mode == "pidfd" else None,
+            pidfd_budget=self.reaper.watcher.max_fds,
+            database_used_bytes=self.store.used_bytes,
+            database_quota=self.store.max_bytes or None,
+            storage_error=str(refusal) if (refusal := self.store.refusal(grows=True)) is not None else None,
             connections=len(self.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),
@@ -938,12 +1106,23 @@ def _accepts_connections(path: Path) -> bool:
         probe.close()
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (as far as allowed); returns the
+    soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
+    if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _pidfd_budget(fd_limit: int) -> int | None:
+    """How many owner processes may get an exit watch (a pidfd): ``PIDFD_SHARE`` of the file
+    descriptors neither open now nor in ``FD_RESERVE``. None: no limit."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return None
+    return max(0, int((fd_limit - _open_fd_count() - FD_RESERVE) * PIDFD_SHARE))
 
 
 def run(
@@ -972,6 +1151,10 @@ def run(
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
+    if hasattr(signal, "SIGHUP"):
+        # Until the event loop handles it (a config reload), a SIGHUP must not kill the
+        # daemon silently; the file is read during startup anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handover = upgrade.take_handover()
     inherited = systemd.listen_fds()
     config = Config(config_path())
@@ -1014,7 +1197,7 @@ def run(
         return 1
     if daemon.restart_requested and daemon.handover_socket is not None:
         owner = "systemd" if daemon.socket_inherited else "own"
-        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv)
+        upgrade.exec_handover(daemon._lock_fd, daemon.handover_socket, owner, daemon.restart_argv, daemon.snapshot)
     return 0
 
 

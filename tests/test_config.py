@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import DaemonProcess, wait_for, run_omnid as omnid
 from omnid.identity import inspect
 from omnid_client import Client
@@ -228,3 +230,71 @@ def test_the_log_file_is_rotated_and_status_says_where_it_is(home):
         assert log_file.stat().st_size < 100_000 and "serving" in d.log_text()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_sighup_rereads_the_config_and_every_stopping_signal_is_logged_by_name(home, stop_signal):
+    write_config(home, "sweep_interval = 45\n")
+    d = DaemonProcess(home).start()
+    try:
+        assert status().settings.sweep_interval == 45  # it answers: its signal handlers are set
+        write_config(home, "sweep_interval = 75\n")
+        os.kill(d.pid, signal.SIGHUP)
+        wait_for(lambda: "received SIGHUP" in d.log_text() and "sweep_interval=75" in d.log_text(),
+                 what="the SIGHUP reload to be logged")
+        assert d.running, "SIGHUP must not stop the daemon"
+        assert status().settings.sweep_interval == 75
+        os.kill(d.pid, signal.SIGHUP)  # nothing changed: still a reload, still running
+        wait_for(lambda: d.log_text().count("received SIGHUP") == 2, what="the second SIGHUP")
+        assert status().pid == d.pid
+        os.kill(d.pid, stop_signal)
+        assert d.proc.wait(10) == 0, "a stopping signal stops the daemon gracefully"
+    finally:
+        if d.running:
+            d.kill()
+        d.stop()
+    log = d.log_text()
+    assert f"received {stop_signal.name}: stopping" in log
+    assert "Traceback" not in log
+
+
+DAY = 86400.0
+
+
+def test_a_wall_clock_jump_moves_timestamps_with_it_and_idle_expiry_runs_on_monotonic_time(home, monkeypatch):
+    """The machine's clock is not ours to move: the daemon reads its wall clock through
+    one function, which adds the seconds in OMNID_TEST_CLOCK_FILE. Idle expiry never reads
+    it to measure idleness, so a jump of a day either way changes nothing there."""
+    skew = home / "clock-skew"
+    skew.write_text("0")
+    monkeypatch.setenv("OMNID_TEST_CLOCK_FILE", str(skew))
+    DaemonProcess(home).start().stop()  # create the database
+    with contextlib.closing(sqlite3.connect(home / "omnid.db")) as db, db:
+        quiet = insert_session(db, idle_for=10)
+    write_config(home, "idle_expiry = 100\n")
+
+    d = DaemonProcess(home).start()
+    try:
+        with Client(autostart=False) as c:
+            assert c.get(quiet).live
+            skew.write_text(str(DAY))  # a day forward
+            write_config(home, "idle_expiry = 101\n")  # a look at every session after the jump
+            wait_for(lambda: c.status().settings.idle_expiry == 101, what="idle_expiry 101")
+            assert c.get(quiet).live, "idle for seconds, not a day: the jump does not expire it"
+            ahead = c.get_or_create("after-forward-jump").session
+            assert abs(ahead.started_at - (time.time() + DAY)) < 60, "timestamps follow the clock forward"
+
+            skew.write_text(str(-DAY))  # two days back
+            behind = c.get_or_create("after-backward-jump").session
+            assert abs(behind.started_at - (time.time() - DAY)) < 60, "timestamps follow the clock back at once"
+            later = c.heartbeat(behind.session_id)
+            assert behind.started_at < later.last_activity < behind.started_at + 60, "and stay ordered after it"
+            assert c.get(quiet).live
+            assert 0 < c.status().uptime < 600
+
+            write_config(home, "idle_expiry = 5\n")  # quiet has been idle for over 10 s, by monotonic time
+            wait_for(lambda: c.get(quiet).end_reason == "expired", what="the quiet session to expire")
+            assert c.get(ahead.session_id).live and c.get(behind.session_id).live
+    finally:
+        assert d.stop() == 0, d.log_text()
+    assert "the wall clock went back" in d.log_text()

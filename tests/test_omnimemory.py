@@ -8,16 +8,20 @@ context blob of mcp_server/session_manager.py): the current one, an older one wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import omnid_error as fails, omnid_json as ok_json, run_omnid as omnid
 from omnid_client import Client
@@ -338,6 +342,70 @@ def test_epoch_and_zoned_times_and_a_read_only_wal_source(daemon, client, home, 
         assert client.get_memory("k2", workspace=str(workspace)).value == "in the wal"
     finally:
         writer.close()
+
+
+HOSTILE_SCHEMA = """
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY, tool_id TEXT NOT NULL, workspace_path TEXT NOT NULL, project_id TEXT NOT NULL,
+    created_at TIMESTAMP, last_activity TIMESTAMP, ended_at TIMESTAMP, context_json TEXT, metrics_json TEXT
+);
+CREATE TABLE project_memories (
+    memory_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, memory_key TEXT NOT NULL, memory_value TEXT,
+    created_at TIMESTAMP, workspace_path TEXT,
+    value BLOB GENERATED ALWAYS AS (zeroblob(700000000)) VIRTUAL
+);
+"""
+
+
+def peak_rss(argv: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess, int]:
+    """Run a command, sampling its resident memory until it exits: (its result, the peak)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, watched.memory_info().rss)
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), peak
+
+
+def test_a_hostile_database_is_streamed_with_every_value_capped(daemon, client, home, tmp_path, workspace):
+    """Values far larger than the importer may grow (a 350 MB blob, a 120 MB context text,
+    a generated column of 700 MB on every row) are measured, never loaded: each over-cap
+    value is left out with a warning naming its row, and the rest comes in."""
+    source = tmp_path / "hostile.db"
+    ws = str(workspace)
+    db = sqlite3.connect(source)
+    try:
+        db.executescript(HOSTILE_SCHEMA)
+        db.execute("INSERT INTO project_memories (memory_id, project_id, memory_key, memory_value, created_at, "
+                   "workspace_path) VALUES ('big', 'p', 'big', zeroblob(350000000), 1700000000, ?)", (ws,))
+        db.execute("INSERT INTO project_memories (memory_id, project_id, memory_key, memory_value, created_at, "
+                   "workspace_path) VALUES ('ok', 'p', 'ok', 'a fine value', 1700000000, ?)", (ws,))
+        db.execute("INSERT INTO project_memories (memory_id, project_id, memory_key, created_at, workspace_path) "
+                   "VALUES ('gen', 'p', 'gen', 1700000000, ?)", (ws,))  # only the generated column has a value
+        db.execute("INSERT INTO sessions VALUES ('s-1', 'cursor', ?, 'p', 1700000000, 1700000100, 1700000200, "
+                   "hex(zeroblob(60000000)), zeroblob(100))", (ws,))
+        db.commit()
+    finally:
+        db.close()
+    try:
+        r, peak = peak_rss([sys.executable, "-m", "omnid", "import-omnimemory", str(source), "--json"])
+    finally:
+        source.unlink()
+    assert r.returncode == 0, r.stderr
+    assert peak < 300 * 1024 * 1024, f"peak RSS {peak // (1024 * 1024)} MiB"
+    out = json.loads(r.stdout)
+    assert out["source"]["memories"]["skipped"] == {"no_value": 1, "too_large": 1}
+    assert out["source"]["context"]["skipped"] == {"too_large": 1}
+    assert out["import"]["records"]["memory"]["imported"] == 1 and out["import"]["records"]["session"]["imported"] == 1
+    assert client.get_memory("ok", workspace=ws).value == "a fine value"
+    assert "omnid: warning: project_memories.value is a generated or hidden column; not read" in r.stderr
+    assert "project_memories row 1: memory_value is 350000000 bytes, over the 262144-byte cap; left out" in r.stderr
+    assert "sessions row 1: context_json is 120000000 bytes, over the 8388608-byte cap; left out" in r.stderr
+    assert "sessions row 1: metrics_json is 100 bytes" not in r.stderr
 
 
 def test_what_is_not_an_omnimemory_database_is_refused_before_anything_happens(home, tmp_path):

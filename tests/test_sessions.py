@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import DaemonProcess, db_rows, wait_for
 from omnid_client import (
     AsyncClient,
     Client,
@@ -310,6 +311,57 @@ def test_a_reused_pid_gets_a_new_session(client, spawn_owner):
     wait_for(lambda: reaped(client, old.session_id), what="the old session to be reaped")
 
 
+def _pidfd_inodes() -> str | None:
+    """Why this kernel gives no unique pidfd inodes, or None if it does."""
+    from omnid.identity import pidfd_inodes_unique
+
+    if not hasattr(os, "pidfd_open"):
+        return "no pidfd_open on this platform"
+    if not pidfd_inodes_unique():
+        return f"kernel {os.uname().release} shares one pidfd inode between processes (pidfs needs Linux 6.9+)"
+    return None
+
+
+@pytest.mark.skipif(_pidfd_inodes() is not None, reason=_pidfd_inodes() or "")
+def test_a_pid_reused_within_one_start_tick_while_omnid_was_down_does_not_inherit_the_session(home, spawn_owner):
+    """Two processes with the same pid and the same start tick (10 ms) look alike to
+    /proc; their pidfd inodes do not. A session recorded with another process's inode is
+    that process's, and ends at restart, while an unchanged one, or one from before
+    inodes were recorded (NULL), stays live."""
+    a, b, c = spawn_owner(), spawn_owner(), spawn_owner()
+    d = DaemonProcess(home).start()
+    try:
+        with Client(autostart=False) as client:
+            ids = [client.get_or_create("t", pid=p.pid).session.session_id for p in (a, b, c)]
+    finally:
+        assert d.stop() == 0
+    db = home / "omnid.db"
+    recorded = dict(db_rows(db, "SELECT owner_pid, owner_ino FROM sessions"))
+    for p in (a, b, c):
+        fd = os.pidfd_open(p.pid)
+        try:
+            assert recorded[p.pid] == os.fstat(fd).st_ino, "the owner's pidfd inode is recorded"
+        finally:
+            os.close(fd)
+    # While omnid was down, A's pid and start tick went to another process: as recorded,
+    # the session's owner is now a process with another inode. C's row predates inodes.
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sessions SET owner_ino = owner_ino + 1000000 WHERE session_id = ?", (ids[0],))
+        conn.execute("UPDATE sessions SET owner_ino = NULL WHERE session_id = ?", (ids[2],))
+
+    d = DaemonProcess(home).start()
+    try:
+        with Client(autostart=False) as client:
+            assert client.get(ids[0]).end_reason == "reaped", "A's pid now belongs to another process"
+            assert client.get(ids[1]).live and client.get(ids[2]).live
+            again = client.get_or_create("t", pid=a.pid)
+            assert again.status == "created" and again.session.session_id != ids[0]
+            assert client.get_or_create("t", pid=b.pid).session.session_id == ids[1]
+    finally:
+        assert d.stop() == 0
+    assert "startup sweep reaped 1 session(s)" in d.log_text()
+
+
 # --- typed errors ---------------------------------------------------------------------------
 
 
@@ -342,6 +394,42 @@ def test_unusable_pids_get_typed_errors(client, spawn_owner, make_pid, error):
     assert_connection_kept(client, sock)
     assert client.get_or_create("claude-code").status == "created"
     assert client.status().live_sessions == 1
+
+
+def kernel_thread_pid() -> int:
+    """A kernel thread other than kthreadd: a child of pid 2."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != "2":
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_bytes()
+                if stat[stat.rindex(b")") + 2 :].split()[1] == b"2":
+                    return int(entry.name)
+    pytest.skip("no kernel thread is visible in this pid namespace")
+
+
+@pytest.mark.parametrize(
+    "make_pid, error, why",
+    [
+        (lambda daemon: 1, PermissionDenied, "init process"),
+        (lambda daemon: 2 if Path("/proc/2").exists() else pytest.skip("no kthreadd here"), PermissionDenied,
+         "kernel thread"),
+        (lambda daemon: kernel_thread_pid(), PermissionDenied, "kernel thread"),
+        (lambda daemon: daemon.pid, Invalid, "omnid daemon itself"),
+    ],
+    ids=["init", "kthreadd", "kernel-thread", "the-daemon"],
+)
+def test_processes_that_never_exit_or_are_omnid_cannot_own_a_session(daemon, client, make_pid, error, why):
+    """Root may inspect every process, so only these checks stop a session from being
+    bound to one that never exits (it would never be reaped) or to the daemon itself."""
+    pid = make_pid(daemon)
+    sock = connection_of(client)
+    for call in (client.get_or_create, client.find):
+        with pytest.raises(error) as exc:
+            call("claude-code", pid=pid)
+        assert why in str(exc.value) and str(pid) in str(exc.value)
+        assert exc.value.details.get("field") == "pid"
+    assert_connection_kept(client, sock)
+    assert client.status().live_sessions == 0
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,8 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
                 "INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)",
                 [(sid, "file_access", f"/old/{n}", 1001.0 + n) for n in range(OLD_EVENTS)],
             )
+        if version >= 3:  # that schema counts them in the row, as omnid did when adding them
+            db.execute("UPDATE sessions SET context_event_count = ? WHERE session_id = ?", (OLD_EVENTS, sid))
         return sid
     finally:
         db.close()
@@ -201,6 +203,8 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
                 "sessions_tool_newest"} <= names
         if sid is not None:
             assert read_old_row(store.db, sid) == OLD_ROW
+            # No pidfd inode was recorded for it: its owner is compared by start time alone.
+            assert store.db.execute("SELECT owner_ino FROM sessions WHERE session_id = ?", (sid,)).fetchone() == (None,)
             assert miscounted_context(store.db) == []
             events = store.db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)).fetchone()
             assert events == (OLD_EVENTS if version >= 2 else 0,)

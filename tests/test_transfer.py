@@ -196,7 +196,7 @@ def test_backup_while_the_daemon_writes_is_complete_and_intact(daemon, client, h
     assert query(copy, "SELECT seq FROM messages ORDER BY seq") == [(n,) for n in range(1, messages + 1)]
     assert query(copy, "SELECT message_count FROM sessions")[0][0] == messages  # one snapshot: counters match rows
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_backup_refuses_an_existing_file_unless_forced(daemon, client, home, tmp_path):
@@ -236,7 +236,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     first = tmp_path / "first.jsonl"
     summary = ok_json("export", "-o", str(first))
     assert oct(first.stat().st_mode & 0o777) == oct(0o600)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     stats_before = client.stats()
 
     records = decode_all(first)
@@ -540,3 +540,39 @@ def test_a_record_too_large_for_one_request_is_named(daemon, client, home, tmp_p
     error = fails("import", str(path))
     assert error["code"] == "too_large" and "line 2" in error["message"]
     assert table_counts(home / "omnid.db") == before
+
+
+def test_imported_live_sessions_bound_to_processes_the_importer_does_not_own_come_in_ended(
+    daemon, client, home, tmp_path, spawn_owner
+):
+    """An export file can name any running process as a live session's owner, identity and
+    all: one of another user's (here ``nobody``'s), init, or the daemon itself must not
+    get a session bound to it that way; the importer's own running process still may."""
+    from omnid.identity import inspect
+
+    nobody = spawn_owner(user=65534)
+    mine = spawn_owner()
+    owners = {"nobody": nobody.pid, "init": 1, "daemon": daemon.pid, "mine": mine.pid}
+    records: list[Any] = [ExportHeader()]
+    ids = {}
+    for n, (name, pid) in enumerate(owners.items()):
+        identity = inspect(pid).identity
+        ids[name] = f"77777777-0000-4000-8000-00000000000{n}"
+        records.append(SessionRecord(
+            ids[name], TOOL, None, "default", identity.pid, identity.start, identity.boot_id, True, None, {},
+            1.0, 2.0, None, None, None, 0, 0, 0,
+        ))
+    path = write_jsonl(tmp_path / "planted.jsonl", records)
+
+    out = run_omnid("import", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    result = msgspec.json.decode(out.stdout)
+    assert sorted(result["reaped"]) == sorted(ids[n] for n in ("nobody", "init", "daemon"))
+    assert "belongs to uid 65534" in result["why"][ids["nobody"]]
+    assert "init process" in result["why"][ids["init"]]
+    assert "omnid daemon itself" in result["why"][ids["daemon"]]
+    for name in ("nobody", "init", "daemon"):
+        assert client.get(ids[name]).end_reason == "reaped", name
+    assert client.get(ids["mine"]).live, "a live session of the importer's own running process stays live"
+    assert client.status().watched_processes == 1
+    assert f"ended live session {ids['nobody']}: process {nobody.pid} belongs to uid 65534" in daemon.log_text()

@@ -159,3 +159,44 @@ def test_an_unknown_method_from_a_newer_client_says_the_daemon_is_older(daemon):
         code, message = error_of(wire.reply())
     assert code == "unsupported"
     assert "unknown method 'session.teleport'" in message and "the daemon" in message and "is older than the client" in message
+
+
+def test_an_upgrade_that_fails_before_it_is_ready_falls_back_to_the_code_that_ran(home, site, spawn_owner):
+    """New code that imports (so the preflight passes) but whose ``serve`` raises: the
+    re-exec'd process runs the copy of the old code instead, with the same pid, socket and
+    sessions, says why, and still moves on to the next (fixed) package."""
+    set_version(site, "1.5.0")
+    d = DaemonProcess(home).start()
+    try:
+        with Client(autostart=False) as c:
+            owner = spawn_owner()
+            sid = c.get_or_create("upgrade-tool", pid=owner.pid).session.session_id
+            assert c.status().version == "1.5.0"
+        wait_for(lambda: (home / "code" / "omnid-snapshot").exists(), what="the copy of the running code")
+        server = site / "omnid" / "server.py"
+        good = server.read_text()
+        marker = "    async def serve(self, on_ready: Callable[[], None]) -> None:\n"
+        assert marker in good
+        replace_file(server, good.replace(marker, marker + '        raise RuntimeError("the new code cannot serve")\n'))
+        set_version(site, "9.2.0")
+
+        st = wait_for(lambda: (s := current_status()) and s.upgrade_error and s, timeout=30, what="the fallback")
+        assert st.version == "1.5.0" and st.pid == d.pid and d.running
+        assert "9.2.0" in st.upgrade_error and "failed before it was ready" in st.upgrade_error
+        assert "the new code cannot serve" in st.upgrade_error
+        log = d.log_text()
+        assert "restarting into it" in log and "RuntimeError: the new code cannot serve" in log
+        with Client(autostart=False) as c:
+            assert c.get(sid).live, "the sessions are still there"
+            assert c.get_or_create("upgrade-tool", pid=owner.pid).session.session_id == sid
+            owner.kill()
+            owner.wait()
+            wait_for(lambda: c.get(sid).end_reason == "reaped", what="the old code to reap the dead owner")
+
+        replace_file(server, good)  # the fixed package: the old code moves on to it
+        set_version(site, "9.2.1")
+        st = wait_for(lambda: (s := current_status()) and s.version == "9.2.1" and s, timeout=30, what="9.2.1 to run")
+        assert st.pid == d.pid and st.upgrade_error is None
+    finally:
+        assert d.stop() == 0, d.log_text()
+    assert not d.socket.exists()

@@ -20,7 +20,7 @@ except ImportError:  # Windows, where a client can only fail open (see _core.HAV
     fcntl = None  # type: ignore[assignment]
 
 from .errors import PermissionDenied, Timeout, Unavailable
-from .paths import InstalledService, Paths, PathError, UnsafePath, ensure_private_dir, installed_service, read_status_file
+from .paths import InstalledService, Paths, PathError, UntrustedPath, ensure_private_dir, installed_service, read_status_file
 
 log = logging.getLogger("omnid_client")
 
@@ -53,7 +53,7 @@ def start_daemon(
     """
     try:
         return _start_daemon(paths, reachable, timeout, use_service)
-    except UnsafePath as e:
+    except UntrustedPath as e:
         raise PermissionDenied(f"not starting omnid: {e}") from e
     except PathError as e:
         raise Unavailable(str(e)) from e

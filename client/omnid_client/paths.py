@@ -38,7 +38,7 @@ class PathError(Exception):
     """A location omnid cannot use safely; the message names the path and the way out."""
 
 
-class UnsafePath(PathError):
+class UntrustedPath(PathError):
     """A location another user owns or could redirect (a symlink, a foreign owner)."""
 
 
@@ -200,25 +200,17 @@ def ensure_private_dir(path: Path) -> None:
         raise PathError(f"cannot create {path}: {e.strerror}") from e
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise UnsafePath(f"{path} must be a directory, not a symlink or file; remove it or set OMNID_HOME")
+        raise UntrustedPath(f"{path} must be a directory, not a symlink or file; remove it or set OMNID_HOME")
     if st.st_uid != os.getuid():
-        raise UnsafePath(
+        raise UntrustedPath(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
             "remove it or set OMNID_HOME"
         )
     if st.st_mode & stat.S_ISVTX and st.st_mode & 0o022:
         # A shared directory like /tmp (a root daemon owns it): never made private for us.
-        raise UnsafePath(f"{path} is a shared directory (sticky, writable by others); set OMNID_SOCKET or OMNID_HOME to a directory of your own")
+        raise UntrustedPath(f"{path} is a shared directory (sticky, writable by others); set OMNID_SOCKET or OMNID_HOME to a directory of your own")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # --- service manager units ----------------------------------------------------------

@@ -28,6 +28,10 @@ from ..store import tasks as task_store
 from . import Caller, check_size, current, existing_session, handles, live_session
 
 
+SESSION_BYTES = 4096
+"""About what a new session adds to the database (for the storage quota's estimate)."""
+
+
 @handles("session.get_or_create")
 def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
@@ -44,6 +48,7 @@ def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
             return GetOrCreateResult("existing", existing)
+    store.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write():
         return GetOrCreateResult("created", _create(caller, p, owner, now))
 
@@ -71,7 +76,7 @@ def _create(caller: Caller, p: GetOrCreate, owner: ProcessIdentity, now: float) 
         last_activity=now,
         project_id=project_id,
     )
-    q.insert(db, session, dedup=p.dedup)
+    q.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     daemon.reaper.track(session.session_id, owner)
     return session
 
