@@ -10,7 +10,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import click
 import msgspec
@@ -36,16 +36,22 @@ def fail_cleanly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (OmnidError, OSError) as e:
-            # An OSError no command turned into its own error still gets one clean line.
-            code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
-            message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": {"code": code, "message": message}}))
-            else:
-                click.echo(f"omnid: {code}: {message}", err=True)
-            sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
+            exit_with_error(e, kwargs.get("as_json", False))
 
     return wrapper
+
+
+def exit_with_error(e: OmnidError | OSError, as_json: bool) -> NoReturn:
+    """One line on stderr (or a JSON error on stdout), then exit 3 if the daemon cannot be
+    reached, else 1: a refusal (another uid, an unsafe socket directory) is not "not running".
+    An OSError no command turned into its own error still gets one clean line."""
+    code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
+    message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
+    if as_json:
+        click.echo(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        click.echo(f"omnid: {code}: {message}", err=True)
+    sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
 
 
 def connect(autostart: bool = True) -> Client:
@@ -205,8 +211,7 @@ def status(as_json: bool) -> None:
                 click.echo(f"  last status file names pid {published.get('pid')} (stale)")
         sys.exit(EXIT_NOT_RUNNING)
     except OmnidError as e:
-        click.echo(f"omnid: {getattr(e, 'code', 'error')}: {e}", err=True)
-        sys.exit(1)
+        exit_with_error(e, as_json)
     note = version_note(__version__, st.version)
     if as_json:
         print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note})

@@ -15,7 +15,6 @@ import resource
 import signal
 import socket
 import stat
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from omnid_client.protocol import (
     Welcome,
     version_note,
 )
+from omnid_client.trust import peer_credentials
 
 from . import __version__, api, clock, logs, systemd, upgrade
 from .config import Config, config_path, describe
@@ -149,20 +149,6 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
-    if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return pid, uid
-    # macOS/BSD: LOCAL_PEERCRED gives struct xucred {u_int version; uid_t uid; ...},
-    # LOCAL_PEERPID the pid (SOL_LOCAL = 0).
-    xucred = sock.getsockopt(0, 0x001, struct.calcsize("IIh16I"))
-    uid = struct.unpack_from("II", xucred)[1]
-    pid = struct.unpack("i", sock.getsockopt(0, 0x002, 4))[0]
-    return pid, uid
-
-
 class Connection(asyncio.Protocol):
     """One client connection. Requests are decoded and run in order, but only while the
     client keeps up with its replies: past ``WRITE_HIGH_WATER`` queued reply bytes or
@@ -203,7 +189,14 @@ class Connection(asyncio.Protocol):
             return
         if uid != os.getuid():
             log.warning("refused connection from uid %d (pid %d)", uid, pid)
-            self.fail(0, PermissionDenied(f"omnid serves uid {os.getuid()} only; you are uid {uid}"))
+            self.fail(
+                0,
+                PermissionDenied(
+                    f"permission denied: this omnid serves uid {os.getuid()} only and you are uid {uid}; "
+                    "use your own daemon (unset OMNID_SOCKET or OMNID_HOME if they name another user's)",
+                    {"uid": uid, "serves_uid": os.getuid()},
+                ),
+            )
             return
         self.caller = api.Caller(pid, uid, self.daemon)
         self._timer = self.daemon.loop.call_later(self.daemon.timeouts.handshake, self._handshake_expired)
@@ -849,6 +842,8 @@ class Daemon:
                 st = os.stat(self.paths.socket)
                 if (st.st_dev, st.st_ino) == self._socket_inode:
                     os.unlink(self.paths.socket)
+                    if self.paths.socket_source == "short dir":
+                        os.rmdir(self.paths.socket.parent)  # our own, made for this socket alone
         with contextlib.suppress(OSError):
             if read_status_file(self.paths.state_dir).get("pid") == os.getpid():
                 os.unlink(self.paths.status_file)

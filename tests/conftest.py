@@ -23,6 +23,8 @@ from omnid_client import Client
 from omnid_client.paths import daemon_paths
 
 START_TIMEOUT = 15.0
+NOBODY = 65534
+"""The real second uid of permission tests (we run as root)."""
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
@@ -35,6 +37,42 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def as_user(fn: Callable[[], Any], uid: int = NOBODY, env: dict[str, str | None] | None = None) -> dict:
+    """Run ``fn`` in a forked child as ``uid`` (gid the same, no groups), with ``env``
+    changes (None removes a variable). Modules ``fn`` needs must be imported already: the
+    interpreter's own files may be out of that uid's reach.
+
+    Returns ``{"ok": result}`` or ``{"raised": text, "type": name, "errno": n}``; the result
+    must be JSON-able.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            try:
+                for name, value in (env or {}).items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                out = {"ok": fn()}
+            except BaseException as e:
+                out = {"raised": f"{type(e).__name__}: {e}", "type": type(e).__name__, "errno": getattr(e, "errno", None)}
+            os.write(write_end, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    assert data, f"the child running as uid {uid} reported nothing"
+    return json.loads(data)
 
 
 def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:

@@ -3,7 +3,7 @@ stop, who may connect, private files, autostart, the wire protocol under abuse, 
 socket paths and databases it must refuse.
 
 Everything here is real: daemon processes in a temp OMNID_HOME, Unix sockets, SQLite
-files, owner processes, and forked children that drop to uid 65534 (``nobody``).
+files, owner processes, and forked children that drop to uid 65534 (``nobody``, ``as_user``).
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ import msgspec
 import pytest
 
 import omnid
-from conftest import DaemonProcess, accepts, gone, omnid_daemons, wait_for
+from conftest import NOBODY, DaemonProcess, accepts, as_user, gone, omnid_daemons, wait_for
 from omnid.server import HANDSHAKE_TIMEOUT
 from omnid.store.migrations import LATEST
 from omnid_client import Client, OmnidError, Unavailable
 from omnid_client._core import hello_frame, parse_response, result_of
 from omnid_client.protocol import MAX_FRAME, PROTOCOL_MAJOR, PROTOCOL_MINOR, FindResult, GetOrCreateResult
 
-NOBODY = 65534
 SERVE = [sys.executable, "-m", "omnid", "serve"]
 
 
@@ -162,34 +161,6 @@ class Refusal:
         """An expected refusal is one clear line, not a crash report."""
         assert "Traceback" not in self.stderr, self.stderr
         assert "Traceback" not in self.log, self.log
-
-
-def as_nobody(fn: Callable[[], Any]) -> dict:
-    """Run ``fn`` in a forked child as uid/gid 65534 with no groups.
-
-    Returns ``{"ok": result}`` or ``{"raised": text, "errno": n}``; the result must be JSON-able.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                out = {"ok": fn()}
-            except BaseException as e:
-                out = {"raised": f"{type(e).__name__}: {e}", "errno": getattr(e, "errno", None)}
-            os.write(write_end, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    assert data, "the child running as nobody reported nothing"
-    return json.loads(data)
 
 
 def mode(path: Path) -> int:
@@ -366,7 +337,7 @@ def test_other_uid_cannot_reach_the_socket(daemon, home):
         finally:
             s.close()
 
-    out = as_nobody(connect)
+    out = as_user(connect)
 
     assert out.get("errno") == errno.EACCES, out
     assert_serving(daemon)
@@ -383,7 +354,7 @@ def test_other_uid_is_refused_even_when_the_socket_is_open_to_all(daemon, home):
             replies = w.replies_until_closed()
         return {"replies": [(r.id, r.error.code if r.error else None) for r in replies]}
 
-    out = as_nobody(talk)
+    out = as_user(talk)
 
     assert out.get("ok") == {"replies": [[0, "permission"]]}, out
     assert f"refused connection from uid {NOBODY}" in daemon.log_text()

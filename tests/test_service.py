@@ -252,7 +252,7 @@ def test_a_client_falls_back_to_starting_the_daemon_when_the_service_manager_can
     install_units(empty_path)
     caplog.set_level(logging.INFO, logger="omnid_client")
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         st = client.status()
 
     assert st.managed_by is None and st.socket == str(home / "run" / "omnid.sock")
@@ -267,7 +267,7 @@ def test_a_client_asks_the_service_manager_to_start_the_daemon(home, user_home, 
         tmp_path, monkeypatch, f'exec {sys.executable} -m omnid serve --detach --log-file {home}/omnid.log'
     )
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         st = client.status()
 
     assert record.read_text().split("\n")[0] == "--user start omnid.socket omnid.service"
@@ -281,7 +281,7 @@ def test_a_unit_installed_for_another_omnid_home_is_not_asked(home, user_home, t
         (units / name).write_text(text)
     record = fake_systemctl(tmp_path, monkeypatch, "exit 1")
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         assert client.status().pid
 
     assert not record.exists(), "systemctl was asked to start a unit that serves another OMNID_HOME"

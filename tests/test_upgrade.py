@@ -134,7 +134,7 @@ def test_an_upgrade_keeps_serving_systemds_socket(home, site):
     sock = run_dir / "omnid.sock"
     activator = Activator(home, sock)
     try:
-        with Client(autostart=False, connect_timeout=15) as c:
+        with Client(autostart=False, connect_timeout=15, timeout=15) as c:
             first = c.status()
         set_version(site, "9.1.0")
         st = wait_for(lambda: (s := current_status()) and s.version == "9.1.0" and s, timeout=30, what="9.1.0 to run")

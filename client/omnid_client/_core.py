@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
@@ -11,7 +13,7 @@ from typing import Any, Callable, Generic, TypeVar
 import msgspec
 
 from . import __version__
-from .errors import OmnidError, ProtocolError, TooLarge, from_wire
+from .errors import Invalid, OmnidError, ProtocolError, TooLarge, Unsupported, from_wire
 from .protocol import (
     HEADER,
     MAX_FRAME,
@@ -84,13 +86,26 @@ _noted: set[str] = set()
 _encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
+HAVE_UNIX_SOCKETS = hasattr(socket, "AF_UNIX")
+"""False on a platform without Unix sockets (Windows' Python): the client imports, and every
+call raises Unsupported (or returns None when failing open)."""
+
+
+def require_unix_sockets() -> None:
+    if not HAVE_UNIX_SOCKETS:
+        raise Unsupported(f"omnid talks over Unix sockets, which Python on {sys.platform} does not offer")
+
 
 def encode_frame(msg: Any, buf: bytearray | None = None) -> bytearray:
     """A length-prefixed frame, in ``buf`` if given (replacing what it held, so a blocking
     sender can reuse one); TooLarge (nothing sent) past the daemon's frame limit."""
     if buf is None:
         buf = bytearray(HEADER.size)
-    _encoder.encode_into(msg, buf, HEADER.size)
+    try:
+        _encoder.encode_into(msg, buf, HEADER.size)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
+        del buf[HEADER.size :]
+        raise Invalid(f"cannot encode the request: {e}") from None
     size = len(buf) - HEADER.size
     if size > MAX_FRAME:
         del buf[HEADER.size :]
@@ -180,10 +195,12 @@ class Methods:
     blocking in ``Client`` and a coroutine in ``AsyncClient``, so each method returns
     a value or an awaitable.
 
-    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
-    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
-    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
-    for tools that must never block or crash because of omnid.
+    ``timeout`` bounds each whole call: connecting, starting a daemon and the request;
+    within it, ``connect_timeout`` bounds each connection attempt. With ``autostart`` a
+    missing daemon is started (and waited for, up to ``start_timeout``). With
+    ``fail_open`` every call returns None instead of raising an ``OmnidError``, for
+    tools that must never block or crash because of omnid; an autostart that fails and a
+    platform without Unix sockets (``Unsupported``) included.
     """
 
     def __init__(

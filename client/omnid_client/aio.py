@@ -8,14 +8,27 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
+from ._core import (
+    Call,
+    Methods,
+    check_welcome,
+    encode_frame,
+    frame_length,
+    hello_frame,
+    note_versions,
+    parse_response,
+    require_unix_sockets,
+    result_of,
+)
 from ._spawn import start_daemon
-from .client import Client, connect_attempt, queue_full, _closed_by_peer
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from .client import Client, connect_attempt, queue_full, raise_refusal, _closed_by_peer
+from .errors import OmnidError, PermissionDenied, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
+from .trust import check_server, check_socket_dir
 from .protocol import HEADER, RequestFrame, Session, Welcome
 
 log = logging.getLogger("omnid_client")
@@ -30,7 +43,24 @@ class AsyncClient(Methods):
         self._pending: dict[int, tuple[asyncio.Future, Call]] = {}
         self._connect_lock = asyncio.Lock()
 
-    async def connect(self) -> Welcome:
+    async def connect(self, deadline: float | None = None) -> Welcome:
+        """Connect now (calls connect lazily anyway); returns the daemon's handshake. Bounded
+        by ``timeout`` (or ``deadline``, in the event loop's time), like a call."""
+        require_unix_sockets()
+        writer = self._writer
+        if writer is not None and self.welcome is not None and not self._connect_lock.locked():
+            if self._pending or not _closed_by_peer(writer.get_extra_info("socket")):
+                return self.welcome
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
+        try:
+            return await asyncio.wait_for(self._connect(deadline), max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise Timeout(f"could not connect to omnid within {self.timeout}s") from None
+
+    async def _connect(self, deadline: float) -> Welcome:
+        loop = asyncio.get_running_loop()
         async with self._connect_lock:
             if self._writer is not None and self.welcome is not None:
                 if self._pending or not _closed_by_peer(self._writer.get_extra_info("socket")):
@@ -38,56 +68,71 @@ class AsyncClient(Methods):
                 # Closed by the daemon (idle) before our reader task saw the EOF: start afresh.
                 self._reset(Unavailable("omnid closed the connection"))
             candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
-            for path, _ in candidates:
-                if await self._try_connect(path):
-                    break
+            skipped: list[str] = []
+            for path, source in candidates:
+                try:
+                    if await self._try_connect(path, deadline):
+                        break
+                except PermissionDenied as e:
+                    if source != "status file":
+                        raise
+                    log.warning("ignoring the socket named in omnid's status file: %s", e)  # see Client._open
+                    skipped.append(str(e))
             else:
                 if not self.autostart:
                     tried = ", ".join(str(p) for p, _ in candidates)
-                    raise Unavailable(f"omnid is not running (tried {tried})")
+                    raise Unavailable(f"omnid is not running (tried {tried})" + "".join(f"; {s}" for s in skipped))
                 paths = daemon_paths()
                 if self.socket_path:
                     paths = dataclasses.replace(paths, socket=self.socket_path)
                 probe = Client(connect_timeout=self.connect_timeout, autostart=False)
+                # The same deadline on the monotonic clock the blocking probe uses.
+                blocking_deadline = time.monotonic() + (deadline - loop.time())
                 try:
                     target = await asyncio.to_thread(
-                        start_daemon, paths, probe._try_connect, self.start_timeout, use_service=not self.socket_path
+                        start_daemon,
+                        paths,
+                        lambda path: probe._try_connect(path, blocking_deadline),
+                        min(self.start_timeout, max(deadline - loop.time(), 0.0)),
+                        use_service=not self.socket_path,
                     )
                 finally:
                     probe.close()
-                if not await self._try_connect(target):
+                if not await self._try_connect(target, deadline):
                     raise Unavailable(f"omnid started but {target} does not accept connections")
             assert self.welcome is not None
             return self.welcome
 
-    async def _try_connect(self, path: Path) -> bool:
+    async def _try_connect(self, path: Path, deadline: float) -> bool:
+        """Like ``Client._try_connect``: the directory and the server's uid are checked
+        before the hello is sent; the handshake runs on the bare socket, so a refusal
+        that comes with the connection's close is read, not lost."""
+        if not check_socket_dir(path):
+            return False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        limit = min(self.connect_timeout, deadline - loop.time())
+        end = loop.time() + max(limit, 0.0)
         try:
-            sock = await _connect_unix(path, deadline)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(sock=sock, limit=2**16), max(deadline - loop.time(), 0.001)
-            )
-        except asyncio.TimeoutError:
-            raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
+            sock = await _connect_unix(path, end)
         except OSError:
             return False
         try:
-            writer.write(hello_frame(self.client_name))
-            payload = await asyncio.wait_for(_read_frame(reader), self.connect_timeout)
+            check_server(sock, path)
+            payload = await asyncio.wait_for(_handshake(sock, hello_frame(self.client_name)), max(end - loop.time(), 0.001))
             self.welcome = check_welcome(payload)
             self.version_note = note_versions(self.welcome)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**16)
         except asyncio.TimeoutError:
-            writer.close()
-            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
+            sock.close()
+            raise Timeout(f"omnid at {path} did not answer within {limit:.3g}s") from None
+        except OSError:
+            sock.close()
             return False
-        except OmnidError:
-            writer.close()
+        except BaseException:
+            sock.close()
             raise
         self._writer = writer
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
+        self._reader_task = loop.create_task(self._read_replies(reader))
         return True
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
@@ -151,16 +196,18 @@ class AsyncClient(Methods):
             raise
 
     async def _call_with_retry(self, call: Call) -> Any:
+        # ``timeout`` bounds the whole call: connecting, starting a daemon, the request.
+        deadline = asyncio.get_running_loop().time() + self.timeout
         for attempt in (1, 2):
-            await self.connect()
+            await self.connect(deadline)
             try:
-                return await self._roundtrip(call)
+                return await self._roundtrip(call, deadline)
             except _ConnectionLost as lost:
                 if attempt == 2 or not call.idempotent:
                     raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
         raise AssertionError("unreachable")
 
-    async def _roundtrip(self, call: Call) -> Any:
+    async def _roundtrip(self, call: Call, deadline: float) -> Any:
         writer = self._writer
         assert writer is not None
         request_id = self._next_id
@@ -170,7 +217,7 @@ class AsyncClient(Methods):
         self._pending[request_id] = (fut, call)
         try:
             writer.write(frame)
-            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(fut), deadline - asyncio.get_running_loop().time())
         except asyncio.TimeoutError:
             self._pending.pop(request_id, None)
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
@@ -205,6 +252,29 @@ async def _connect_unix(path: Path, deadline: float) -> socket.socket:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     return sock
+
+
+async def _handshake(sock: socket.socket, hello: bytes | bytearray) -> bytes:
+    """Send the hello on ``sock`` and return the payload of the reply."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, hello)
+    except ConnectionError:
+        raise_refusal(sock)
+        raise
+    header = await _receive_exactly(sock, HEADER.size)
+    return await _receive_exactly(sock, frame_length(header))
+
+
+async def _receive_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionResetError("daemon closed the connection")
+        data += chunk
+    return bytes(data)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

@@ -15,10 +15,22 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._core import Call, Methods, check_welcome, decode_reply, encode_frame, frame_length, hello_frame, note_versions, result_or_raise
+from ._core import (
+    Call,
+    Methods,
+    check_welcome,
+    decode_reply,
+    encode_frame,
+    frame_length,
+    hello_frame,
+    note_versions,
+    require_unix_sockets,
+    result_or_raise,
+)
 from ._spawn import start_daemon
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from .errors import OmnidError, PermissionDenied, ProtocolError, Timeout, TransportError, Unavailable
 from .paths import daemon_paths, socket_candidates
+from .trust import check_server, check_socket_dir
 from .protocol import HEADER, RequestFrame, Session, Welcome
 
 log = logging.getLogger("omnid_client")
@@ -41,7 +53,8 @@ def _renew_process() -> None:
     _process = os.getpid()
 
 
-os.register_at_fork(after_in_child=_renew_process)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_renew_process)
 
 
 class Client(Methods):
@@ -57,65 +70,103 @@ class Client(Methods):
     # -- connection ------------------------------------------------------------
 
     def connect(self) -> Welcome:
-        """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
+        """Connect now (calls connect lazily anyway); returns the daemon's handshake.
+        Bounded by ``timeout``, like a call."""
         if self._sock is not None and self._pid == _process:
             if not _closed_by_peer(self._sock):
                 assert self.welcome is not None
                 return self.welcome
             log.debug("omnid closed the connection (idle or restarted); reconnecting")
-        return self._open()
+        welcome = self._open(time.monotonic() + self.timeout)
+        self._restore_transfer_timeout()
+        return welcome
 
-    def _open(self) -> Welcome:
-        """A new connection (after dropping any old one), starting the daemon if allowed."""
+    def _open(self, deadline: float) -> Welcome:
+        """A new connection (after dropping any old one), starting the daemon if allowed,
+        all before ``deadline``."""
+        require_unix_sockets()
         self._drop()
         self._pid = _process
         candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
-        for path, _source in candidates:
-            if self._try_connect(path):
-                break
+        skipped: list[str] = []
+        for path, source in candidates:
+            try:
+                if self._try_connect(path, deadline):
+                    break
+            except PermissionDenied as e:
+                if source != "status file":
+                    raise
+                # A stale hint (the daemon that wrote it is gone), in a directory someone
+                # else now controls: never talk to it, and never let it lock the user out.
+                log.warning("ignoring the socket named in omnid's status file: %s", e)
+                skipped.append(str(e))
         else:
             if not self.autostart:
                 tried = ", ".join(str(p) for p, _ in candidates)
-                raise Unavailable(f"omnid is not running (tried {tried})")
+                raise Unavailable(f"omnid is not running (tried {tried})" + "".join(f"; {s}" for s in skipped))
             paths = daemon_paths()
             if self.socket_path:
                 paths = dataclasses.replace(paths, socket=self.socket_path)
-            target = start_daemon(paths, self._try_connect, self.start_timeout, use_service=not self.socket_path)
-            if self._sock is None and not self._try_connect(target):
+            target = start_daemon(
+                paths,
+                lambda path: self._try_connect(path, deadline),
+                min(self.start_timeout, max(deadline - time.monotonic(), 0.0)),
+                use_service=not self.socket_path,
+            )
+            if self._sock is None and not self._try_connect(target, deadline):
                 raise Unavailable(f"omnid started but {target} does not accept connections")
         assert self.welcome is not None
         return self.welcome
 
-    def _try_connect(self, path: Path) -> bool:
+    def _try_connect(self, path: Path, deadline: float | None = None) -> bool:
+        """Connect and greet the daemon at ``path``: False if none is there. Before a byte
+        is sent, its directory and the serving process's uid are checked (trust.py); the
+        attempt ends at ``connect_timeout`` or ``deadline``, whichever is first. The
+        connection's transfers are then bounded by what is left of ``deadline``."""
         if self._sock is not None:
             return True
-        deadline = time.monotonic() + self.connect_timeout
+        if not check_socket_dir(path):
+            return False
+        now = time.monotonic()
+        limit = self.connect_timeout if deadline is None else min(self.connect_timeout, deadline - now)
+        end = now + max(limit, 0.0)
         try:
-            sock = connect_unix(path, deadline)
+            sock = connect_unix(path, end)
         except OSError as e:
             if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
                 return False
             raise Unavailable(f"cannot connect to {path}: {e}") from e
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(hello_frame(self.client_name), _NO_SIGPIPE)
+            check_server(sock, path)
+            sock.settimeout(max(end - time.monotonic(), 0.001))
+            try:
+                sock.sendall(hello_frame(self.client_name), _NO_SIGPIPE)
+            except ConnectionError:
+                raise_refusal(sock)
+                raise
             self.welcome = check_welcome(self._receive(sock))
             self.version_note = note_versions(self.welcome)
         except socket.timeout:
             sock.close()
-            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
+            raise Timeout(f"omnid at {path} did not answer within {limit:.3g}s") from None
         except OSError as e:
             sock.close()
             if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
                 return False
             raise Unavailable(f"cannot connect to {path}: {e}") from e
-        except OmnidError:
+        except BaseException:
             sock.close()
             raise
-        _bound_each_transfer(sock, self.timeout)
+        left = self.timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
+        _bound_each_transfer(sock, min(self.timeout, left))
         self._sock = sock
         self.connected_path = path
         return True
+
+    def _restore_transfer_timeout(self) -> None:
+        """Give a connection made within a call's deadline the full ``timeout`` again."""
+        if self._sock is not None:
+            _bound_each_transfer(self._sock, self.timeout)
 
     def close(self) -> None:
         self._drop()
@@ -145,14 +196,20 @@ class Client(Methods):
 
     def _call_with_retry(self, call: Call) -> Any:
         retried = False
+        deadline = 0.0
         while True:
             # No check that the connection is still open: a send to one the daemon closed
             # fails, and then the request provably never left (below).
             reused = self._sock is not None and self._pid == _process
             if not reused:
-                self._open()
+                # ``timeout`` bounds the whole call: connecting, starting a daemon, the request.
+                deadline = deadline or time.monotonic() + self.timeout
+                self._open(deadline)
             try:
-                return self._roundtrip(call)
+                result = self._roundtrip(call)
+                if not reused:
+                    self._restore_transfer_timeout()
+                return result
             except _ConnectionLost as lost:
                 if reused and not lost.delivered:
                     log.debug("omnid closed the connection (idle or restarted); reconnecting")
@@ -254,6 +311,18 @@ def connect_attempt(path: Path) -> socket.socket | None:
     except BaseException:
         sock.close()
         raise
+
+
+def raise_refusal(sock: socket.socket) -> None:
+    """Raise the error a daemon sent before closing the connection at once, as it does to
+    another uid, if it is there to read: that reason, not "not running", is the answer."""
+    try:
+        data = sock.recv(REPLY_BUFFER, socket.MSG_DONTWAIT)
+        end = HEADER.size + frame_length(data) if len(data) >= HEADER.size else len(data) + 1
+    except (OSError, OmnidError):
+        return
+    if len(data) >= end:
+        check_welcome(data[HEADER.size : end])  # an error reply raises its typed error
 
 
 def queue_full(path: Path) -> Timeout:
