@@ -210,8 +210,12 @@ def run_omnid(
 def omnid_ok(*args: str, cwd: Path | None = None, text: bool = True):
     """The stdout of a command that must succeed."""
     r = run_omnid(*args, cwd=cwd, text=text)
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    assert r.returncode == 0, _outcome(args, r)
     return r.stdout
+
+
+def _outcome(args: tuple[str, ...], r: subprocess.CompletedProcess) -> str:
+    return f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
 
 
 def omnid_json(*args: str, cwd: Path | None = None):
@@ -221,7 +225,7 @@ def omnid_json(*args: str, cwd: Path | None = None):
 def omnid_error(*args: str, cwd: Path | None = None) -> dict:
     """The JSON error of a command that must exit 1."""
     r = run_omnid(*args, "--json", cwd=cwd)
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    assert r.returncode == 1, _outcome(args, r)
     return json.loads(r.stdout)["error"]
 
 
@@ -331,6 +335,7 @@ def make_repo(root: Path, marker: str = ".git", *subdirs: str) -> Path:
 # --- the raw wire, other uids, socket activation -----------------------------------------
 
 NOBODY = 65534
+"""The real second uid of permission tests (we run as root)."""
 
 
 SERVE = [sys.executable, "-m", "omnid", "serve"]
@@ -448,10 +453,13 @@ class Refusal:
         assert "Traceback" not in self.log, self.log
 
 
-def as_nobody(fn: Callable[[], Any]) -> dict:
-    """Run ``fn`` in a forked child as uid/gid 65534 with no groups.
+def as_user(fn: Callable[[], Any], uid: int = NOBODY, env: dict[str, str | None] | None = None) -> dict:
+    """Run ``fn`` in a forked child as ``uid`` (gid the same, no groups), with ``env``
+    changes (None removes a variable). Modules ``fn`` needs must be imported already: the
+    interpreter's own files may be out of that uid's reach.
 
-    Returns ``{"ok": result}`` or ``{"raised": text, "errno": n}``; the result must be JSON-able.
+    Returns ``{"ok": result}`` or ``{"raised": text, "type": name, "errno": n}``; the result
+    must be JSON-able.
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -459,12 +467,18 @@ def as_nobody(fn: Callable[[], Any]) -> dict:
         try:
             os.close(read_end)
             try:
+                for name, value in (env or {}).items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
                 os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
+                os.setgid(uid)
+                os.setuid(uid)
                 out = {"ok": fn()}
             except BaseException as e:
-                out = {"raised": f"{type(e).__name__}: {e}", "errno": getattr(e, "errno", None)}
+                kind = type(e).__name__
+                out = {"raised": f"{kind}: {e}", "type": kind, "errno": getattr(e, "errno", None)}
             os.write(write_end, json.dumps(out).encode())
         finally:
             os._exit(0)
@@ -472,7 +486,7 @@ def as_nobody(fn: Callable[[], Any]) -> dict:
     with os.fdopen(read_end, "rb") as f:
         data = f.read()
     os.waitpid(pid, 0)
-    assert data, "the child running as nobody reported nothing"
+    assert data, f"the child running as uid {uid} reported nothing"
     return json.loads(data)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -18,11 +20,13 @@ from ._core import (
     hello_frame,
     note_versions,
     parse_response,
+    require_unix_sockets,
     result_of,
 )
-from ._sockets import closed_by_peer, connect_attempt, handshake, queue_full
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from ._sockets import closed_by_peer, connect_attempt, handshake, queue_full, raise_refusal
+from .errors import OmnidError, PermissionDenied, ProtocolError, Timeout, TransportError, Unavailable
 from .protocol import HEADER, RequestFrame, Welcome
+from .trust import check_server, check_socket_dir
 
 log = logging.getLogger("omnid_client")
 T = TypeVar("T")
@@ -40,6 +44,26 @@ class AsyncConnection(BaseClient):
         self._connect_lock = asyncio.Lock()
 
     async def connect(self) -> Welcome:
+        """Connect now (calls connect lazily anyway); returns the daemon's handshake. Bounded
+        by ``timeout``, like a call."""
+        return await self._connected_by(asyncio.get_running_loop().time() + self.timeout)
+
+    async def _connected_by(self, deadline: float) -> Welcome:
+        """The live connection's handshake, connecting (or starting a daemon) before
+        ``deadline``, in the event loop's time."""
+        require_unix_sockets()
+        writer = self._writer
+        if writer is not None and self.welcome is not None and not self._connect_lock.locked():
+            if self._pending or not closed_by_peer(writer.get_extra_info("socket")):
+                return self.welcome
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(self._connect(deadline), max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise Timeout(f"could not connect to omnid within {self.timeout}s") from None
+
+    async def _connect(self, deadline: float) -> Welcome:
+        loop = asyncio.get_running_loop()
         async with self._connect_lock:
             if self._writer is not None and self.welcome is not None:
                 if self._pending or not closed_by_peer(self._writer.get_extra_info("socket")):
@@ -47,58 +71,73 @@ class AsyncConnection(BaseClient):
                 # Closed by the daemon (idle) before our reader task saw the EOF: start afresh.
                 self._reset(Unavailable("omnid closed the connection"))
             candidates = self._candidates()
-            for path, _ in candidates:
-                if await self._try_connect(path):
-                    break
+            skipped: list[str] = []
+            for path, source in candidates:
+                try:
+                    if await self._try_connect(path, deadline):
+                        break
+                except PermissionDenied as e:
+                    self._skip_untrusted_hint(source, e, skipped)
             else:
-                paths = self._autostart_paths(candidates)
+                paths = self._autostart_paths(candidates, skipped)
                 from ._spawn import start_daemon  # subprocess and friends: only for the rare spawn
 
+                # The same deadline on the monotonic clock the blocking probe uses.
+                blocking_deadline = time.monotonic() + (deadline - loop.time())
                 # The spawn lock and the wait for the daemon block: in a thread, off the event loop.
                 target = await asyncio.to_thread(
-                    start_daemon, paths, self._answers, self.start_timeout, use_service=not self.socket_path
+                    start_daemon,
+                    paths,
+                    functools.partial(self._answers, deadline=blocking_deadline),
+                    min(self.start_timeout, max(deadline - loop.time(), 0.0)),
+                    use_service=not self.socket_path,
                 )
-                if not await self._try_connect(target):
+                if not await self._try_connect(target, deadline):
                     raise Unavailable(f"omnid started but {target} does not accept connections")
             assert self.welcome is not None
             return self.welcome
 
-    def _answers(self, path: Path) -> bool:
-        """Whether a daemon completes the handshake on ``path`` (blocking: for the spawn thread)."""
-        opened = handshake(path, self.connect_timeout, self.client_name, memoryview(bytearray(_PROBE_BUFFER)))
+    def _answers(self, path: Path, deadline: float) -> bool:
+        """Whether a daemon completes the handshake on ``path`` before ``deadline`` (monotonic;
+        blocking: for the spawn thread)."""
+        buffer = memoryview(bytearray(_PROBE_BUFFER))
+        opened = handshake(path, self.connect_timeout, self.client_name, buffer, deadline)
         if opened is None:
             return False
         opened[0].close()
         return True
 
-    async def _try_connect(self, path: Path) -> bool:
+    async def _try_connect(self, path: Path, deadline: float) -> bool:
+        """Like the blocking ``handshake``: the directory and the server's uid are checked
+        before the hello is sent; the handshake runs on the bare socket, so a refusal that
+        comes with the connection's close is read, not lost. Then asyncio takes the socket."""
+        if not check_socket_dir(path):
+            return False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        limit = min(self.connect_timeout, deadline - loop.time())
+        end = loop.time() + max(limit, 0.0)
         try:
-            sock = await _connect_unix(path, deadline)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(sock=sock, limit=2**16), max(deadline - loop.time(), 0.001)
-            )
-        except asyncio.TimeoutError:
-            raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
+            sock = await _connect_unix(path, end)
         except OSError:
             return False
         try:
-            writer.write(hello_frame(self.client_name))
-            payload = await asyncio.wait_for(_read_frame(reader), self.connect_timeout)
+            check_server(sock, path)
+            hello = hello_frame(self.client_name)
+            payload = await asyncio.wait_for(_handshake(sock, hello), max(end - loop.time(), 0.001))
             self.welcome = check_welcome(payload)
             self.version_note = note_versions(self.welcome)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**16)
         except asyncio.TimeoutError:
-            writer.close()
-            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
+            sock.close()
+            raise Timeout(f"omnid at {path} did not answer within {limit:.3g}s") from None
+        except OSError:
+            sock.close()
             return False
-        except OmnidError:
-            writer.close()
+        except BaseException:
+            sock.close()
             raise
         self._writer = writer
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
+        self._reader_task = loop.create_task(self._read_replies(reader))
         return True
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
@@ -156,16 +195,18 @@ class AsyncConnection(BaseClient):
             raise
 
     async def _call_with_retry(self, call: Call[T]) -> T:
+        # ``timeout`` bounds the whole call: connecting, starting a daemon, the request.
+        deadline = asyncio.get_running_loop().time() + self.timeout
         for attempt in (1, 2):
-            await self.connect()
+            await self._connected_by(deadline)
             try:
-                return await self._roundtrip(call)
+                return await self._roundtrip(call, deadline)
             except _ConnectionLost as lost:
                 if attempt == 2 or not call.idempotent:
                     raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
         raise AssertionError("unreachable")
 
-    async def _roundtrip(self, call: Call[T]) -> T:
+    async def _roundtrip(self, call: Call[T], deadline: float) -> T:
         writer = self._writer
         assert writer is not None
         request_id = self._next_id
@@ -175,7 +216,7 @@ class AsyncConnection(BaseClient):
         self._pending[request_id] = (fut, call)
         try:
             writer.write(frame)
-            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(fut), deadline - asyncio.get_running_loop().time())
         except asyncio.TimeoutError:
             self._pending.pop(request_id, None)
             raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
@@ -199,6 +240,29 @@ async def _connect_unix(path: Path, deadline: float) -> socket.socket:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     return sock
+
+
+async def _handshake(sock: socket.socket, hello: bytes | bytearray) -> bytes:
+    """Send the hello on ``sock`` and return the payload of the reply."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, hello)
+    except ConnectionError:
+        raise_refusal(sock)
+        raise
+    header = await _receive_exactly(sock, HEADER.size)
+    return await _receive_exactly(sock, frame_length(header))
+
+
+async def _receive_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionResetError("daemon closed the connection")
+        data += chunk
+    return bytes(data)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

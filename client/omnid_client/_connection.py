@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import TypeVar, cast
 
-from ._core import BaseClient, Call, decode_reply, encode_frame, note_versions, result_or_raise
+from ._core import BaseClient, Call, decode_reply, encode_frame, note_versions, require_unix_sockets, result_or_raise
 from ._sockets import NO_SIGPIPE, bound_each_transfer, closed_by_peer, handshake, receive_frame
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
+from .errors import OmnidError, PermissionDenied, ProtocolError, Timeout, TransportError, Unavailable
 from .protocol import HEADER, RequestFrame, Welcome
 
 log = logging.getLogger("omnid_client")
@@ -29,7 +30,8 @@ def _renew_process() -> None:
     _process = os.getpid()
 
 
-os.register_at_fork(after_in_child=_renew_process)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_renew_process)
 
 
 class Connection(BaseClient):
@@ -45,44 +47,67 @@ class Connection(BaseClient):
     # -- connection ------------------------------------------------------------
 
     def connect(self) -> Welcome:
-        """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
+        """Connect now (calls connect lazily anyway); returns the daemon's handshake.
+        Bounded by ``timeout``, like a call."""
         if self._sock is not None and self._pid == _process:
             if not closed_by_peer(self._sock):
                 assert self.welcome is not None
                 return self.welcome
             log.debug("omnid closed the connection (idle or restarted); reconnecting")
-        return self._open()
+        welcome = self._open(time.monotonic() + self.timeout)
+        self._restore_transfer_timeout()
+        return welcome
 
-    def _open(self) -> Welcome:
-        """A new connection (after dropping any old one), starting the daemon if allowed."""
+    def _open(self, deadline: float) -> Welcome:
+        """A new connection (after dropping any old one), starting the daemon if allowed,
+        all before ``deadline``."""
+        require_unix_sockets()
         self._drop()
         self._pid = _process
         candidates = self._candidates()
-        for path, _source in candidates:
-            if self._try_connect(path):
-                break
+        skipped: list[str] = []
+        for path, source in candidates:
+            try:
+                if self._try_connect(path, deadline):
+                    break
+            except PermissionDenied as e:
+                self._skip_untrusted_hint(source, e, skipped)
         else:
-            paths = self._autostart_paths(candidates)
+            paths = self._autostart_paths(candidates, skipped)
             from ._spawn import start_daemon  # subprocess and friends: only for the rare spawn
 
-            target = start_daemon(paths, self._try_connect, self.start_timeout, use_service=not self.socket_path)
-            if self._sock is None and not self._try_connect(target):
+            target = start_daemon(
+                paths,
+                lambda path: self._try_connect(path, deadline),
+                min(self.start_timeout, max(deadline - time.monotonic(), 0.0)),
+                use_service=not self.socket_path,
+            )
+            if self._sock is None and not self._try_connect(target, deadline):
                 raise Unavailable(f"omnid started but {target} does not accept connections")
         assert self.welcome is not None
         return self.welcome
 
-    def _try_connect(self, path: Path) -> bool:
+    def _try_connect(self, path: Path, deadline: float | None = None) -> bool:
+        """Connect and greet the daemon at ``path`` (checked first: see ``handshake``): False
+        if none is there. The connection's transfers are then bounded by what is left of
+        ``deadline``."""
         if self._sock is not None:
             return True
-        opened = handshake(path, self.connect_timeout, self.client_name, self._buffer)
+        opened = handshake(path, self.connect_timeout, self.client_name, self._buffer, deadline)
         if opened is None:
             return False
         sock, self.welcome = opened
         self.version_note = note_versions(self.welcome)
-        bound_each_transfer(sock, self.timeout)
+        left = self.timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
+        bound_each_transfer(sock, min(self.timeout, left))
         self._sock = sock
         self.connected_path = path
         return True
+
+    def _restore_transfer_timeout(self) -> None:
+        """Give a connection made within a call's deadline the full ``timeout`` again."""
+        if self._sock is not None:
+            bound_each_transfer(self._sock, self.timeout)
 
     def close(self) -> None:
         self._drop()
@@ -106,14 +131,20 @@ class Connection(BaseClient):
 
     def _call_with_retry(self, call: Call[T]) -> T:
         retried = False
+        deadline = 0.0
         while True:
             # No check that the connection is still open: a send to one the daemon closed
             # fails, and then the request provably never left (below).
             reused = self._sock is not None and self._pid == _process
             if not reused:
-                self._open()
+                # ``timeout`` bounds the whole call: connecting, starting a daemon, the request.
+                deadline = deadline or time.monotonic() + self.timeout
+                self._open(deadline)
             try:
-                return self._roundtrip(call)
+                result = self._roundtrip(call)
+                if not reused:
+                    self._restore_transfer_timeout()
+                return result
             except _ConnectionLost as lost:
                 if reused and not lost.delivered:
                     log.debug("omnid closed the connection (idle or restarted); reconnecting")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 import msgspec
 
 from ._version import __version__
-from .errors import OmnidError, ProtocolError, TooLarge, Unavailable, from_wire
+from .errors import Invalid, OmnidError, PermissionDenied, ProtocolError, TooLarge, Unavailable, Unsupported, from_wire
 from .paths import Paths, daemon_paths, socket_candidates
 from .protocol import (
     HEADER,
@@ -37,13 +39,26 @@ _noted: set[str] = set()
 _encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(IncomingResponse)
 
+HAVE_UNIX_SOCKETS = hasattr(socket, "AF_UNIX")
+"""False on a platform without Unix sockets (Windows' Python): the client imports, and every
+call raises Unsupported (or returns None when failing open)."""
+
+
+def require_unix_sockets() -> None:
+    if not HAVE_UNIX_SOCKETS:
+        raise Unsupported(f"omnid talks over Unix sockets, which Python on {sys.platform} does not offer")
+
 
 def encode_frame(msg: Any, buf: bytearray | None = None) -> bytearray:
     """A length-prefixed frame, in ``buf`` if given (replacing what it held, so a blocking
     sender can reuse one); TooLarge (nothing sent) past the daemon's frame limit."""
     if buf is None:
         buf = bytearray(HEADER.size)
-    _encoder.encode_into(msg, buf, HEADER.size)
+    try:
+        _encoder.encode_into(msg, buf, HEADER.size)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
+        del buf[HEADER.size :]
+        raise Invalid(f"cannot encode the request: {e}") from None
     size = len(buf) - HEADER.size
     if size > MAX_FRAME:
         del buf[HEADER.size :]
@@ -169,11 +184,13 @@ class Call(Generic[T]):
 class BaseClient:
     """The options both clients take, and their handshake state.
 
-    ``timeout`` bounds each call, ``connect_timeout`` each connection attempt. With
-    ``autostart`` a missing daemon is started (and waited for, up to ``start_timeout``).
-    With ``fail_open`` every call returns None instead of raising an ``OmnidError``,
-    for tools that must never block or crash because of omnid (the calls' types do not
-    say so: a fail-open caller checks for None).
+    ``timeout`` bounds each whole call: connecting, starting a daemon and the request;
+    within it, ``connect_timeout`` bounds each connection attempt. With ``autostart`` a
+    missing daemon is started (and waited for, up to ``start_timeout``). With
+    ``fail_open`` every call returns None instead of raising an ``OmnidError``, for
+    tools that must never block or crash because of omnid; an autostart that fails and a
+    platform without Unix sockets (``Unsupported``) included. The calls' types do not say
+    so: a fail-open caller checks for None.
     """
 
     def __init__(
@@ -207,12 +224,21 @@ class BaseClient:
         """The sockets to try, in order, each with how it was chosen."""
         return [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
 
-    def _autostart_paths(self, candidates: list[tuple[Path, str]]) -> Paths:
-        """Where to start a daemon once none of ``candidates`` answered; Unavailable
-        when this client may not start one."""
+    def _skip_untrusted_hint(self, source: str, error: PermissionDenied, skipped: list[str]) -> None:
+        """Re-raise ``error`` (a socket this user must not talk to) unless the socket came
+        from the status file: a stale hint (the daemon that wrote it is gone), in a directory
+        someone else now controls, is never talked to, and never locks the user out."""
+        if source != "status file":
+            raise error
+        log.warning("ignoring the socket named in omnid's status file: %s", error)
+        skipped.append(str(error))
+
+    def _autostart_paths(self, candidates: list[tuple[Path, str]], skipped: list[str]) -> Paths:
+        """Where to start a daemon once none of ``candidates`` answered (``skipped``: why some
+        were not tried); Unavailable when this client may not start one."""
         if not self.autostart:
             tried = ", ".join(str(p) for p, _ in candidates)
-            raise Unavailable(f"omnid is not running (tried {tried})")
+            raise Unavailable(f"omnid is not running (tried {tried})" + "".join(f"; {s}" for s in skipped))
         paths = daemon_paths()
         if self.socket_path:
             paths = dataclasses.replace(paths, socket=self.socket_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ._core import check_welcome, frame_length, hello_frame
 from .errors import OmnidError, Timeout, Unavailable
 from .protocol import HEADER, Welcome
+from .trust import check_server, check_socket_dir
 
 log = logging.getLogger("omnid_client")
 
@@ -25,6 +26,8 @@ UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
 NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
 _SO_NOSIGPIPE = getattr(socket, "SO_NOSIGPIPE", 0x1022) if sys.platform == "darwin" else None
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: on macOS its int tv_usec is padded to a long
+_REFUSAL_BUFFER = 64 * 1024
+"""Bytes read of the error a daemon sends with the close of a connection it refuses."""
 
 
 def connect_attempt(path: Path) -> socket.socket | None:
@@ -66,33 +69,56 @@ def connect_unix(path: Path, deadline: float) -> socket.socket:
 
 
 def handshake(
-    path: Path, connect_timeout: float, client_name: str, buffer: memoryview
+    path: Path, connect_timeout: float, client_name: str, buffer: memoryview, deadline: float | None = None
 ) -> tuple[socket.socket, Welcome] | None:
-    """A blocking connection to ``path`` that has said hello (within ``connect_timeout``),
-    and the daemon's welcome; None when no daemon is there."""
-    deadline = time.monotonic() + connect_timeout
+    """A blocking connection to ``path`` that has said hello, and the daemon's welcome; None
+    when no daemon is there. Before a byte is sent, the socket's directory and the serving
+    process's uid are checked (trust.py). The attempt ends at ``connect_timeout`` or at
+    ``deadline`` (monotonic), whichever is first."""
+    if not check_socket_dir(path):
+        return None
+    now = time.monotonic()
+    limit = connect_timeout if deadline is None else min(connect_timeout, deadline - now)
+    end = now + max(limit, 0.0)
     try:
-        sock = connect_unix(path, deadline)
+        sock = connect_unix(path, end)
     except OSError as e:
         if e.errno in UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
             return None
         raise Unavailable(f"cannot connect to {path}: {e}") from e
     try:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        sock.sendall(hello_frame(client_name), NO_SIGPIPE)
+        check_server(sock, path)
+        sock.settimeout(max(end - time.monotonic(), 0.001))
+        try:
+            sock.sendall(hello_frame(client_name), NO_SIGPIPE)
+        except ConnectionError:
+            raise_refusal(sock)
+            raise
         welcome = check_welcome(receive_frame(sock, buffer))
     except TimeoutError:
         sock.close()
-        raise Timeout(f"omnid at {path} did not answer within {connect_timeout}s") from None
+        raise Timeout(f"omnid at {path} did not answer within {limit:.3g}s") from None
     except OSError as e:
         sock.close()
         if e.errno in UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
             return None
         raise Unavailable(f"cannot connect to {path}: {e}") from e
-    except OmnidError:
+    except BaseException:
         sock.close()
         raise
     return sock, welcome
+
+
+def raise_refusal(sock: socket.socket) -> None:
+    """Raise the error a daemon sent before closing the connection at once, as it does to
+    another uid, if it is there to read: that reason, not "not running", is the answer."""
+    try:
+        data = sock.recv(_REFUSAL_BUFFER, socket.MSG_DONTWAIT)
+        end = HEADER.size + frame_length(data) if len(data) >= HEADER.size else len(data) + 1
+    except (OSError, OmnidError):
+        return
+    if len(data) >= end:
+        check_welcome(data[HEADER.size : end])  # an error reply raises its typed error
 
 
 def receive_frame(sock: socket.socket, buffer: memoryview) -> memoryview:
@@ -115,7 +141,6 @@ def receive_frame(sock: socket.socket, buffer: memoryview) -> memoryview:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     return view[HEADER.size : end]
-
 
 
 def bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:

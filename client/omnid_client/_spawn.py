@@ -3,7 +3,6 @@ An installed service unit is asked first; a detached child is the fallback."""
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import os
@@ -15,8 +14,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import Timeout, Unavailable
-from .paths import InstalledService, PathError, Paths, ensure_private_dir, installed_service
+try:
+    import fcntl
+except ImportError:  # Windows, where a client can only fail open (see _core.HAVE_UNIX_SOCKETS)
+    fcntl = None  # type: ignore[assignment]
+
+from .errors import PermissionDenied, Timeout, Unavailable
+from .paths import (
+    InstalledService,
+    PathError,
+    Paths,
+    UntrustedPath,
+    ensure_private_dir,
+    installed_service,
+    read_status_file,
+)
 
 log = logging.getLogger("omnid_client")
 
@@ -43,12 +55,23 @@ def start_daemon(
     omnid unit is installed for this environment, its service manager starts the daemon;
     if the manager cannot, a detached child is started as without one. ``use_service``
     False (a client given an explicit socket) skips the service manager.
+
+    Every failure is an OmnidError (an OSError of the spawn is Unavailable), so a client
+    that fails open returns None whatever went wrong.
     """
-    deadline = time.monotonic() + timeout
     try:
-        ensure_private_dir(paths.state_dir)
+        return _start_daemon(paths, reachable, timeout, use_service)
+    except UntrustedPath as e:
+        raise PermissionDenied(f"not starting omnid: {e}") from e
     except PathError as e:
         raise Unavailable(str(e)) from e
+    except OSError as e:
+        raise Unavailable(f"cannot start omnid: {e}") from e
+
+
+def _start_daemon(paths: Paths, reachable: Callable[[Path], bool], timeout: float, use_service: bool) -> Path:
+    deadline = time.monotonic() + timeout
+    ensure_private_dir(paths.state_dir)
     fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         while True:
@@ -68,6 +91,11 @@ def start_daemon(
             if _ask_service_manager(service, reachable, deadline):
                 return service.socket
         _spawn_and_wait(paths, deadline)
+        if paths.socket_source == "short dir":
+            # The daemon picked its own unguessable directory and published it.
+            published = read_status_file(paths.state_dir).get("socket")
+            if isinstance(published, str) and published:
+                return Path(published)
         return paths.socket
     finally:
         os.close(fd)

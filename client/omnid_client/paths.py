@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import os
 import plistlib
-import pwd
+import secrets
 import shlex
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import pwd
+except ImportError:  # Windows: no accounts database (and no Unix sockets: see _core.HAVE_UNIX_SOCKETS)
+    pwd = None  # type: ignore[assignment]
 
 SOCKET_NAME = "omnid.sock"
 SYSTEMD_UNITS = ("omnid.socket", "omnid.service")
@@ -26,10 +31,16 @@ SERVICE_ENV = ("OMNID_HOME", "OMNID_SOCKET")
 """The variables a service unit carries over from the shell that installed it."""
 MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108
 _SYSTEM_TMP = Path("/private/tmp" if sys.platform == "darwin" else "/tmp")
+SHORT_DIR_PREFIX = "omnid-"
+"""A short socket directory is this prefix and an unguessable name in the system temp dir."""
 
 
 class PathError(Exception):
     """A location omnid cannot use safely; the message names the path and the way out."""
+
+
+class UntrustedPath(PathError):
+    """A location another user owns or could redirect (a symlink, a foreign owner)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class Paths:
 def _account_home() -> Path:
     try:
         return Path(pwd.getpwuid(os.getuid()).pw_dir)
-    except KeyError:
+    except (KeyError, AttributeError):
         return Path.home()
 
 
@@ -80,23 +91,63 @@ def systemd_socket_path() -> Path:
     return Path(f"/run/user/{os.getuid()}/omnid") / SOCKET_NAME
 
 
-def fallback_socket_path() -> Path:
-    """A private per-uid directory in the fixed system temp directory."""
-    return _SYSTEM_TMP / f"omnid-{os.getuid()}" / SOCKET_NAME
+def user_runtime_dir() -> Path | None:
+    """``/run/user/<uid>`` (computed from the uid, as logind makes it: never from
+    ``XDG_RUNTIME_DIR``) when it is this user's own private directory; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    path = Path(f"/run/user/{os.getuid()}")
+    return path if _private_dir_of_ours(path) else None
+
+
+def _private_dir_of_ours(path: Path) -> bool:
+    """A real directory (not a symlink) this uid owns that nobody else can enter."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _fits(sock: Path) -> bool:
+    return len(os.fsencode(sock)) < MAX_SOCKET_PATH
+
+
+def short_socket_dir(state_dir: Path) -> Path:
+    """For a state directory too deep for a socket: the short private directory the daemon
+    recorded in its status file, while it is still ours and private; else a new unguessable
+    name in the system temp directory, which the daemon that binds it creates (0700). Never
+    a predictable name there: another user could create it first."""
+    published = read_status_file(state_dir).get("socket")
+    if isinstance(published, str) and published:
+        directory = Path(published).parent
+        if (
+            directory.parent == _SYSTEM_TMP
+            and directory.name.startswith(SHORT_DIR_PREFIX)
+            and _private_dir_of_ours(directory)
+        ):
+            return directory
+    return _SYSTEM_TMP / f"{SHORT_DIR_PREFIX}{secrets.token_hex(8)}"
 
 
 def daemon_paths() -> Paths:
-    """The locations a daemon started now binds and writes."""
+    """The locations a daemon started now binds and writes. The socket goes where no other
+    user can create names: ``/run/user/<uid>/omnid`` when that is the user's own private
+    runtime dir, else ``run/`` in the state dir (a short private dir if that is too long)."""
     state = default_state_dir()
     if os.environ.get("OMNID_SOCKET"):
         return Paths(state, Path(os.environ["OMNID_SOCKET"]).absolute(), "OMNID_SOCKET")
     if os.environ.get("OMNID_HOME"):
-        return Paths(state, state / "run" / SOCKET_NAME, "OMNID_HOME")
-    if sys.platform == "darwin":
-        sock = state / SOCKET_NAME
-        if len(os.fsencode(sock)) < MAX_SOCKET_PATH:
-            return Paths(state, sock, "home")
-    return Paths(state, fallback_socket_path(), "fallback")
+        sock, source = state / "run" / SOCKET_NAME, "OMNID_HOME"
+    elif (runtime := user_runtime_dir()) is not None:
+        return Paths(state, runtime / "omnid" / SOCKET_NAME, "runtime dir")
+    elif sys.platform == "darwin":
+        sock, source = state / SOCKET_NAME, "home"
+    else:
+        sock, source = state / "run" / SOCKET_NAME, "state dir"
+    if _fits(sock):
+        return Paths(state, sock, source)
+    return Paths(state, short_socket_dir(state) / SOCKET_NAME, "short dir")
 
 
 def read_status_file(state_dir: Path | None = None) -> dict[str, Any]:
@@ -131,7 +182,7 @@ def socket_candidates() -> list[tuple[Path, str]]:
 
 
 def check_socket_path(path: Path) -> None:
-    if len(os.fsencode(path)) >= MAX_SOCKET_PATH:
+    if not _fits(path):
         raise PathError(
             f"socket path {str(path)!r} is {len(os.fsencode(path))} bytes; the OS limit is "
             f"{MAX_SOCKET_PATH - 1}. Set OMNID_SOCKET (or OMNID_HOME) to a shorter path."
@@ -146,11 +197,17 @@ def ensure_private_dir(path: Path) -> None:
         raise PathError(f"cannot create {path}: {e.strerror}") from e
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise PathError(f"{path} must be a directory, not a symlink or file; remove it or set OMNID_HOME")
+        raise UntrustedPath(f"{path} must be a directory, not a symlink or file; remove it or set OMNID_HOME")
     if st.st_uid != os.getuid():
-        raise PathError(
+        raise UntrustedPath(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
             "remove it or set OMNID_HOME"
+        )
+    if st.st_mode & stat.S_ISVTX and st.st_mode & 0o022:
+        # A shared directory like /tmp (a root daemon owns it): never made private for us.
+        raise UntrustedPath(
+            f"{path} is a shared directory (sticky, writable by others); "
+            "set OMNID_SOCKET or OMNID_HOME to a directory of your own"
         )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)

@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import click
 import msgspec
@@ -30,16 +30,22 @@ def fail_cleanly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (OmnidError, OSError) as e:
-            # An OSError no command turned into its own error still gets one clean line.
-            code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
-            message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": {"code": code, "message": message}}))
-            else:
-                click.echo(f"omnid: {code}: {message}", err=True)
-            sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
+            exit_with_error(e, kwargs.get("as_json", False))
 
     return wrapper
+
+
+def exit_with_error(e: OmnidError | OSError, as_json: bool) -> NoReturn:
+    """One line on stderr (or a JSON error on stdout), then exit 3 if the daemon cannot be
+    reached, else 1: a refusal (another uid, an unsafe socket directory) is not "not running".
+    An OSError no command turned into its own error still gets one clean line."""
+    code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
+    message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
+    if as_json:
+        click.echo(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        click.echo(f"omnid: {code}: {message}", err=True)
+    sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
 
 
 def connect(autostart: bool = True) -> Client:
@@ -59,7 +65,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     rows = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     for row in [list(headers)] + rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
 
 
 def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
@@ -117,7 +123,9 @@ def parse_since(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since") from None
+        raise click.BadParameter(
+            f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since"
+        ) from None
 
 
 def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:

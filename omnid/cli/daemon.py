@@ -23,6 +23,7 @@ from ._output import (
     EXIT_NOT_RUNNING,
     connect,
     duration,
+    exit_with_error,
     fail_cleanly,
     json_option,
     print_fields,
@@ -98,8 +99,7 @@ def status(as_json: bool) -> None:
                 click.echo(f"  last status file names pid {published.get('pid')} (stale)")
         sys.exit(EXIT_NOT_RUNNING)
     except OmnidError as e:
-        click.echo(f"omnid: {getattr(e, 'code', 'error')}: {e}", err=True)
-        sys.exit(1)
+        exit_with_error(e, as_json)
     note = version_note(__version__, st.version)
     if as_json:
         print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note})
@@ -160,7 +160,10 @@ def print_status(st: DaemonStatus) -> None:
         ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
-        ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        (
+            "database",
+            f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})",
+        ),
         ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
@@ -173,7 +176,8 @@ def print_status(st: DaemonStatus) -> None:
         ("last reap", last),
     ]
     if st.set_aside:
-        lines.append(("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)"))
+        aside = ", ".join(st.set_aside)
+        lines.append(("set aside", f"{aside} (corrupt database found at start; kept, a new one is in use)"))
     for name, value in lines:
         if value is not None:
             click.echo(f"{name + ':':15} {value}")
@@ -193,7 +197,8 @@ def reap(dry_run: bool, as_json: bool) -> None:
     verb = "would reap" if dry_run else "reaped"
     click.echo(f"{verb} {len(result.sessions)} session(s)")
     if result.sessions:
-        print_table(["SESSION", "TOOL", "PID", "CAUSE"], [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions])
+        rows = [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions]
+        print_table(["SESSION", "TOOL", "PID", "CAUSE"], rows)
 
 
 @click.command()
@@ -226,7 +231,10 @@ def stats(as_json: bool) -> None:
             ("cost", f"${st.total_cost:.6f}"),
             ("memories", f"{st.project_memories} project, {st.session_memories} session"),
             ("tasks", f"{st.tasks} ({st.open_tasks} open)"),
-            ("per session", f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}"),
+            (
+                "per session",
+                f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}",
+            ),
         ]
     )
     if st.sessions_by_tool:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, overload
 
@@ -26,6 +23,7 @@ from omnid_client.protocol import (
     Welcome,
     version_note,
 )
+from omnid_client.trust import peer_credentials
 
 from .. import __version__, api
 from .instance import StartupError
@@ -95,20 +93,6 @@ def _seconds_from_env(name: str, default: float | None) -> float | None:
     return value
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
-    if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return pid, uid
-    # macOS/BSD: LOCAL_PEERCRED gives struct xucred {u_int version; uid_t uid; ...},
-    # LOCAL_PEERPID the pid (SOL_LOCAL = 0).
-    xucred = sock.getsockopt(0, 0x001, struct.calcsize("IIh16I"))
-    uid = struct.unpack_from("II", xucred)[1]
-    pid = struct.unpack("i", sock.getsockopt(0, 0x002, 4))[0]
-    return pid, uid
-
-
 @dataclass(eq=False)
 class ServerState:
     """What every connection shares (uvicorn's ``ServerState``), instead of the daemon."""
@@ -163,7 +147,14 @@ class Connection(asyncio.Protocol):
             return
         if uid != os.getuid():
             log.warning("refused connection from uid %d (pid %d)", uid, pid)
-            self.fail(0, PermissionDenied(f"omnid serves uid {os.getuid()} only; you are uid {uid}"))
+            self.fail(
+                0,
+                PermissionDenied(
+                    f"permission denied: this omnid serves uid {os.getuid()} only and you are uid {uid}; "
+                    "use your own daemon (unset OMNID_SOCKET or OMNID_HOME if they name another user's)",
+                    {"uid": uid, "serves_uid": os.getuid()},
+                ),
+            )
             return
         self.caller = api.Caller(pid, uid)
         self._timer = self.state.loop.call_later(self.state.timeouts.handshake, self._handshake_expired)

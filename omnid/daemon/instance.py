@@ -137,6 +137,8 @@ class Instance:
                 st = os.stat(self.paths.socket)
                 if (st.st_dev, st.st_ino) == self.socket_inode:
                     os.unlink(self.paths.socket)
+                    if self.paths.socket_source == "short dir":
+                        os.rmdir(self.paths.socket.parent)  # our own, made for this socket alone
         with contextlib.suppress(OSError):
             if read_status_file(self.paths.state_dir).get("pid") == os.getpid():
                 os.unlink(self.paths.status_file)

@@ -13,7 +13,7 @@ import pytest
 
 from omnid_client import AsyncClient, Client, _calls
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "client" / "omnid_client"
 
 USES = '''

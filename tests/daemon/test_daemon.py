@@ -3,7 +3,7 @@ stop, who may connect, private files, autostart, the wire protocol under abuse, 
 socket paths and databases it must refuse.
 
 Everything here is real: daemon processes in a temp OMNID_HOME, Unix sockets, SQLite
-files, owner processes, and forked children that drop to uid 65534 (``nobody``).
+files, owner processes, and forked children that drop to uid 65534 (``nobody``, ``as_user``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from tests.helpers import (
     Refusal,
     Wire,
     accepts,
-    as_nobody,
+    as_user,
     assert_serving,
     error_of,
     frame,
@@ -77,12 +77,6 @@ from tests.helpers import (
 @pytest.fixture(autouse=True)
 def _no_stray_daemons(no_stray_daemons) -> None:
     """For every test here."""
-
-
-
-
-
-
 
 
 # --- single instance -------------------------------------------------------------------
@@ -255,7 +249,7 @@ def test_other_uid_cannot_reach_the_socket(daemon, home):
         finally:
             s.close()
 
-    out = as_nobody(connect)
+    out = as_user(connect)
 
     assert out.get("errno") == errno.EACCES, out
     assert_serving(daemon)
@@ -272,7 +266,7 @@ def test_other_uid_is_refused_even_when_the_socket_is_open_to_all(daemon, home):
             replies = w.replies_until_closed()
         return {"replies": [(r.id, r.error.code if r.error else None) for r in replies]}
 
-    out = as_nobody(talk)
+    out = as_user(talk)
 
     assert out.get("ok") == {"replies": [[0, "permission"]]}, out
     assert f"refused connection from uid {NOBODY}" in daemon.log_text()
@@ -314,7 +308,10 @@ print(json.dumps({"pid": pid, "tool": got.session.tool_id}))
 def test_racing_clients_autostart_exactly_one_daemon(home):
     clients = [
         subprocess.Popen(
-            [sys.executable, "-c", _AUTOSTART_CLIENT, f"racer-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", _AUTOSTART_CLIENT, f"racer-{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(20)
     ]

@@ -32,7 +32,7 @@ def test_socket_activation_serves_the_inherited_socket_and_leaves_it_in_place(ho
     activator = Activator(home, sock)
     try:
         inode = os.stat(sock).st_ino
-        with Client(autostart=False, connect_timeout=15) as client:  # this connection starts the daemon
+        with Client(autostart=False, connect_timeout=15, timeout=15) as client:  # this connection starts the daemon
             st = client.status()
             owner = spawn_owner()
             sid = client.get_or_create("activated-tool", pid=owner.pid).session.session_id
@@ -50,7 +50,7 @@ def test_socket_activation_serves_the_inherited_socket_and_leaves_it_in_place(ho
 
     activator = Activator(home, sock)  # a second activation: the session is still there
     try:
-        with Client(autostart=False, connect_timeout=15) as client:
+        with Client(autostart=False, connect_timeout=15, timeout=15) as client:
             assert client.get(sid).live
             client.shutdown()
     finally:
@@ -64,7 +64,7 @@ def test_an_activated_daemon_takes_over_from_one_a_client_started(home):
     activated_sock.parent.mkdir(mode=0o700)
     activator = Activator(home, activated_sock)
     try:
-        with Client(activated_sock, autostart=False, connect_timeout=15) as client:
+        with Client(activated_sock, autostart=False, connect_timeout=15, timeout=15) as client:
             st = client.status()
         assert st.socket_source == "systemd"
         assert first.proc.wait(15) == 0, "the daemon a client started was asked to stop"

@@ -18,7 +18,7 @@ from omnid_client import Client, OmnidError
 from omnid_client import __version__ as CLIENT_VERSION
 from tests.helpers import DaemonProcess, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 
@@ -134,7 +134,7 @@ def test_an_upgrade_keeps_serving_systemds_socket(home, site):
     sock = run_dir / "omnid.sock"
     activator = Activator(home, sock)
     try:
-        with Client(autostart=False, connect_timeout=15) as c:
+        with Client(autostart=False, connect_timeout=15, timeout=15) as c:
             first = c.status()
         set_version(site, "9.1.0")
         st = wait_for(lambda: (s := current_status()) and s.version == "9.1.0" and s, timeout=30, what="9.1.0 to run")
@@ -158,7 +158,8 @@ def test_an_unknown_method_from_a_newer_client_says_the_daemon_is_older(daemon):
         wire.send(request(1, "session.teleport", {}))
         code, message = error_of(wire.reply())
     assert code == "unsupported"
-    assert "unknown method 'session.teleport'" in message and "the daemon" in message and "is older than the client" in message
+    assert "unknown method 'session.teleport'" in message, message
+    assert "the daemon" in message and "is older than the client" in message, message
 
 
 def test_an_upgrade_that_fails_before_it_is_ready_falls_back_to_the_code_that_ran(home, site, spawn_owner):

@@ -24,7 +24,7 @@ from omnid_client import Client
 from omnid_client.paths import LAUNCHD_LABEL
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -65,7 +65,8 @@ def unit_dir(user_home: Path) -> Path:
 def test_shipped_files_are_what_install_writes_for_the_placeholder_interpreter():
     for name, text in render_systemd(PLACEHOLDER_PYTHON, {}).items():
         assert (ROOT / "systemd" / name).read_text() == text, (
-            f"systemd/{name} is stale; regenerate it with omnid.offline.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
+            f"systemd/{name} is stale; regenerate it with "
+            f"omnid.offline.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
         )
     shipped = ROOT / "launchd" / f"{LAUNCHD_LABEL}.plist"
     assert shipped.read_bytes() == render_launchd(PLACEHOLDER_PYTHON, {}, Path("/Users/USERNAME"))
@@ -252,22 +253,25 @@ def test_a_client_falls_back_to_starting_the_daemon_when_the_service_manager_can
     install_units(empty_path)
     caplog.set_level(logging.INFO, logger="omnid_client")
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         st = client.status()
 
     assert st.managed_by is None and st.socket == str(home / "run" / "omnid.sock")
-    asked = [r.getMessage() for r in caplog.records if "systemctl --user start omnid.socket omnid.service" in r.getMessage()]
+    start_units = "systemctl --user start omnid.socket omnid.service"
+    asked = [r.getMessage() for r in caplog.records if start_units in r.getMessage()]
     assert asked and "starting omnid directly" in asked[0], caplog.text
 
 
-def test_a_client_asks_the_service_manager_to_start_the_daemon(home, user_home, empty_path, tmp_path, monkeypatch, stop_daemons):
+def test_a_client_asks_the_service_manager_to_start_the_daemon(
+    home, user_home, empty_path, tmp_path, monkeypatch, stop_daemons
+):
     install_units(empty_path)
     # Stands in for the user manager: records the request and starts the daemon as the unit would.
     record = fake_systemctl(
         tmp_path, monkeypatch, f'exec {sys.executable} -m omnid serve --detach --log-file {home}/omnid.log'
     )
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         st = client.status()
 
     assert record.read_text().split("\n")[0] == "--user start omnid.socket omnid.service"
@@ -281,7 +285,7 @@ def test_a_unit_installed_for_another_omnid_home_is_not_asked(home, user_home, t
         (units / name).write_text(text)
     record = fake_systemctl(tmp_path, monkeypatch, "exit 1")
 
-    with Client(start_timeout=15) as client:
+    with Client(start_timeout=15, timeout=15) as client:
         assert client.status().pid
 
     assert not record.exists(), "systemctl was asked to start a unit that serves another OMNID_HOME"
