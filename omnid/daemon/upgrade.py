@@ -24,9 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import omnid_client
-
 import omnid
+import omnid_client
 
 log = logging.getLogger("omnid.upgrade")
 

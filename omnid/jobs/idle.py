@@ -15,10 +15,10 @@ import time
 
 from .. import clock
 from ..identity import ProcessIdentity, is_alive
-from .reaper import Reaper
 from ..store import Store
 from ..store import sessions as session_store
 from ._timer import Timer
+from .reaper import Reaper
 
 log = logging.getLogger("omnid.idle")
 

@@ -22,8 +22,8 @@ from .. import clock
 from ..safefile import check_existing, os_message
 from . import search as search_store
 from .guard import WriteGuard
-from .search import StoreConnection
 from .migrations import LATEST, MIGRATIONS, apply
+from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
