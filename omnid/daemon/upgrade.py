@@ -109,7 +109,7 @@ def package_dirs() -> list[Path]:
         return running
     search = [p for p in sys.path if os.path.abspath(p or ".") != str(snapshot)]
     found = []
-    for name, fallback in zip(PACKAGES, running):
+    for name, fallback in zip(PACKAGES, running, strict=True):
         spec = importlib.machinery.PathFinder.find_spec(name, search)
         found.append(Path(spec.origin).parent if spec is not None and spec.origin else fallback)
     return found
@@ -134,7 +134,7 @@ def keep_snapshot(state_dir: Path, imported: FileStamp) -> Path | None:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".code-", dir=state_dir))
         try:
-            for name, top in zip(PACKAGES, running_dirs()):
+            for name, top in zip(PACKAGES, running_dirs(), strict=True):
                 shutil.copytree(top, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
             (tmp / SNAPSHOT_MARK).write_text(stamp)
             if files_stamp() != imported:

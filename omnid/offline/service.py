@@ -340,7 +340,7 @@ def status(manager: Manager) -> ServiceStatus:
             run = _run("systemctl", "--user", verb, *SYSTEMD_UNITS)
             lines = run.output.splitlines()
             if run.exit_status is not None and len(lines) == len(SYSTEMD_UNITS):
-                for unit, line in zip(SYSTEMD_UNITS, lines):
+                for unit, line in zip(SYSTEMD_UNITS, lines, strict=True):
                     state[f"{unit} {verb[3:]}"] = line.strip()
             else:
                 detail = f"`{run.command}`: {lines[-1] if lines else 'failed'}"

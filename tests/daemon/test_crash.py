@@ -145,7 +145,7 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
             killed.append(pid)
             wait_for(lambda: gone(pid), what=f"daemon {pid} to die")
             # Recovered: every writer has been answered again, by a new daemon.
-            wait_for(lambda: all(led.acks >= b + 3 for led, b in zip(trial_ledgers, before)) or _failed(trial_ledgers),
+            wait_for(lambda: all(led.acks >= b + 3 for led, b in zip(trial_ledgers, before, strict=True)) or _failed(trial_ledgers),
                      timeout=60, what=f"trial {trial}: every writer to recover")
         finally:
             stop.set()

@@ -273,7 +273,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     ok("export", "-o", str(second))
     a, b = lines_of(first), lines_of(second)
     assert len(a) == len(b)
-    differing = [(x, y) for x, y in zip(a, b) if x != y]
+    differing = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
     assert len(differing) == 1, differing
     was, now = (msgspec.json.decode(line) for line in differing[0])
     assert was["session_id"] == data["orphan"].session_id
