@@ -117,7 +117,9 @@ def parse_since(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since") from None
+        raise click.BadParameter(
+            f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since"
+        ) from None
 
 
 def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:

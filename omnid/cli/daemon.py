@@ -160,7 +160,10 @@ def print_status(st: DaemonStatus) -> None:
         ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
-        ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        (
+            "database",
+            f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})",
+        ),
         ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
@@ -173,7 +176,9 @@ def print_status(st: DaemonStatus) -> None:
         ("last reap", last),
     ]
     if st.set_aside:
-        lines.append(("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)"))
+        lines.append(
+            ("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)")
+        )
     for name, value in lines:
         if value is not None:
             click.echo(f"{name + ':':15} {value}")
@@ -193,7 +198,10 @@ def reap(dry_run: bool, as_json: bool) -> None:
     verb = "would reap" if dry_run else "reaped"
     click.echo(f"{verb} {len(result.sessions)} session(s)")
     if result.sessions:
-        print_table(["SESSION", "TOOL", "PID", "CAUSE"], [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions])
+        print_table(
+            ["SESSION", "TOOL", "PID", "CAUSE"],
+            [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions],
+        )
 
 
 @click.command()
@@ -226,7 +234,10 @@ def stats(as_json: bool) -> None:
             ("cost", f"${st.total_cost:.6f}"),
             ("memories", f"{st.project_memories} project, {st.session_memories} session"),
             ("tasks", f"{st.tasks} ({st.open_tasks} open)"),
-            ("per session", f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}"),
+            (
+                "per session",
+                f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}",
+            ),
         ]
     )
     if st.sessions_by_tool:

@@ -150,7 +150,9 @@ def keep_snapshot(state_dir: Path, imported: FileStamp) -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     except OSError as e:
-        log.warning("cannot keep a copy of the running code in %s (%s): a failed upgrade would stop the daemon", target, e)
+        log.warning(
+            "cannot keep a copy of the running code in %s (%s): a failed upgrade would stop the daemon", target, e
+        )
         return None
     return target
 

@@ -56,7 +56,11 @@ class IdleExpiry:
         rows = self.store.db.execute(
             "SELECT session_id, last_activity, owner_pid, owner_start, boot_id, owner_ino FROM sessions "
             "WHERE ended_at IS NULL"
-            + ("" if self.reaper.mode == "polling" else " AND (owner_pid IS NULL OR owner_start IS NULL OR boot_id IS NULL)")
+            + (
+                ""
+                if self.reaper.mode == "polling"
+                else " AND (owner_pid IS NULL OR owner_start IS NULL OR boot_id IS NULL)"
+            )
         ).fetchall()
         found: list[tuple[str, float, ProcessIdentity | None]] = []
         for sid, last, pid, start, boot, ino in rows:

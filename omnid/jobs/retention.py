@@ -229,7 +229,8 @@ class Archiver:
         age = older_than if older_than is not None else self.age()
         if age is None:
             raise Invalid(
-                f"no retention age is configured (config retention and {ENV} are unset or 0) and none was given", {"field": "older_than"}
+                f"no retention age is configured (config retention and {ENV} are unset or 0) and none was given",
+                {"field": "older_than"},
             )
         if purge and archive is not None:
             raise Invalid("archive the sessions or purge them, not both", {"field": "purge"})

@@ -180,7 +180,9 @@ def render_launchd(python: str, env: dict[str, str], home: Path) -> bytes:
     return plistlib.dumps(plist, sort_keys=False)
 
 
-def wanted_files(manager: Manager, *, python: str | None = None, env: dict[str, str] | None = None) -> dict[Path, bytes]:
+def wanted_files(
+    manager: Manager, *, python: str | None = None, env: dict[str, str] | None = None
+) -> dict[Path, bytes]:
     """Each file ``install`` writes, with its content, for this interpreter and environment."""
     python = python or sys.executable
     env = service_environment() if env is None else env

@@ -65,7 +65,9 @@ def open_readonly(path: Path, *, check_schema: bool = True) -> sqlite3.Connectio
     if check_schema and version != LATEST:
         db.close()
         if version > LATEST:
-            raise TransferError(f"{path} has schema v{version}, newer than this omnid (v{LATEST}); upgrade omnid", "version")
+            raise TransferError(
+                f"{path} has schema v{version}, newer than this omnid (v{LATEST}); upgrade omnid", "version"
+            )
         raise TransferError(
             f"{path} has schema v{version}; start the daemon once (omnid serve) so it migrates to v{LATEST}", "version"
         )

@@ -398,7 +398,8 @@ def disk_hint(path: Path) -> str:
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
-    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+    name = getattr(e, "sqlite_errorname", type(e).__name__)
+    return StorageError(f"database write failed: {e}", {"sqlite_error": name})
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:

@@ -159,7 +159,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     )
     for seq, role, content, message_type, metadata, tokens, nanos, created_at in messages:
-        yield MessageRecord(session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at)
+        yield MessageRecord(
+            session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at
+        )
     memories = db.execute(
         "SELECT memory_id, memory_type, content, metadata, created_at FROM session_memories WHERE session_id = ? "
         "ORDER BY created_at, memory_id",
@@ -173,7 +175,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     ).fetchall()
     for task_id, title, status, external_id, metadata, created_at, updated_at, ended_at in tasks:
-        yield TaskRecord(task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at)
+        yield TaskRecord(
+            task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at
+        )
         steps = db.execute(
             "SELECT kind, content, metadata, created_at FROM interactions WHERE task_id = ? ORDER BY interaction_id",
             (task_id,),
@@ -190,7 +194,9 @@ def archive_head(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator
         {
             r[0]
             for sid in session_ids
-            for r in db.execute("SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,))
+            for r in db.execute(
+                "SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,)
+            )
         }
     )
     yield from project_records(db, projects)

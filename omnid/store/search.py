@@ -100,7 +100,8 @@ def query(
     expression = match_expression(text)
     if expression is None:
         return []
-    if isinstance(db, StoreConnection) and db.pending_search_rows:  # rows added earlier in the open transaction are found too
+    # Rows added earlier in the open transaction are found too.
+    if isinstance(db, StoreConnection) and db.pending_search_rows:
         db.execute("SAVEPOINT search_rows")
         try:
             write_pending(db)
