@@ -207,10 +207,14 @@ def run_omnid(
     )
 
 
+def _ran(args: tuple[str, ...], r: subprocess.CompletedProcess) -> str:
+    return f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+
+
 def omnid_ok(*args: str, cwd: Path | None = None, text: bool = True):
     """The stdout of a command that must succeed."""
     r = run_omnid(*args, cwd=cwd, text=text)
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    assert r.returncode == 0, _ran(args, r)
     return r.stdout
 
 
@@ -221,7 +225,7 @@ def omnid_json(*args: str, cwd: Path | None = None):
 def omnid_error(*args: str, cwd: Path | None = None) -> dict:
     """The JSON error of a command that must exit 1."""
     r = run_omnid(*args, "--json", cwd=cwd)
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+    assert r.returncode == 1, _ran(args, r)
     return json.loads(r.stdout)["error"]
 
 

@@ -54,6 +54,6 @@ def test_client_builds_as_its_own_package_depending_only_on_msgspec(tmp_path):
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert packages == {"omnid_client"}
-    assert "omnid_client/protocol/__init__.py" in names and "omnid_client/protocol/wire.py" in names and "omnid_client/py.typed" in names
+    assert {"omnid_client/protocol/__init__.py", "omnid_client/protocol/wire.py", "omnid_client/py.typed"} <= set(names)
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert [r.split(">")[0].split("=")[0].strip() for r in requires] == ["msgspec"]

@@ -314,7 +314,8 @@ print(json.dumps({"pid": pid, "tool": got.session.tool_id}))
 def test_racing_clients_autostart_exactly_one_daemon(home):
     clients = [
         subprocess.Popen(
-            [sys.executable, "-c", _AUTOSTART_CLIENT, f"racer-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", _AUTOSTART_CLIENT, f"racer-{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(20)
     ]

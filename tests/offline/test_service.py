@@ -65,7 +65,8 @@ def unit_dir(user_home: Path) -> Path:
 def test_shipped_files_are_what_install_writes_for_the_placeholder_interpreter():
     for name, text in render_systemd(PLACEHOLDER_PYTHON, {}).items():
         assert (ROOT / "systemd" / name).read_text() == text, (
-            f"systemd/{name} is stale; regenerate it with omnid.offline.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
+            f"systemd/{name} is stale; regenerate it with "
+            f"omnid.offline.service.render_systemd({PLACEHOLDER_PYTHON!r}, {{}})"
         )
     shipped = ROOT / "launchd" / f"{LAUNCHD_LABEL}.plist"
     assert shipped.read_bytes() == render_launchd(PLACEHOLDER_PYTHON, {}, Path("/Users/USERNAME"))
@@ -256,11 +257,14 @@ def test_a_client_falls_back_to_starting_the_daemon_when_the_service_manager_can
         st = client.status()
 
     assert st.managed_by is None and st.socket == str(home / "run" / "omnid.sock")
-    asked = [r.getMessage() for r in caplog.records if "systemctl --user start omnid.socket omnid.service" in r.getMessage()]
+    start = "systemctl --user start omnid.socket omnid.service"
+    asked = [r.getMessage() for r in caplog.records if start in r.getMessage()]
     assert asked and "starting omnid directly" in asked[0], caplog.text
 
 
-def test_a_client_asks_the_service_manager_to_start_the_daemon(home, user_home, empty_path, tmp_path, monkeypatch, stop_daemons):
+def test_a_client_asks_the_service_manager_to_start_the_daemon(
+    home, user_home, empty_path, tmp_path, monkeypatch, stop_daemons
+):
     install_units(empty_path)
     # Stands in for the user manager: records the request and starts the daemon as the unit would.
     record = fake_systemctl(

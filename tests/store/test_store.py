@@ -205,7 +205,9 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
             # No pidfd inode was recorded for it: its owner is compared by start time alone.
             assert store.db.execute("SELECT owner_ino FROM sessions WHERE session_id = ?", (sid,)).fetchone() == (None,)
             assert miscounted_context(store.db) == []
-            events = store.db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)).fetchone()
+            events = store.db.execute(
+                "SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)
+            ).fetchone()
             assert events == (OLD_EVENTS if version >= 2 else 0,)
     finally:
         store.close()
@@ -243,7 +245,9 @@ def test_the_context_event_counter_is_filled_in_for_every_session_of_a_v2_databa
 
     store = Store(db_path)
     try:
-        counted = dict(store.db.execute("SELECT session_id, context_event_count FROM sessions WHERE tool_id = 'v2-tool'"))
+        counted = dict(
+            store.db.execute("SELECT session_id, context_event_count FROM sessions WHERE tool_id = 'v2-tool'")
+        )
         assert counted == held
         assert miscounted_context(store.db) == []
     finally:
