@@ -1,6 +1,8 @@
 """Ending live sessions whose owner omnid cannot check (no owner process recorded, or one
-it is not allowed to inspect) after ``idle_expiry`` seconds without activity. A session
-whose owner is verifiably alive is never expired; one whose owner died is the reaper's.
+it is not allowed to inspect) after ``idle_expiry`` seconds without activity.
+
+A session whose owner is verifiably alive is never expired; one whose owner died is the
+reaper's.
 
 Idleness is measured on the monotonic clock, so a wall-clock jump neither expires
 sessions early nor keeps them forever: the (wall-clock) last activity a session has when

@@ -1,6 +1,8 @@
 """Retention: ended sessions older than an age are appended to an archive (JSONL in the
 export format) and then deleted, on a timer and on request; every run is logged and
-counted in the daemon's status. Nothing is deleted unless an age is configured or given."""
+counted in the daemon's status.
+
+Nothing is deleted unless an age is configured or given."""
 
 from __future__ import annotations
 
