@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import click
+
+from omnid_client.protocol import SearchKind, TaskStatus
 
 from ._output import (
     connect,
@@ -203,7 +205,11 @@ def tasks_list(
     """Tasks, newest first."""
     with connect() as client:
         page = client.list_tasks(
-            session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor
+            session_id=session_id,
+            status=cast("TaskStatus | None", status),  # click.Choice allows no other
+            external_id=external_id,
+            limit=limit,
+            cursor=cursor,
         )
     if as_json:
         print_json(page)
@@ -264,7 +270,11 @@ def search(
     """Full-text search over messages, memories and decisions, best match first."""
     with connect() as client:
         hits = client.search(
-            query, project_id=project_id, session_id=session_id, kinds=list(kinds) or None, limit=limit
+            query,
+            project_id=project_id,
+            session_id=session_id,
+            kinds=cast("list[SearchKind]", list(kinds)) or None,  # click.Choice allows no other
+            limit=limit,
         )
     if as_json:
         print_json(hits)

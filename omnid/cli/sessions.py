@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Sequence, cast
 
 import click
 
-from omnid_client.protocol import Session
+from omnid_client.protocol import Session, SessionStatus
 
 from ._output import (
     connect,
@@ -78,7 +78,12 @@ def sessions_list(
     """Sessions, newest first."""
     with connect() as client:
         page = client.list_sessions(
-            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor
+            tool_id=tool_id,
+            session_type=session_type,
+            status=cast("SessionStatus", status),  # click.Choice allows no other
+            workspace=workspace,
+            limit=limit,
+            cursor=cursor,
         )
     if as_json:
         print_json(page)

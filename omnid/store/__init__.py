@@ -27,7 +27,7 @@ from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
-CommitWaiter = Callable[[Exception | None], None]
+CommitWaiter = Callable[[StorageError | None], None]
 CLOCK_STEP_BACK = 1.0
 """Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
@@ -321,7 +321,7 @@ class Store:
         for callback in self._on_rollback:
             callback()
 
-    def _release(self, error: Exception | None) -> None:
+    def _release(self, error: StorageError | None) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter(error)

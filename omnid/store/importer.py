@@ -31,7 +31,7 @@ from . import search as search_store
 from .codec import dumps
 from .memories import _body as memory_search_body
 from .memories import delete_ids as delete_memories
-from .records import MEMORY_COLUMNS, SESSION_COLUMNS
+from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
 
 
 class SizeCheck(Protocol):
@@ -64,7 +64,7 @@ class Importer:
     def add(self, record: Record, where: str) -> None:
         """Import ``record``; ``where`` ("line 12") prefixes any error."""
         self._line = where
-        kind = record.__struct_config__.tag
+        kind = record_kind(record)
         handler = getattr(self, f"_{kind.replace('-', '_')}")
         try:
             outcome = handler(record)

@@ -156,7 +156,7 @@ def session_memories(db: sqlite3.Connection, session_id: str) -> list[SessionMem
         "WHERE session_id = ? ORDER BY created_at",
         (session_id,),
     ).fetchall()
-    return [SessionMemory(*r[:4], loads_dict(r[4]), r[5]) for r in rows]
+    return [SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows]
 
 
 def has_session_memory(db: sqlite3.Connection, session_id: str) -> bool:

@@ -48,7 +48,7 @@ def page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int) ->
         f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (session_id, after_seq, limit + 1),
     ).fetchall()
-    messages = [Message(*r[:6], loads_dict(r[6]), r[7], from_nanos(r[8]), r[9]) for r in rows[:limit]]
+    messages = [Message(*(*r[:6], loads_dict(r[6]), r[7], from_nanos(r[8]), r[9])) for r in rows[:limit]]
     return messages, (messages[-1].seq if len(rows) > limit else None)
 
 

@@ -4,7 +4,7 @@ one record as one line of the export file."""
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, cast
 
 import msgspec
 
@@ -25,6 +25,11 @@ from omnid_client.protocol import (
 from .codec import loads, loads_dict
 
 _json = msgspec.json.Encoder()
+
+
+def record_kind(record: Record) -> str:
+    """The record's ``type`` (``"session"``, ``"omnid-export"``, ...)."""
+    return cast(str, record.__struct_config__.tag)  # every record type is declared with a str tag
 
 
 def jsonl(record: Record) -> bytes:
@@ -145,7 +150,7 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
     row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     if row is None:
         return
-    yield SessionRecord(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:])
+    yield SessionRecord(*(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:]))
     events = db.execute(
         "SELECT kind, subject, importance, detail, created_at FROM context_events WHERE session_id = ? "
         "ORDER BY event_id",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from omnid_client.protocol import SearchHit
 
@@ -93,7 +93,7 @@ def query(
     *,
     project_id: str | None,
     session_id: str | None,
-    kinds: list[str] | None,
+    kinds: Sequence[str] | None,
     limit: int,
     now: float,
 ) -> list[SearchHit]:
