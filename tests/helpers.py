@@ -32,6 +32,8 @@ from omnid_client.protocol import (
     NewMessage,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's top folder (tests/ sits right under it; the test modules one level deeper)."""
 START_TIMEOUT = 15.0
 
 

@@ -16,9 +16,8 @@ import pytest
 
 from omnid_client import Client, OmnidError
 from omnid_client import __version__ as CLIENT_VERSION
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import ROOT, DaemonProcess, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 

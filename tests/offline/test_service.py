@@ -22,9 +22,7 @@ import pytest
 from omnid.offline.service import PLACEHOLDER_PYTHON, render_launchd, render_systemd
 from omnid_client import Client
 from omnid_client.paths import LAUNCHD_LABEL
-from tests.helpers import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, wait_for
 
 
 @pytest.fixture
