@@ -32,6 +32,8 @@ from omnid_client.protocol import (
     NewMessage,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's top folder (tests/ sits right under it; the test modules one level deeper)."""
 START_TIMEOUT = 15.0
 
 
@@ -207,15 +209,15 @@ def run_omnid(
     )
 
 
+def _ran(args: tuple[str, ...], r: subprocess.CompletedProcess) -> str:
+    return f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
+
+
 def omnid_ok(*args: str, cwd: Path | None = None, text: bool = True):
     """The stdout of a command that must succeed."""
     r = run_omnid(*args, cwd=cwd, text=text)
-    assert r.returncode == 0, _outcome(args, r)
+    assert r.returncode == 0, _ran(args, r)
     return r.stdout
-
-
-def _outcome(args: tuple[str, ...], r: subprocess.CompletedProcess) -> str:
-    return f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
 
 
 def omnid_json(*args: str, cwd: Path | None = None):
@@ -225,7 +227,7 @@ def omnid_json(*args: str, cwd: Path | None = None):
 def omnid_error(*args: str, cwd: Path | None = None) -> dict:
     """The JSON error of a command that must exit 1."""
     r = run_omnid(*args, "--json", cwd=cwd)
-    assert r.returncode == 1, _outcome(args, r)
+    assert r.returncode == 1, _ran(args, r)
     return json.loads(r.stdout)["error"]
 
 

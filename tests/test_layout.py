@@ -1,16 +1,18 @@
-"""The shape of the omnid package: no import cycles, and small modules that say their job."""
+"""The shape of the omnid packages: no import cycles, and small modules that say their job."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "omnid"
+from tests.helpers import ROOT
 
-SIZED = ["daemon", "jobs", "api", "store", "config.py", "identity.py", "projects.py", "safefile.py", "upgrade.py"]
-"""The parts already cut to size; the rest of omnid/ joins once it is split too."""
+PACKAGE = ROOT / "omnid"
+CLIENT = ROOT / "client" / "omnid_client"
+
 MAX_LINES = 450
 
 
@@ -41,7 +43,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names]
+            targets = [
+                f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names
+            ]
         else:
             continue
         found.update(t for t in targets if t in known and t != name)
@@ -83,7 +87,8 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_no_module_of_omnid_imports_itself_in_a_circle() -> None:
     graph = import_graph()
-    assert graph["omnid.daemon.app"] >= {"omnid.api", "omnid.jobs.reaper", "omnid.daemon.listener"}, "the graph sees imports"
+    seen = {"omnid.api", "omnid.jobs.reaper", "omnid.daemon.listener"}
+    assert graph["omnid.daemon.app"] >= seen, "the graph sees imports"
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
@@ -102,11 +107,36 @@ def test_handlers_never_see_the_daemon() -> None:
         assert "caller.daemon" not in path.read_text(), path
 
 
-@pytest.mark.parametrize("part", SIZED)
-def test_modules_are_small_and_say_their_job(part: str) -> None:
-    target = PACKAGE / part
-    for path in sorted(target.rglob("*.py") if target.is_dir() else [target]):
-        lines = path.read_text().count("\n")
-        assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines"
-        doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc and doc.strip(), f"{path.relative_to(PACKAGE.parent)} has no module docstring"
+def one_sentence_job(doc: str | None) -> str | None:
+    """Why the opening paragraph of a module docstring is not a single sentence, or None
+    when it is (details may follow in later paragraphs)."""
+    if not doc or not doc.strip():
+        return "no module docstring"
+    opening = " ".join(doc.strip().split("\n\n")[0].split())
+    if not re.search(r"[.!?]$", opening):
+        return f"its opening paragraph does not end a sentence: {opening!r}"
+    if re.search(r"[.!?]\s+[A-Z(`]", opening[:-1]):
+        return f"its opening paragraph is more than one sentence: {opening!r}"
+    return None
+
+
+def test_the_docstring_check_tells_one_sentence_from_more() -> None:
+    assert one_sentence_job("Reaping dead sessions, every minute.\n\nMore detail. And more.") is None
+    assert one_sentence_job("Reaping. Also status.") is not None
+    assert one_sentence_job("Reaping dead sessions") is not None
+    assert one_sentence_job(None) is not None
+
+
+@pytest.mark.parametrize("package", [PACKAGE, CLIENT], ids=["omnid", "omnid_client"])
+def test_every_module_is_small_and_says_its_job_in_one_sentence(package: Path) -> None:
+    failures = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > MAX_LINES:
+            failures.append(f"{path.relative_to(ROOT)} has {lines} lines (the limit is {MAX_LINES})")
+        why = one_sentence_job(ast.get_docstring(ast.parse(text, str(path))))
+        if why:
+            failures.append(f"{path.relative_to(ROOT)}: {why}")
+    assert len(list(package.rglob("*.py"))) > 10, "the walk sees the package"
+    assert not failures, "\n".join(failures)

@@ -221,7 +221,9 @@ def test_a_fifo_as_the_archive_is_refused_and_the_daemon_keeps_serving(home, tmp
     assert "Traceback" not in d.log_text()
 
 
-def test_a_fifo_at_the_daemons_own_archive_fails_the_timed_run_and_nothing_else(home, tmp_path, spawn_owner, monkeypatch):
+def test_a_fifo_at_the_daemons_own_archive_fails_the_timed_run_and_nothing_else(
+    home, tmp_path, spawn_owner, monkeypatch
+):
     first = DaemonProcess(home).start()
     with first.client() as c:
         kept = ended_sessions(c, tmp_path, 1)

@@ -1,4 +1,5 @@
 """Starting a daemon on demand: exactly one, even when many clients find none at once.
+
 An installed service unit is asked first; a detached child is the fallback."""
 
 from __future__ import annotations

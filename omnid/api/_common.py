@@ -21,7 +21,9 @@ def check_size(value: Any, limit: int = MAX_METADATA_BYTES, field: str = "metada
         return
     depth = nesting(value, MAX_NESTING)
     if depth > MAX_NESTING:
-        raise TooLarge(f"{field} nests more than {MAX_NESTING} levels deep; the limit is {MAX_NESTING}", {"field": field})
+        raise TooLarge(
+            f"{field} nests more than {MAX_NESTING} levels deep; the limit is {MAX_NESTING}", {"field": field}
+        )
     try:
         size = len(dumps(value))
     except (TypeError, ValueError, OverflowError) as e:
@@ -89,7 +91,9 @@ def _no_session(session_id: str) -> NotFound:
 
 
 def _ended(session_id: str, end_reason: str) -> Conflict:
-    return Conflict(f"session {session_id} has ended ({end_reason})", {"session_id": session_id, "end_reason": end_reason})
+    return Conflict(
+        f"session {session_id} has ended ({end_reason})", {"session_id": session_id, "end_reason": end_reason}
+    )
 
 
 def project_of(ctx: Context, project_id: str | None, workspace: str | None, *, create: bool) -> str:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import sqlite3
 
 from omnid_client.errors import Conflict, NotFound
-from omnid_client.protocol import AddInteraction, CreateTask, Interaction, ListTasks, Task, TaskPage, TaskRef, UpdateTask
+from omnid_client.protocol import (
+    AddInteraction,
+    CreateTask,
+    Interaction,
+    ListTasks,
+    Task,
+    TaskPage,
+    TaskRef,
+    UpdateTask,
+)
 
 from ..store import sessions as session_store
 from ..store import tasks as task_store

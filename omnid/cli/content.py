@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import click
+
+from omnid_client.protocol import SearchKind, TaskStatus
 
 from ._output import (
     connect,
@@ -32,7 +34,10 @@ def print_memories(items: Sequence[Any]) -> None:
         return
     print_table(
         ["KEY", "VERSION", "READS", "LAST READ", "EXPIRES", "VALUE"],
-        [(m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value)) for m in items],
+        [
+            (m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value))
+            for m in items
+        ],
     )
 
 
@@ -116,7 +121,10 @@ def memories_history(key: str, project_id: str | None, workspace: str | None, as
     if as_json:
         print_json(h)
         return
-    print_table(["VERSION", "WRITTEN", "EXPIRES", "VALUE"], [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions])
+    print_table(
+        ["VERSION", "WRITTEN", "EXPIRES", "VALUE"],
+        [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions],
+    )
 
 
 @click.command()
@@ -132,8 +140,16 @@ def context(session_id: str, as_json: bool) -> None:
         return
     click.echo(f"{ctx.size.events} event(s), {ctx.size.bytes} bytes{' (lists capped)' if ctx.size.truncated else ''}")
     sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
-        ("files", ["IMPORTANCE", "READS", "LAST", "PATH"], [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files]),
-        ("changes", ["CHANGE", "TIMES", "LAST", "PATH"], [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes]),
+        (
+            "files",
+            ["IMPORTANCE", "READS", "LAST", "PATH"],
+            [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files],
+        ),
+        (
+            "changes",
+            ["CHANGE", "TIMES", "LAST", "PATH"],
+            [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes],
+        ),
         ("searches", ["AT", "QUERY"], [(when(s.at), s.query) for s in ctx.searches]),
         ("decisions", ["AT", "DECISION"], [(when(d.at), d.text) for d in ctx.decisions]),
         ("memories", ["AT", "SOURCE", "REF"], [(when(m.at), m.source, m.ref) for m in ctx.memories]),
@@ -188,7 +204,13 @@ def tasks_list(
 ) -> None:
     """Tasks, newest first."""
     with connect() as client:
-        page = client.list_tasks(session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor)
+        page = client.list_tasks(
+            session_id=session_id,
+            status=cast("TaskStatus | None", status),  # click.Choice allows no other
+            external_id=external_id,
+            limit=limit,
+            cursor=cursor,
+        )
     if as_json:
         print_json(page)
         return
@@ -197,7 +219,11 @@ def tasks_list(
     else:
         print_table(
             ["TASK", "STATUS", "SESSION", "EXTERNAL ID", "STEPS", "UPDATED", "TITLE"],
-            [(t.task_id, t.status, t.session_id, t.external_id, t.interaction_count, when(t.updated_at), short(t.title)) for t in page.tasks],
+            [
+                (t.task_id, t.status, t.session_id, t.external_id, t.interaction_count,
+                 when(t.updated_at), short(t.title))
+                for t in page.tasks
+            ],
         )
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
@@ -243,11 +269,20 @@ def search(
 ) -> None:
     """Full-text search over messages, memories and decisions, best match first."""
     with connect() as client:
-        hits = client.search(query, project_id=project_id, session_id=session_id, kinds=list(kinds) or None, limit=limit)
+        hits = client.search(
+            query,
+            project_id=project_id,
+            session_id=session_id,
+            kinds=cast("list[SearchKind]", list(kinds)) or None,  # click.Choice allows no other
+            limit=limit,
+        )
     if as_json:
         print_json(hits)
         return
     if not hits:
         click.echo("no matches")
         return
-    print_table(["KIND", "REF", "SESSION", "WHEN", "MATCH"], [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits])
+    print_table(
+        ["KIND", "REF", "SESSION", "WHEN", "MATCH"],
+        [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits],
+    )

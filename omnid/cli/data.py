@@ -151,7 +151,8 @@ def print_import(result: Any, source: dict | None = None) -> None:
     else:
         click.echo("no records")
     if result.reaped:
-        click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {'would be' if result.dry_run else 'were'} ended as reaped")
+        ended = "would be" if result.dry_run else "were"
+        click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {ended} ended as reaped")
         for session_id, why in result.why.items():
             if why not in GONE:
                 click.echo(f"  {session_id}: {why}")
@@ -163,9 +164,12 @@ def retention() -> None:
 
 
 @retention.command("run")
-@click.option("--older-than", help="Sessions that ended this long ago: 90s, 30m, 12h, 7d, 2w. Default: the daemon's retention.")
+@click.option(
+    "--older-than", help="Sessions that ended this long ago: 90s, 30m, 12h, 7d, 2w. Default: the daemon's retention."
+)
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append the sessions to this JSONL file before deleting them (default: archive.jsonl in omnid's state dir).")
+              help="Append the sessions to this JSONL file before deleting them "
+              "(default: archive.jsonl in omnid's state dir).")
 @click.option("--purge", is_flag=True, help="Delete without archiving.")
 @click.option("--dry-run", is_flag=True, help="Only show which sessions would go.")
 @json_option
@@ -208,12 +212,16 @@ def retention_status(as_json: bool) -> None:
         click.echo("this daemon does not report retention")
         return
     last = st.last_run
+    last_run = "never"
+    if last:
+        failed = f", {last.error}" if last.error else ""
+        last_run = f"{when(last.at)} ({last.trigger}, {last.deleted} deleted{failed})"
     print_fields(
         [
             ("retention", duration(st.age) if st.age else "off (ended sessions are kept)"),
             ("archive", st.archive),
             ("runs", f"{st.runs} ({st.archived} archived, {st.purged} purged, {st.failures} failed)"),
-            ("last run", f"{when(last.at)} ({last.trigger}, {last.deleted} deleted{', ' + last.error if last.error else ''})" if last else "never"),
+            ("last run", last_run),
             ("next run", when(st.next_run) if st.next_run else None),
         ]
     )

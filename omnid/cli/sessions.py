@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Sequence, cast
 
 import click
 
-from omnid_client.protocol import Session
+from omnid_client.protocol import Session, SessionStatus
 
 from ._output import (
     connect,
@@ -78,7 +78,12 @@ def sessions_list(
     """Sessions, newest first."""
     with connect() as client:
         page = client.list_sessions(
-            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor
+            tool_id=tool_id,
+            session_type=session_type,
+            status=cast("SessionStatus", status),  # click.Choice allows no other
+            workspace=workspace,
+            limit=limit,
+            cursor=cursor,
         )
     if as_json:
         print_json(page)
@@ -222,7 +227,8 @@ def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
         print_table(
             ["PROJECT", "NAME", "VCS", "SESSIONS", "LIVE", "MEMORIES", "LAST ACTIVE", "ROOT"],
             [
-                (p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count, when(p.last_activity), p.root)
+                (p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count,
+                 when(p.last_activity), p.root)
                 for p in page.projects
             ],
         )

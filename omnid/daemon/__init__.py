@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from omnid_client.paths import Paths, PathError, read_status_file
+from omnid_client.paths import PathError, Paths, read_status_file
 
 from ..config import Config, config_path
 from ..store import StoreError

@@ -43,6 +43,9 @@ STOP_SIGNALS = tuple(
 """Signals whose default action would end the daemon: each stops it gracefully, logged by
 name. SIGHUP rereads the config file instead (the daemon convention)."""
 
+DEFAULT_TIMEOUTS = Timeouts()
+"""Frozen, so every App may share this one default."""
+
 
 class App:
     """One run of the daemon, from ``serve()`` to its return."""
@@ -68,7 +71,7 @@ class App:
         config: Config | None = None,
         restart_argv: list[str] | None = None,
         log_level_fixed: bool = False,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ):
         self.instance = instance
         self.log_path = log_path

@@ -180,7 +180,8 @@ class Housekeeping:
             self.reload_config()
 
     def apply_settings(self, old: Settings, new: Settings) -> None:
-        assert self.store is not None and self.reaper is not None and self.idle is not None and self.archiver is not None
+        assert self.store is not None and self.reaper is not None
+        assert self.idle is not None and self.archiver is not None
         if new.sweep_interval != old.sweep_interval and not self.sweep_fixed:
             self.reaper.set_interval(new.sweep_interval)
             self._arm_tick()  # the next tick is due by the new interval
@@ -223,7 +224,10 @@ class Housekeeping:
         try:
             sock = self.instance.bind()
         except (StartupError, PathError, OSError) as e:
-            log.error("socket %s was %s and cannot be bound again (%s); stopping, as no client can reach this daemon", path, what, e)
+            log.error(
+                "socket %s was %s and cannot be bound again (%s); stopping, as no client can reach this daemon",
+                path, what, e,
+            )
             self._stop(f"socket {what}")
             return
         log.warning("socket %s was %s; bound it again", path, what)
@@ -264,7 +268,8 @@ class Housekeeping:
             return
         if proc.returncode != 0:
             lines = err.decode(errors="replace").strip().splitlines()
-            self.upgrade_error = f"the installed package changed but does not import: {lines[-1] if lines else proc.returncode}"
+            last_line = lines[-1] if lines else proc.returncode
+            self.upgrade_error = f"the installed package changed but does not import: {last_line}"
             self._rejected_fingerprint = seen
             log.error("%s; still running %s", self.upgrade_error, __version__)
             return

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import msgspec
 
-from omnid_client.errors import TooLarge
+from omnid_client.errors import StorageError, TooLarge
 from omnid_client.protocol import HEADER, MAX_FRAME, IncomingRequest, ResponseFrame
 
 from .. import api
@@ -85,7 +85,7 @@ def respond(
     out.in_flight += 1
     out.waiting_bytes += held
 
-    def deliver(err: Exception | None) -> None:
+    def deliver(err: StorageError | None) -> None:
         out.in_flight -= 1
         out.waiting_bytes -= held
         if err is None:

@@ -24,9 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import omnid_client
-
 import omnid
+import omnid_client
 
 log = logging.getLogger("omnid.upgrade")
 
@@ -110,7 +109,7 @@ def package_dirs() -> list[Path]:
         return running
     search = [p for p in sys.path if os.path.abspath(p or ".") != str(snapshot)]
     found = []
-    for name, fallback in zip(PACKAGES, running):
+    for name, fallback in zip(PACKAGES, running, strict=True):
         spec = importlib.machinery.PathFinder.find_spec(name, search)
         found.append(Path(spec.origin).parent if spec is not None and spec.origin else fallback)
     return found
@@ -135,7 +134,7 @@ def keep_snapshot(state_dir: Path, imported: FileStamp) -> Path | None:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".code-", dir=state_dir))
         try:
-            for name, top in zip(PACKAGES, running_dirs()):
+            for name, top in zip(PACKAGES, running_dirs(), strict=True):
                 shutil.copytree(top, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
             (tmp / SNAPSHOT_MARK).write_text(stamp)
             if files_stamp() != imported:
@@ -151,7 +150,9 @@ def keep_snapshot(state_dir: Path, imported: FileStamp) -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     except OSError as e:
-        log.warning("cannot keep a copy of the running code in %s (%s): a failed upgrade would stop the daemon", target, e)
+        log.warning(
+            "cannot keep a copy of the running code in %s (%s): a failed upgrade would stop the daemon", target, e
+        )
         return None
     return target
 

@@ -8,19 +8,20 @@ import logging
 import os
 import select
 import sys
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 from ..identity import ProcessIdentity, inspect, is_alive, same_process
 
 log = logging.getLogger("omnid.reaper")
 
 ExitCallback = Callable[[ProcessIdentity], None]
+WatcherMode = Literal["pidfd", "kqueue", "polling"]
 
 
 class ExitWatcher(Protocol):
     """What the reaper needs from a watcher, whichever the OS provides."""
 
-    mode: str
+    mode: WatcherMode
 
     @property
     def fds(self) -> int:
@@ -58,7 +59,7 @@ class PidfdWatcher:
     descriptors. Owners past that are left to the periodic sweep (``watch`` still says
     whether they live)."""
 
-    mode = "pidfd"
+    mode: WatcherMode = "pidfd"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
         self._loop = loop
@@ -139,7 +140,7 @@ if sys.platform != "linux" and sys.platform != "win32":  # where select.kqueue e
     class KqueueWatcher:
         """macOS/BSD: EVFILT_PROC NOTE_EXIT events on one kqueue."""
 
-        mode = "kqueue"
+        mode: WatcherMode = "kqueue"
         fds = 0
         """One kqueue for every process: no file descriptor per watch."""
         max_fds = None
@@ -197,7 +198,7 @@ if sys.platform != "linux" and sys.platform != "win32":  # where select.kqueue e
 class PollingWatcher:
     """No exit events on this OS: the periodic sweep finds dead owners."""
 
-    mode = "polling"
+    mode: WatcherMode = "polling"
     fds = 0
     max_fds = None
     has_room = False

@@ -1,5 +1,7 @@
-"""Purging expired project memories. Readers already never see them; this reclaims the
-space, waking at the next expiry but never more often than every ``MIN_INTERVAL`` seconds."""
+"""Purging expired project memories, to reclaim their space.
+
+Readers already never see them; this wakes at the next expiry but never more often than
+every ``MIN_INTERVAL`` seconds."""
 
 from __future__ import annotations
 

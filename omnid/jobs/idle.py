@@ -1,6 +1,8 @@
 """Ending live sessions whose owner omnid cannot check (no owner process recorded, or one
-it is not allowed to inspect) after ``idle_expiry`` seconds without activity. A session
-whose owner is verifiably alive is never expired; one whose owner died is the reaper's.
+it is not allowed to inspect) after ``idle_expiry`` seconds without activity.
+
+A session whose owner is verifiably alive is never expired; one whose owner died is the
+reaper's.
 
 Idleness is measured on the monotonic clock, so a wall-clock jump neither expires
 sessions early nor keeps them forever: the (wall-clock) last activity a session has when
@@ -15,10 +17,10 @@ import time
 
 from .. import clock
 from ..identity import ProcessIdentity, is_alive
-from .reaper import Reaper
 from ..store import Store
 from ..store import sessions as session_store
 from ._timer import Timer
+from .reaper import Reaper
 
 log = logging.getLogger("omnid.idle")
 
@@ -56,7 +58,11 @@ class IdleExpiry:
         rows = self.store.db.execute(
             "SELECT session_id, last_activity, owner_pid, owner_start, boot_id, owner_ino FROM sessions "
             "WHERE ended_at IS NULL"
-            + ("" if self.reaper.mode == "polling" else " AND (owner_pid IS NULL OR owner_start IS NULL OR boot_id IS NULL)")
+            + (
+                ""
+                if self.reaper.mode == "polling"
+                else " AND (owner_pid IS NULL OR owner_start IS NULL OR boot_id IS NULL)"
+            )
         ).fetchall()
         found: list[tuple[str, float, ProcessIdentity | None]] = []
         for sid, last, pid, start, boot, ino in rows:

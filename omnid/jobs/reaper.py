@@ -15,7 +15,7 @@ from ..identity import ProcessIdentity, ProcessInfo, is_alive
 from ..store import Store
 from ..store import sessions as session_store
 from ._timer import Timer
-from .exits import make_watcher
+from .exits import WatcherMode, make_watcher
 
 log = logging.getLogger("omnid.reaper")
 
@@ -46,7 +46,7 @@ class Reaper:
         store.on_rollback(lambda: self.resync(end_dead=False))
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> WatcherMode:
         return self.watcher.mode
 
     def start(self) -> ReapResult:

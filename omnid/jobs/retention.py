@@ -1,6 +1,8 @@
 """Retention: ended sessions older than an age are appended to an archive (JSONL in the
 export format) and then deleted, on a timer and on request; every run is logged and
-counted in the daemon's status. Nothing is deleted unless an age is configured or given."""
+counted in the daemon's status.
+
+Nothing is deleted unless an age is configured or given."""
 
 from __future__ import annotations
 
@@ -229,7 +231,8 @@ class Archiver:
         age = older_than if older_than is not None else self.age()
         if age is None:
             raise Invalid(
-                f"no retention age is configured (config retention and {ENV} are unset or 0) and none was given", {"field": "older_than"}
+                f"no retention age is configured (config retention and {ENV} are unset or 0) and none was given",
+                {"field": "older_than"},
             )
         if purge and archive is not None:
             raise Invalid("archive the sessions or purge them, not both", {"field": "purge"})

@@ -135,7 +135,8 @@ class _Converter:
         merged: dict[str, dict[str, dict]] = {}
         for table in ("tool_sessions", "sessions"):
             for row in source.rows(table, SESSION_COLUMNS):
-                if row.get("project_id") and row.get("workspace_path"):  # a memory's project may be known only from its sessions
+                # A memory's project may be known only from its sessions.
+                if row.get("project_id") and row.get("workspace_path"):
                     workspaces.setdefault(row["project_id"], row["workspace_path"])
                 sid = row.get("session_id")
                 if sid in (None, ""):
@@ -345,7 +346,11 @@ class _Converter:
             if expires is not None and expires <= self.now:
                 skipped["expired"] += 1
                 continue
-            if over_cap or len(_encode.encode(value)) > MAX_VALUE_BYTES or len(_encode.encode(metadata)) > MAX_METADATA_BYTES:
+            if (
+                over_cap
+                or len(_encode.encode(value)) > MAX_VALUE_BYTES
+                or len(_encode.encode(metadata)) > MAX_METADATA_BYTES
+            ):
                 skipped["too_large"] += 1
                 continue
             workspace = _first(row.get("workspace_path"), workspaces.get(row.get("project_id")))

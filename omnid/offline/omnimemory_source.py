@@ -88,7 +88,8 @@ class Source:
         if table not in self.tables:
             return
         n = 0
-        for n, row in enumerate(self._select(table, wanted, ""), 1):
+        for row in self._select(table, wanted, ""):
+            n += 1
             yield row
         self.report.tables[table] = n
 

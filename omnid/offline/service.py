@@ -180,7 +180,9 @@ def render_launchd(python: str, env: dict[str, str], home: Path) -> bytes:
     return plistlib.dumps(plist, sort_keys=False)
 
 
-def wanted_files(manager: Manager, *, python: str | None = None, env: dict[str, str] | None = None) -> dict[Path, bytes]:
+def wanted_files(
+    manager: Manager, *, python: str | None = None, env: dict[str, str] | None = None
+) -> dict[Path, bytes]:
     """Each file ``install`` writes, with its content, for this interpreter and environment."""
     python = python or sys.executable
     env = service_environment() if env is None else env
@@ -340,7 +342,7 @@ def status(manager: Manager) -> ServiceStatus:
             run = _run("systemctl", "--user", verb, *SYSTEMD_UNITS)
             lines = run.output.splitlines()
             if run.exit_status is not None and len(lines) == len(SYSTEMD_UNITS):
-                for unit, line in zip(SYSTEMD_UNITS, lines):
+                for unit, line in zip(SYSTEMD_UNITS, lines, strict=True):
                     state[f"{unit} {verb[3:]}"] = line.strip()
             else:
                 detail = f"`{run.command}`: {lines[-1] if lines else 'failed'}"

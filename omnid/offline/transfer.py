@@ -28,7 +28,7 @@ from omnid_client.protocol import (
 
 from ..safefile import atomic_write, check_existing, os_message
 from ..store.migrations import LATEST
-from ..store.records import export_records, jsonl
+from ..store.records import export_records, jsonl, record_kind
 
 BATCH_BYTES = MAX_FRAME - 64 * 1024
 """Encoded records per import request, leaving room for the frame's envelope."""
@@ -65,7 +65,9 @@ def open_readonly(path: Path, *, check_schema: bool = True) -> sqlite3.Connectio
     if check_schema and version != LATEST:
         db.close()
         if version > LATEST:
-            raise TransferError(f"{path} has schema v{version}, newer than this omnid (v{LATEST}); upgrade omnid", "version")
+            raise TransferError(
+                f"{path} has schema v{version}, newer than this omnid (v{LATEST}); upgrade omnid", "version"
+            )
         raise TransferError(
             f"{path} has schema v{version}; start the daemon once (omnid serve) so it migrates to v{LATEST}", "version"
         )
@@ -149,7 +151,7 @@ def export(
         for record in export_records(
             db, now=time.time(), session_ids=session_ids, project_ids=project_ids, since=since
         ):
-            kind = record.__struct_config__.tag
+            kind = record_kind(record)
             counts[kind] = counts.get(kind, 0) + 1
             buf += jsonl(record)
             if len(buf) >= 1 << 16:
@@ -196,7 +198,7 @@ def check_file(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     last: dict[tuple[str, str], int] = {}
     for number, record in read_records(path):
-        kind = record.__struct_config__.tag
+        kind = record_kind(record)
         counts[kind] = counts.get(kind, 0) + 1
         if isinstance(record, (ContextRecord, MessageRecord, InteractionRecord)):
             parent = record.task_id if isinstance(record, InteractionRecord) else record.session_id

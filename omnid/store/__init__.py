@@ -22,12 +22,12 @@ from .. import clock
 from ..safefile import check_existing, os_message
 from . import search as search_store
 from .guard import WriteGuard
-from .search import StoreConnection
 from .migrations import LATEST, MIGRATIONS, apply
+from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
-CommitWaiter = Callable[[Exception | None], None]
+CommitWaiter = Callable[[StorageError | None], None]
 CLOCK_STEP_BACK = 1.0
 """Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
@@ -321,7 +321,7 @@ class Store:
         for callback in self._on_rollback:
             callback()
 
-    def _release(self, error: Exception | None) -> None:
+    def _release(self, error: StorageError | None) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter(error)
@@ -398,7 +398,8 @@ def disk_hint(path: Path) -> str:
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
-    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+    name = getattr(e, "sqlite_errorname", type(e).__name__)
+    return StorageError(f"database write failed: {e}", {"sqlite_error": name})
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:

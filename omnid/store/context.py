@@ -31,7 +31,9 @@ def append(
     )
 
 
-def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float) -> None:
+def insert(
+    db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float
+) -> None:
     """One event row, and a decision in the search index too; the caller keeps the
     session's context_event_count."""
     cur = db.execute(
@@ -42,7 +44,9 @@ def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, even
     if event.kind == "decision":
         assert cur.lastrowid is not None  # set by every INSERT
         body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
-        search_store.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
+        search_store.index(
+            db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at
+        )
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:
@@ -62,8 +66,9 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
             (sid, p.max_files),
         )
     ]
-    searches = [SearchContext(*row) for row in _recent(db, sid, "search", "subject, created_at, detail", p.max_searches)]
-    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", "subject, created_at, detail", p.max_decisions)]
+    fields = "subject, created_at, detail"
+    searches = [SearchContext(*row) for row in _recent(db, sid, "search", fields, p.max_searches)]
+    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", fields, p.max_decisions)]
     memories = [
         MemoryContext(ref, at, source, memory_type, content)
         for ref, at, source, memory_type, content in db.execute(

@@ -31,7 +31,7 @@ from . import search as search_store
 from .codec import dumps
 from .memories import _body as memory_search_body
 from .memories import delete_ids as delete_memories
-from .records import MEMORY_COLUMNS, SESSION_COLUMNS
+from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
 
 
 class SizeCheck(Protocol):
@@ -64,7 +64,7 @@ class Importer:
     def add(self, record: Record, where: str) -> None:
         """Import ``record``; ``where`` ("line 12") prefixes any error."""
         self._line = where
-        kind = record.__struct_config__.tag
+        kind = record_kind(record)
         handler = getattr(self, f"_{kind.replace('-', '_')}")
         try:
             outcome = handler(record)
@@ -124,11 +124,15 @@ class Importer:
         from omnid_client.protocol import EXPORT_FORMAT
 
         if r.format > EXPORT_FORMAT:
-            raise self._invalid(f"export format {r.format} is newer than this omnid reads ({EXPORT_FORMAT}); upgrade omnid")
+            raise self._invalid(
+                f"export format {r.format} is newer than this omnid reads ({EXPORT_FORMAT}); upgrade omnid"
+            )
 
     def _project(self, r: ProjectRecord) -> str:
         if project_id_for(r.root) != r.project_id:
-            raise self._invalid(f"project id {r.project_id} is not the id of root {r.root!r} ({project_id_for(r.root)})")
+            raise self._invalid(
+                f"project id {r.project_id} is not the id of root {r.root!r} ({project_id_for(r.root)})"
+            )
         if self._exists("SELECT 1 FROM projects WHERE project_id = ?", r.project_id):
             return "existing"
         self._write(
@@ -235,14 +239,18 @@ class Importer:
         if outcome == "imported" and not self.dry_run:
             event = ContextEvent(r.kind, r.subject, r.importance, r.detail)
             context_store.insert(self.db, r.session_id, self._session_project(r.session_id), event, r.created_at)
-            self._write("UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id)
+            self._write(
+                "UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id
+            )
         return outcome
 
     def _message(self, r: MessageRecord) -> str:
         self.check_size(r.metadata)
         if not self._parent("session", "sessions", "session_id", r.session_id):
             return "imported"
-        outcome = self._position("message", r.session_id, r.seq, "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?")
+        outcome = self._position(
+            "message", r.session_id, r.seq, "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?"
+        )
         if outcome == "imported" and not self.dry_run:
             message_id = self._write(
                 "INSERT INTO messages (session_id, seq, role, content, message_type, metadata, tokens_used, "

@@ -4,7 +4,7 @@ one record as one line of the export file."""
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, cast
 
 import msgspec
 
@@ -25,6 +25,11 @@ from omnid_client.protocol import (
 from .codec import loads, loads_dict
 
 _json = msgspec.json.Encoder()
+
+
+def record_kind(record: Record) -> str:
+    """The record's ``type`` (``"session"``, ``"omnid-export"``, ...)."""
+    return cast(str, record.__struct_config__.tag)  # every record type is declared with a str tag
 
 
 def jsonl(record: Record) -> bytes:
@@ -145,7 +150,7 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
     row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     if row is None:
         return
-    yield SessionRecord(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:])
+    yield SessionRecord(*(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:]))
     events = db.execute(
         "SELECT kind, subject, importance, detail, created_at FROM context_events WHERE session_id = ? "
         "ORDER BY event_id",
@@ -159,7 +164,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     )
     for seq, role, content, message_type, metadata, tokens, nanos, created_at in messages:
-        yield MessageRecord(session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at)
+        yield MessageRecord(
+            session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at
+        )
     memories = db.execute(
         "SELECT memory_id, memory_type, content, metadata, created_at FROM session_memories WHERE session_id = ? "
         "ORDER BY created_at, memory_id",
@@ -173,7 +180,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     ).fetchall()
     for task_id, title, status, external_id, metadata, created_at, updated_at, ended_at in tasks:
-        yield TaskRecord(task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at)
+        yield TaskRecord(
+            task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at
+        )
         steps = db.execute(
             "SELECT kind, content, metadata, created_at FROM interactions WHERE task_id = ? ORDER BY interaction_id",
             (task_id,),
@@ -190,7 +199,9 @@ def archive_head(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator
         {
             r[0]
             for sid in session_ids
-            for r in db.execute("SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,))
+            for r in db.execute(
+                "SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,)
+            )
         }
     )
     yield from project_records(db, projects)

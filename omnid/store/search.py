@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from omnid_client.protocol import SearchHit
 
@@ -93,14 +93,15 @@ def query(
     *,
     project_id: str | None,
     session_id: str | None,
-    kinds: list[str] | None,
+    kinds: Sequence[str] | None,
     limit: int,
     now: float,
 ) -> list[SearchHit]:
     expression = match_expression(text)
     if expression is None:
         return []
-    if isinstance(db, StoreConnection) and db.pending_search_rows:  # rows added earlier in the open transaction are found too
+    # Rows added earlier in the open transaction are found too.
+    if isinstance(db, StoreConnection) and db.pending_search_rows:
         db.execute("SAVEPOINT search_rows")
         try:
             write_pending(db)

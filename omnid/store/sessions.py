@@ -22,7 +22,7 @@ _INSERTED = COLUMNS.rsplit(", message_count", 1)[0]
 
 
 def _session(row: tuple) -> Session:
-    return Session(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16]))
+    return Session(*(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16])))
 
 
 def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | None = None) -> None:

@@ -140,7 +140,8 @@ def test_appending_moves_last_activity_of_session_and_project(client, session):
 
 def test_project_activity_reaches_the_database_within_a_second_or_two_and_at_shutdown(daemon, client, home, session):
     def stored() -> float:
-        return db_rows(home / "omnid.db", "SELECT last_activity FROM projects WHERE project_id = ?", session.project_id)[0][0]
+        rows = db_rows(home / "omnid.db", "SELECT last_activity FROM projects WHERE project_id = ?", session.project_id)
+        return rows[0][0]
 
     # Writes note project activity and a timer writes it (at most once a second)...
     client.add_message(session.session_id, "user", "hello")
@@ -218,7 +219,8 @@ def test_every_way_of_adding_or_removing_events_keeps_the_session_counters_exact
     assert client.append_context(a.session_id, EVERY_KIND).event_count == 6
     assert client.append_context(b.session_id, [ev("decision", "d")] * 3).event_count == 3
     refused(Invalid, "bad batch", raw_call, client, "context.append",
-            {"session_id": a.session_id, "events": [{"kind": "search", "subject": "ok"}, {"kind": "nope", "subject": "x"}]})
+            {"session_id": a.session_id,
+             "events": [{"kind": "search", "subject": "ok"}, {"kind": "nope", "subject": "x"}]})
     client.end(b.session_id)
     refused(Conflict, "ended", client.append_context, b.session_id, [ev("search", "late")])
     assert miscounted_context(home) == []

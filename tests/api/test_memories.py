@@ -45,9 +45,10 @@ def test_put_then_get_counts_each_read(client, home, ws):
     assert (first.memory_id, first.value) == (put.memory_id, "black")
     assert (first.accessed_count, second.accessed_count) == (1, 2)
     assert put.created_at < first.last_accessed < second.last_accessed <= time.time()
-    assert db_rows(home / "omnid.db", "SELECT accessed_count, last_accessed FROM memories WHERE memory_id = ?", put.memory_id) == [
-        (2, second.last_accessed)
-    ]
+    stored = db_rows(
+        home / "omnid.db", "SELECT accessed_count, last_accessed FROM memories WHERE memory_id = ?", put.memory_id
+    )
+    assert stored == [(2, second.last_accessed)]
     assert client.list_memories(workspace=str(ws))[0].accessed_count == 2
 
 

@@ -31,7 +31,9 @@ from tests.helpers import (
 
 def test_messages_are_added_singly_or_in_batches_and_listed_in_order(client, session):
     sid = session.session_id
-    one = client.add_message(sid, "user", "hello", tokens_used=3, cost_usd=0.25, metadata={"a": 1}, message_type="prompt")
+    one = client.add_message(
+        sid, "user", "hello", tokens_used=3, cost_usd=0.25, metadata={"a": 1}, message_type="prompt"
+    )
     assert (len(one.message_ids), one.message_count, one.total_tokens, one.total_cost) == (1, 1, 3, 0.25)
 
     batch = client.add_messages(
@@ -85,7 +87,8 @@ def test_session_counters_stay_exact_under_concurrent_adds(daemon, home, session
                 c.connect()
                 barrier.wait(timeout=10)
                 for _ in range(adds):
-                    counts.append(c.add_message(session.session_id, "user", "x", tokens_used=7, cost_usd=0.1).message_count)
+                    added = c.add_message(session.session_id, "user", "x", tokens_used=7, cost_usd=0.1)
+                    counts.append(added.message_count)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -104,7 +107,8 @@ def test_session_counters_stay_exact_under_concurrent_adds(daemon, home, session
         summary = c.session_summary(session.session_id)
         assert (summary.message_count, summary.total_tokens, summary.total_cost) == (total, 7 * total, 20.0)
         assert [m.seq for m in c.list_messages(session.session_id, limit=1000).messages] == list(range(1, total + 1))
-    assert db_rows(home / "omnid.db", "SELECT count(*), sum(tokens_used), sum(cost_nanos) FROM messages") == [(total, 7 * total, 20 * 10**9)]
+    totals = db_rows(home / "omnid.db", "SELECT count(*), sum(tokens_used), sum(cost_nanos) FROM messages")
+    assert totals == [(total, 7 * total, 20 * 10**9)]
 
 
 BAD_MESSAGES = {
@@ -112,7 +116,9 @@ BAD_MESSAGES = {
     "capitalised role": ({"role": "User", "content": "x"}, Invalid),
     "empty role": ({"role": "", "content": "x"}, Invalid),
     "content too long": ({"role": "user", "content": "x" * (MAX_CONTENT + 1)}, TooLarge),
-    "metadata too large": ({"role": "user", "content": "x", "metadata": metadata_packing_to(MAX_METADATA_BYTES + 1)}, TooLarge),
+    "metadata too large": (
+        {"role": "user", "content": "x", "metadata": metadata_packing_to(MAX_METADATA_BYTES + 1)}, TooLarge
+    ),
     "negative tokens": ({"role": "user", "content": "x", "tokens_used": -1}, Invalid),
     "negative cost": ({"role": "user", "content": "x", "cost_usd": -0.01}, Invalid),
     "bad message type": ({"role": "user", "content": "x", "message_type": "two words"}, Invalid),

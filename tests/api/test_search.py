@@ -78,7 +78,8 @@ def test_search_ranks_more_mentions_higher(client, session):
 
 
 FTS_SYNTAX = ['"zebra', "zebra)", "(zebra", "zebra*", "-zebra", "^zebra", "zebra:", "{zebra}", "zebra AND",
-              "NOT zebra", "zebra OR", "NEAR(zebra)", '"', "()", "*", "-", "AND", "a AND (b OR", "col:zebra", "zebra + -"]
+              "NOT zebra", "zebra OR", "NEAR(zebra)", '"', "()", "*", "-", "AND", "a AND (b OR", "col:zebra",
+              "zebra + -"]
 
 
 def test_query_syntax_characters_are_plain_text(client, corpus):

@@ -49,7 +49,7 @@ def test_metadata_is_limited_to_64_kib_in_every_call(client, home, session):
         refused(TooLarge, method, call, client, session, task, too_large)
         assert table_counts(home) == before, method
         assert client.get_task(task.task_id).metadata == {"kept": True}, method
-    for method, call in METADATA_CALLS.items():
+    for call in METADATA_CALLS.values():
         call(client, session, task, at_limit)
 
 

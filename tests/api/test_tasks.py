@@ -107,7 +107,9 @@ def test_interactions_belong_to_a_task_and_are_shown_with_it(client, session):
         client.add_interaction(task.task_id, "done"),
     ]
 
-    assert [(i.task_id, i.kind) for i in added] == [(task.task_id, "prompt"), (task.task_id, "tool_call"), (task.task_id, "note")]
+    assert [(i.task_id, i.kind) for i in added] == [
+        (task.task_id, "prompt"), (task.task_id, "tool_call"), (task.task_id, "note")
+    ]
     got = client.get_task(task.task_id)
     assert got.interactions == added
     assert got.interaction_count == 3

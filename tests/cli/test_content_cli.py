@@ -130,11 +130,15 @@ def test_memories_put_with_ttl(client, repo, session):
     assert before + 0.5 <= put["expires_at"] <= after + 0.5
     assert client.get_memory("brief", workspace=str(repo)).expires_at == put["expires_at"]
 
-    wait_for(lambda: run_omnid("memories", "get", "brief", cwd=repo).returncode == 1, timeout=10, what="the memory to expire")
+    wait_for(
+        lambda: run_omnid("memories", "get", "brief", cwd=repo).returncode == 1, timeout=10, what="the memory to expire"
+    )
     assert omnid_json("memories", "list", cwd=repo) == []
 
 
-@pytest.mark.parametrize("args", [("k", "{not json", "--json-value"), ("k", "v", "--ttl", "0"), ("k", "v", "--ttl", "-5")])
+@pytest.mark.parametrize(
+    "args", [("k", "{not json", "--json-value"), ("k", "v", "--ttl", "0"), ("k", "v", "--ttl", "-5")]
+)
 def test_memories_put_refuses_bad_arguments(client, repo, session, args):
     r = run_omnid("memories", "put", *args, cwd=repo)
     assert r.returncode == USAGE, r.stderr
@@ -167,7 +171,9 @@ def test_context(client, session):
 
 def test_messages_list(client, session):
     sid = session.session_id
-    client.add_messages(sid, [NewMessage("user" if n % 2 else "assistant", f"message {n}", tokens_used=n) for n in range(1, 6)])
+    client.add_messages(
+        sid, [NewMessage("user" if n % 2 else "assistant", f"message {n}", tokens_used=n) for n in range(1, 6)]
+    )
 
     assert omnid_json("messages", "list", sid) == plain(client.list_messages(sid))
     page = omnid_json("messages", "list", sid, "--limit", "2", "--after", "2")
@@ -182,7 +188,9 @@ def test_messages_list(client, session):
 
 def test_sessions_summary(client, session):
     sid = session.session_id
-    client.add_messages(sid, [NewMessage("user", "q", tokens_used=3, cost_usd=0.5), NewMessage("assistant", "a", tokens_used=4)])
+    client.add_messages(
+        sid, [NewMessage("user", "q", tokens_used=3, cost_usd=0.5), NewMessage("assistant", "a", tokens_used=4)]
+    )
     client.add_session_memory(sid, "remember this")
     client.end(sid)
 
@@ -207,12 +215,15 @@ def test_tasks_list_and_show(client, session):
     listed = omnid_json("tasks", "list")
     assert listed == plain(client.list_tasks())
     assert [t["task_id"] for t in listed["tasks"]] == [second.task_id, first.task_id]
-    assert [t["task_id"] for t in omnid_json("tasks", "list", "--session", sid, "--status", "done")["tasks"]] == [second.task_id]
+    done = omnid_json("tasks", "list", "--session", sid, "--status", "done")["tasks"]
+    assert [t["task_id"] for t in done] == [second.task_id]
     assert [t["task_id"] for t in omnid_json("tasks", "list", "--external-id", "conv-1")["tasks"]] == [first.task_id]
 
     shown = omnid_json("tasks", "show", first.task_id)
     assert shown == plain(client.get_task(first.task_id))
-    assert [(i["kind"], i["content"]) for i in shown["interactions"]] == [("prompt", "asked something"), ("note", "answered")]
+    assert [(i["kind"], i["content"]) for i in shown["interactions"]] == [
+        ("prompt", "asked something"), ("note", "answered")
+    ]
     assert "asked something" in omnid_ok("tasks", "show", first.task_id)
     assert omnid_error("tasks", "show", "task_0000000000000000")["code"] == "not_found"
 
@@ -266,7 +277,9 @@ def test_cleanup_orphans(client, tmp_path):
         "would delete 1 orphan session(s)",
         orphan.session_id,
     ]
-    assert omnid_json("cleanup", "orphans", "--older-than", "0s") == {"dry_run": False, "session_ids": [orphan.session_id]}
+    assert omnid_json("cleanup", "orphans", "--older-than", "0s") == {
+        "dry_run": False, "session_ids": [orphan.session_id]
+    }
     with pytest.raises(NotFound):
         client.get(orphan.session_id)
     assert client.get(kept.session_id).message_count == 1

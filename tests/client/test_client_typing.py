@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from omnid_client import AsyncClient, Client, _calls
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "client" / "omnid_client"
 
 USES = '''

@@ -128,7 +128,8 @@ def test_a_full_disk_fails_writes_keeps_reads_and_loses_nothing(small_disk, daem
         refused = 0
         for i in range(300):
             try:
-                acked.append(c.get_or_create(f"full-{i}", pid=owner.pid, metadata={"pad": "x" * 4000}).session.session_id)
+                got = c.get_or_create(f"full-{i}", pid=owner.pid, metadata={"pad": "x" * 4000})
+                acked.append(got.session.session_id)
             except StorageError as e:
                 assert e.code == "storage" and "full" in str(e), e
                 refused += 1
@@ -145,7 +146,8 @@ def test_a_full_disk_fails_writes_keeps_reads_and_loses_nothing(small_disk, daem
             w.send(hello())
             assert w.reply().error is None
             w.send(
-                request(1, "session.get_or_create", {"tool_id": "batched", "pid": owner.pid, "metadata": {"pad": "x" * 4000}})
+                request(1, "session.get_or_create",
+                        {"tool_id": "batched", "pid": owner.pid, "metadata": {"pad": "x" * 4000}})
                 + request(2, "session.find", {"tool_id": "batched", "pid": owner.pid})
                 + request(3, "session.get", {"session_id": sid})
             )

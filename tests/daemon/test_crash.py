@@ -145,8 +145,11 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
             killed.append(pid)
             wait_for(lambda: gone(pid), what=f"daemon {pid} to die")
             # Recovered: every writer has been answered again, by a new daemon.
-            wait_for(lambda: all(led.acks >= b + 3 for led, b in zip(trial_ledgers, before)) or _failed(trial_ledgers),
-                     timeout=60, what=f"trial {trial}: every writer to recover")
+            wait_for(
+                lambda: all(led.acks >= b + 3 for led, b in zip(trial_ledgers, before, strict=True))
+                or _failed(trial_ledgers),
+                timeout=60, what=f"trial {trial}: every writer to recover",
+            )
         finally:
             stop.set()
             for w in writers:
@@ -195,7 +198,9 @@ def assert_nothing_lost(home: Path, ledgers: list[Ledger]) -> None:
     with contextlib.closing(read_only(home / "omnid.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored_sessions = dict(db.execute("SELECT session_id, tool_id FROM sessions WHERE ended_at IS NULL"))
-        stored_messages = {mid: (sid, text) for mid, sid, text in db.execute("SELECT message_id, session_id, content FROM messages")}
+        stored_messages = {
+            mid: (sid, text) for mid, sid, text in db.execute("SELECT message_id, session_id, content FROM messages")
+        }
         stored_decisions = dict(db.execute("SELECT subject, session_id FROM context_events WHERE kind = 'decision'"))
         twice = db.execute(
             "SELECT content FROM messages GROUP BY content HAVING count(*) > 1 UNION ALL "

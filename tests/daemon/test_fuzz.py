@@ -119,7 +119,8 @@ def target(daemon):
     yield t
     t.drop()
     rss = t.rss()
-    print(f"\nafter warm-up: {dict(t.outcomes.most_common())}; RSS {warm >> 20} MiB after warm-up, {rss >> 20} MiB at the end")
+    print(f"\nafter warm-up: {dict(t.outcomes.most_common())}; "
+          f"RSS {warm >> 20} MiB after warm-up, {rss >> 20} MiB at the end")
     assert daemon.running, daemon.log_text()
     assert rss <= 2 * warm + (8 << 20), f"RSS grew from {warm >> 20} MiB to {rss >> 20} MiB"
     with daemon.client() as c:
@@ -275,7 +276,8 @@ def test_deep_nesting(target):
             method, params = "memory.put", {"key": f"deep-{n}", "value": deep, "workspace": "/fuzz"}
         elif where == "message metadata":
             sid = _session(target)
-            method, params = "message.add", {"session_id": sid, "messages": [{"role": "user", "content": "x", "metadata": {"d": deep}}]}
+            method = "message.add"
+            params = {"session_id": sid, "messages": [{"role": "user", "content": "x", "metadata": {"d": deep}}]}
         else:
             method, params = "session.list", deep
         resp = target.ask(1, envelope(1, method, params))

@@ -16,9 +16,8 @@ import pytest
 
 from omnid_client import Client, OmnidError
 from omnid_client import __version__ as CLIENT_VERSION
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import ROOT, DaemonProcess, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 
@@ -158,8 +157,8 @@ def test_an_unknown_method_from_a_newer_client_says_the_daemon_is_older(daemon):
         wire.send(request(1, "session.teleport", {}))
         code, message = error_of(wire.reply())
     assert code == "unsupported"
-    assert "unknown method 'session.teleport'" in message, message
-    assert "the daemon" in message and "is older than the client" in message, message
+    assert "unknown method 'session.teleport'" in message
+    assert "the daemon" in message and "is older than the client" in message
 
 
 def test_an_upgrade_that_fails_before_it_is_ready_falls_back_to_the_code_that_ran(home, site, spawn_owner):

@@ -35,7 +35,8 @@ KOLKATA = timezone(timedelta(hours=5, minutes=30))
 CURRENT_SCHEMA = """
 CREATE TABLE tool_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT UNIQUE NOT NULL, tool_id TEXT NOT NULL, tool_version TEXT,
-    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, ended_at TIMESTAMP, last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, ended_at TIMESTAMP,
+    last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     total_compressions INTEGER DEFAULT 0, total_embeddings INTEGER DEFAULT 0, total_workflows INTEGER DEFAULT 0,
     tokens_saved INTEGER DEFAULT 0, tenant_id TEXT, project_id TEXT, workspace_path TEXT, process_id INTEGER
 );
@@ -63,7 +64,8 @@ CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT N
 OLD_SCHEMA = """
 CREATE TABLE tool_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT UNIQUE NOT NULL, tool_id TEXT NOT NULL, tool_version TEXT,
-    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, ended_at TIMESTAMP, last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, ended_at TIMESTAMP,
+    last_activity TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     total_compressions INTEGER DEFAULT 0, total_embeddings INTEGER DEFAULT 0, total_workflows INTEGER DEFAULT 0,
     tokens_saved INTEGER DEFAULT 0
 );
@@ -117,8 +119,9 @@ def current_db(path: Path, workspace: Path) -> Path:
     return make_db(path, CURRENT_SCHEMA, {
         "projects": [{"project_id": "p1", "workspace_path": ws, "project_name": "ws"}],
         "tool_sessions": [
-            {"session_id": LIVE_ID, "tool_id": "claude-code", "tool_version": "1.0.3", "started_at": "2024-05-01 10:00:00",
-             "last_activity": "2024-05-01 11:00:00", "project_id": "p1", "workspace_path": ws, "process_id": 4242},
+            {"session_id": LIVE_ID, "tool_id": "claude-code", "tool_version": "1.0.3",
+             "started_at": "2024-05-01 10:00:00", "last_activity": "2024-05-01 11:00:00", "project_id": "p1",
+             "workspace_path": ws, "process_id": 4242},
             {"session_id": BOTH_ID, "tool_id": "cursor", "tool_version": "0.42", "started_at": "2024-05-02 09:00:00",
              "last_activity": "2024-05-02 09:30:00", "ended_at": "2024-05-02 10:00:00", "project_id": "p1",
              "workspace_path": ws, "process_id": 777, "tokens_saved": 12},
@@ -198,7 +201,8 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
     report = out["source"]
     assert report["tables"] == {"projects": 1, "tool_sessions": 3, "sessions": 2, "project_memories": 6}
     assert report["sessions"] == {"found": 4, "converted": 3, "ended_on_import": 1, "skipped": {"bad_time": 1}}
-    assert report["context"] == {"items": 8, "converted": 6, "skipped": {"bad_context_json": 1, "bad_item": 1, "empty": 1}}
+    assert report["context"] == {"items": 8, "converted": 6,
+                                 "skipped": {"bad_context_json": 1, "bad_item": 1, "empty": 1}}
     assert report["memories"] == {"rows": 6, "memories": 2, "versions": 3,
                                   "skipped": {"expired": 2, "unknown_project": 1}}
     result = out["import"]
@@ -247,7 +251,9 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
         utc("2024-05-01 10:00:00"), utc("2024-05-03 10:00:00"), local("2099-01-01T00:00:00"))
     assert db.accessed_count == 3 + 1  # OmniMemory's reads, and this one
     history = client.memory_history("db", workspace=str(workspace)).versions
-    assert [(v.version, v.value, v.metadata) for v in history] == [(1, "postgres", {"source": "chat"}), (2, "sqlite ✓", {})]
+    assert [(v.version, v.value, v.metadata) for v in history] == [
+        (1, "postgres", {"source": "chat"}), (2, "sqlite ✓", {})
+    ]
     style = client.get_memory("style", workspace=str(workspace))
     assert style.memory_id.startswith("mem_") and style.memory_id != "custom-id-2"
     assert style.metadata == {"omnimemory_metadata": "not json"}
@@ -295,8 +301,9 @@ def test_an_older_database_without_process_ids_or_a_sessions_table(daemon, clien
     assert out["source"]["tables"] == {"projects": 1, "tool_sessions": 2, "project_memories": 1}
     assert out["source"]["sessions"]["ended_on_import"] == 1
     listed = {s.tool_id: s for s in client.list_sessions().sessions}
-    assert (listed["claude-code"].owner_pid, listed["claude-code"].workspace, listed["claude-code"].project_id) == (None, None, None)
-    assert (listed["claude-code"].ended_at, listed["claude-code"].end_reason) == (utc("2023-01-01 02:00:00"), "ended")
+    claude = listed["claude-code"]
+    assert (claude.owner_pid, claude.workspace, claude.project_id) == (None, None, None)
+    assert (claude.ended_at, claude.end_reason) == (utc("2023-01-01 02:00:00"), "ended")
     assert (listed["vscode"].ended_at, listed["vscode"].end_reason) == (utc("2023-01-02 00:00:00"), "reaped")
     assert client.get_memory("k", workspace=str(workspace)).value == "v"
 
@@ -334,7 +341,9 @@ def test_epoch_and_zoned_times_and_a_read_only_wal_source(daemon, client, home, 
     writer = sqlite3.connect(source)
     try:
         writer.execute("PRAGMA wal_autocheckpoint = 0")
-        writer.execute("INSERT INTO project_memories VALUES ('y', ?, 'k2', 'in the wal', 1700000001, NULL)", (str(workspace),))
+        writer.execute(
+            "INSERT INTO project_memories VALUES ('y', ?, 'k2', 'in the wal', 1700000001, NULL)", (str(workspace),)
+        )
         writer.commit()
         assert Path(f"{source}-wal").stat().st_size > 0
         again = omnid_json("import-omnimemory", str(source))

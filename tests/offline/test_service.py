@@ -22,9 +22,7 @@ import pytest
 from omnid.offline.service import PLACEHOLDER_PYTHON, render_launchd, render_systemd
 from omnid_client import Client
 from omnid_client.paths import LAUNCHD_LABEL
-from tests.helpers import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, wait_for
 
 
 @pytest.fixture
@@ -257,8 +255,8 @@ def test_a_client_falls_back_to_starting_the_daemon_when_the_service_manager_can
         st = client.status()
 
     assert st.managed_by is None and st.socket == str(home / "run" / "omnid.sock")
-    start_units = "systemctl --user start omnid.socket omnid.service"
-    asked = [r.getMessage() for r in caplog.records if start_units in r.getMessage()]
+    start = "systemctl --user start omnid.socket omnid.service"
+    asked = [r.getMessage() for r in caplog.records if start in r.getMessage()]
     assert asked and "starting omnid directly" in asked[0], caplog.text
 
 

@@ -123,7 +123,9 @@ def rich_dataset(client: Client, tmp_path: Path, spawn_owner) -> dict[str, Any]:
     b.mkdir()
     meta = {"nested": {"list": [1, 2.5, None, True, "ü"], "empty": {}}, "z": 0, "a": UNICODE, "big": 2**53 + 1}
 
-    done = client.get_or_create(TOOL, workspace=str(a), tool_version="1.2.3", session_type="cli", metadata=meta, dedup=False).session
+    done = client.get_or_create(
+        TOOL, workspace=str(a), tool_version="1.2.3", session_type="cli", metadata=meta, dedup=False
+    ).session
     client.append_context(done.session_id, [
         ContextEvent("file_access", str(a / "src" / "main.py"), 0.9),
         ContextEvent("file_access", str(a / "src" / "main.py"), 0.3),  # the same event twice
@@ -273,7 +275,7 @@ def test_export_import_export_is_byte_identical(daemon, client, home, tmp_path, 
     ok("export", "-o", str(second))
     a, b = lines_of(first), lines_of(second)
     assert len(a) == len(b)
-    differing = [(x, y) for x, y in zip(a, b) if x != y]
+    differing = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
     assert len(differing) == 1, differing
     was, now = (msgspec.json.decode(line) for line in differing[0])
     assert was["session_id"] == data["orphan"].session_id
@@ -342,7 +344,8 @@ def test_messages_imported_into_an_existing_session_count_in_its_totals(daemon, 
     sid = "11111111-2222-4333-8444-666666666666"
     session = SessionRecord(sid, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0, "ended",
                             None, 1, 5, 1000)
-    first = write_jsonl(tmp_path / "first.jsonl", [ExportHeader(), session, MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5)])
+    message = MessageRecord(sid, 1, "user", "x", "text", {}, 5, 1000, 1.5)
+    first = write_jsonl(tmp_path / "first.jsonl", [ExportHeader(), session, message])
     assert imported(omnid_json("import", str(first)), "message") == (1, 0, {})
     s = client.get(sid)
     assert (s.message_count, s.total_tokens, s.total_cost) == (1, 5, 1e-6)
@@ -472,7 +475,9 @@ def test_import_batches_are_all_or_nothing_and_checked_by_the_daemon(daemon, cli
     pid = project_id_for(root)
     project = ProjectRecord(pid, root, "p", None, 1.0, 2.0)
     sid = "44444444-5555-4666-8777-888888888888"
-    session = SessionRecord(sid, TOOL, None, "default", None, None, None, True, root, {}, 1.0, 2.0, 2.0, "ended", pid, 0, 0, 0)
+    session = SessionRecord(
+        sid, TOOL, None, "default", None, None, None, True, root, {}, 1.0, 2.0, 2.0, "ended", pid, 0, 0, 0
+    )
     live_mine = SessionRecord(
         "55555555-6666-4777-8888-999999999999", TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0,
         None, None, None, 0, 0, 0,
@@ -503,7 +508,9 @@ def test_import_batches_are_all_or_nothing_and_checked_by_the_daemon(daemon, cli
 
     # Two live sessions of one tool and owner conflict, as they would if created.
     mine = client.get_or_create(TOOL).session
-    clash = msgspec.structs.replace(live_mine, owner_pid=mine.owner_pid, owner_start=mine.owner_start, boot_id=mine.boot_id)
+    clash = msgspec.structs.replace(
+        live_mine, owner_pid=mine.owner_pid, owner_start=mine.owner_start, boot_id=mine.boot_id
+    )
     with pytest.raises(Conflict, match="same tool and owner"):
         client.import_records([clash])
     result = client.import_records([msgspec.structs.replace(clash, dedup=False)])
@@ -542,7 +549,9 @@ def test_memories_that_expired_or_whose_key_is_taken_are_skipped(daemon, client,
 def test_a_record_too_large_for_one_request_is_named(daemon, client, home, tmp_path):
     sid = "77777777-8888-4999-8aaa-bbbbbbbbbbbb"
     path = write_jsonl(tmp_path / "huge.jsonl", [
-        SessionRecord(sid, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0, "ended", None, 1, 0, 0),
+        SessionRecord(
+            sid, TOOL, None, "default", None, None, None, True, None, {}, 1.0, 2.0, 2.0, "ended", None, 1, 0, 0
+        ),
         MessageRecord(sid, 1, "user", "😀" * MAX_CONTENT, "text", {}, 0, 0, 1.5),  # 1 MiB of UTF-8
     ])
     before = table_counts(home / "omnid.db")

@@ -23,6 +23,7 @@ from omnid.store import sessions as q
 from omnid.store.migrations import LATEST, MIGRATIONS, apply
 from omnid_client import Invalid, StorageError
 from omnid_client.protocol import Session
+from tests.helpers import ROOT
 
 BOOT = "11111111-2222-3333-4444-555555555555"
 
@@ -859,11 +860,10 @@ def test_every_daemon_package_is_listed_for_installation():
     """A non-editable install (as in CI) ships only the packages pyproject.toml lists."""
     import tomllib
 
-    root = Path(__file__).resolve().parents[2]
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {
         ".".join(init.parent.relative_to(top).parts)
-        for top, package in ((root, root / "omnid"), (root / "client", root / "client" / "omnid_client"))
+        for top, package in ((ROOT, ROOT / "omnid"), (ROOT / "client", ROOT / "client" / "omnid_client"))
         for init in package.rglob("__init__.py")
     }
     assert found == listed
