@@ -1,5 +1,7 @@
-"""The daemon's wall clock. Timestamps come from it; waiting (expiry, idle, timers) runs
-on the monotonic clock, which a wall-clock jump does not move.
+"""The daemon's wall clock: every timestamp comes from it.
+
+Waiting (expiry, idle, timers) runs on the monotonic clock instead, which a wall-clock
+jump does not move.
 
 ``OMNID_TEST_CLOCK_FILE`` (tests only) names a file holding seconds to add to the wall
 clock, read on every call: it lets a test jump this daemon's wall clock without touching

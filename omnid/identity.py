@@ -1,7 +1,8 @@
 """Process identity: (pid, start time since boot, boot id), which survives PID reuse and
-wall-clock changes, where a bare pid or a wall-clock create time does not. Where the
-kernel gives every process a unique pidfd inode (Linux 6.9+, pidfs), that inode is
-recorded too: it tells apart two processes that got the same pid within one start-time
+wall-clock changes, where a bare pid or a wall-clock create time does not.
+
+Where the kernel gives every process a unique pidfd inode (Linux 6.9+, pidfs), that inode
+is recorded too: it tells apart two processes that got the same pid within one start-time
 tick (10 ms), which start times cannot."""
 
 from __future__ import annotations

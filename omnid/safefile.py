@@ -115,7 +115,9 @@ def atomic_write(
                 mine = os.fstat(f.fileno())
             now = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
-                raise UnsafePath(f"{dest.parent / tmp} was replaced while omnid wrote it; nothing was written to {dest}")
+                raise UnsafePath(
+                    f"{dest.parent / tmp} was replaced while omnid wrote it; nothing was written to {dest}"
+                )
             check_existing(dest, owned=owned)  # still no symlink, FIFO or directory there
             if overwrite:
                 os.replace(tmp, dest.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

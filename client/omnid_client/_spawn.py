@@ -1,4 +1,5 @@
 """Starting a daemon on demand: exactly one, even when many clients find none at once.
+
 An installed service unit is asked first; a detached child is the fallback."""
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ except ImportError:  # Windows, where a client can only fail open (see _core.HAV
     fcntl = None  # type: ignore[assignment]
 
 from .errors import PermissionDenied, Timeout, Unavailable
-from .paths import InstalledService, Paths, PathError, UntrustedPath, ensure_private_dir, installed_service, read_status_file
+from .paths import (
+    InstalledService,
+    PathError,
+    Paths,
+    UntrustedPath,
+    ensure_private_dir,
+    installed_service,
+    read_status_file,
+)
 
 log = logging.getLogger("omnid_client")
 
@@ -72,7 +81,7 @@ def _start_daemon(paths: Paths, reachable: Callable[[Path], bool], timeout: floa
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise Timeout(f"timed out waiting for another client to start omnid ({paths.spawn_lock})")
+                    raise Timeout(f"timed out waiting for another client to start omnid ({paths.spawn_lock})") from None
                 time.sleep(0.005)
         if reachable(paths.socket):
             return paths.socket
@@ -110,7 +119,8 @@ def _ask_service_manager(service: InstalledService, reachable: Callable[[Path], 
         return False
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
-        log.info("`%s` exited %d (%s); starting omnid directly", command, done.returncode, why[-1] if why else "no output")
+        last = why[-1] if why else "no output"
+        log.info("`%s` exited %d (%s); starting omnid directly", command, done.returncode, last)
         return False
     while time.monotonic() < deadline:
         if reachable(service.socket):

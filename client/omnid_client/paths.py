@@ -17,6 +17,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 try:
     import pwd
@@ -47,10 +48,6 @@ class Paths:
     state_dir: Path
     socket: Path
     socket_source: str
-
-    @property
-    def runtime_dir(self) -> Path:
-        return self.socket.parent
 
     @property
     def database(self) -> Path:
@@ -153,7 +150,7 @@ def daemon_paths() -> Paths:
     return Paths(state, short_socket_dir(state) / SOCKET_NAME, "short dir")
 
 
-def read_status_file(state_dir: Path | None = None) -> dict:
+def read_status_file(state_dir: Path | None = None) -> dict[str, Any]:
     """The daemon's last published status (pid, version, socket), or {} if none."""
     path = (state_dir or default_state_dir()) / "status.json"
     try:
@@ -208,7 +205,10 @@ def ensure_private_dir(path: Path) -> None:
         )
     if st.st_mode & stat.S_ISVTX and st.st_mode & 0o022:
         # A shared directory like /tmp (a root daemon owns it): never made private for us.
-        raise UntrustedPath(f"{path} is a shared directory (sticky, writable by others); set OMNID_SOCKET or OMNID_HOME to a directory of your own")
+        raise UntrustedPath(
+            f"{path} is a shared directory (sticky, writable by others); "
+            "set OMNID_SOCKET or OMNID_HOME to a directory of your own"
+        )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
 

@@ -1,7 +1,10 @@
-"""Whom a client talks to. Before a byte is sent, the socket's directory must be one only
-the user (or root) can create names in, and the process serving the socket must run as
-the user (or root), by the kernel's peer credentials: what gpg-agent checks of its socket
-directory and OpenSSH of its peers. Anything else may be another user's fake daemon."""
+"""Whom a client talks to: only a daemon of the user's own, behind a directory no one else can write.
+
+Before a byte is sent, the socket's directory must be one only the user (or root) can
+create names in, and the process serving the socket must run as the user (or root), by
+the kernel's peer credentials: what gpg-agent checks of its socket directory and OpenSSH
+of its peers. Anything else may be another user's fake daemon.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from pathlib import Path
 
 from .errors import PermissionDenied
 
-_FIX = "Nothing was sent to it. Set OMNID_HOME (or OMNID_SOCKET) to a directory of your own, or ask an administrator to remove it."
+_FIX = (
+    "Nothing was sent to it. Set OMNID_HOME (or OMNID_SOCKET) to a directory of your own, "
+    "or ask an administrator to remove it."
+)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int]:

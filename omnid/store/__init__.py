@@ -20,24 +20,18 @@ from omnid_client.errors import StorageError
 
 from .. import clock
 from ..safefile import check_existing, os_message
-from . import search
+from . import search as search_store
+from .guard import WriteGuard
 from .migrations import LATEST, MIGRATIONS, apply
+from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
-CommitWaiter = Callable[[Exception | None], None]
+CommitWaiter = Callable[[StorageError | None], None]
 CLOCK_STEP_BACK = 1.0
 """Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
 """Longest a coalesced last_activity bump waits for a commit, in seconds."""
-CHECK_INTERVAL = 1.0
-"""Seconds between looks at the database's file (still the one open?) and size, taken before
-a commit once this much time has passed since the last. In between, the size is estimated
-from the bytes of the requests that added data, and measured again once that estimate
-reaches the quota."""
-GROWTH_FACTOR = 3
-"""What a request's bytes may take once stored, with their indexes and the search index
-(which is written at commit, so a measurement inside a batch does not see it yet)."""
 
 
 class StoreError(Exception):
@@ -57,15 +51,6 @@ def is_corruption(e: sqlite3.Error) -> bool:
         return code & 0xFF in _CORRUPT_CODES
     text = str(e)
     return "malformed" in text or "not a database" in text
-
-
-class Connection(sqlite3.Connection):
-    """The store's connection, holding the search rows its open transaction will index
-    when it commits (see ``search``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pending_search_rows: list[tuple] = []
 
 
 class Store:
@@ -94,22 +79,11 @@ class Store:
         self._last_now = 0.0
         self._closed = False
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
-        self.max_bytes = 0
-        """The storage quota in bytes of used pages; 0: none."""
-        self.used_bytes = 0
-        """Bytes of used pages (page_count - freelist_count), as of the last measurement."""
-        self._added = 0
-        """Bytes of requests that added data since then: an estimate of the growth."""
-        self.lost: str | None = None
-        """Why the database file can no longer be written (deleted or replaced), once found."""
-        self._checked_at = float("-inf")
-        self._file_fd = -1
-        self._file_id: tuple[int, int] | None = None
         self.db = self._open()
-        self._hold_file()
-        self.check(force=True)
+        self.guard = WriteGuard(self.path, self.db)
+        """Whether writes may go on: the file is still the one open, and under the quota."""
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> StoreConnection:
         try:
             # SQLite follows links: a planted one must not make it write someone else's file.
             for suffix in ("-wal", "-shm", ""):
@@ -119,7 +93,7 @@ class Store:
         if self.path.exists():
             self._inspect()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=Connection)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=StoreConnection)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
@@ -159,84 +133,6 @@ class Store:
         finally:
             probe.close()
 
-    # -- the file and its quota ----------------------------------------------------
-
-    def _hold_file(self) -> None:
-        """Keep a descriptor on the database file just opened, to tell whether the path still
-        names it. (Closed only after SQLite's connection: closing any descriptor of a file
-        drops the process's POSIX locks on it, SQLite's included.)"""
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            st = os.fstat(fd)
-            self._file_fd, self._file_id = fd, (st.st_dev, st.st_ino)
-
-    def check(self, *, force: bool = False) -> None:
-        """Measure the used size and check the file is still there, at most once per
-        ``CHECK_INTERVAL`` unless forced (the housekeeping tick forces it)."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < CHECK_INTERVAL:
-            return
-        self._checked_at = now
-        self._check_file()
-        self._measure()
-
-    def _measure(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            page_size, pages, free = (
-                self.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
-            )
-            self.used_bytes = (pages - free) * page_size
-            self._added = 0
-
-    def _check_file(self) -> None:
-        if self.lost is not None or self._file_id is None:
-            return
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            what = "deleted"
-        except OSError as e:  # cannot look (a directory made unreadable): not proof of anything
-            log.debug("cannot check database file %s: %s", self.path, e)
-            return
-        else:
-            if (st.st_dev, st.st_ino) == self._file_id:
-                return
-            what = "replaced by another file"
-        self.lost = (
-            f"the database file {self.path} was {what} while omnid was running; writes are refused "
-            f"from now on, as they would be lost at the next start (restart omnid to use the file now there; "
-            f"a new one is created if there is none)"
-        )
-        log.error("%s", self.lost)
-
-    def refusal(self, *, grows: bool, adding: int = 0) -> StorageError | None:
-        """Why a write must be refused, if it must: the database file is gone (as of the last
-        ``check``), or (for a write that ``grows`` the database, by about ``adding`` bytes)
-        it is over its quota."""
-        if self.lost is not None:
-            return StorageError(self.lost, {"reason": "database_gone"})
-        if not grows or not self.max_bytes:
-            return None
-        if self.used_bytes + self._added + adding * GROWTH_FACTOR > self.max_bytes:
-            self._measure()  # near the quota: measure instead of estimating
-        if self.used_bytes > self.max_bytes:
-            return StorageError(
-                f"the database holds {self.used_bytes} bytes, over its quota of {self.max_bytes} "
-                f"(max_database_bytes in the config file); raise it, or free space by ending and "
-                f"deleting old sessions (retention, cleanup-orphans, memory delete); reads still work",
-                {"reason": "quota", "used_bytes": self.used_bytes, "quota_bytes": self.max_bytes},
-            )
-        return None
-
-    def ensure_writable(self, *, grows: bool, adding: int = 0) -> None:
-        """Raise the ``refusal``, if there is one (checking first, if a check is due)."""
-        self.check()
-        refusal = self.refusal(grows=grows, adding=adding)
-        if refusal is not None:
-            raise refusal
-        if grows:
-            self._added += adding * GROWTH_FACTOR
-
     # -- time --------------------------------------------------------------------
 
     def now(self) -> float:
@@ -260,7 +156,7 @@ class Store:
         return self.db.in_transaction
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[StoreConnection]:
         """One request's writes: joins the open transaction inside its own savepoint, or
         begins one (where it needs none: until it ends, the transaction holds its writes
         alone, so a failure rolls back the whole transaction)."""
@@ -382,15 +278,15 @@ class Store:
             self.db.pending_search_rows = []
             self._release(None)
             return
-        self.check()  # the file may be gone: then this batch must not be acknowledged
-        if self.lost is not None:
-            self._log_failure(self.lost)
-            self._abort(StorageError(self.lost, {"reason": "database_gone"}))
+        self.guard.check()  # the file may be gone: then this batch must not be acknowledged
+        if self.guard.lost is not None:
+            self._log_failure(self.guard.lost)
+            self._abort(StorageError(self.guard.lost, {"reason": "database_gone"}))
             return
         try:
             if self._activity:
                 self._apply_activity()
-            search.write_pending(self.db)
+            search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._log_failure(str(e))
@@ -425,7 +321,7 @@ class Store:
         for callback in self._on_rollback:
             callback()
 
-    def _release(self, error: Exception | None) -> None:
+    def _release(self, error: StorageError | None) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter(error)
@@ -464,9 +360,7 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
-        if self._file_fd >= 0:
-            os.close(self._file_fd)
-            self._file_fd = -1
+        self.guard.close()  # after SQLite's connection (see WriteGuard)
 
 
 def set_aside(path: Path) -> list[Path]:
@@ -504,7 +398,8 @@ def disk_hint(path: Path) -> str:
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
-    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+    name = getattr(e, "sqlite_errorname", type(e).__name__)
+    return StorageError(f"database write failed: {e}", {"sqlite_error": name})
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:

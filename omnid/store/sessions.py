@@ -22,7 +22,7 @@ _INSERTED = COLUMNS.rsplit(", message_count", 1)[0]
 
 
 def _session(row: tuple) -> Session:
-    return Session(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16]))
+    return Session(*(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16])))
 
 
 def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | None = None) -> None:
@@ -148,7 +148,8 @@ def page(
     cursor: str | None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
         if value is not None:
             where.append(f"{column} = ?")
