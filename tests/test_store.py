@@ -102,6 +102,8 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
                 "INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)",
                 [(sid, "file_access", f"/old/{n}", 1001.0 + n) for n in range(OLD_EVENTS)],
             )
+        if version >= 3:  # the schema counts them on the session's row
+            db.execute("UPDATE sessions SET context_event_count = ? WHERE session_id = ?", (OLD_EVENTS, sid))
         return sid
     finally:
         db.close()
@@ -204,6 +206,9 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
             assert miscounted_context(store.db) == []
             events = store.db.execute("SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)).fetchone()
             assert events == (OLD_EVENTS if version >= 2 else 0,)
+            # Events stored before the rollup existed are rolled up by the migration.
+            rolled = store.db.execute("SELECT subject, events FROM context_rollup WHERE session_id = ? ORDER BY subject", (sid,))
+            assert rolled.fetchall() == ([(f"/old/{n}", 1) for n in range(OLD_EVENTS)] if version >= 2 else [])
     finally:
         store.close()
 

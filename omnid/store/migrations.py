@@ -26,6 +26,25 @@ def _attach_sessions_to_projects(db: sqlite3.Connection) -> None:
         db.execute("UPDATE sessions SET project_id = ? WHERE session_id = ?", (p.project_id, session_id))
 
 
+def _build_context_rollup(db: sqlite3.Connection) -> None:
+    """Roll up the events already stored (decisions stay rows only: they are content)."""
+    from .context import ROLLED_UP, rollup_rows
+
+    sessions = [r[0] for r in db.execute("SELECT DISTINCT session_id FROM context_events")]
+    for session_id in sessions:
+        for kind in ROLLED_UP:
+            rows = db.execute(
+                "SELECT subject, importance, detail, created_at FROM context_events "
+                "WHERE session_id = ? AND kind = ? ORDER BY event_id",
+                (session_id, kind),
+            )
+            db.executemany(
+                "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, "
+                "max_importance, last_detail) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(session_id, kind, *agg) for agg in rollup_rows(rows)],
+            )
+
+
 MIGRATIONS: list[list[Step]] = [
     # 1: sessions, with at most one live deduplicated session per (tool, owner process).
     [
@@ -188,6 +207,57 @@ MIGRATIONS: list[list[Step]] = [
         "UPDATE sessions SET context_event_count = "
         "(SELECT count(*) FROM context_events c WHERE c.session_id = sessions.session_id) "
         "WHERE session_id IN (SELECT session_id FROM context_events)",
+    ],
+    # 4 and 5 are taken by other branches (main's owner_ino; session.update's resume key);
+    # on merge their steps replace these empty placeholders. Migration 6 touches only its own
+    # tables, indexes and the sessions.context_folded column, so it applies after whatever they add.
+    [],
+    [],
+    # 6: a per-subject rollup of each session's context events, kept by the code that adds
+    # events, so the files/changes view and the context pack read a bounded number of rows
+    # however many events a session holds; the folded_* columns hold what compaction took out
+    # of context_events (exports write them as context_fold records). Also: indexes for the
+    # pack's "most accessed" and "most recent" memories, and embedding vectors on memories.
+    [
+        """
+        CREATE TABLE context_rollup (
+            session_id            TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+            kind                  TEXT NOT NULL,
+            subject               TEXT NOT NULL,
+            events                INTEGER NOT NULL,
+            bytes                 INTEGER NOT NULL,
+            first_at              REAL NOT NULL,
+            last_at               REAL NOT NULL,
+            max_importance        REAL NOT NULL,
+            last_detail           TEXT,
+            folded                INTEGER NOT NULL DEFAULT 0,
+            folded_bytes          INTEGER NOT NULL DEFAULT 0,
+            folded_first_at       REAL,
+            folded_last_at        REAL,
+            folded_max_importance REAL,
+            folded_last_detail    TEXT,
+            PRIMARY KEY (session_id, kind, subject)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX context_rollup_recent ON context_rollup (session_id, kind, last_at DESC)",
+        "ALTER TABLE sessions ADD COLUMN context_folded INTEGER NOT NULL DEFAULT 0",
+        _build_context_rollup,
+        "CREATE INDEX memories_most_accessed ON memories (project_id, accessed_count DESC, memory_id)",
+        "CREATE INDEX memories_most_recent ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
+        """
+        CREATE TABLE memory_vectors (
+            memory_id  TEXT PRIMARY KEY REFERENCES memories (memory_id) ON DELETE CASCADE,
+            project_id TEXT NOT NULL,
+            vector     BLOB NOT NULL
+        )
+        """,
+        "CREATE INDEX memory_vectors_by_project ON memory_vectors (project_id)",
+        """
+        CREATE TABLE project_vector_dims (
+            project_id TEXT PRIMARY KEY REFERENCES projects (project_id) ON DELETE CASCADE,
+            dim        INTEGER NOT NULL CHECK (dim BETWEEN 1 AND 4096)
+        )
+        """,
     ],
 ]
 
