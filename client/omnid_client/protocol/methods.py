@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from msgspec import Struct
 
+from .agent import (
+    Checkpoint,
+    CheckpointList,
+    CheckpointRef,
+    ContextPack,
+    CreateCheckpoint,
+    ListCheckpoints,
+    PackContext,
+    Restored,
+    RestoreCheckpoint,
+    SearchSimilar,
+    SetMemoryVector,
+    SimilarResult,
+    VectorSet,
+)
 from .content import (
     AddInteraction,
     AddMessages,
@@ -98,6 +113,13 @@ METHODS: dict[str, Method] = {
     "search": Method(Search, SearchResult, writes=False),
     "maintenance.import": Method(ImportRecords, ImportResult, writes=True),
     "maintenance.retention": Method(RunRetention, RetentionResult, writes=True, idempotent=False),
+    "context.pack": Method(PackContext, ContextPack, writes=False),
+    "checkpoint.create": Method(CreateCheckpoint, Checkpoint, writes=True, idempotent=False),
+    "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
+    "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
+    "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
+    "memory.set_vector": Method(SetMemoryVector, VectorSet, writes=True),
+    "memory.search_similar": Method(SearchSimilar, SimilarResult, writes=False),
 }
 """Every RPC method: its parameter and result types, whether the daemon runs it inside
 one write transaction (its reply then waits for the commit), and whether a client may
