@@ -239,11 +239,14 @@ MIGRATIONS: list[list[Step]] = [
             PRIMARY KEY (session_id, kind, subject)
         ) WITHOUT ROWID
         """,
-        "CREATE INDEX context_rollup_recent ON context_rollup (session_id, kind, last_at DESC)",
+        # Covering what the pack ranks files by (subject is in every index of the table).
+        "CREATE INDEX context_rollup_recent ON context_rollup (session_id, kind, last_at DESC, max_importance, events)",
         "ALTER TABLE sessions ADD COLUMN context_folded INTEGER NOT NULL DEFAULT 0",
         _build_context_rollup,
         "CREATE INDEX memories_most_accessed ON memories (project_id, accessed_count DESC, memory_id)",
         "CREATE INDEX memories_most_recent ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
+        # Counting a project's live memories reads this index alone.
+        "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
         """
         CREATE TABLE memory_vectors (
             memory_id  TEXT PRIMARY KEY REFERENCES memories (memory_id) ON DELETE CASCADE,

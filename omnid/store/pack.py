@@ -15,8 +15,9 @@ from omnid_client.protocol import PackContext, PackItem, PackSection, Session
 
 from .codec import loads
 
-FILE_WINDOW = 2000
-"""Files are ranked among the session's this-many most recently used distinct paths."""
+FILE_WINDOW = 200
+"""Files are ranked among the session's this-many most recently read, and most recently
+changed, distinct paths (or ten times the cap, if more)."""
 HALF_LIFE = 3600.0
 """A file's recency weight halves for every hour between its last use and the session's
 latest file use (not the clock: the pack depends on the data only)."""
@@ -51,25 +52,29 @@ def header(session: Session | None, limit: int) -> PackSection:
 
 
 def files(db: sqlite3.Connection, session_id: str, cap: int, limit: int) -> PackSection:
-    """Files read or changed, one entry per path, by importance x recency."""
-    rows = db.execute(
-        "SELECT kind, subject, events, last_at, max_importance, last_detail FROM context_rollup "
-        "WHERE session_id = ? AND kind IN ('file_access', 'file_change') ORDER BY last_at DESC LIMIT ?",
-        (session_id, FILE_WINDOW),
-    ).fetchall()
-    paths: dict[str, list[Any]] = {}  # path -> [importance, last_at, reads, changes, last change]
-    for kind, path, events, last_at, importance, detail in rows:
-        entry = paths.setdefault(path, [0.0, last_at, 0, 0, None])
-        entry[1] = max(entry[1], last_at)
-        if kind == "file_access":
-            entry[0] = max(entry[0], importance)
-            entry[2] = events
-        else:
-            entry[0] = max(entry[0], 0.5)
-            entry[3] = events
-            entry[4] = detail
+    """Files read or changed, one entry per path, by importance x recency, among each kind's
+    ``FILE_WINDOW`` (at least ten times the cap) most recently used paths."""
+    window = max(FILE_WINDOW, 10 * cap)
+    paths: dict[str, list[Any]] = {}  # path -> [importance, last_at, reads, changes]
+    for kind in ("file_access", "file_change"):
+        rows = db.execute(
+            "SELECT subject, events, last_at, max_importance FROM context_rollup "
+            "WHERE session_id = ? AND kind = ? ORDER BY last_at DESC LIMIT ?",
+            (session_id, kind, window),
+        )
+        for path, events, last_at, importance in rows:
+            entry = paths.setdefault(path, [0.0, last_at, 0, 0])
+            entry[1] = max(entry[1], last_at)
+            if kind == "file_access":
+                entry[0] = max(entry[0], importance)
+                entry[2] = events
+            else:
+                entry[0] = max(entry[0], 0.5)
+                entry[3] = events
     available = db.execute(
-        "SELECT count(DISTINCT subject) FROM context_rollup WHERE session_id = ? AND kind IN ('file_access', 'file_change')",
+        "SELECT (SELECT count(*) FROM context_rollup WHERE session_id = ?1 AND kind = 'file_access') + "
+        "(SELECT count(*) FROM context_rollup c WHERE session_id = ?1 AND kind = 'file_change' AND NOT EXISTS "
+        "(SELECT 1 FROM context_rollup r WHERE r.session_id = ?1 AND r.kind = 'file_access' AND r.subject = c.subject))",
         (session_id,),
     ).fetchone()[0]
     if not paths:
@@ -80,13 +85,18 @@ def files(db: sqlite3.Connection, session_id: str, cap: int, limit: int) -> Pack
         key=lambda t: (-t[0], -t[2][1], t[1]),
     )
     items = []
-    for score, path, (importance, last_at, reads, changes, change) in scored[:cap]:
+    for score, path, (importance, last_at, reads, changes) in scored[:cap]:
         notes = [f"importance {importance:.2f}"]
         if reads:
             notes.append(f"read {reads}x")
         if changes:
+            change = db.execute(
+                "SELECT last_detail FROM context_rollup WHERE session_id = ? AND kind = 'file_change' AND subject = ?",
+                (session_id, path),
+            ).fetchone()[0]
             notes.append(f"changed {changes}x" + (f" ({_one_line(change, 80)})" if change else ""))
-        items.append(PackItem(path, f"`{_one_line(path, limit)}` ({', '.join(notes)})", 0, last_at, round(score, 6)))
+        text = f"`{_one_line(path, limit)}` ({', '.join(notes)})"
+        items.append(PackItem(path, text, 0, last_at, round(score, 6)))
     return PackSection("files", "Files", items, available, 0)
 
 
