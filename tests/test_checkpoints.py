@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import omnid_error, omnid_json, omnid_ok
+
 from omnid_client import Client, Conflict, Invalid, NotFound
 from omnid_client.protocol import ContextEvent, NewMessage, Session
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import omnid_error, omnid_json, omnid_ok, wait_for
+
 from omnid_client import AsyncClient, Client, Invalid, NotFound
 from omnid_client.packing import estimate_tokens, repack
 from omnid_client.protocol import ContextEvent, ContextPack, NewMessage, Session
@@ -104,7 +105,7 @@ def test_budgets_zero_tiny_and_huge(client, filled):
         assert pack.tokens >= previous  # a bigger budget never packs less
         previous = pack.tokens
         # Every section's entries are a prefix of what the huge budget packs.
-        for s, h in zip(pack.sections, huge.sections):
+        for s, h in zip(pack.sections, huge.sections, strict=True):
             assert [i.ref for i in s.items] == [i.ref for i in h.items][: len(s.items)]
     assert previous == huge.tokens
 

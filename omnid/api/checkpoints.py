@@ -20,8 +20,8 @@ from omnid_client.protocol import (
     GetOrCreate,
     ListCheckpoints,
     Memory,
-    Restored,
     RestoreCheckpoint,
+    Restored,
     Session,
 )
 

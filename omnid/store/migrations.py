@@ -217,7 +217,7 @@ MIGRATIONS: list[list[Step]] = [
     # events, so the files/changes view and the context pack read a bounded number of rows
     # however many events a session holds; the folded_* columns hold what compaction took out
     # of context_events (exports write them as context_fold records). Also: indexes for the
-    # pack's "most accessed" and "most recent" memories, and embedding vectors on memories.
+    # pack's "most accessed", "most recent" and live memories.
     [
         """
         CREATE TABLE context_rollup (
@@ -247,20 +247,6 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE INDEX memories_most_recent ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
         # Counting a project's live memories reads this index alone.
         "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
-        """
-        CREATE TABLE memory_vectors (
-            memory_id  TEXT PRIMARY KEY REFERENCES memories (memory_id) ON DELETE CASCADE,
-            project_id TEXT NOT NULL,
-            vector     BLOB NOT NULL
-        )
-        """,
-        "CREATE INDEX memory_vectors_by_project ON memory_vectors (project_id)",
-        """
-        CREATE TABLE project_vector_dims (
-            project_id TEXT PRIMARY KEY REFERENCES projects (project_id) ON DELETE CASCADE,
-            dim        INTEGER NOT NULL CHECK (dim BETWEEN 1 AND 4096)
-        )
-        """,
     ],
 ]
 

@@ -1,5 +1,4 @@
-"""What agents ask for to resume work: a token-budgeted context pack, checkpoints, and
-similarity search over memories by embedding vectors."""
+"""What agents ask for to resume work: a token-budgeted context pack and checkpoints."""
 
 from __future__ import annotations
 
@@ -143,48 +142,6 @@ class Restored(Struct):
     version: int
 
 
-# --- similarity search -------------------------------------------------------------------
-
-MAX_DIM = 4096
-Vector = Annotated[list[float], Meta(min_length=1, max_length=MAX_DIM)]
-
-
-class SetMemoryVector(Struct):
-    """Attach an embedding to a live project memory. A project's first vector fixes its
-    dimension; later ones must match."""
-
-    key: MemoryKey
-    vector: Vector
-    project_id: ProjectId | None = None
-    workspace: PathText | None = None
-
-
-class VectorSet(Struct):
-    memory_id: str
-    dim: int
-
-
-class SearchSimilar(Struct):
-    vector: Vector
-    k: Annotated[int, Meta(ge=1, le=1000)] = 10
-    project_id: ProjectId | None = None
-    workspace: PathText | None = None
-    min_score: Annotated[float, Meta(ge=-1.0, le=1.0)] | None = None
-
-
-class SimilarHit(Struct):
-    memory_id: str
-    key: str
-    score: float
-    """Cosine similarity, -1 to 1."""
-    value: Any
-
-
-class SimilarResult(Struct):
-    hits: list[SimilarHit]
-    engine: Literal["sqlite-vec", "python"]
-
-
 __all__ = [
     "Cap",
     "Checkpoint",
@@ -200,10 +157,5 @@ __all__ = [
     "PackSection",
     "Restored",
     "RestoreCheckpoint",
-    "SearchSimilar",
     "SectionName",
-    "SetMemoryVector",
-    "SimilarHit",
-    "SimilarResult",
-    "VectorSet",
 ]

@@ -14,10 +14,6 @@ from .agent import (
     PackContext,
     Restored,
     RestoreCheckpoint,
-    SearchSimilar,
-    SetMemoryVector,
-    SimilarResult,
-    VectorSet,
 )
 from .content import (
     AddInteraction,
@@ -118,8 +114,6 @@ METHODS: dict[str, Method] = {
     "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
     "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
     "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
-    "memory.set_vector": Method(SetMemoryVector, VectorSet, writes=True),
-    "memory.search_similar": Method(SearchSimilar, SimilarResult, writes=False),
 }
 """Every RPC method: its parameter and result types, whether the daemon runs it inside
 one write transaction (its reply then waits for the commit), and whether a client may
