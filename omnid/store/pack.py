@@ -155,7 +155,8 @@ def memories(db: sqlite3.Connection, project_id: str | None, cap: int, limit: in
     ).fetchall()
     items: list[PackItem] = []
     seen: set[str] = set()
-    for pair in zip(most_accessed + [None] * (cap - len(most_accessed)), most_recent + [None] * (cap - len(most_recent)), strict=True):
+    padded = [rows + [None] * (cap - len(rows)) for rows in (most_accessed, most_recent)]
+    for pair in zip(*padded, strict=True):
         for row in pair:
             if row is None or row[0] in seen or len(items) >= cap:
                 continue

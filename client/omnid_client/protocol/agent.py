@@ -141,21 +141,3 @@ class Restored(Struct):
     key: str
     version: int
 
-
-__all__ = [
-    "Cap",
-    "Checkpoint",
-    "CheckpointInfo",
-    "CheckpointList",
-    "CheckpointName",
-    "CheckpointRef",
-    "ContextPack",
-    "CreateCheckpoint",
-    "ListCheckpoints",
-    "PackContext",
-    "PackItem",
-    "PackSection",
-    "Restored",
-    "RestoreCheckpoint",
-    "SectionName",
-]
