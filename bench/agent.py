@@ -42,7 +42,9 @@ def fill_rolled_context(db: sqlite3.Connection, session_id: str, count: int, *, 
         "GROUP BY kind, subject",
         (session_id,),
     )
-    db.execute("UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?", (count, session_id))
+    db.execute(
+        "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?", (count, session_id)
+    )
 
 
 def fill_memories(db: sqlite3.Connection, project_id: str, count: int) -> None:
@@ -61,7 +63,9 @@ def fill_memories(db: sqlite3.Connection, project_id: str, count: int) -> None:
     )
 
 
-def pack_at_scale(work: Path, omnid_daemon: Callable[[Path], Any], events: int = 100_000, memories: int = 10_000) -> dict:
+def pack_at_scale(
+    work: Path, omnid_daemon: Callable[[Path], Any], events: int = 100_000, memories: int = 10_000
+) -> dict:
     """context.pack (2000 tokens) on a session holding ``events`` context events in a
     project holding ``memories`` memories, timed from the client."""
     from omnid_client import Client

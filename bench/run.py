@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import agent
 import msgspec
 import psutil
-
-import agent
 
 HERE = Path(__file__).resolve().parent
 LOAD = HERE / "load.py"
@@ -323,7 +322,8 @@ def main() -> int:
         agent.report(results)
         ops = {"<=": float.__le__, ">=": float.__ge__}
         for name, value, op, goal in agent.targets(results):
-            print(f"  [{'met' if ops[op](float(value), float(goal)) else 'MISSED'}] {name}: {value:.2f} (goal {op} {goal})")
+            verdict = "met" if ops[op](float(value), float(goal)) else "MISSED"
+            print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
         return 0
     global IDLE_SECONDS
     scale_sessions = 100_000 if args.quick else 1_000_000

@@ -11,13 +11,12 @@ from . import _calls
 from ._async_connection import AsyncConnection
 from .packing import Counter
 from .protocol import (
+    Appended,
     Checkpoint,
     CheckpointInfo,
-    ContextPack,
-    Restored,
-    Appended,
     CleanupResult,
     ContextEvent,
+    ContextPack,
     DaemonStatus,
     Deleted,
     Empty,
@@ -33,6 +32,7 @@ from .protocol import (
     ProjectPage,
     ReapResult,
     Record,
+    Restored,
     RetentionResult,
     Role,
     SearchHit,
@@ -317,13 +317,17 @@ class AsyncClient(AsyncConnection):
         limit: int = 50,
     ) -> list[CheckpointInfo]:
         """A session's checkpoints, or (without one) a project's; newest first."""
-        return await self._call(_calls.list_checkpoints(session_id, project_id=project_id, workspace=workspace, limit=limit))
+        return await self._call(
+            _calls.list_checkpoints(session_id, project_id=project_id, workspace=workspace, limit=limit)
+        )
 
     async def show_checkpoint(
         self, key: str, *, project_id: str | None = None, workspace: str | None = None, version: int | None = None
     ) -> Checkpoint:
         """A checkpoint (an earlier ``version`` if given); the project defaults to its session's."""
-        return await self._call(_calls.show_checkpoint(key, project_id=project_id, workspace=workspace, version=version))
+        return await self._call(
+            _calls.show_checkpoint(key, project_id=project_id, workspace=workspace, version=version)
+        )
 
     async def restore_checkpoint(
         self,

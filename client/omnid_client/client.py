@@ -10,13 +10,12 @@ from . import _calls
 from ._connection import Connection
 from .packing import Counter
 from .protocol import (
+    Appended,
     Checkpoint,
     CheckpointInfo,
-    ContextPack,
-    Restored,
-    Appended,
     CleanupResult,
     ContextEvent,
+    ContextPack,
     DaemonStatus,
     Deleted,
     Empty,
@@ -32,6 +31,7 @@ from .protocol import (
     ProjectPage,
     ReapResult,
     Record,
+    Restored,
     RetentionResult,
     Role,
     SearchHit,

@@ -35,7 +35,7 @@ from ..store.codec import dumps
 from ._common import existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
-from .sessions import _create
+from .sessions import SESSION_BYTES, _create
 
 PREFIX = "checkpoint/"
 FORMAT = 1
@@ -99,12 +99,17 @@ def snapshot(ctx: Context, session: Session, name: str, note: str | None, now: f
 def create(ctx: Context, caller: Caller, p: CreateCheckpoint) -> Checkpoint:
     session = existing_session(ctx, p.session_id)
     if session.project_id is None:
-        raise Invalid(f"session {p.session_id} belongs to no project: checkpoints are project memories", {"field": "session_id"})
+        raise Invalid(
+            f"session {p.session_id} belongs to no project: checkpoints are project memories", {"field": "session_id"}
+        )
     store = ctx.store
     now = store.now()
     value = snapshot(ctx, session, p.name, p.note, now)
+    # The request is a few bytes; what it stores is the snapshot, so the quota goes by that.
+    ctx.guard.ensure_writable(grows=True, adding=len(dumps(value)))
     metadata = {"checkpoint": FORMAT, "session_id": session.session_id, "name": p.name}
-    memory = memory_store.put(store.db, session.project_id, key_of(session.session_id, p.name), value, metadata, None, now)
+    key = key_of(session.session_id, p.name)
+    memory = memory_store.put(store.db, session.project_id, key, value, metadata, None, now)
     store.note_project_activity(session.project_id, now)
     return Checkpoint(_info(memory, value, memory.version, now), value)
 
@@ -190,6 +195,8 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
     now = store.now()
     carried = {key: value.get(key) for key in ("title", "goal", "summary") if value.get(key)}
     created = p.into is None
+    # What the restore stores is the checkpoint's context (and maybe a session), not the request.
+    ctx.guard.ensure_writable(grows=True, adding=len(dumps(value["context"])) + (SESSION_BYTES if created else 0))
     if p.into is not None:
         session = live_session(ctx, p.into)
     else:
@@ -197,8 +204,11 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
         owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
         if p.owner_must_be_ancestor:
             check_ancestor(pid, caller.pid)
-        old = value.get("session") if isinstance(value.get("session"), dict) else {}
-        project = store.db.execute("SELECT root FROM projects WHERE project_id = ?", (checkpoint.info.project_id,)).fetchone()
+        recorded = value.get("session")
+        old = recorded if isinstance(recorded, dict) else {}
+        project = store.db.execute(
+            "SELECT root FROM projects WHERE project_id = ?", (checkpoint.info.project_id,)
+        ).fetchone()
         workspace = old.get("workspace") or (project[0] if project else None)
         metadata = {**carried, "restored_from": {"key": p.key, "version": checkpoint.info.version}}
         request = GetOrCreate(p.tool_id, pid, workspace=workspace, metadata=metadata, dedup=False)
@@ -206,6 +216,7 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
     events = seed_events(value["context"])
     if events:
         context_store.append(store.db, session.session_id, session.project_id, events, now)
+        ctx.compactor.after_append(store.db, session.session_id, ctx.settings(), now)
     lines = [f"Restored from checkpoint {p.key} (version {checkpoint.info.version})."]
     lines += [f"{k.capitalize()}: {v}" for k, v in carried.items()]
     if value.get("note"):

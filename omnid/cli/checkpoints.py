@@ -43,7 +43,9 @@ def checkpoint_create(session_id: str, name: str, note: str | None, as_json: boo
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @json_option
 @fail_cleanly
-def checkpoint_list(session_id: str | None, project_id: str | None, workspace: str | None, limit: int, as_json: bool) -> None:
+def checkpoint_list(
+    session_id: str | None, project_id: str | None, workspace: str | None, limit: int, as_json: bool
+) -> None:
     """Checkpoints of a session or of the project (default: the current directory's), newest first."""
     with connect() as client:
         items = client.list_checkpoints(session_id, project_id=project_id, workspace=workspace, limit=limit)
@@ -63,7 +65,9 @@ def checkpoint_list(session_id: str | None, project_id: str | None, workspace: s
 @project_options
 @json_option
 @fail_cleanly
-def checkpoint_show(ref: str, version: int | None, project_id: str | None, workspace: str | None, as_json: bool) -> None:
+def checkpoint_show(
+    ref: str, version: int | None, project_id: str | None, workspace: str | None, as_json: bool
+) -> None:
     """One checkpoint: what it holds."""
     with connect() as client:
         cp = client.show_checkpoint(_key(ref), project_id=project_id, workspace=workspace, version=version)
@@ -75,7 +79,8 @@ def checkpoint_show(ref: str, version: int | None, project_id: str | None, works
     context = snap.get("context", {})
     print_fields([
         ("key", cp.info.key), ("version", cp.info.version), ("saved", when(cp.info.created_at)),
-        ("note", cp.info.note), ("title", snap.get("title")), ("goal", snap.get("goal")), ("summary", snap.get("summary")),
+        ("note", cp.info.note),
+        ("title", snap.get("title")), ("goal", snap.get("goal")), ("summary", snap.get("summary")),
         ("messages", counters.get("messages")), ("events", counters.get("context_events")),
         ("files", len(context.get("files", []))), ("decisions", len(context.get("decisions", []))),
         ("searches", len(context.get("searches", []))),

@@ -32,7 +32,10 @@ def print_memories(items: Sequence[Any]) -> None:
         return
     print_table(
         ["KEY", "VERSION", "READS", "LAST READ", "EXPIRES", "VALUE"],
-        [(m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value)) for m in items],
+        [
+            (m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value))
+            for m in items
+        ],
     )
 
 
@@ -116,7 +119,10 @@ def memories_history(key: str, project_id: str | None, workspace: str | None, as
     if as_json:
         print_json(h)
         return
-    print_table(["VERSION", "WRITTEN", "EXPIRES", "VALUE"], [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions])
+    print_table(
+        ["VERSION", "WRITTEN", "EXPIRES", "VALUE"],
+        [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions],
+    )
 
 
 class _ShowByDefault(click.Group):
@@ -146,10 +152,17 @@ def context_show(session_id: str, as_json: bool) -> None:
         print_json(ctx)
         return
     folded = f", {ctx.size.folded} of them folded into per-file/per-query totals" if ctx.size.folded else ""
-    click.echo(f"{ctx.size.events} event(s){folded}, {ctx.size.bytes} bytes{' (lists capped)' if ctx.size.truncated else ''}")
+    capped = " (lists capped)" if ctx.size.truncated else ""
+    click.echo(f"{ctx.size.events} event(s){folded}, {ctx.size.bytes} bytes{capped}")
     sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
-        ("files", ["IMPORTANCE", "READS", "LAST", "PATH"], [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files]),
-        ("changes", ["CHANGE", "TIMES", "LAST", "PATH"], [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes]),
+        (
+            "files", ["IMPORTANCE", "READS", "LAST", "PATH"],
+            [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files],
+        ),
+        (
+            "changes", ["CHANGE", "TIMES", "LAST", "PATH"],
+            [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes],
+        ),
         ("searches", ["AT", "QUERY"], [(when(s.at), s.query) for s in ctx.searches]),
         ("decisions", ["AT", "DECISION"], [(when(d.at), d.text) for d in ctx.decisions]),
         ("memories", ["AT", "SOURCE", "REF"], [(when(m.at), m.source, m.ref) for m in ctx.memories]),
@@ -227,7 +240,9 @@ def tasks_list(
 ) -> None:
     """Tasks, newest first."""
     with connect() as client:
-        page = client.list_tasks(session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor)
+        page = client.list_tasks(
+            session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor
+        )
     if as_json:
         print_json(page)
         return
@@ -236,7 +251,11 @@ def tasks_list(
     else:
         print_table(
             ["TASK", "STATUS", "SESSION", "EXTERNAL ID", "STEPS", "UPDATED", "TITLE"],
-            [(t.task_id, t.status, t.session_id, t.external_id, t.interaction_count, when(t.updated_at), short(t.title)) for t in page.tasks],
+            [
+                (t.task_id, t.status, t.session_id, t.external_id, t.interaction_count, when(t.updated_at),
+                 short(t.title))
+                for t in page.tasks
+            ],
         )
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
@@ -282,11 +301,16 @@ def search(
 ) -> None:
     """Full-text search over messages, memories and decisions, best match first."""
     with connect() as client:
-        hits = client.search(query, project_id=project_id, session_id=session_id, kinds=list(kinds) or None, limit=limit)
+        hits = client.search(
+            query, project_id=project_id, session_id=session_id, kinds=list(kinds) or None, limit=limit
+        )
     if as_json:
         print_json(hits)
         return
     if not hits:
         click.echo("no matches")
         return
-    print_table(["KIND", "REF", "SESSION", "WHEN", "MATCH"], [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits])
+    print_table(
+        ["KIND", "REF", "SESSION", "WHEN", "MATCH"],
+        [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits],
+    )

@@ -71,7 +71,9 @@ def rollup_rows(rows: Iterable[tuple[str, float | None, str | None, float]]) -> 
     return [(subject, *agg) for subject, agg in aggs.items()]
 
 
-def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float) -> None:
+def insert(
+    db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float
+) -> None:
     """One event row (and its rollup, or for a decision its search row); the caller keeps
     the session's context_event_count."""
     cur = db.execute(
@@ -82,7 +84,9 @@ def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, even
     if event.kind == "decision":
         assert cur.lastrowid is not None  # set by every INSERT
         body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
-        search_store.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
+        search_store.index(
+            db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at
+        )
     else:
         importance = 0.5 if event.importance is None else event.importance
         db.execute(
@@ -110,8 +114,9 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
             (sid, p.max_files),
         )
     ]
-    searches = [SearchContext(*row) for row in _recent(db, sid, "search", "subject, created_at, detail", p.max_searches)]
-    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", "subject, created_at, detail", p.max_decisions)]
+    text_columns = "subject, created_at, detail"
+    searches = [SearchContext(*row) for row in _recent(db, sid, "search", text_columns, p.max_searches)]
+    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", text_columns, p.max_decisions)]
     memories = [
         MemoryContext(ref, at, source, memory_type, content)
         for ref, at, source, memory_type, content in db.execute(
@@ -153,7 +158,8 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
         or changes_n > p.max_changes
         or memories_n > p.max_memories
     )
-    return SessionContext(sid, files, searches, decisions, memories, changes, ContextSize(events, size, truncated, folded))
+    size_info = ContextSize(events, size, truncated, folded)
+    return SessionContext(sid, files, searches, decisions, memories, changes, size_info)
 
 
 def _recent(db: sqlite3.Connection, session_id: str, kind: str, columns: str, limit: int) -> list[tuple]:
@@ -181,7 +187,8 @@ def fold(db: sqlite3.Connection, session_id: str, *, keep: int, before: float | 
     Runs inside the caller's transaction; returns how many events were folded."""
     total = 0
     for kind in ROLLED_UP:
-        conditions, args = [], []
+        conditions: list[str] = []
+        args: list[object] = []
         if keep:
             bound = _nth_newest(db, session_id, kind, keep)
             if bound is not None:
@@ -228,7 +235,9 @@ def _nth_newest(db: sqlite3.Connection, session_id: str, kind: str, n: int) -> i
 
 
 def raw_count(db: sqlite3.Connection, session_id: str) -> int:
-    row = db.execute("SELECT context_event_count - context_folded FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    row = db.execute(
+        "SELECT context_event_count - context_folded FROM sessions WHERE session_id = ?", (session_id,)
+    ).fetchone()
     return row[0] if row else 0
 
 
@@ -250,7 +259,8 @@ def add_fold(
     its events had been added and folded. False if the subject already has a rollup row."""
     cur = db.execute(
         "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance, "
-        "last_detail, folded, folded_bytes, folded_first_at, folded_last_at, folded_max_importance, folded_last_detail) "
+        "last_detail, folded, folded_bytes, folded_first_at, folded_last_at, folded_max_importance, "
+        "folded_last_detail) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (session_id, kind, subject) DO NOTHING",
         (session_id, kind, subject, events, size, first_at, last_at, max_importance, last_detail,
          events, size, first_at, last_at, max_importance, last_detail),

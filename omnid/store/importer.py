@@ -125,11 +125,15 @@ class Importer:
         from omnid_client.protocol import EXPORT_FORMAT
 
         if r.format > EXPORT_FORMAT:
-            raise self._invalid(f"export format {r.format} is newer than this omnid reads ({EXPORT_FORMAT}); upgrade omnid")
+            raise self._invalid(
+                f"export format {r.format} is newer than this omnid reads ({EXPORT_FORMAT}); upgrade omnid"
+            )
 
     def _project(self, r: ProjectRecord) -> str:
         if project_id_for(r.root) != r.project_id:
-            raise self._invalid(f"project id {r.project_id} is not the id of root {r.root!r} ({project_id_for(r.root)})")
+            raise self._invalid(
+                f"project id {r.project_id} is not the id of root {r.root!r} ({project_id_for(r.root)})"
+            )
         if self._exists("SELECT 1 FROM projects WHERE project_id = ?", r.project_id):
             return "existing"
         self._write(
@@ -236,7 +240,9 @@ class Importer:
         if outcome == "imported" and not self.dry_run:
             event = ContextEvent(r.kind, r.subject, r.importance, r.detail)
             context_store.insert(self.db, r.session_id, self._session_project(r.session_id), event, r.created_at)
-            self._write("UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id)
+            self._write(
+                "UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id
+            )
         return outcome
 
     def _context_fold(self, r: ContextFoldRecord) -> str:
@@ -259,7 +265,9 @@ class Importer:
         self.check_size(r.metadata)
         if not self._parent("session", "sessions", "session_id", r.session_id):
             return "imported"
-        outcome = self._position("message", r.session_id, r.seq, "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?")
+        outcome = self._position(
+            "message", r.session_id, r.seq, "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?"
+        )
         if outcome == "imported" and not self.dry_run:
             message_id = self._write(
                 "INSERT INTO messages (session_id, seq, role, content, message_type, metadata, tokens_used, "

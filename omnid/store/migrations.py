@@ -208,10 +208,16 @@ MIGRATIONS: list[list[Step]] = [
         "(SELECT count(*) FROM context_events c WHERE c.session_id = sessions.session_id) "
         "WHERE session_id IN (SELECT session_id FROM context_events)",
     ],
-    # 4 and 5 are taken by other branches (main's owner_ino; session.update's resume key);
-    # on merge their steps replace these empty placeholders. Migration 6 touches only its own
-    # tables, indexes and the sessions.context_folded column, so it applies after whatever they add.
-    [],
+    # 4: the owner process's pidfd inode where the kernel makes it unique (Linux 6.9+):
+    # it tells apart two processes given the same pid within one start-time tick. NULL
+    # for sessions recorded before, or where the kernel has no such identity.
+    [
+        "ALTER TABLE sessions ADD COLUMN owner_ino INTEGER",
+    ],
+    # 5: PLACEHOLDER for the resume key / session edits (branch resume-edits). Its merge
+    # replaces this empty list with the real steps; keep it empty until then so migration
+    # 6 stays numbered 6 (6 touches only its own tables, indexes and sessions.context_folded,
+    # so it applies after whatever 5 adds).
     [],
     # 6: a per-subject rollup of each session's context events, kept by the code that adds
     # events, so the files/changes view and the context pack read a bounded number of rows
@@ -244,7 +250,8 @@ MIGRATIONS: list[list[Step]] = [
         "ALTER TABLE sessions ADD COLUMN context_folded INTEGER NOT NULL DEFAULT 0",
         _build_context_rollup,
         "CREATE INDEX memories_most_accessed ON memories (project_id, accessed_count DESC, memory_id)",
-        "CREATE INDEX memories_most_recent ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
+        "CREATE INDEX memories_most_recent "
+        "ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
         # Counting a project's live memories reads this index alone.
         "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
     ],

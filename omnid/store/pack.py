@@ -74,7 +74,8 @@ def files(db: sqlite3.Connection, session_id: str, cap: int, limit: int) -> Pack
     available = db.execute(
         "SELECT (SELECT count(*) FROM context_rollup WHERE session_id = ?1 AND kind = 'file_access') + "
         "(SELECT count(*) FROM context_rollup c WHERE session_id = ?1 AND kind = 'file_change' AND NOT EXISTS "
-        "(SELECT 1 FROM context_rollup r WHERE r.session_id = ?1 AND r.kind = 'file_access' AND r.subject = c.subject))",
+        "(SELECT 1 FROM context_rollup r "
+        "WHERE r.session_id = ?1 AND r.kind = 'file_access' AND r.subject = c.subject))",
         (session_id,),
     ).fetchone()[0]
     if not paths:
@@ -150,7 +151,8 @@ def memories(db: sqlite3.Connection, project_id: str | None, cap: int, limit: in
         (project_id, now, cap),
     ).fetchall()
     most_recent = db.execute(
-        f"SELECT {columns} FROM memories WHERE {where} ORDER BY coalesce(last_accessed, updated_at) DESC, memory_id LIMIT ?",
+        f"SELECT {columns} FROM memories WHERE {where} "
+        "ORDER BY coalesce(last_accessed, updated_at) DESC, memory_id LIMIT ?",
         (project_id, now, cap),
     ).fetchall()
     items: list[PackItem] = []
@@ -173,6 +175,7 @@ def tasks(db: sqlite3.Connection, session_id: str | None, project_id: str | None
     """Open tasks of the session (with a project: of all its sessions), latest updated first."""
     if session_id is None and project_id is None:
         return PackSection("tasks", "Open tasks", [], 0, 0)
+    arg: str | None
     if project_id is not None:
         scope = "session_id IN (SELECT session_id FROM sessions WHERE project_id = ?)"
         arg = project_id
@@ -214,6 +217,9 @@ def candidates(
         decisions(db, sid, p.max_decisions, limit) if sid else empty["decisions"],
         searches(db, sid, p.max_searches, limit) if sid else empty["searches"],
         memories(db, project_id, p.max_memories, limit, now),
-        tasks(db, sid if p.session_id is not None else None, project_id if p.session_id is None else None, p.max_tasks, limit),
+        tasks(
+            db, sid if p.session_id is not None else None, project_id if p.session_id is None else None,
+            p.max_tasks, limit,
+        ),
         messages(db, sid, p.max_messages, limit) if sid else empty["messages"],
     ]

@@ -165,7 +165,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     )
     for seq, role, content, message_type, metadata, tokens, nanos, created_at in messages:
-        yield MessageRecord(session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at)
+        yield MessageRecord(
+            session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at
+        )
     memories = db.execute(
         "SELECT memory_id, memory_type, content, metadata, created_at FROM session_memories WHERE session_id = ? "
         "ORDER BY created_at, memory_id",
@@ -179,7 +181,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
         (session_id,),
     ).fetchall()
     for task_id, title, status, external_id, metadata, created_at, updated_at, ended_at in tasks:
-        yield TaskRecord(task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at)
+        yield TaskRecord(
+            task_id, session_id, title, status, external_id, loads_dict(metadata), created_at, updated_at, ended_at
+        )
         steps = db.execute(
             "SELECT kind, content, metadata, created_at FROM interactions WHERE task_id = ? ORDER BY interaction_id",
             (task_id,),
@@ -188,16 +192,17 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
             yield InteractionRecord(task_id, seq, kind, content, loads_dict(metadata), created_at)
 
 
-def archive_records(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator[Record]:
-    """An importable export of just these sessions (and the projects they belong to)."""
+def archive_head(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator[Record]:
+    """What an archive of these sessions starts with: the header and the sessions' projects
+    (their ``session_records`` follow)."""
     yield ExportHeader()
     projects = sorted(
         {
             r[0]
             for sid in session_ids
-            for r in db.execute("SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,))
+            for r in db.execute(
+                "SELECT project_id FROM sessions WHERE session_id = ? AND project_id IS NOT NULL", (sid,)
+            )
         }
     )
     yield from project_records(db, projects)
-    for sid in session_ids:
-        yield from session_records(db, sid)

@@ -16,8 +16,8 @@ from .agent import (
     PackContext,
     PackItem,
     PackSection,
-    Restored,
     RestoreCheckpoint,
+    Restored,
     SectionName,
 )
 from .content import (

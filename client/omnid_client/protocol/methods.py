@@ -12,8 +12,8 @@ from .agent import (
     CreateCheckpoint,
     ListCheckpoints,
     PackContext,
-    Restored,
     RestoreCheckpoint,
+    Restored,
 )
 from .content import (
     AddInteraction,
