@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from omnid_client import Client, Conflict, Invalid, NotFound
+from omnid_client import Client, Conflict, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, NewMessage, Session
-from tests.helpers import TOOL, omnid_error, omnid_json, omnid_ok, start
+from tests.helpers import TOOL, omnid_error, omnid_json, omnid_ok, start, wait_for
 
 
 def view(client: Client, session_id: str) -> tuple:
@@ -127,3 +127,43 @@ def test_cli_create_list_show_restore(client, worked, tmp_path):
     assert restored["session_id"] == target.session_id and restored["events"] == 6
     assert view(client, target.session_id) == view(client, sid)
     assert omnid_error("checkpoint", "show", f"{sid}/missing")["code"] == "not_found"
+
+
+QUOTA = 1 << 20
+
+
+def test_past_the_storage_quota_checkpoints_are_refused_and_reading_them_goes_on(home, start_daemon, tmp_path):
+    """A checkpoint stores a whole snapshot however small its request: over the quota it is
+    refused (typed, nothing stored), while the checkpoints already saved stay readable."""
+    (home / "config.toml").write_text(f"max_database_bytes = {QUOTA}\n")
+    d = start_daemon()
+    with d.client() as c:
+        s = start(c, tmp_path, title="Parser")
+        sid = s.session_id
+        c.append_context(sid, [ContextEvent("file_access", f"/src/{n}.py", 0.5) for n in range(50)])
+        kept = c.create_checkpoint(sid, "kept")
+        target = start(c, tmp_path).session_id  # made now: over the quota no session can be
+        with pytest.raises(StorageError) as filled:
+            for _ in range(4 * QUOTA // 32768):
+                c.add_message(sid, "user", "q" * 32768)
+        assert filled.value.reason == "quota", filled.value
+
+        with pytest.raises(StorageError) as refused:
+            c.create_checkpoint(sid, "over")
+        assert refused.value.reason == "quota" and refused.value.details["quota_bytes"] == QUOTA, refused.value
+        assert omnid_error("checkpoint", "create", sid, "over-cli")["code"] == "storage"
+        for into in (None, target):
+            with pytest.raises(StorageError) as restore_refused:
+                c.restore_checkpoint(kept.info.key, into=into)
+            assert restore_refused.value.reason == "quota"
+        # Nothing was stored by the refused calls; what was saved before still reads.
+        assert [cp.key for cp in c.list_checkpoints(sid)] == [kept.info.key]
+        with pytest.raises(NotFound):
+            c.show_checkpoint(f"checkpoint/{sid}/over")
+        assert c.show_checkpoint(kept.info.key).snapshot == kept.snapshot
+
+        (home / "config.toml").write_text(f"max_database_bytes = {64 * QUOTA}\n")
+        wait_for(lambda: c.status().storage_error is None, what="the daemon to read the new quota")
+        assert c.create_checkpoint(sid, "over").info.version == 1
+        assert c.restore_checkpoint(kept.info.key, into=target).events == 50
+    assert "Traceback" not in d.log_text()
