@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import agent
 import msgspec
 import psutil
 
@@ -222,6 +223,12 @@ def fill_context(home: Path, session_id: str, count: int) -> None:
     rows = ((session_id, kinds[i % 4], f"src/module_{i % 997}.py", now + i * 1e-3) for i in range(count))
     with db:
         db.executemany("INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)", rows)
+        db.execute(  # the per-subject rollup the daemon keeps beside the rows
+            "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance) "
+            "SELECT session_id, kind, subject, count(*), sum(length(subject)), min(created_at), max(created_at), 0.5 "
+            "FROM context_events WHERE session_id = ? AND kind != 'decision' GROUP BY kind, subject",
+            (session_id,),
+        )
         db.execute(
             "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?",
             (count, session_id),
@@ -304,7 +311,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load run")
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
+    parser.add_argument("--only", choices=["agent"], help="run only this group (context pack, compaction)")
     args = parser.parse_args()
+    if args.only == "agent":
+        work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+        try:
+            results = {"agent": agent.run(work, omnid_daemon, quick=args.quick)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        agent.report(results)
+        ops = {"<=": float.__le__, ">=": float.__ge__}
+        for name, value, op, goal in agent.targets(results):
+            verdict = "met" if ops[op](float(value), float(goal)) else "MISSED"
+            print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
+        return 0
     global IDLE_SECONDS
     scale_sessions = 100_000 if args.quick else 1_000_000
     IDLE_SECONDS = 10.0 if args.quick else 60.0
@@ -355,6 +375,7 @@ def main() -> int:
             scale[label]["sessions"] = count
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
+        results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
 
         rss_home = work / "rss"
         rss_home.mkdir()
@@ -418,6 +439,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
             max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2,
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
+        *agent.targets(r),
     ]
     ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
     return ratios, [
@@ -454,6 +476,7 @@ def print_report(r: dict) -> None:
         f"scale: p50 context.append {cx['fresh_p50_us']:.1f} us in a fresh session vs {cx['full_p50_us']:.1f} us "
         f"in one holding {cx['events']:,} events"
     )
+    agent.report(r)
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "

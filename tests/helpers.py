@@ -249,9 +249,10 @@ CONTENT_TABLES = (
 
 
 
-def start(client: Client, workspace: Path, tool: str = TOOL) -> Session:
-    """A new live session, owned by this test process, in ``workspace``."""
-    return client.get_or_create(tool, workspace=str(workspace), dedup=False).session
+def start(client: Client, workspace: Path, tool: str = TOOL, **metadata: Any) -> Session:
+    """A new live session, owned by this test process, in ``workspace`` (with ``metadata``:
+    a title, goal or summary, say)."""
+    return client.get_or_create(tool, workspace=str(workspace), dedup=False, metadata=metadata).session
 
 
 def ended(client: Client, workspace: Path) -> Session:

@@ -6,16 +6,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import packing
 from ._core import Call
+from .packing import Counter
 from .protocol import (
     AddInteraction,
     AddMessages,
     AddSessionMemory,
     AppendContext,
     Appended,
+    Checkpoint,
+    CheckpointInfo,
+    CheckpointList,
+    CheckpointRef,
     CleanupOrphans,
     CleanupResult,
     ContextEvent,
+    ContextPack,
+    CreateCheckpoint,
     CreateTask,
     DaemonStatus,
     Deleted,
@@ -28,6 +36,7 @@ from .protocol import (
     ImportRecords,
     ImportResult,
     Interaction,
+    ListCheckpoints,
     ListMemories,
     ListMessages,
     ListProjects,
@@ -40,6 +49,7 @@ from .protocol import (
     MessagePage,
     MessagesAdded,
     NewMessage,
+    PackContext,
     Project,
     ProjectPage,
     ProjectRef,
@@ -47,6 +57,8 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
+    RestoreCheckpoint,
+    Restored,
     RetentionResult,
     Role,
     RunRetention,
@@ -186,6 +198,80 @@ def get_context(
 ) -> Call[SessionContext]:
     params = GetContext(session_id, max_files, max_searches, max_decisions, max_memories, max_changes)
     return Call("context.get", params, SessionContext)
+
+
+def pack_context(
+    session_id: str | None = None,
+    *,
+    project_id: str | None = None,
+    workspace: str | None = None,
+    budget_tokens: int = 2000,
+    counter: Counter | None = None,
+    counter_name: str = "custom",
+    max_files: int = 20,
+    max_decisions: int = 10,
+    max_searches: int = 10,
+    max_memories: int = 10,
+    max_tasks: int = 10,
+    max_messages: int = 5,
+    max_item_chars: int = 400,
+) -> Call[ContextPack]:
+    project = (project_id, workspace) if session_id is not None else _project(project_id, workspace)
+    params = PackContext(
+        session_id=session_id, project_id=project[0], workspace=project[1], budget_tokens=budget_tokens,
+        max_files=max_files, max_decisions=max_decisions, max_searches=max_searches, max_memories=max_memories,
+        max_tasks=max_tasks, max_messages=max_messages, max_item_chars=max_item_chars, candidates=counter is not None,
+    )
+    if counter is None:
+        return Call("context.pack", params, ContextPack)
+    count = counter
+
+    def repack(candidates: ContextPack) -> ContextPack:
+        return packing.repack(candidates, budget_tokens, count, counter_name)
+
+    return Call("context.pack", params, ContextPack, shape=repack)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def create_checkpoint(session_id: str, name: str, *, note: str | None = None) -> Call[Checkpoint]:
+    return Call("checkpoint.create", CreateCheckpoint(session_id, name, note), Checkpoint)
+
+
+def _checkpoints(result: CheckpointList) -> list[CheckpointInfo]:
+    return result.checkpoints
+
+
+def list_checkpoints(
+    session_id: str | None = None, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
+) -> Call[list[CheckpointInfo]]:
+    project = (project_id, workspace) if session_id is not None else _project(project_id, workspace)
+    return Call("checkpoint.list", ListCheckpoints(session_id, *project, limit), CheckpointList, shape=_checkpoints)
+
+
+def show_checkpoint(
+    key: str, *, project_id: str | None = None, workspace: str | None = None, version: int | None = None
+) -> Call[Checkpoint]:
+    return Call("checkpoint.show", CheckpointRef(key, project_id, workspace, version), Checkpoint)
+
+
+def restore_checkpoint(
+    key: str,
+    *,
+    into: str | None = None,
+    project_id: str | None = None,
+    workspace: str | None = None,
+    version: int | None = None,
+    tool_id: str = "omnid",
+    pid: int | None = None,
+    owner_must_be_ancestor: bool = False,
+) -> Call[Restored]:
+    params = RestoreCheckpoint(
+        key=key, project_id=project_id, workspace=workspace, version=version, into=into, tool_id=tool_id, pid=pid,
+        owner_must_be_ancestor=owner_must_be_ancestor,
+    )
+    return Call("checkpoint.restore", params, Restored)
 
 
 # -- project memories ----------------------------------------------------------------------

@@ -8,10 +8,14 @@ from typing import Any
 
 from . import _calls
 from ._connection import Connection
+from .packing import Counter
 from .protocol import (
     Appended,
+    Checkpoint,
+    CheckpointInfo,
     CleanupResult,
     ContextEvent,
+    ContextPack,
     DaemonStatus,
     Deleted,
     Empty,
@@ -27,6 +31,7 @@ from .protocol import (
     ProjectPage,
     ReapResult,
     Record,
+    Restored,
     RetentionResult,
     Role,
     SearchHit,
@@ -268,6 +273,74 @@ class Client(Connection):
         self, task_id: str, content: str, *, kind: str = "note", metadata: dict[str, Any] | None = None
     ) -> Interaction:
         return self._call(_calls.add_interaction(task_id, content, kind=kind, metadata=metadata))
+
+    def pack_context(
+        self,
+        session_id: str | None = None,
+        *,
+        project_id: str | None = None,
+        workspace: str | None = None,
+        budget_tokens: int = 2000,
+        counter: Counter | None = None,
+        counter_name: str = "custom",
+        max_files: int = 20,
+        max_decisions: int = 10,
+        max_searches: int = 10,
+        max_memories: int = 10,
+        max_tasks: int = 10,
+        max_messages: int = 5,
+        max_item_chars: int = 400,
+    ) -> ContextPack:
+        """The most useful context that fits ``budget_tokens``, as sections and as Markdown:
+        the session's title/goal/summary (its metadata keys), files by importance x recency,
+        decisions, searches, the project's memories, open tasks and the last messages. Name
+        a session, or a project (default: the current directory's; its latest session gives
+        the session's sections). Tokens are the daemon's estimate (``packing.estimate_tokens``)
+        unless ``counter`` (``str -> int``) is given: the pack is then assembled here with it.
+        Either way the Markdown never counts more than ``budget_tokens``."""
+        return self._call(_calls.pack_context(
+            session_id, project_id=project_id, workspace=workspace, budget_tokens=budget_tokens, counter=counter,
+            counter_name=counter_name, max_files=max_files, max_decisions=max_decisions, max_searches=max_searches,
+            max_memories=max_memories, max_tasks=max_tasks, max_messages=max_messages, max_item_chars=max_item_chars,
+        ))
+
+    def create_checkpoint(self, session_id: str, name: str, *, note: str | None = None) -> Checkpoint:
+        """Save the session's context, counters and title/goal/summary as the project memory
+        ``checkpoint/<session>/<name>`` (a new version if it exists)."""
+        return self._call(_calls.create_checkpoint(session_id, name, note=note))
+
+    def list_checkpoints(
+        self, session_id: str | None = None, *, project_id: str | None = None, workspace: str | None = None,
+        limit: int = 50,
+    ) -> list[CheckpointInfo]:
+        """A session's checkpoints, or (without one) a project's; newest first."""
+        return self._call(_calls.list_checkpoints(session_id, project_id=project_id, workspace=workspace, limit=limit))
+
+    def show_checkpoint(
+        self, key: str, *, project_id: str | None = None, workspace: str | None = None, version: int | None = None
+    ) -> Checkpoint:
+        """A checkpoint (an earlier ``version`` if given); the project defaults to its session's."""
+        return self._call(_calls.show_checkpoint(key, project_id=project_id, workspace=workspace, version=version))
+
+    def restore_checkpoint(
+        self,
+        key: str,
+        *,
+        into: str | None = None,
+        project_id: str | None = None,
+        workspace: str | None = None,
+        version: int | None = None,
+        tool_id: str = "omnid",
+        pid: int | None = None,
+        owner_must_be_ancestor: bool = False,
+    ) -> Restored:
+        """Seed a session's context from a checkpoint: ``into`` a live session, or a new one
+        for ``tool_id`` owned by ``pid`` (default: this process) that carries the title, goal
+        and summary in its metadata."""
+        return self._call(_calls.restore_checkpoint(
+            key, into=into, project_id=project_id, workspace=workspace, version=version, tool_id=tool_id, pid=pid,
+            owner_must_be_ancestor=owner_must_be_ancestor,
+        ))
 
     def search(
         self,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from omnid_client.protocol import DaemonStatus
+from omnid_client.protocol import DaemonStatus, Settings
 
+from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
@@ -31,6 +32,9 @@ class Context:
     """The daemon's status now."""
     stop: Callable[[str], None]
     """Ask the daemon to stop gracefully, saying why."""
+    settings: Callable[[], Settings] = Settings
+    """The settings in force now."""
+    compactor: Compactor = field(default_factory=Compactor)
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ def append(ctx: Context, caller: Caller, p: AppendContext) -> Appended:
     store = ctx.store
     now = store.now()
     context_store.append(store.db, p.session_id, session.project_id, p.events, now)
+    ctx.compactor.after_append(store.db, p.session_id, ctx.settings(), now)
     store.note_project_activity(session.project_id, now)
     return Appended(len(p.events), session.context_event_count + len(p.events))
 

@@ -127,18 +127,35 @@ def memories_history(key: str, project_id: str | None, workspace: str | None, as
     )
 
 
-@click.command()
+class _ShowByDefault(click.Group):
+    """A group whose first argument, when it names no subcommand, is the ``show``
+    command's: ``omnid context SESSION_ID`` keeps working beside ``omnid context pack``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ShowByDefault)
+def context() -> None:
+    """A session's context (``omnid context SESSION_ID``), or a pack of it for an agent."""
+
+
+@context.command("show")
 @click.argument("session_id")
 @json_option
 @fail_cleanly
-def context(session_id: str, as_json: bool) -> None:
+def context_show(session_id: str, as_json: bool) -> None:
     """A session's context: files, searches, decisions, memories, changes."""
     with connect() as client:
         ctx = client.get_context(session_id)
     if as_json:
         print_json(ctx)
         return
-    click.echo(f"{ctx.size.events} event(s), {ctx.size.bytes} bytes{' (lists capped)' if ctx.size.truncated else ''}")
+    folded = f", {ctx.size.folded} of them folded into per-file/per-query totals" if ctx.size.folded else ""
+    capped = " (lists capped)" if ctx.size.truncated else ""
+    click.echo(f"{ctx.size.events} event(s){folded}, {ctx.size.bytes} bytes{capped}")
     sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
         (
             "files",
@@ -158,6 +175,29 @@ def context(session_id: str, as_json: bool) -> None:
         if rows:
             click.echo(f"\n{title}:")
             print_table(headers, rows)
+
+
+@context.command("pack")
+@click.option("--session", "session_id", help="Session id. Default: the project's most recently active session.")
+@project_options
+@click.option("--budget", "budget_tokens", type=click.IntRange(0, 10_000_000), default=2000, show_default=True,
+              help="Most tokens (estimated as UTF-8 bytes / 4, rounded up).")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print the Markdown (the default).")
+@json_option
+@fail_cleanly
+def context_pack(
+    session_id: str | None, project_id: str | None, workspace: str | None, budget_tokens: int, as_markdown: bool,
+    as_json: bool,
+) -> None:
+    """The most useful context that fits the budget, ready to give an agent."""
+    if as_markdown and as_json:
+        raise click.UsageError("choose one of --markdown and --json")
+    with connect() as client:
+        pack = client.pack_context(session_id, project_id=project_id, workspace=workspace, budget_tokens=budget_tokens)
+    if as_json:
+        print_json(pack)
+    elif pack.markdown:
+        click.echo(pack.markdown, nl=False)
 
 
 @click.group()

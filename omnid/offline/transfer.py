@@ -18,6 +18,7 @@ import msgspec
 from omnid_client.errors import OmnidError, RemoteError
 from omnid_client.protocol import (
     MAX_FRAME,
+    ContextFoldRecord,
     ContextRecord,
     ImportCounts,
     ImportResult,
@@ -200,7 +201,10 @@ def check_file(path: Path) -> dict[str, int]:
     for number, record in read_records(path):
         kind = record_kind(record)
         counts[kind] = counts.get(kind, 0) + 1
-        if isinstance(record, (ContextRecord, MessageRecord, InteractionRecord)):
+        if isinstance(record, ContextFoldRecord):  # folded events come before the session's context records
+            key = ("context", record.session_id)
+            last[key] = last.get(key, 0) + record.events
+        elif isinstance(record, (ContextRecord, MessageRecord, InteractionRecord)):
             parent = record.task_id if isinstance(record, InteractionRecord) else record.session_id
             key = (kind, parent)
             expected = last.get(key, 0) + 1

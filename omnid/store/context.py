@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Iterable
 
 from omnid_client.protocol import (
     ContextEvent,
@@ -31,11 +32,50 @@ def append(
     )
 
 
+ROLLED_UP = ("file_access", "file_change", "search", "memory_ref")
+"""Kinds kept per subject in ``context_rollup`` too; decisions stay rows only (they are
+content, indexed for search, and never folded)."""
+LISTED_KEEP = 1000
+"""Compaction never folds the newest this-many searches and memory refs of a session: the
+view lists them one by one (up to a Limit of 1000 each), so they stay exactly as they were."""
+
+_ROLLUP_UPSERT = (
+    "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance, "
+    "last_detail) VALUES (?,?,?,1,?,?,?,?,?) ON CONFLICT (session_id, kind, subject) DO UPDATE SET "
+    "events = events + 1, bytes = bytes + excluded.bytes, first_at = min(first_at, excluded.first_at), "
+    "last_at = max(last_at, excluded.last_at), max_importance = max(max_importance, excluded.max_importance), "
+    "last_detail = excluded.last_detail"
+)
+
+
+def _size(subject: str, detail: str | None) -> int:
+    return len(subject) + (len(detail) if detail is not None else 0)
+
+
+def rollup_rows(rows: Iterable[tuple[str, float | None, str | None, float]]) -> list[tuple]:
+    """(subject, events, bytes, first_at, last_at, max_importance, last_detail) per subject of
+    (subject, importance, detail, created_at) rows given in the order they were added."""
+    aggs: dict[str, list] = {}
+    for subject, importance, detail, at in rows:
+        imp = 0.5 if importance is None else importance
+        agg = aggs.get(subject)
+        if agg is None:
+            aggs[subject] = [1, _size(subject, detail), at, at, imp, detail]
+        else:
+            agg[0] += 1
+            agg[1] += _size(subject, detail)
+            agg[2] = min(agg[2], at)
+            agg[3] = max(agg[3], at)
+            agg[4] = max(agg[4], imp)
+            agg[5] = detail
+    return [(subject, *agg) for subject, agg in aggs.items()]
+
+
 def insert(
     db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float
 ) -> None:
-    """One event row, and a decision in the search index too; the caller keeps the
-    session's context_event_count."""
+    """One event row (and its rollup, or for a decision its search row); the caller keeps
+    the session's context_event_count."""
     cur = db.execute(
         "INSERT INTO context_events (session_id, kind, subject, importance, detail, created_at) "
         "VALUES (?,?,?,?,?,?)",
@@ -47,6 +87,13 @@ def insert(
         search_store.index(
             db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at
         )
+    else:
+        importance = 0.5 if event.importance is None else event.importance
+        db.execute(
+            _ROLLUP_UPSERT,
+            (session_id, event.kind, event.subject, _size(event.subject, event.detail), created_at, created_at,
+             importance, event.detail),
+        )
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:
@@ -56,19 +103,20 @@ def count(db: sqlite3.Connection, session_id: str) -> int:
 
 
 def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
+    """The session's context view: files and changes from the rollup (so folded events
+    still count), the newest searches, decisions and memory refs from their rows."""
     sid = p.session_id
     files = [
         FileContext(*row)
         for row in db.execute(
-            "SELECT subject, max(coalesce(importance, 0.5)), count(*), min(created_at), max(created_at) "
-            "FROM context_events WHERE session_id = ? AND kind = 'file_access' GROUP BY subject "
-            "ORDER BY 2 DESC, 5 DESC LIMIT ?",
+            "SELECT subject, max_importance, events, first_at, last_at FROM context_rollup "
+            "WHERE session_id = ? AND kind = 'file_access' ORDER BY 2 DESC, 5 DESC LIMIT ?",
             (sid, p.max_files),
         )
     ]
-    fields = "subject, created_at, detail"
-    searches = [SearchContext(*row) for row in _recent(db, sid, "search", fields, p.max_searches)]
-    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", fields, p.max_decisions)]
+    text_columns = "subject, created_at, detail"
+    searches = [SearchContext(*row) for row in _recent(db, sid, "search", text_columns, p.max_searches)]
+    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", text_columns, p.max_decisions)]
     memories = [
         MemoryContext(ref, at, source, memory_type, content)
         for ref, at, source, memory_type, content in db.execute(
@@ -82,22 +130,26 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
     changes = [
         FileChange(path, change, n, at)
         for path, n, at, change in db.execute(
-            "SELECT subject, count(*), max(created_at), "
-            "(SELECT detail FROM context_events c2 WHERE c2.session_id = c.session_id AND c2.kind = 'file_change' "
-            " AND c2.subject = c.subject ORDER BY event_id DESC LIMIT 1) "
-            "FROM context_events c WHERE session_id = ? AND kind = 'file_change' GROUP BY subject "
-            "ORDER BY 3 DESC LIMIT ?",
+            "SELECT subject, events, last_at, last_detail FROM context_rollup "
+            "WHERE session_id = ? AND kind = 'file_change' ORDER BY 3 DESC LIMIT ?",
             (sid, p.max_changes),
         )
     ]
-    files_n, searches_n, decisions_n, changes_n, refs_n, events, size = db.execute(
-        "SELECT count(DISTINCT CASE WHEN kind = 'file_access' THEN subject END), "
-        "coalesce(sum(kind = 'search'), 0), coalesce(sum(kind = 'decision'), 0), "
-        "count(DISTINCT CASE WHEN kind = 'file_change' THEN subject END), coalesce(sum(kind = 'memory_ref'), 0), "
-        "count(*), coalesce(sum(length(subject) + coalesce(length(detail), 0)), 0) "
-        "FROM context_events WHERE session_id = ?",
+    counts = {kind: (subjects, events, size) for kind, subjects, events, size in db.execute(
+        "SELECT kind, count(*), sum(events), sum(bytes) FROM context_rollup WHERE session_id = ? GROUP BY kind", (sid,)
+    )}
+    decisions_n, decision_bytes = db.execute(
+        "SELECT count(*), coalesce(sum(length(subject) + coalesce(length(detail), 0)), 0) FROM context_events "
+        "WHERE session_id = ? AND kind = 'decision'",
         (sid,),
     ).fetchone()
+    row = db.execute("SELECT context_event_count, context_folded FROM sessions WHERE session_id = ?", (sid,)).fetchone()
+    events, folded = row if row else (0, 0)
+    files_n = counts.get("file_access", (0, 0, 0))[0]
+    changes_n = counts.get("file_change", (0, 0, 0))[0]
+    searches_n = counts.get("search", (0, 0, 0))[1]
+    refs_n = counts.get("memory_ref", (0, 0, 0))[1]
+    size = decision_bytes + sum(c[2] for c in counts.values())
     memories_n = refs_n + db.execute("SELECT count(*) FROM session_memories WHERE session_id = ?", (sid,)).fetchone()[0]
     truncated = (
         files_n > p.max_files
@@ -106,7 +158,8 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
         or changes_n > p.max_changes
         or memories_n > p.max_memories
     )
-    return SessionContext(sid, files, searches, decisions, memories, changes, ContextSize(events, size, truncated))
+    size_info = ContextSize(events, size, truncated, folded)
+    return SessionContext(sid, files, searches, decisions, memories, changes, size_info)
 
 
 def _recent(db: sqlite3.Connection, session_id: str, kind: str, columns: str, limit: int) -> list[tuple]:
@@ -114,3 +167,109 @@ def _recent(db: sqlite3.Connection, session_id: str, kind: str, columns: str, li
         f"SELECT {columns} FROM context_events WHERE session_id = ? AND kind = ? ORDER BY event_id DESC LIMIT ?",
         (session_id, kind, limit),
     ).fetchall()
+
+
+# --- compaction -----------------------------------------------------------------------------
+
+_FOLD_UPDATE = (
+    "UPDATE context_rollup SET folded = folded + ?, folded_bytes = folded_bytes + ?, "
+    "folded_first_at = min(coalesce(folded_first_at, ?), ?), folded_last_at = max(coalesce(folded_last_at, ?), ?), "
+    "folded_max_importance = max(coalesce(folded_max_importance, ?), ?), folded_last_detail = ? "
+    "WHERE session_id = ? AND kind = ? AND subject = ?"
+)
+
+
+def fold(db: sqlite3.Connection, session_id: str, *, keep: int, before: float | None) -> int:
+    """Fold the session's events that are not among the newest ``keep`` of their kind (``keep``
+    0: no limit by count), or were added before ``before``, into the rollup's folded_* columns,
+    deleting their rows: the view and the pack read the rollup, so they do not change.
+    Decisions are never folded, nor the newest ``LISTED_KEEP`` searches and memory refs.
+    Runs inside the caller's transaction; returns how many events were folded."""
+    total = 0
+    for kind in ROLLED_UP:
+        conditions: list[str] = []
+        args: list[object] = []
+        if keep:
+            bound = _nth_newest(db, session_id, kind, keep)
+            if bound is not None:
+                conditions.append("event_id < ?")
+                args.append(bound)
+        if before is not None:
+            conditions.append("created_at < ?")
+            args.append(before)
+        if not conditions:
+            continue
+        where = f"session_id = ? AND kind = ? AND ({' OR '.join(conditions)})"
+        args = [session_id, kind, *args]
+        if kind in ("search", "memory_ref"):
+            listed = _nth_newest(db, session_id, kind, LISTED_KEEP)
+            if listed is None:
+                continue
+            where += " AND event_id < ?"
+            args.append(listed)
+        rows = db.execute(
+            f"SELECT subject, importance, detail, created_at FROM context_events WHERE {where} ORDER BY event_id", args
+        )
+        aggs = rollup_rows(rows)
+        if not aggs:
+            continue
+        db.executemany(
+            _FOLD_UPDATE,
+            [(n, size, first, first, last, last, imp, imp, detail, session_id, kind, subject)
+             for subject, n, size, first, last, imp, detail in aggs],
+        )
+        n = db.execute(f"DELETE FROM context_events WHERE {where}", args).rowcount
+        total += n
+    if total:
+        db.execute("UPDATE sessions SET context_folded = context_folded + ? WHERE session_id = ?", (total, session_id))
+    return total
+
+
+def _nth_newest(db: sqlite3.Connection, session_id: str, kind: str, n: int) -> int | None:
+    """The event id of the session's ``n``-th newest event of ``kind`` (None: fewer exist)."""
+    row = db.execute(
+        "SELECT event_id FROM context_events WHERE session_id = ? AND kind = ? ORDER BY event_id DESC LIMIT 1 OFFSET ?",
+        (session_id, kind, n - 1),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def raw_count(db: sqlite3.Connection, session_id: str) -> int:
+    row = db.execute(
+        "SELECT context_event_count - context_folded FROM sessions WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def folds(db: sqlite3.Connection, session_id: str) -> list[tuple]:
+    """The folded part of each subject: (kind, subject, events, bytes, first_at, last_at,
+    max_importance, last_detail), in a stable order."""
+    return db.execute(
+        "SELECT kind, subject, folded, folded_bytes, folded_first_at, folded_last_at, folded_max_importance, "
+        "folded_last_detail FROM context_rollup WHERE session_id = ? AND folded > 0 ORDER BY kind, subject",
+        (session_id,),
+    ).fetchall()
+
+
+def add_fold(
+    db: sqlite3.Connection, session_id: str, kind: str, subject: str, events: int, size: int,
+    first_at: float, last_at: float, max_importance: float, last_detail: str | None,
+) -> bool:
+    """Restore a folded aggregate from an export, before the session's remaining events: as if
+    its events had been added and folded. False if the subject already has a rollup row."""
+    cur = db.execute(
+        "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance, "
+        "last_detail, folded, folded_bytes, folded_first_at, folded_last_at, folded_max_importance, "
+        "folded_last_detail) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (session_id, kind, subject) DO NOTHING",
+        (session_id, kind, subject, events, size, first_at, last_at, max_importance, last_detail,
+         events, size, first_at, last_at, max_importance, last_detail),
+    )
+    if cur.rowcount == 0:
+        return False
+    db.execute(
+        "UPDATE sessions SET context_folded = context_folded + ?, context_event_count = context_event_count + ? "
+        "WHERE session_id = ?",
+        (events, events, session_id),
+    )
+    return True

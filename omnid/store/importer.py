@@ -11,6 +11,7 @@ from omnid_client.errors import Conflict, Invalid, RemoteError
 from omnid_client.protocol import (
     MAX_VALUE_BYTES,
     ContextEvent,
+    ContextFoldRecord,
     ContextRecord,
     ExportHeader,
     ImportCounts,
@@ -243,6 +244,22 @@ class Importer:
                 "UPDATE sessions SET context_event_count = context_event_count + 1 WHERE session_id = ?", r.session_id
             )
         return outcome
+
+    def _context_fold(self, r: ContextFoldRecord) -> str:
+        if not self._parent("session", "sessions", "session_id", r.session_id):
+            return "imported"
+        if self.dry_run:
+            return "imported"
+        added = context_store.add_fold(
+            self.db, r.session_id, r.kind, r.subject, r.events, r.bytes, r.first_at, r.last_at, r.max_importance,
+            r.last_detail,
+        )
+        if not added:
+            return "existing"
+        key = ("context", r.session_id)
+        if key in self._positions:  # the folded events come before the session's remaining ones
+            self._positions[key] += r.events
+        return "imported"
 
     def _message(self, r: MessageRecord) -> str:
         self.check_size(r.metadata)

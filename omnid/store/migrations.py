@@ -26,6 +26,25 @@ def _attach_sessions_to_projects(db: sqlite3.Connection) -> None:
         db.execute("UPDATE sessions SET project_id = ? WHERE session_id = ?", (p.project_id, session_id))
 
 
+def _build_context_rollup(db: sqlite3.Connection) -> None:
+    """Roll up the events already stored (decisions stay rows only: they are content)."""
+    from .context import ROLLED_UP, rollup_rows
+
+    sessions = [r[0] for r in db.execute("SELECT DISTINCT session_id FROM context_events")]
+    for session_id in sessions:
+        for kind in ROLLED_UP:
+            rows = db.execute(
+                "SELECT subject, importance, detail, created_at FROM context_events "
+                "WHERE session_id = ? AND kind = ? ORDER BY event_id",
+                (session_id, kind),
+            )
+            db.executemany(
+                "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, "
+                "max_importance, last_detail) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(session_id, kind, *agg) for agg in rollup_rows(rows)],
+            )
+
+
 MIGRATIONS: list[list[Step]] = [
     # 1: sessions, with at most one live deduplicated session per (tool, owner process).
     [
@@ -194,6 +213,47 @@ MIGRATIONS: list[list[Step]] = [
     # for sessions recorded before, or where the kernel has no such identity.
     [
         "ALTER TABLE sessions ADD COLUMN owner_ino INTEGER",
+    ],
+    # 5: PLACEHOLDER for the resume key / session edits (branch resume-edits). Its merge
+    # replaces this empty list with the real steps; keep it empty until then so migration
+    # 6 stays numbered 6 (6 touches only its own tables, indexes and sessions.context_folded,
+    # so it applies after whatever 5 adds).
+    [],
+    # 6: a per-subject rollup of each session's context events, kept by the code that adds
+    # events, so the files/changes view and the context pack read a bounded number of rows
+    # however many events a session holds; the folded_* columns hold what compaction took out
+    # of context_events (exports write them as context_fold records). Also: indexes for the
+    # pack's "most accessed", "most recent" and live memories.
+    [
+        """
+        CREATE TABLE context_rollup (
+            session_id            TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+            kind                  TEXT NOT NULL,
+            subject               TEXT NOT NULL,
+            events                INTEGER NOT NULL,
+            bytes                 INTEGER NOT NULL,
+            first_at              REAL NOT NULL,
+            last_at               REAL NOT NULL,
+            max_importance        REAL NOT NULL,
+            last_detail           TEXT,
+            folded                INTEGER NOT NULL DEFAULT 0,
+            folded_bytes          INTEGER NOT NULL DEFAULT 0,
+            folded_first_at       REAL,
+            folded_last_at        REAL,
+            folded_max_importance REAL,
+            folded_last_detail    TEXT,
+            PRIMARY KEY (session_id, kind, subject)
+        ) WITHOUT ROWID
+        """,
+        # Covering what the pack ranks files by (subject is in every index of the table).
+        "CREATE INDEX context_rollup_recent ON context_rollup (session_id, kind, last_at DESC, max_importance, events)",
+        "ALTER TABLE sessions ADD COLUMN context_folded INTEGER NOT NULL DEFAULT 0",
+        _build_context_rollup,
+        "CREATE INDEX memories_most_accessed ON memories (project_id, accessed_count DESC, memory_id)",
+        "CREATE INDEX memories_most_recent "
+        "ON memories (project_id, coalesce(last_accessed, updated_at) DESC, memory_id)",
+        # Counting a project's live memories reads this index alone.
+        "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
     ],
 ]
 

@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Sequence, cast
 import msgspec
 
 from omnid_client.protocol import (
+    ContextFoldRecord,
     ContextRecord,
     ExportHeader,
     InteractionRecord,
@@ -22,6 +23,7 @@ from omnid_client.protocol import (
     TaskRecord,
 )
 
+from . import context as context_store
 from .codec import loads, loads_dict
 
 _json = msgspec.json.Encoder()
@@ -151,12 +153,16 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
     if row is None:
         return
     yield SessionRecord(*(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:]))
+    folded = 0
+    for fold in context_store.folds(db, session_id):
+        folded += fold[2]
+        yield ContextFoldRecord(session_id, *fold)
     events = db.execute(
         "SELECT kind, subject, importance, detail, created_at FROM context_events WHERE session_id = ? "
         "ORDER BY event_id",
         (session_id,),
     )
-    for seq, (kind, subject, importance, detail, created_at) in enumerate(events, 1):
+    for seq, (kind, subject, importance, detail, created_at) in enumerate(events, folded + 1):
         yield ContextRecord(session_id, seq, kind, subject, importance, detail, created_at)
     messages = db.execute(
         "SELECT seq, role, content, message_type, metadata, tokens_used, cost_nanos, created_at FROM messages "

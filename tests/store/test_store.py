@@ -210,6 +210,11 @@ def test_migrates_from_every_earlier_version(db_path, reference_schema, version)
                 "SELECT context_event_count FROM sessions WHERE session_id = ?", (sid,)
             ).fetchone()
             assert events == (OLD_EVENTS if version >= 2 else 0,)
+            # Events stored before the rollup existed are rolled up by the migration.
+            rolled = store.db.execute(
+                "SELECT subject, events FROM context_rollup WHERE session_id = ? ORDER BY subject", (sid,)
+            )
+            assert rolled.fetchall() == ([(f"/old/{n}", 1) for n in range(OLD_EVENTS)] if version >= 2 else [])
     finally:
         store.close()
 

@@ -94,6 +94,9 @@ class ContextSize(Struct):
     events: int
     bytes: int
     truncated: bool
+    folded: int = 0
+    """Of ``events``, how many compaction folded into per-subject aggregates (their rows are
+    gone; the files, changes and counts above still include them)."""
 
 
 class SessionContext(Struct):

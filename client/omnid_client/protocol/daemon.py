@@ -19,6 +19,12 @@ class Settings(Struct, kw_only=True):
     """End live sessions whose owner cannot be checked after this long without activity; 0 = never."""
     retention: Annotated[float, Meta(ge=0, le=100 * 365 * 86400)] = 0.0
     """How long ended sessions are kept; 0 = forever."""
+    context_keep_events: Annotated[int, Meta(ge=0, le=10**9)] = 100_000
+    """Context events kept as rows per session and kind; older ones are folded into
+    per-subject totals (0 = never by count). Decisions, and the newest 1000 searches and
+    memory refs, are never folded."""
+    context_fold_after: Annotated[float, Meta(ge=0, le=100 * 365 * 86400)] = 0.0
+    """Fold context events older than this many seconds (0 = never by age)."""
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from msgspec import Struct
 
+from .agent import (
+    Checkpoint,
+    CheckpointList,
+    CheckpointRef,
+    ContextPack,
+    CreateCheckpoint,
+    ListCheckpoints,
+    PackContext,
+    RestoreCheckpoint,
+    Restored,
+)
 from .content import (
     AddInteraction,
     AddMessages,
@@ -98,6 +109,11 @@ METHODS: dict[str, Method] = {
     "search": Method(Search, SearchResult, writes=False),
     "maintenance.import": Method(ImportRecords, ImportResult, writes=True),
     "maintenance.retention": Method(RunRetention, RetentionResult, writes=True, idempotent=False),
+    "context.pack": Method(PackContext, ContextPack, writes=False),
+    "checkpoint.create": Method(CreateCheckpoint, Checkpoint, writes=True, idempotent=False),
+    "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
+    "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
+    "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
 }
 """Every RPC method: its parameter and result types, whether the daemon runs it inside
 one write transaction (its reply then waits for the commit), and whether a client may

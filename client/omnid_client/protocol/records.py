@@ -6,7 +6,7 @@ order (``seq``), so no record has to hold a whole session.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from msgspec import Meta, Struct
 
@@ -108,6 +108,23 @@ class ContextRecord(Struct, tag="context", tag_field="type"):
     created_at: Timestamp
 
 
+class ContextFoldRecord(Struct, tag="context_fold", tag_field="type"):
+    """Context events of one subject that compaction folded: how many, their size in
+    characters, first and last time, highest importance (unset counted as 0.5) and the last
+    one's detail. A session's fold records come before its context records, whose ``seq``
+    then starts after the folded events."""
+
+    session_id: SessionId
+    kind: Literal["file_access", "file_change", "search", "memory_ref"]
+    subject: Annotated[str, Meta(min_length=1, max_length=8192)]
+    events: Annotated[int, Meta(ge=1)]
+    bytes: Count
+    first_at: Timestamp
+    last_at: Timestamp
+    max_importance: Annotated[float, Meta(ge=0.0, le=1.0)]
+    last_detail: Annotated[str, Meta(max_length=8192)] | None
+
+
 class MessageRecord(Struct, tag="message", tag_field="type"):
     session_id: SessionId
     seq: Seq
@@ -159,6 +176,7 @@ Record = Union[
     MemoryVersionRecord,
     SessionRecord,
     ContextRecord,
+    ContextFoldRecord,
     MessageRecord,
     SessionMemoryRecord,
     TaskRecord,
