@@ -19,8 +19,9 @@ from typing import Callable, Iterator
 from omnid_client.errors import StorageError
 
 from . import search as search_store
-from .search import StoreConnection
+from .events import ACTIVITY, Staged, stage
 from .migrations import LATEST, MIGRATIONS, apply
+from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
@@ -74,6 +75,10 @@ class Store:
         self._last_now = 0.0
         self._closed = False
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
+        self.on_commit: Callable[[list[Staged]], None] | None = None
+        """Given the events of each transaction once it has committed (the daemon's event hub)."""
+        self.on_failure: Callable[[str], None] | None = None
+        """Told of each commit failure that is logged (at most once a minute for the same one)."""
         self.db = self._open()
 
     def _open(self) -> StoreConnection:
@@ -152,6 +157,7 @@ class Store:
         # cutting this one back to its length now restores them as they were.
         pending = db.pending_search_rows
         mark = len(pending)
+        events_mark = len(db.pending_events)
         try:
             yield db
         except BaseException as exc:
@@ -162,9 +168,11 @@ class Store:
                 db.execute("RELEASE request")
                 del pending[mark:]
                 db.pending_search_rows = pending
+                del db.pending_events[events_mark:]
             else:
                 db.execute("ROLLBACK")
                 db.pending_search_rows = []
+                db.pending_events = []
             raise
         if joined:
             db.execute("RELEASE request")
@@ -236,6 +244,8 @@ class Store:
 
     def _apply_activity(self) -> None:
         pending, self._activity = self._activity, {}
+        for sid in pending:
+            stage(self.db, ACTIVITY, session_id=sid)
         self.db.executemany(
             "UPDATE sessions SET last_activity = max(last_activity, ?) WHERE session_id = ? AND ended_at IS NULL",
             [(at, sid) for sid, at in pending.items()],
@@ -254,6 +264,7 @@ class Store:
             return
         if not self.db.in_transaction:
             self.db.pending_search_rows = []
+            self.db.pending_events = []
             self._release(None)
             return
         try:
@@ -265,6 +276,12 @@ class Store:
             self._log_failure(e)
             self._abort(e)
             return
+        events, self.db.pending_events = self.db.pending_events, []
+        if events and self.on_commit is not None:
+            try:
+                self.on_commit(events)
+            except Exception:  # telling subscribers must never fail the writes that committed
+                log.exception("publishing %d event(s) failed", len(events))
         self._release(None)
 
     def _log_failure(self, e: sqlite3.Error) -> None:
@@ -278,9 +295,12 @@ class Store:
         more = f" (and {since} more time(s) in the last minute)" if since else ""
         log.error("commit failed: %s%s", e, more)
         self._failure = (str(e), now, 0)
+        if self.on_failure is not None:
+            self.on_failure(f"commit failed: {e}{more}")
 
     def _abort(self, exc: BaseException) -> None:
         self.db.pending_search_rows = []
+        self.db.pending_events = []
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")

@@ -10,6 +10,7 @@ from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
 from . import search as search_store
 from .codec import dumps, loads, loads_dict
+from .events import stage
 
 _COLUMNS = (
     "memory_id, project_id, key, value, metadata, version, created_at, updated_at, expires_at, "
@@ -63,6 +64,7 @@ def put(
     search_store.index(db, "memory", memory_id, _body(key, value), session_id=None, project_id=project_id, created_at=now)
     memory = get(db, project_id, key, now)
     assert memory is not None
+    stage(db, "memory.put", project_id=project_id, scope="project", key=key, memory_id=memory_id, version=version)
     return memory
 
 
@@ -142,6 +144,10 @@ def add_session_memory(
         (memory.memory_id, session_id, memory_type, content, dumps(metadata), now),
     )
     search_store.index(db, "session_memory", memory.memory_id, content, session_id=session_id, project_id=project_id, created_at=now)
+    stage(
+        db, "memory.put", session_id=session_id, project_id=project_id, scope="session",
+        memory_id=memory.memory_id, memory_type=memory_type,
+    )
     return memory
 
 
