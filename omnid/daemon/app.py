@@ -20,6 +20,7 @@ from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, 
 
 from .. import __version__, api
 from ..config import Config, config_path
+from ..events import Hub
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
@@ -51,6 +52,7 @@ class App:
     archiver: Archiver
     context: api.Context
     state: ServerState
+    events: Hub
 
     def __init__(
         self,
@@ -118,7 +120,10 @@ class App:
         # can connect goes unnoticed.
         self.housekeeping.watch()
         settings = self.settings
+        self.events = Hub(self.loop, self.paths.state_dir, settings)
+        self.housekeeping.config_reloaded = self.events.config_reloaded
         self.store = self.open_store()
+        self.events.attach(self.store)
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
         self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
@@ -141,7 +146,7 @@ class App:
         self.context = api.Context(
             self.store, self.reaper, self.live_sessions, self.expirer, self.archiver, self.status, self.request_stop
         )
-        self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
+        self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
         if self.instance.listening_socket is None:
             self.instance.listening_socket = self.instance.bind()
         self.listener = Listener(self.state, self.reaper, self.instance.listening_socket)
@@ -211,6 +216,7 @@ class App:
         self.archiver.stop()
         self.idle.stop()
         self.store.close()
+        self.events.close()
         if not self.restart_requested:
             self.instance.release()
         log.info("restarting" if self.restart_requested else "stopped")

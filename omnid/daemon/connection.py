@@ -10,7 +10,7 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
@@ -30,6 +30,9 @@ from omnid_client.protocol import (
 from .. import __version__, api
 from .instance import StartupError
 from .replies import respond
+
+if TYPE_CHECKING:
+    from ..events import Hub, Subscription
 
 log = logging.getLogger("omnid.server")
 
@@ -96,6 +99,8 @@ class ServerState:
     """Called as each connection closes: its file descriptor is free again."""
     connections: set[Connection] = field(default_factory=set)
     client_versions_seen: set[str] = field(default_factory=set)
+    events: Hub | None = None
+    """Where ``events.subscribe`` turns a connection into an event stream."""
 
 
 class Connection(asyncio.Protocol):
@@ -111,6 +116,8 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The handshake deadline until the hello, then the idle check."""
         self._last_heard = 0.0
+        self.subscription: Subscription | None = None
+        """Set once the connection subscribed to events: it streams them from then on."""
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -133,6 +140,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        if self.subscription is not None and self.state.events is not None:
+            self.state.events.unsubscribe(self.subscription)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -171,6 +180,8 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if self.subscription is not None:
+                self.subscription.drained()
 
     # -- requests ------------------------------------------------------------------
 
@@ -182,6 +193,9 @@ class Connection(asyncio.Protocol):
             return
         if not self.greeted:
             self.greet(request)
+            return
+        if request.method == "events.subscribe" and self.state.events is not None:
+            self.state.events.subscribe(self, request)
             return
         caller = self.caller
         assert caller is not None
@@ -257,8 +271,8 @@ class Connection(asyncio.Protocol):
         """Close a connection silent for the idle timeout. No error frame: a client finds
         plain EOF before its next request and reconnects without losing that request."""
         self._timer = None
-        if self.transport is None or self.closing:
-            return
+        if self.transport is None or self.closing or self.subscription is not None:
+            return  # an event stream is quiet by nature: it lasts until its client closes it
         loop = self.state.loop
         quiet = loop.time() - self._last_heard
         if quiet < self.state.timeouts.idle:

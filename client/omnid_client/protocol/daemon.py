@@ -22,6 +22,11 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    event_log_size: Annotated[int, Meta(ge=0, le=1 << 34)] = 16 << 20
+    """Bytes of recent events kept on disk for subscribers to resume from; 0 keeps none
+    (only the few in memory)."""
+    event_buffer: Annotated[int, Meta(ge=16 << 10, le=1 << 30)] = 1 << 20
+    """Bytes of events waiting for one slow subscriber before it gets a gap instead."""
 
 
 class RunRetention(Struct):
