@@ -156,6 +156,43 @@ def test_bad_subscriptions_get_typed_errors(daemon):
         assert c.status().pid == daemon.pid  # still serving
 
 
+def test_random_subscribe_parameters_get_a_subscription_or_a_typed_error(daemon):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from omnid_client import OmnidError
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=20,
+    )
+    fields = st.fixed_dictionaries(
+        {}, optional={k: values for k in ("kinds", "tools", "projects", "sessions", "since", "include_content")}
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(params=fields | values)
+    def check(params: Any) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        try:
+            s.sendall(hello() + request(1, "events.subscribe", params))
+            frames = _Frames(s)
+            frames.next()
+            try:
+                subscribed(frames.next())
+            except OmnidError as e:
+                assert e.code in {"invalid", "too_large"}, e
+        finally:
+            s.close()
+
+    check()
+    with daemon.client() as c:
+        assert c.status().pid == daemon.pid
+
+
 def test_no_event_for_a_rolled_back_write(tmp_path):
     """Two requests share a transaction, each in its savepoint: the one that fails is undone
     and so is its event; only the committed one is told, and only after COMMIT."""
