@@ -121,6 +121,8 @@ def test_filters_content_and_reaped_sessions(daemon, tmp_path, spawn_owner):
         only_keep = Collector(sessions=[keep.session_id], kinds=["message", "session.ended"], include_content=True)
         by_tool = Collector(tools=["other"], kinds=["message.added"])
         everything = Collector(kinds=["session", "memory"])
+        # Contents are only sent live (never replayed): write once all three follow.
+        wait_for(lambda: c.status().subscribers == 3, what="three subscribers")
         c.add_message(other.session_id, "user", "not for you")
         c.add_message(keep.session_id, "assistant", "hello there", tokens_used=7)
         c.put_memory("k", {"v": 1}, workspace=str(tmp_path))

@@ -138,6 +138,7 @@ def print_status(st: DaemonStatus) -> None:
         ("live sessions", str(st.live_sessions)),
         ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
         ("connections", str(st.connections)),
+        ("events", f"{st.event_seq} so far, {st.subscribers} subscriber(s)"),
         ("last reap", last),
     ]
     if st.set_aside:

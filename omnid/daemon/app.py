@@ -289,6 +289,8 @@ class App:
             synchronous=self.store.durability(),
             upgrade_error=self.housekeeping.upgrade_error,
             set_aside=self.set_aside,
+            subscribers=len(self.events.subscribers),
+            event_seq=self.events.head,
         )
 
 

@@ -138,3 +138,7 @@ class DaemonStatus(Struct):
     """Why the daemon did not restart into a changed installed package, if it did not."""
     set_aside: list[str] = []
     """Files of a corrupt database this daemon found at start and moved aside (kept)."""
+    subscribers: int = 0
+    """Connections following the event stream."""
+    event_seq: int = 0
+    """The sequence number of the latest event."""
