@@ -14,15 +14,13 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 import msgspec
-from msgspec import Struct
 
-from omnid_client.errors import Invalid, TooLarge
+from omnid_client.errors import Invalid, StorageError, TooLarge
 from omnid_client.protocol import (
     EVENT_KINDS,
-    HEADER,
     Event,
     IncomingRequest,
     ResponseFrame,
@@ -37,6 +35,7 @@ from ..jobs import Timer
 from ..store import ACTIVITY, Staged, Store
 from ..store.codec import from_nanos
 from .log import EventLog, read_after
+from .subscription import Connection, Subscription
 
 log = logging.getLogger("omnid.events")
 
@@ -46,33 +45,14 @@ REPLAY_CHUNK = 2000
 """Events read from disk at a time for a subscriber catching up."""
 SUMMARY_INTERVAL = 1.0
 """Seconds between two activity summaries of one session, at least."""
-MAX_CONTENT_BYTES = 512 * 1024
-"""Message contents larger than this together are left out of an event (``content_omitted``)."""
 ACTIVE_KINDS = frozenset({"message.added", "context.appended", "memory.put"})
 """Kinds that also mean their session was active (so its summary is due)."""
 _KIND_FILTERS = frozenset(EVENT_KINDS) | {k.split(".")[0] for k in EVENT_KINDS}
-_DAEMON_WIDE = frozenset({"config.reloaded", "storage.error", "gap"})
 
 _subscribe_decoder = msgspec.msgpack.Decoder(Subscribe)
 _encoder = msgspec.msgpack.Encoder()
 Item = tuple[str, str | None, str | None, str | None, dict[str, Any], list[str] | None]
 """(kind, session_id, tool_id, project_id, data, contents) of an event about to be numbered."""
-
-
-class Connection(Protocol):
-    """What the hub needs of a client connection (``daemon.connection.Connection``)."""
-
-    transport: asyncio.Transport | None
-    subscription: Subscription | None
-
-    def send(self, response: ResponseFrame) -> None: ...
-
-
-class _EventFrame(Struct):
-    """``protocol.EventFrame`` with its event already encoded (once for every subscriber)."""
-
-    id: int
-    event: msgspec.Raw
 
 
 class Hub:
@@ -101,6 +81,7 @@ class Hub:
         self.store = store
         store.on_commit = self.committed
         store.on_failure = self.storage_failed
+        store.guard.on_refusal = self.storage_refused
 
     def configure(self, settings: Settings) -> None:
         self.log.configure(settings.event_log_size)
@@ -143,8 +124,12 @@ class Hub:
             self._due.discard(sid)
         self._note_active([sid for sid in active if sid not in ended])
 
-    def storage_failed(self, message: str) -> None:
-        self.publish([("storage.error", None, None, None, {"message": message}, None)])
+    def storage_failed(self, message: str, reason: str = "commit_failed") -> None:
+        self.publish([("storage.error", None, None, None, {"message": message, "reason": reason}, None)])
+
+    def storage_refused(self, refusal: StorageError) -> None:
+        """Writes are refused from now on: the database file is gone, or over its quota."""
+        self.storage_failed(str(refusal), str(refusal.details.get("reason", "refused")))
 
     def config_reloaded(self, before: Settings, config: Config) -> None:
         after = config.settings
@@ -276,12 +261,13 @@ class Hub:
         transport = conn.transport
         if transport is None:
             return
-        sub = Subscription(self, conn, request.id, params)
+        sub = Subscription(conn, request.id, params, self.buffer_limit, self.pump)
         conn.send(ResponseFrame(request.id, result=Subscribed(self.head, self.oldest)))
         conn.subscription = sub
         self.subscribers.add(sub)
-        # The write buffer is this subscriber's buffer: past it, pause_writing; drained, resume_writing.
-        transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 4)
+        # The write buffer is this subscriber's buffer: past it, pause_writing; drained,
+        # resume_writing (which calls drained()). It replaces the reply bound of the connection.
+        transport.set_write_buffer_limits(high=sub.limit, low=sub.limit // 4)
         since = params.since
         if since is None or since >= self.head:
             sub.position = self.head
@@ -335,105 +321,3 @@ class Hub:
     def unsubscribe(self, sub: Subscription) -> None:
         sub.closed = True
         self.subscribers.discard(sub)
-
-
-class Subscription:
-    def __init__(self, hub: Hub, conn: Connection, request_id: int, params: Subscribe):
-        self.hub = hub
-        self.conn = conn
-        self.request_id = request_id
-        self.kinds = frozenset(params.kinds)
-        self.tools = frozenset(params.tools)
-        self.projects = frozenset(params.projects)
-        self.sessions = frozenset(params.sessions)
-        self.include_content = params.include_content
-        self.position = 0
-        """Every event up to this sequence number was delivered, filtered out or told as missed."""
-        self.catching_up = False
-        """Replaying from ``position`` to the head; live events wait in the ring meanwhile."""
-        self.reading = False
-        """A read of the on-disk log for it is under way."""
-        self.pending: deque[tuple[Event, bytes]] = deque()
-        """Events fetched for catching up, not yet written."""
-        self.lag: tuple[int, int] | None = None
-        """(first, last) sequence numbers missed since the buffer filled."""
-        self.closed = False
-
-    def passes(self, e: Event) -> bool:
-        if self.kinds and e.kind not in self.kinds and e.kind.split(".")[0] not in self.kinds:
-            return False
-        if e.kind in _DAEMON_WIDE:
-            return True
-        return (
-            (not self.tools or e.tool_id in self.tools)
-            and (not self.projects or e.project_id in self.projects)
-            and (not self.sessions or e.session_id in self.sessions)
-        )
-
-    def full(self) -> bool:
-        transport = self.conn.transport
-        return transport is None or transport.get_write_buffer_size() > self.hub.buffer_limit
-
-    def catch_up(self, event: Event, raw: bytes) -> None:
-        if event.seq <= self.position:
-            return
-        self.fill_hole(event.seq)
-        if self.passes(event):
-            self._write(raw)
-        self.position = event.seq
-
-    def offer(self, event: Event, raw: bytes, contents: list[str] | None) -> None:
-        """A live event, as it is published."""
-        if self.catching_up or self.closed or event.seq <= self.position:
-            return
-        if self.lag is not None:
-            self.lag = (self.lag[0], event.seq)
-            return
-        if not self.passes(event):
-            self.position = event.seq
-            return
-        transport = self.conn.transport
-        if transport is None or transport.is_closing():
-            return
-        if self.full():
-            self.lag = (event.seq, event.seq)
-            return
-        if contents is not None and self.include_content:
-            raw = _encoder.encode(with_contents(event, contents))
-        self._write(raw)
-        self.position = event.seq
-
-    def fill_hole(self, next_seq: int) -> None:
-        """Catching up, before ``next_seq``: tell of the events between it and the position,
-        which are kept nowhere (any more)."""
-        if next_seq > self.position + 1:
-            self.send_gap(self.position + 1, next_seq - 1, resume=None, reason="expired")
-
-    def drained(self) -> None:
-        """The buffer has room again: carry on catching up, or say what was missed and carry on live."""
-        if self.catching_up:
-            self.hub.pump(self)
-        elif self.lag is not None and not self.closed:
-            first, last = self.lag
-            self.lag = None
-            self.send_gap(first, last, resume=first - 1, reason="slow")
-
-    def send_gap(self, first: int, last: int, *, resume: int | None, reason: str, seq: int | None = None) -> None:
-        data = {"from_seq": first, "to_seq": last, "resume": resume, "reason": reason}
-        self._write(_encoder.encode(Event(last if seq is None else seq, "gap", time.time(), data=data)))
-        self.position = max(self.position, last if seq is None else seq)
-
-    def _write(self, raw: bytes) -> None:
-        transport = self.conn.transport
-        if transport is None or transport.is_closing():
-            return
-        buf = bytearray(HEADER.size)
-        _encoder.encode_into(_EventFrame(self.request_id, msgspec.Raw(raw)), buf, HEADER.size)
-        HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
-        transport.write(buf)
-
-
-def with_contents(event: Event, contents: list[str]) -> Event:
-    size = sum(len(c) for c in contents) * 4  # UTF-8 at worst
-    extra: dict[str, Any] = {"content_omitted": True} if size > MAX_CONTENT_BYTES else {"contents": contents}
-    return msgspec.structs.replace(event, data={**event.data, **extra})

@@ -3,8 +3,9 @@
 configured size. Kept apart from the database so that it needs no schema migration, and
 plain JSON Lines so that a log shipper can follow it as it is.
 
-Each file is opened without following links and must be a regular file owned by this
-user; if it is not (or the disk fails), the daemon logs why and keeps events in memory only.
+Each file is opened with ``safefile.open_private`` (no link followed, a regular file owned
+by this user, never blocking on a FIFO); if it is not that (or the disk fails), the daemon
+logs why and keeps events in memory only.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import time
 from pathlib import Path
 
 import msgspec
 
 from omnid_client.protocol import Event
+
+from ..safefile import open_private
 
 log = logging.getLogger("omnid.events")
 
@@ -33,22 +35,8 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 
 
-class UnsafeFile(OSError):
-    pass
-
-
-def open_safely(path: Path, flags: int) -> int:
-    """A descriptor for ``path``, which must be a regular file owned by us (never followed
-    if it is a link)."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            raise UnsafeFile(f"{path} is not a regular file owned by uid {os.geteuid()}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _opener(path: str, flags: int) -> int:
+    return open_private(path, flags)
 
 
 def seq_of(line: bytes) -> int | None:
@@ -104,10 +92,10 @@ class EventLog:
 
     def _open_current(self) -> None:
         try:
-            fd = open_safely(self.current, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = open_private(self.current, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             size = os.fstat(fd).st_size
             if size:
-                with open(self.current, "rb", opener=lambda p, f: open_safely(Path(p), f)) as f:
+                with open(self.current, "rb", opener=_opener) as f:
                     f.seek(size - 1)
                     if f.read(1) != b"\n":  # a torn last line: start the next one afresh
                         os.write(fd, b"\n")
@@ -182,7 +170,7 @@ class EventLog:
         fds = []
         for path in (self.previous, self.current):
             try:
-                fds.append(open_safely(path, os.O_RDONLY))
+                fds.append(open_private(path, os.O_RDONLY))
             except OSError:
                 continue
         return fds
@@ -198,7 +186,7 @@ class EventLog:
     @staticmethod
     def _first_seq(path: Path) -> int | None:
         try:
-            with open(path, "rb", opener=lambda p, f: open_safely(Path(p), f)) as f:
+            with open(path, "rb", opener=_opener) as f:
                 for line in f:
                     seq = seq_of(line)
                     if seq is not None:
@@ -210,7 +198,7 @@ class EventLog:
     @staticmethod
     def _last_seq(path: Path) -> int | None:
         try:
-            with open(path, "rb", opener=lambda p, f: open_safely(Path(p), f)) as f:
+            with open(path, "rb", opener=_opener) as f:
                 size = f.seek(0, os.SEEK_END)
                 f.seek(max(size - TAIL_PROBE, 0))
                 lines = f.read().split(b"\n")

@@ -18,35 +18,22 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
+from .. import clock
+from ..safefile import check_existing, os_message
 from . import search as search_store
 from .events import ACTIVITY, Staged, stage
+from .failures import CorruptDatabase, StoreError, disk_hint, is_corruption, storage_error
+from .guard import WriteGuard
 from .migrations import LATEST, MIGRATIONS, apply
 from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
 CommitWaiter = Callable[[Exception | None], None]
+CLOCK_STEP_BACK = 1.0
+"""Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
 """Longest a coalesced last_activity bump waits for a commit, in seconds."""
-
-
-class StoreError(Exception):
-    """The database cannot be opened or migrated; the message says why and what to do."""
-
-
-class CorruptDatabase(StoreError):
-    """The database file is damaged (or not a database at all)."""
-
-
-_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def is_corruption(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _CORRUPT_CODES
-    text = str(e)
-    return "malformed" in text or "not a database" in text
 
 
 class Store:
@@ -78,10 +65,19 @@ class Store:
         self.on_commit: Callable[[list[Staged]], None] | None = None
         """Given the events of each transaction once it has committed (the daemon's event hub)."""
         self.on_failure: Callable[[str], None] | None = None
-        """Told of each commit failure that is logged (at most once a minute for the same one)."""
+        """Told of each failed COMMIT that is logged (at most once a minute for the same one);
+        refusals by the guard are told by ``guard.on_refusal``."""
         self.db = self._open()
+        self.guard = WriteGuard(self.path, self.db)
+        """Whether writes may go on: the file is still the one open, and under the quota."""
 
     def _open(self) -> StoreConnection:
+        try:
+            # SQLite follows links: a planted one must not make it write someone else's file.
+            for suffix in ("-wal", "-shm", ""):
+                check_existing(f"{self.path}{suffix}")
+        except OSError as e:
+            raise StoreError(f"cannot open database: {os_message(e)}") from None
         if self.path.exists():
             self._inspect()
         try:
@@ -128,9 +124,18 @@ class Store:
     # -- time --------------------------------------------------------------------
 
     def now(self) -> float:
-        """UTC epoch seconds, strictly increasing within this daemon (sub-ms precision)."""
-        self._last_now = max(time.time(), self._last_now + 1e-6)
-        return self._last_now
+        """UTC epoch seconds from the wall clock, strictly increasing within this daemon
+        (sub-ms precision) except across a jump back of ``CLOCK_STEP_BACK`` or more: then
+        timestamps follow the clock again at once, rather than stand still until it
+        catches up."""
+        t = clock.wall()
+        if t <= self._last_now:
+            if self._last_now - t < CLOCK_STEP_BACK:
+                t = self._last_now + 1e-6
+            else:
+                log.warning("the wall clock went back %.3fs; timestamps follow it", self._last_now - t)
+        self._last_now = t
+        return t
 
     # -- transactions ------------------------------------------------------------
 
@@ -267,13 +272,20 @@ class Store:
             self.db.pending_events = []
             self._release(None)
             return
+        self.guard.check()  # the file may be gone: then this batch must not be acknowledged
+        if self.guard.lost is not None:
+            self._log_failure(self.guard.lost)
+            self._abort(StorageError(self.guard.lost, {"reason": "database_gone"}))
+            return
         try:
             if self._activity:
                 self._apply_activity()
             search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            self._log_failure(e)
+            logged = self._log_failure(str(e))
+            if logged is not None and self.on_failure is not None:
+                self.on_failure(logged)
             self._abort(e)
             return
         events, self.db.pending_events = self.db.pending_events, []
@@ -284,19 +296,19 @@ class Store:
                 log.exception("publishing %d event(s) failed", len(events))
         self._release(None)
 
-    def _log_failure(self, e: sqlite3.Error) -> None:
+    def _log_failure(self, why: str) -> str | None:
         """Log a failed commit; the same failure again (a full disk fails every batch) at
-        most once a minute, with how often it happened meanwhile."""
+        most once a minute, with how often it happened meanwhile. The line logged, if one was."""
         text, logged_at, since = self._failure
         now = time.monotonic()
-        if str(e) == text and now - logged_at < 60.0:
+        if why == text and now - logged_at < 60.0:
             self._failure = (text, logged_at, since + 1)
-            return
+            return None
         more = f" (and {since} more time(s) in the last minute)" if since else ""
-        log.error("commit failed: %s%s", e, more)
-        self._failure = (str(e), now, 0)
-        if self.on_failure is not None:
-            self.on_failure(f"commit failed: {e}{more}")
+        self._failure = (why, now, 0)
+        line = f"commit failed: {why}{more}"
+        log.error("%s", line)
+        return line
 
     def _abort(self, exc: BaseException) -> None:
         self.db.pending_search_rows = []
@@ -304,7 +316,13 @@ class Store:
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-        self._release(storage_error(exc) if isinstance(exc, sqlite3.Error) else StorageError(f"write failed: {exc}"))
+        if isinstance(exc, sqlite3.Error):
+            error = storage_error(exc)
+        elif isinstance(exc, StorageError):
+            error = exc
+        else:
+            error = StorageError(f"write failed: {exc}")
+        self._release(error)
         for callback in self._on_rollback:
             callback()
 
@@ -347,44 +365,7 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
-
-
-def set_aside(path: Path) -> list[Path]:
-    """Rename a damaged database and its WAL and shared-memory files to
-    ``NAME.corrupt-<UTC time>`` (keeping SQLite's ``-wal``/``-shm`` pairing), never
-    deleting anything; returns the new paths. The WAL goes first: a WAL left beside a new
-    database would be read into it."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    moved = []
-    for suffix in ("-wal", "-shm", ""):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            os.rename(source, f"{target}{suffix}")
-            moved.append(Path(f"{target}{suffix}"))
-    return moved[::-1]
-
-
-def disk_hint(path: Path) -> str:
-    """A note for an error message when the file system holding ``path`` is full or
-    read-only (SQLite often says only "disk I/O error")."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return ""
-    if st.f_flag & os.ST_RDONLY:
-        return f" (the file system holding {path.parent} is read-only)"
-    if st.f_bavail * st.f_frsize < 1 << 20:
-        return f" (the file system holding {path.parent} is full)"
-    return ""
-
-
-def storage_error(e: sqlite3.Error) -> StorageError:
-    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+        self.guard.close()  # after SQLite's connection (see WriteGuard)
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:
