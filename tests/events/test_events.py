@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -29,10 +29,13 @@ pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 class Collector:
     """Client.events(...) followed on a thread; ``events`` fills up as they arrive. It
     replays from the start (since=0) unless told otherwise, so no event is missed while
-    the thread connects."""
+    the thread connects. It ends when its daemon stops, unless it reconnects (``reconnect=True``):
+    then it ends at the first event after ``stop`` is set."""
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("since", 0)
+        kwargs.setdefault("reconnect", False)
+        _COLLECTORS.append(self)
         self.events: list[Event] = []
         self.errors: list[BaseException] = []
         self.stop = False
@@ -57,6 +60,21 @@ class Collector:
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
+
+
+_COLLECTORS: list[Collector] = []
+
+
+@pytest.fixture(autouse=True)
+def collectors_end() -> Iterator[None]:
+    """Torn down after the daemons: every Collector of the test has ended, so none goes on
+    to follow (and count as a connection of) a later test's daemon."""
+    yield
+    leftover = _COLLECTORS[:]
+    _COLLECTORS.clear()
+    for collector in leftover:
+        collector.thread.join(timeout=15)
+    assert not [c for c in leftover if c.thread.is_alive()], "a Collector outlived its test's daemon"
 
 
 def raw_subscriber(
@@ -225,7 +243,7 @@ def test_no_event_for_a_rolled_back_write(tmp_path):
 
 def test_resume_after_kill_9(home, start_daemon, tmp_path):
     d = start_daemon()
-    watcher = Collector()
+    watcher = Collector(reconnect=True)
     with d.client() as c:
         sid = c.get_or_create("before", workspace=str(tmp_path), dedup=False).session.session_id
         for i in range(5):
@@ -247,7 +265,10 @@ def test_resume_after_kill_9(home, start_daemon, tmp_path):
     # A new subscriber can replay the whole history from disk, across the restart.
     replay = Collector(since=0)
     assert seqs(replay.wait(numbers[-1]))[: numbers[-1]] == list(range(1, numbers[-1] + 1))
-    watcher.stop = replay.stop = True
+    watcher.stop = True
+    with d2.client() as c:
+        c.get_or_create("last", workspace=str(tmp_path), dedup=False)  # the event it stops at
+    watcher.thread.join(15)
 
 
 def test_slow_subscriber_with_10000_events_in_flight(home, start_daemon, tmp_path):
