@@ -59,6 +59,15 @@ from .daemon import (
     ServiceStats,
     Settings,
 )
+from .events import (
+    EVENT_KINDS,
+    Event,
+    EventFrame,
+    EventKind,
+    KindFilter,
+    Subscribe,
+    Subscribed,
+)
 from .fields import (
     MAX_BATCH,
     MAX_CONTENT,
@@ -145,6 +154,13 @@ from .wire import (
 )
 
 __all__ = [
+    "Subscribed",
+    "Subscribe",
+    "KindFilter",
+    "EventKind",
+    "EventFrame",
+    "Event",
+    "EVENT_KINDS",
     "AddInteraction",
     "AddMessages",
     "AddSessionMemory",
