@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ._core import check_welcome, decode_reply, encode_frame, frame_length, hello_frame, result_or_raise
+from ._async_connection import _read_frame
+from ._core import decode_reply, encode_frame, frame_length, result_or_raise
 from ._sockets import _TIMEVAL, NO_SIGPIPE
-from .errors import OmnidError, ProtocolError, Unavailable, from_wire
+from .errors import PermissionDenied, ProtocolError, Timeout, Unavailable, from_wire
 from .protocol import HEADER, ErrorInfo, Event, RequestFrame, Subscribe, Subscribed
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def follow(conn: Connection, params: Subscribe, reconnect: bool) -> Iterator[Eve
     try:
         while True:
             try:
-                conn._open()
+                conn._open(time.monotonic() + conn.timeout)  # checks whom it talks to: see handshake()
                 sock = conn._sock
                 assert sock is not None
                 sock.sendall(subscribe_frame(params, since), NO_SIGPIPE)  # bounded by conn.timeout
@@ -124,7 +125,7 @@ def follow(conn: Connection, params: Subscribe, reconnect: bool) -> Iterator[Eve
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
                 except OSError:
                     sock.settimeout(None)
-            except (OSError, Unavailable) as e:
+            except (OSError, Unavailable, Timeout) as e:
                 conn._drop()
                 if first or not reconnect:
                     raise Unavailable(f"cannot subscribe to omnid's events: {e}") from None
@@ -154,31 +155,23 @@ def follow(conn: Connection, params: Subscribe, reconnect: bool) -> Iterator[Eve
 
 
 async def _open(conn: AsyncConnection, allow_start: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    for path, _source in conn._candidates():
+    """A connection of the stream's own, through the same checks and handshake as every
+    other (nothing is sent to a socket this user must not trust), before ``conn.timeout``."""
+    deadline = asyncio.get_running_loop().time() + conn.timeout
+    skipped: list[str] = []
+    for path, source in conn._candidates():
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), conn.connect_timeout)
-        except (OSError, asyncio.TimeoutError):
+            opened = await conn._handshaken(path, deadline)
+        except PermissionDenied as e:
+            conn._skip_untrusted_hint(source, e, skipped)
             continue
-        try:
-            writer.write(hello_frame(conn.client_name))
-            check_welcome(await asyncio.wait_for(_read_frame(reader), conn.connect_timeout))
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-            writer.close()
-            continue
-        except OmnidError:
-            writer.close()
-            raise
-        return reader, writer
+        if opened is not None:
+            return opened
     if allow_start and conn.autostart:
         await conn.connect()  # starts the daemon (or says why it cannot)
         await conn.close()
         return await _open(conn, False)
-    raise Unavailable("omnid is not running")
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(HEADER.size)
-    return await reader.readexactly(frame_length(header))
+    raise Unavailable("omnid is not running" + "".join(f"; {s}" for s in skipped))
 
 
 async def follow_async(conn: AsyncConnection, params: Subscribe, reconnect: bool) -> AsyncIterator[Event]:
@@ -191,7 +184,7 @@ async def follow_async(conn: AsyncConnection, params: Subscribe, reconnect: bool
             reader, writer = await _open(conn, first)
             writer.write(subscribe_frame(params, since))
             head = subscribed(await asyncio.wait_for(_read_frame(reader), conn.timeout)).head
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, Unavailable) as e:
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, Unavailable, Timeout) as e:
             if writer is not None:
                 writer.close()
             if first or not reconnect:
