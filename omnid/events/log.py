@@ -1,6 +1,8 @@
 """The on-disk event log: JSON Lines in two segments in the state dir, ``events.jsonl``
 (being appended to) and ``events.1.jsonl`` (the one before), together at most about the
-configured size. Kept apart from the database so that it needs no schema migration, and
+configured size.
+
+Kept apart from the database so that it needs no schema migration, and
 plain JSON Lines so that a log shipper can follow it as it is.
 
 Each file is opened with ``safefile.open_private`` (no link followed, a regular file owned
