@@ -108,18 +108,32 @@ class AsyncConnection(BaseClient):
         return True
 
     async def _try_connect(self, path: Path, deadline: float) -> bool:
+        """Connect and greet the daemon at ``path`` (see ``_handshaken``), then read its
+        replies: False if none is there."""
+        opened = await self._handshaken(path, deadline)
+        if opened is None:
+            return False
+        reader, writer = opened
+        self._writer = writer
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
+        return True
+
+    async def _handshaken(
+        self, path: Path, deadline: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Like the blocking ``handshake``: the directory and the server's uid are checked
         before the hello is sent; the handshake runs on the bare socket, so a refusal that
-        comes with the connection's close is read, not lost. Then asyncio takes the socket."""
+        comes with the connection's close is read, not lost. Then asyncio takes the socket.
+        None if no daemon is there. (Event streams use it for connections of their own.)"""
         if not check_socket_dir(path):
-            return False
+            return None
         loop = asyncio.get_running_loop()
         limit = min(self.connect_timeout, deadline - loop.time())
         end = loop.time() + max(limit, 0.0)
         try:
             sock = await _connect_unix(path, end)
         except OSError:
-            return False
+            return None
         try:
             check_server(sock, path)
             hello = hello_frame(self.client_name)
@@ -132,13 +146,11 @@ class AsyncConnection(BaseClient):
             raise Timeout(f"omnid at {path} did not answer within {limit:.3g}s") from None
         except OSError:
             sock.close()
-            return False
+            return None
         except BaseException:
             sock.close()
             raise
-        self._writer = writer
-        self._reader_task = loop.create_task(self._read_replies(reader))
-        return True
+        return reader, writer
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         error: Exception = Unavailable("omnid closed the connection")

@@ -4,10 +4,10 @@ with requests pipelined over one connection."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from . import _calls
+from . import _calls, _events
 from ._async_connection import AsyncConnection
 from .packing import Counter
 from .protocol import (
@@ -20,6 +20,7 @@ from .protocol import (
     DaemonStatus,
     Deleted,
     Empty,
+    Event,
     GetOrCreateResult,
     ImportResult,
     Interaction,
@@ -69,6 +70,25 @@ class AsyncClient(AsyncConnection):
         finally:
             if session is not None:
                 await self.end(session.session_id)
+
+    def events(
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        tools: Sequence[str] = (),
+        projects: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+        since: int | None = None,
+        include_content: bool = False,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Event]:
+        """``Client.events``, as an async iterator (``async for event in client.events()``)."""
+        stream = AsyncConnection(
+            self.socket_path, timeout=self.timeout, connect_timeout=self.connect_timeout, autostart=self.autostart,
+            start_timeout=self.start_timeout, client_name=self.client_name,
+        )
+        params = _events.subscription(kinds, tools, projects, sessions, since, include_content)
+        return _events.follow_async(stream, params, reconnect)
 
     # -- the calls (built in _calls.py; Client has the same, blocking) ---------------------
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import _calls
+from . import _calls, _events
 from ._connection import Connection
 from .packing import Counter
 from .protocol import (
@@ -19,6 +19,7 @@ from .protocol import (
     DaemonStatus,
     Deleted,
     Empty,
+    Event,
     GetOrCreateResult,
     ImportResult,
     Interaction,
@@ -68,6 +69,30 @@ class Client(Connection):
         finally:
             if session is not None:
                 self.end(session.session_id)
+
+    def events(
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        tools: Sequence[str] = (),
+        projects: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+        since: int | None = None,
+        include_content: bool = False,
+        reconnect: bool = True,
+    ) -> Iterator[Event]:
+        """Follow the daemon's events as they are committed, oldest first, for as long as
+        the iterator is used: each filter is "any of these" (a kind may be just its group,
+        e.g. "session"). ``since`` replays the kept events after that sequence number
+        first. A lost connection is made again (the daemon is never started for it) and the
+        stream resumes after the last event yielded; with ``reconnect=False`` it ends instead.
+        A ``gap`` event says which events were missed and where to resume from."""
+        stream = Connection(
+            self.socket_path, timeout=self.timeout, connect_timeout=self.connect_timeout, autostart=self.autostart,
+            start_timeout=self.start_timeout, client_name=self.client_name,
+        )
+        params = _events.subscription(kinds, tools, projects, sessions, since, include_content)
+        return _events.follow(stream, params, reconnect)
 
     # -- the calls (built in _calls.py; AsyncClient has the same, as coroutines) -------
 

@@ -20,6 +20,7 @@ from omnid_client.protocol import (
 
 from ..store import memories as memory_store
 from ..store import sessions as session_store
+from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
@@ -64,7 +65,13 @@ def list_memories(ctx: Context, caller: Caller, p: ListMemories) -> MemoryList:
 
 @handles("memory.delete")
 def delete(ctx: Context, caller: Caller, p: MemoryKeyRef) -> Deleted:
-    return Deleted(memory_store.delete_ids(ctx.store.db, [_current(ctx, p).memory_id]))
+    memory = _current(ctx, p)
+    deleted = memory_store.delete_ids(ctx.store.db, [memory.memory_id])
+    stage(
+        ctx.store.db, "memory.deleted", project_id=memory.project_id, key=memory.key, memory_id=memory.memory_id,
+        reason="deleted",
+    )
+    return Deleted(deleted)
 
 
 @handles("memory.history")

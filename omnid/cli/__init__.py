@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import checkpoints, content, daemon, data, sessions
+from . import checkpoints, content, daemon, data, events, sessions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +18,7 @@ for command in (
     daemon.serve, daemon.status, daemon.reap, daemon.stop, daemon.stats, daemon.config, daemon.service,
     sessions.sessions, sessions.session, sessions.projects,
     content.memories, content.context, content.messages, content.tasks, content.search, checkpoints.checkpoint,
+    events.events,
     data.backup, data.export_command, data.import_command, data.import_omnimemory, data.retention, data.cleanup,
 ):
     main.add_command(command)

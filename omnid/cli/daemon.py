@@ -173,6 +173,7 @@ def print_status(st: DaemonStatus) -> None:
         ("live sessions", str(st.live_sessions)),
         ("watching", _watching(st)),
         ("connections", str(st.connections)),
+        ("events", f"{st.event_seq} so far, {st.subscribers} subscriber(s)"),
         ("last reap", last),
     ]
     if st.set_aside:

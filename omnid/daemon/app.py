@@ -21,13 +21,15 @@ from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, 
 
 from .. import __version__, api, clock
 from ..config import Config, config_path, describe
+from ..events import Hub
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
 from ..safefile import atomic_write, os_message
-from ..store import CorruptDatabase, Store, set_aside
+from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
+from ..store.failures import set_aside
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
@@ -61,6 +63,7 @@ class App:
     archiver: Archiver
     context: api.Context
     state: ServerState
+    events: Hub
 
     def __init__(
         self,
@@ -146,7 +149,10 @@ class App:
         # can connect goes unnoticed.
         self.housekeeping.watch()
         settings = self.settings
+        self.events = Hub(self.loop, self.paths.state_dir, settings)
+        self.housekeeping.config_reloaded = self.events.config_reloaded
         self.store = self.open_store()
+        self.events.attach(self.store)
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
         self.store.guard.max_bytes = settings.max_database_bytes
@@ -172,7 +178,7 @@ class App:
             self.status, self.request_stop, lambda: self.settings,
         )
         self.store.on_rollback(self.context.compactor.forget)
-        self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
+        self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
         if self.instance.listening_socket is None:
             self.instance.listening_socket = self.instance.bind()
         self.listener = Listener(self.state, self.reaper, self.instance.listening_socket)
@@ -262,6 +268,7 @@ class App:
         self.archiver.stop()
         self.idle.stop()
         self.store.close()
+        self.events.close()
         if not self.restart_requested:
             self.instance.release()
         log.info("restarting" if self.restart_requested else "stopped")
@@ -340,6 +347,8 @@ class App:
             synchronous=self.store.durability(),
             upgrade_error=self.housekeeping.upgrade_error,
             set_aside=self.set_aside,
+            subscribers=len(self.events.subscribers),
+            event_seq=self.events.head,
         )
 
 

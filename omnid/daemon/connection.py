@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, overload
+from typing import TYPE_CHECKING, Callable, overload
 
 import msgspec
 
@@ -28,6 +28,9 @@ from omnid_client.trust import peer_credentials
 from .. import __version__, api
 from .instance import StartupError
 from .replies import encode, respond
+
+if TYPE_CHECKING:
+    from ..events import Hub, Subscription
 
 log = logging.getLogger("omnid.server")
 
@@ -51,7 +54,9 @@ CONNECTION_MEMORY = 2 * WRITE_HIGH_WATER + 4 * (HEADER.size + MAX_FRAME) + READ_
 """Most bytes of requests and replies one connection can make the daemon hold, whatever its
 client does (about 4.8 MiB): replies unsent and replies waiting for their commit (each
 stopped at the high-water mark, plus the reply that crossed it, and a read's request kept
-to be retried), and unread request bytes (one frame being assembled, plus one read)."""
+to be retried), and unread request bytes (one frame being assembled, plus one read). A
+connection subscribed to events has ``event_buffer`` as its write bound instead (see
+``events.subscription``): past it, it misses events and is told of a gap."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -104,6 +109,8 @@ class ServerState:
     """Called as each connection closes: its file descriptor is free again."""
     connections: set[Connection] = field(default_factory=set)
     client_versions_seen: set[str] = field(default_factory=set)
+    events: Hub | None = None
+    """Where ``events.subscribe`` turns a connection into an event stream."""
 
 
 class Connection(asyncio.Protocol):
@@ -123,8 +130,11 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The handshake deadline until the hello, then the idle check."""
         self._last_heard = 0.0
+        self.subscription: Subscription | None = None
+        """Set once the connection subscribed to events: it streams them from then on."""
         self._write_paused = False
-        """The transport holds more than ``WRITE_HIGH_WATER`` unsent bytes."""
+        """The transport holds more than its high-water mark of unsent bytes (``WRITE_HIGH_WATER``,
+        or ``event_buffer`` once subscribed)."""
         self._reading = True
         self.in_flight = 0
         """Requests run whose replies wait for their commit."""
@@ -161,6 +171,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        if self.subscription is not None and self.state.events is not None:
+            self.state.events.unsubscribe(self.subscription)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -239,6 +251,9 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.subscription is not None and not self.closing:
+            # The stream's own buffer has room: catch up, or tell the gap, before reading on.
+            self.subscription.drained()
         self.caught_up()
 
     # -- requests ------------------------------------------------------------------
@@ -251,6 +266,9 @@ class Connection(asyncio.Protocol):
             return
         if not self.greeted:
             self.greet(request)
+            return
+        if request.method == "events.subscribe" and self.state.events is not None:
+            self.state.events.subscribe(self, request)
             return
         caller = self.caller
         assert caller is not None
@@ -314,8 +332,8 @@ class Connection(asyncio.Protocol):
         """Close a connection silent for the idle timeout. No error frame: a client finds
         plain EOF before its next request and reconnects without losing that request."""
         self._timer = None
-        if self.transport is None or self.closing:
-            return
+        if self.transport is None or self.closing or self.subscription is not None:
+            return  # an event stream is quiet by nature: it lasts until its client closes it
         loop = self.state.loop
         quiet = loop.time() - self._last_heard
         if quiet < self.state.timeouts.idle:

@@ -60,6 +60,8 @@ class Housekeeping:
         """OMNID_SWEEP_INTERVAL overrides the config file's sweep_interval (for one-off runs and tests)."""
         self._serve_on = serve_on
         self._stop = stop
+        self.config_reloaded: Callable[[Settings, Config], None] | None = None
+        """Told each time the config file was read again (the event hub)."""
         self.store: Store | None = None
         self.reaper: Reaper | None = None
         self.idle: IdleExpiry | None = None
@@ -172,6 +174,8 @@ class Housekeeping:
         before = self.config.settings
         if self.config.load():
             self.apply_settings(before, self.config.settings)
+        if self.config_reloaded is not None:
+            self.config_reloaded(before, self.config)
         if self.watcher is not None:
             self._watch_files()  # the config dir may have been created or replaced
 

@@ -12,6 +12,7 @@ import time
 from .. import clock
 from ..store import Store
 from ..store import memories as memory_store
+from ..store.events import stage
 from ._timer import Timer
 
 log = logging.getLogger("omnid.expiry")
@@ -47,6 +48,7 @@ class Expirer:
             ids = memory_store.expired_ids(db, self.store.now())
             if ids:
                 memory_store.delete_ids(db, ids)
+                stage(db, "memory.deleted", memory_ids=ids, reason="expired")
         if ids:
             log.info("purged %d expired memories", len(ids))
             self.purged += len(ids)

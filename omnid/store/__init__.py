@@ -21,6 +21,8 @@ from omnid_client.errors import StorageError
 from .. import clock
 from ..safefile import check_existing, os_message
 from . import search as search_store
+from .events import ACTIVITY, Staged, stage
+from .failures import CorruptDatabase, StoreError, disk_hint, is_corruption, storage_error
 from .guard import WriteGuard
 from .migrations import LATEST, MIGRATIONS, apply
 from .search import StoreConnection
@@ -32,25 +34,6 @@ CLOCK_STEP_BACK = 1.0
 """Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
 """Longest a coalesced last_activity bump waits for a commit, in seconds."""
-
-
-class StoreError(Exception):
-    """The database cannot be opened or migrated; the message says why and what to do."""
-
-
-class CorruptDatabase(StoreError):
-    """The database file is damaged (or not a database at all)."""
-
-
-_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def is_corruption(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _CORRUPT_CODES
-    text = str(e)
-    return "malformed" in text or "not a database" in text
 
 
 class Store:
@@ -79,6 +62,11 @@ class Store:
         self._last_now = 0.0
         self._closed = False
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
+        self.on_commit: Callable[[list[Staged]], None] | None = None
+        """Given the events of each transaction once it has committed (the daemon's event hub)."""
+        self.on_failure: Callable[[str], None] | None = None
+        """Told of each failed COMMIT that is logged (at most once a minute for the same one);
+        refusals by the guard are told by ``guard.on_refusal``."""
         self.db = self._open()
         self.guard = WriteGuard(self.path, self.db)
         """Whether writes may go on: the file is still the one open, and under the quota."""
@@ -174,6 +162,7 @@ class Store:
         # cutting this one back to its length now restores them as they were.
         pending = db.pending_search_rows
         mark = len(pending)
+        events_mark = len(db.pending_events)
         try:
             yield db
         except BaseException as exc:
@@ -184,9 +173,11 @@ class Store:
                 db.execute("RELEASE request")
                 del pending[mark:]
                 db.pending_search_rows = pending
+                del db.pending_events[events_mark:]
             else:
                 db.execute("ROLLBACK")
                 db.pending_search_rows = []
+                db.pending_events = []
             raise
         if joined:
             db.execute("RELEASE request")
@@ -258,6 +249,8 @@ class Store:
 
     def _apply_activity(self) -> None:
         pending, self._activity = self._activity, {}
+        for sid in pending:
+            stage(self.db, ACTIVITY, session_id=sid)
         self.db.executemany(
             "UPDATE sessions SET last_activity = max(last_activity, ?) WHERE session_id = ? AND ended_at IS NULL",
             [(at, sid) for sid, at in pending.items()],
@@ -276,6 +269,7 @@ class Store:
             return
         if not self.db.in_transaction:
             self.db.pending_search_rows = []
+            self.db.pending_events = []
             self._release(None)
             return
         self.guard.check()  # the file may be gone: then this batch must not be acknowledged
@@ -289,25 +283,36 @@ class Store:
             search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            self._log_failure(str(e))
+            logged = self._log_failure(str(e))
+            if logged is not None and self.on_failure is not None:
+                self.on_failure(logged)
             self._abort(e)
             return
+        events, self.db.pending_events = self.db.pending_events, []
+        if events and self.on_commit is not None:
+            try:
+                self.on_commit(events)
+            except Exception:  # telling subscribers must never fail the writes that committed
+                log.exception("publishing %d event(s) failed", len(events))
         self._release(None)
 
-    def _log_failure(self, why: str) -> None:
+    def _log_failure(self, why: str) -> str | None:
         """Log a failed commit; the same failure again (a full disk fails every batch) at
-        most once a minute, with how often it happened meanwhile."""
+        most once a minute, with how often it happened meanwhile. The line logged, if one was."""
         text, logged_at, since = self._failure
         now = time.monotonic()
         if why == text and now - logged_at < 60.0:
             self._failure = (text, logged_at, since + 1)
-            return
+            return None
         more = f" (and {since} more time(s) in the last minute)" if since else ""
-        log.error("commit failed: %s%s", why, more)
         self._failure = (why, now, 0)
+        line = f"commit failed: {why}{more}"
+        log.error("%s", line)
+        return line
 
     def _abort(self, exc: BaseException) -> None:
         self.db.pending_search_rows = []
+        self.db.pending_events = []
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
@@ -361,45 +366,6 @@ class Store:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
         self.guard.close()  # after SQLite's connection (see WriteGuard)
-
-
-def set_aside(path: Path) -> list[Path]:
-    """Rename a damaged database and its WAL and shared-memory files to
-    ``NAME.corrupt-<UTC time>`` (keeping SQLite's ``-wal``/``-shm`` pairing), never
-    deleting anything; returns the new paths. The WAL goes first: a WAL left beside a new
-    database would be read into it."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    moved = []
-    for suffix in ("-wal", "-shm", ""):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            os.rename(source, f"{target}{suffix}")
-            moved.append(Path(f"{target}{suffix}"))
-    return moved[::-1]
-
-
-def disk_hint(path: Path) -> str:
-    """A note for an error message when the file system holding ``path`` is full or
-    read-only (SQLite often says only "disk I/O error")."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return ""
-    if st.f_flag & os.ST_RDONLY:
-        return f" (the file system holding {path.parent} is read-only)"
-    if st.f_bavail * st.f_frsize < 1 << 20:
-        return f" (the file system holding {path.parent} is full)"
-    return ""
-
-
-def storage_error(e: sqlite3.Error) -> StorageError:
-    name = getattr(e, "sqlite_errorname", type(e).__name__)
-    return StorageError(f"database write failed: {e}", {"sqlite_error": name})
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:

@@ -18,6 +18,7 @@ from omnid_client.protocol import (
 )
 
 from . import search as search_store
+from .events import stage
 
 
 def append(
@@ -30,6 +31,10 @@ def append(
         "UPDATE sessions SET context_event_count = context_event_count + ?, last_activity = ? WHERE session_id = ?",
         (len(events), now, session_id),
     )
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.kind] = counts.get(event.kind, 0) + 1
+    stage(db, "context.appended", session_id=session_id, project_id=project_id, appended=len(events), kinds=counts)
 
 
 ROLLED_UP = ("file_access", "file_change", "search", "memory_ref")

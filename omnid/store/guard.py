@@ -9,6 +9,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from omnid_client.errors import StorageError
 
@@ -39,6 +40,10 @@ class WriteGuard:
         """Bytes of requests that added data since then: an estimate of the growth."""
         self.lost: str | None = None
         """Why the database file can no longer be written (deleted or replaced), once found."""
+        self.on_refusal: Callable[[StorageError], None] | None = None
+        """Told once each time writes start being refused (the file is found gone, the quota
+        is found exceeded), not for every refused write (the daemon's event hub)."""
+        self._over_quota = False
         self._checked_at = float("-inf")
         self._file_fd = -1
         self._file_id: tuple[int, int] | None = None
@@ -99,6 +104,11 @@ class WriteGuard:
             f"a new one is created if there is none)"
         )
         log.error("%s", self.lost)
+        self._tell(StorageError(self.lost, {"reason": "database_gone"}))
+
+    def _tell(self, refusal: StorageError) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
 
     def refusal(self, *, grows: bool, adding: int = 0) -> StorageError | None:
         """Why a write must be refused, if it must: the database file is gone (as of the last
@@ -106,17 +116,23 @@ class WriteGuard:
         it is over its quota."""
         if self.lost is not None:
             return StorageError(self.lost, {"reason": "database_gone"})
+        if not self.max_bytes:
+            self._over_quota = False
         if not grows or not self.max_bytes:
             return None
         if self.used_bytes + self._added + adding * GROWTH_FACTOR > self.max_bytes:
             self._measure()  # near the quota: measure instead of estimating
-        if self.used_bytes > self.max_bytes:
-            return StorageError(
+        was_over, self._over_quota = self._over_quota, self.used_bytes > self.max_bytes
+        if self._over_quota:
+            refusal = StorageError(
                 f"the database holds {self.used_bytes} bytes, over its quota of {self.max_bytes} "
                 f"(max_database_bytes in the config file); raise it, or free space by ending and "
                 f"deleting old sessions (retention, cleanup-orphans, memory delete); reads still work",
                 {"reason": "quota", "used_bytes": self.used_bytes, "quota_bytes": self.max_bytes},
             )
+            if not was_over:
+                self._tell(refusal)
+            return refusal
         return None
 
     def ensure_writable(self, *, grows: bool, adding: int = 0) -> None:

@@ -10,6 +10,7 @@ from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
 from . import search as search_store
 from .codec import dumps, loads, loads_dict
+from .events import stage
 
 _COLUMNS = (
     "memory_id, project_id, key, value, metadata, version, created_at, updated_at, expires_at, "
@@ -66,6 +67,7 @@ def put(
     )
     memory = get(db, project_id, key, now)
     assert memory is not None
+    stage(db, "memory.put", project_id=project_id, scope="project", key=key, memory_id=memory_id, version=version)
     return memory
 
 
@@ -146,6 +148,10 @@ def add_session_memory(
     )
     search_store.index(
         db, "session_memory", memory.memory_id, content, session_id=session_id, project_id=project_id, created_at=now
+    )
+    stage(
+        db, "memory.put", session_id=session_id, project_id=project_id, scope="session",
+        memory_id=memory.memory_id, memory_type=memory_type,
     )
     return memory
 

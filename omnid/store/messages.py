@@ -8,6 +8,7 @@ from omnid_client.protocol import Message, NewMessage
 
 from . import search as search_store
 from .codec import dumps, from_nanos, loads_dict, to_nanos
+from .events import stage
 from .sessions import Totals
 
 _COLUMNS = "message_id, session_id, seq, role, content, message_type, metadata, tokens_used, cost_nanos, created_at"
@@ -39,6 +40,11 @@ def add(
         "UPDATE sessions SET message_count = ?, total_tokens = ?, total_cost_nanos = ?, last_activity = ? "
         "WHERE session_id = ?",
         (count, tokens, nanos, now, session_id),
+    )
+    stage(
+        db, "message.added", session_id=session_id, project_id=project_id, content=[m.content for m in messages],
+        message_ids=ids, roles=[m.role for m in messages], message_count=count, total_tokens=tokens,
+        total_cost=from_nanos(nanos),
     )
     return ids, count, tokens, nanos
 

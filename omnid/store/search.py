@@ -28,6 +28,8 @@ class StoreConnection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pending_search_rows: list[Row] = []
+        self.pending_events: list[Any] = []
+        """Events the open transaction causes (``store.events.Staged``), published once it commits."""
 
 
 def index(

@@ -9,6 +9,7 @@ from omnid_client.protocol import Session
 
 from ..identity import ProcessIdentity
 from .codec import decode_cursor, dumps, encode_cursor, from_nanos, loads_dict
+from .events import ACTIVITY, stage
 
 if TYPE_CHECKING:
     from . import Store
@@ -33,6 +34,11 @@ def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | 
             s.boot_id, s.workspace, dumps(s.metadata), s.started_at, s.last_activity,
             s.ended_at, s.end_reason, s.project_id, int(dedup), owner_ino,
         ),
+    )
+    stage(
+        db, "session.created", session_id=s.session_id, tool_id=s.tool_id, project_id=s.project_id,
+        tool_version=s.tool_version, session_type=s.session_type, owner_pid=s.owner_pid, workspace=s.workspace,
+        started_at=s.started_at,
     )
 
 
@@ -107,6 +113,8 @@ def touch(db: sqlite3.Connection, session_id: str, now: float) -> bool:
     cur = db.execute(
         "UPDATE sessions SET last_activity = ? WHERE session_id = ? AND ended_at IS NULL", (now, session_id)
     )
+    if cur.rowcount == 1:
+        stage(db, ACTIVITY, session_id=session_id)
     return cur.rowcount == 1
 
 
@@ -121,6 +129,7 @@ def end(db: sqlite3.Connection, session_ids: Iterable[str], reason: str, now: fl
         )
         if cur.rowcount:
             ended.append(sid)
+            stage(db, "session.ended", session_id=sid, end_reason=reason, ended_at=now)
     return ended
 
 

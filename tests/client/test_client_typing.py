@@ -20,7 +20,7 @@ USES = '''
 from typing import assert_type
 
 from omnid_client import AsyncClient, Client, Session
-from omnid_client.protocol import DaemonStatus, GetOrCreateResult, Memory, SearchHit
+from omnid_client.protocol import DaemonStatus, Event, GetOrCreateResult, Memory, SearchHit
 
 
 async def with_async_client() -> None:
@@ -32,6 +32,9 @@ async def with_async_client() -> None:
         assert_type(await client.status(), DaemonStatus)
         async with client.session("tool") as session:
             assert_type(session, Session | None)
+        async for event in client.events(kinds=["session"], since=0):
+            assert_type(event, Event)
+            assert_type(event.seq, int)
 
 
 def with_client() -> None:
@@ -40,6 +43,8 @@ def with_client() -> None:
         assert_type(client.find("tool", pid=1), Session | None)
         with client.session("tool") as session:
             assert_type(session, Session | None)
+        for event in client.events(tools=["tool"]):
+            assert_type(event, Event)
 '''
 
 MISUSES = '''
@@ -86,11 +91,14 @@ def test_client_and_async_client_expose_the_same_calls_with_the_same_signatures(
     assert sync.keys() == aio.keys()
     for name in sync:
         assert sync[name].parameters == aio[name].parameters, name
-        if name != "session":  # a context manager in both, blocking and async
+        if name == "events":  # a stream in both: an iterator, and an async iterator
+            returns = (sync[name].return_annotation, aio[name].return_annotation)
+            assert returns == ("Iterator[Event]", "AsyncIterator[Event]")
+        elif name != "session":  # a context manager in both, blocking and async
             assert sync[name].return_annotation == aio[name].return_annotation, name
             assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name
     calls = {name for name, _ in inspect.getmembers(_calls, inspect.isfunction) if not name.startswith("_")}
-    assert calls == sync.keys() - {"connect", "close", "session"}
+    assert calls == sync.keys() - {"connect", "close", "session", "events"}
     for name in calls:
         builder, method = inspect.signature(getattr(_calls, name)), sync[name]
         assert list(builder.parameters.values()) == list(method.parameters.values())[1:], name

@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from omnid.cli import main
-from omnid_client import AsyncClient, Client
+from omnid_client import AsyncClient, Client, PermissionDenied
 from omnid_client.paths import daemon_paths, socket_candidates
 from omnid_client.protocol import HEADER, PROTOCOL_MAJOR, PROTOCOL_MINOR, ResponseFrame, Welcome
 from tests.helpers import NOBODY, as_user, wait_for
@@ -232,6 +232,28 @@ def test_a_server_of_another_uid_in_our_own_dir_is_refused_by_its_peer_credentia
     assert out["sync"] == "PermissionDenied" and out["async"] == "PermissionDenied", out
     for message in (out["sync_message"], out["async_message"]):
         assert f"pid {fake.pid}" in message and f"runs as uid {NOBODY}" in message, message
+
+
+def test_event_streams_check_the_server_before_subscribing(reachable_home):
+    """Client.events and AsyncClient.events open connections of their own: through the
+    same checks, so an impostor is refused before it is sent a hello or a subscription."""
+    run = reachable_home / "run"
+    run.mkdir(mode=0o777)
+    os.chmod(run, 0o777)
+
+    async def follow_async() -> None:
+        async with AsyncClient(autostart=True, timeout=10) as c:
+            async for _ in c.events():
+                break
+
+    with FakeDaemon(run / "omnid.sock") as fake:
+        os.chmod(run, 0o700)
+        with Client(autostart=True, timeout=10) as c, pytest.raises(PermissionDenied, match=f"pid {fake.pid}"):
+            next(c.events())
+        with pytest.raises(PermissionDenied, match=f"runs as uid {NOBODY}"):
+            asyncio.run(follow_async())
+
+    assert fake.received == 0
 
 
 def test_the_daemon_refuses_to_bind_in_a_directory_it_does_not_own(reachable_home):

@@ -76,6 +76,15 @@ from .daemon import (
     ServiceStats,
     Settings,
 )
+from .events import (
+    EVENT_KINDS,
+    Event,
+    EventFrame,
+    EventKind,
+    KindFilter,
+    Subscribe,
+    Subscribed,
+)
 from .fields import (
     MAX_BATCH,
     MAX_CONTENT,
@@ -163,6 +172,13 @@ from .wire import (
 )
 
 __all__ = [
+    "Subscribed",
+    "Subscribe",
+    "KindFilter",
+    "EventKind",
+    "EventFrame",
+    "Event",
+    "EVENT_KINDS",
     "AddInteraction",
     "AddMessages",
     "AddSessionMemory",

@@ -31,6 +31,11 @@ class Settings(Struct, kw_only=True):
     max_database_bytes: Annotated[int, Meta(ge=0, le=2**50)] = 2 * 1024**3
     """The storage quota: past this many bytes of used database pages, writes that add data
     fail with a StorageError (reason "quota"); reads, ends and deletions go on. 0 = none."""
+    event_log_size: Annotated[int, Meta(ge=0, le=1 << 34)] = 16 << 20
+    """Bytes of recent events kept on disk for subscribers to resume from; 0 keeps none
+    (only the few in memory)."""
+    event_buffer: Annotated[int, Meta(ge=16 << 10, le=1 << 30)] = 1 << 20
+    """Bytes of events waiting for one slow subscriber before it gets a gap instead."""
 
 
 class RunRetention(Struct):
@@ -153,3 +158,7 @@ class DaemonStatus(Struct):
     """The storage quota in bytes (``max_database_bytes``); None: no quota."""
     storage_error: str | None = None
     """Why writes are refused right now (over the quota, database file gone), if they are."""
+    subscribers: int = 0
+    """Connections following the event stream."""
+    event_seq: int = 0
+    """The sequence number of the latest event."""

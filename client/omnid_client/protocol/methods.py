@@ -46,6 +46,7 @@ from .content import (
     UpdateTask,
 )
 from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
+from .events import Subscribe, Subscribed
 from .records import ImportRecords, ImportResult
 from .sessions import (
     Find,
@@ -114,6 +115,8 @@ METHODS: dict[str, Method] = {
     "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
     "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
     "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
+    # Turns the connection into an event stream (the connection handles it, not a handler).
+    "events.subscribe": Method(Subscribe, Subscribed, writes=False),
 }
 """Every RPC method: its parameter and result types, whether the daemon runs it inside
 one write transaction (its reply then waits for the commit), and whether a client may
