@@ -61,7 +61,7 @@ class App:
         config: Config | None = None,
         restart_argv: list[str] | None = None,
         log_level_fixed: bool = False,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts | None = None,
     ):
         self.instance = instance
         self.log_path = log_path
@@ -69,7 +69,7 @@ class App:
         self.config = config if config is not None else Config(config_path())
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
-        self.timeouts = timeouts
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.started_at = time.time()
         self.set_aside: list[str] = []
         """Files of a corrupt database found at start and moved aside."""
@@ -139,7 +139,8 @@ class App:
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         self.context = api.Context(
-            self.store, self.reaper, self.live_sessions, self.expirer, self.archiver, self.status, self.request_stop
+            self.store, self.reaper, self.live_sessions, self.expirer, self.archiver, self.status, self.request_stop,
+            lambda: self.settings,
         )
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
         if self.instance.listening_socket is None:

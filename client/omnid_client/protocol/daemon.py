@@ -22,6 +22,8 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    resume_window: Annotated[float, Meta(ge=0, le=10 * 365 * 86400)] = 86400.0
+    """How long after it was reaped or expired a session can still be resumed by its key; 0 = only while live."""
 
 
 class RunRetention(Struct):
