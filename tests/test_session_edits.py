@@ -8,17 +8,25 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any, Literal
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from conftest import db_rows, wait_for
 
 from omnid.cli import main
 from omnid_client import AsyncClient, Client, Conflict, Invalid, NotFound, TooLarge
+from omnid_client._core import Call
 from omnid_client.protocol import MAX_METADATA_BYTES, MAX_TAGS, ContextEvent, Session
 
 TOOL = "editor"
 OWNED_TABLES = ("context_events", "messages", "session_memories", "tasks", "session_tags", "session_owners")
+
+
+def raw_call(client: Client, method: str, params: dict[str, Any]) -> Any:
+    """Send ``params`` as they are, the way a client with other parameter types would."""
+    return client._call(Call(method, params))
 
 
 def new_session(client: Client, **kwargs) -> Session:
@@ -299,3 +307,52 @@ def test_sessions_show_lists_every_owner(daemon, client, spawn_owner):
     shown = cli_json("sessions", "show", sid)
     assert [(o["pid"], o["released"]) for o in shown["owners"]] == [(first.pid, "reaped"), (second.pid, None)]
     assert shown["owner_pid"] == second.pid and shown["resume_key"] == "k"
+
+
+# --- an older client ---------------------------------------------------------------------------
+
+
+class OlderSession(msgspec.Struct):
+    """``Session`` as clients from before these edits and resume keys declare it."""
+
+    session_id: str
+    tool_id: str
+    tool_version: str | None
+    session_type: str
+    owner_pid: int | None
+    owner_start: int | None
+    boot_id: str | None
+    workspace: str | None
+    metadata: dict[str, Any]
+    started_at: float
+    last_activity: float
+    ended_at: float | None = None
+    end_reason: Literal["ended", "reaped", "expired"] | None = None
+    project_id: str | None = None
+    message_count: int = 0
+    total_tokens: int = 0
+    total_cost: float = 0.0
+
+
+class OlderGetOrCreateResult(msgspec.Struct):
+    status: Literal["created", "existing"]
+    session: OlderSession
+
+
+def test_an_older_client_reads_edited_sessions_and_lists_without_archived_ones(client):
+    """What it sends lacks the new fields and what it gets has more: both must work. (A
+    reply's bytes are its result encoded again: msgspec encodes a struct one way only.)"""
+    older = {"tool_id": TOOL, "dedup": False}  # the parameters it knows
+    got = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(raw_call(client, "session.get_or_create", older)), type=OlderGetOrCreateResult
+    )
+    sid = got.session.session_id
+    edited = client.update_session(sid, title="t", tags=["x"], pinned=True, metadata={"m": 1})
+    seen = msgspec.msgpack.decode(msgspec.msgpack.encode(raw_call(client, "session.get", {"session_id": sid})),
+                                  type=OlderSession)
+    assert msgspec.structs.asdict(seen) == {k: v for k, v in msgspec.structs.asdict(edited).items()
+                                             if k in OlderSession.__struct_fields__}
+    hidden = new_session(client).session_id
+    client.update_session(hidden, archived=True)
+    page = raw_call(client, "session.list", {"tool_id": TOOL})
+    assert [s.session_id for s in page.sessions] == [sid]

@@ -241,6 +241,10 @@ def count_live(db: sqlite3.Connection) -> int:
     return db.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
 
 
+_BY_STATUS = {"live": "ended_at IS NULL", "ended": "ended_at IS NOT NULL", "all": ""}
+_BY_ARCHIVED = {"exclude": "archived_at IS NULL", "only": "archived_at IS NOT NULL", "include": ""}
+
+
 def page(
     db: sqlite3.Connection,
     *,
@@ -255,26 +259,16 @@ def page(
     pinned: bool | None = None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
-    where: list[str] = []
+    where = [c for c in (_BY_STATUS[status], _BY_ARCHIVED[archived]) if c]
     args: list[object] = []
-    for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
+    for condition, value in (
+        ("tool_id = ?", tool_id), ("session_type = ?", session_type), ("workspace = ?", workspace),
+        ("session_id IN (SELECT session_id FROM session_tags WHERE tag = ?)", tag),
+        ("pinned = ?", None if pinned is None else int(pinned)),
+    ):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(condition)
             args.append(value)
-    if status == "live":
-        where.append("ended_at IS NULL")
-    elif status == "ended":
-        where.append("ended_at IS NOT NULL")
-    if tag is not None:
-        where.append("session_id IN (SELECT session_id FROM session_tags WHERE tag = ?)")
-        args.append(tag)
-    if archived == "exclude":
-        where.append("archived_at IS NULL")
-    elif archived == "only":
-        where.append("archived_at IS NOT NULL")
-    if pinned is not None:
-        where.append("pinned = ?")
-        args.append(int(pinned))
     if cursor is not None:
         started_at, sid = decode_cursor(cursor)
         where.append("(started_at, session_id) < (?, ?)")
