@@ -25,7 +25,7 @@ from omnid_client.protocol import (
     UpdateSession,
 )
 
-from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process
+from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process, same_process
 from ..projects import locate
 from ..store import context as context_store
 from ..store import memories as memory_store
@@ -37,6 +37,9 @@ from ..store import tasks as task_store
 from ._common import check_size, current, existing_session, live_session
 from ._context import Caller, Context
 from ._dispatch import handles
+
+SESSION_BYTES = 4096
+"""About what a new session adds to the database (for the storage quota's estimate)."""
 
 
 @handles("session.get_or_create")
@@ -56,6 +59,7 @@ def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateRe
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
             return GetOrCreateResult("existing", existing)
+    ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write():
         return GetOrCreateResult("created", _create(ctx, p, owner, now))
 
@@ -83,7 +87,7 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
         project_id=project_id,
         resume_key=p.resume_key,
     )
-    session_store.insert(db, session, dedup=p.dedup)
+    session_store.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     ctx.reaper.track(session.session_id, owner)
     return session
 
@@ -97,25 +101,29 @@ def _owner_of(s: Session) -> ProcessIdentity | None:
 KeyVerdict = Literal["existing", "resume", "create"]
 
 
-def _verdict(ctx: Context, found: Session | None, owner: ProcessIdentity, resume_ended: bool) -> KeyVerdict:
+def _verdict(
+    ctx: Context, found: session_store.Keyed | None, owner: ProcessIdentity, resume_ended: bool
+) -> KeyVerdict:
     """What a get_or_create naming a resume key does with the session that key names;
-    Conflict while that session is live and another living process owns it."""
+    Conflict while that session is live and another living process owns it. ``owner`` has
+    passed ``owner_process`` (the same checks as every get_or_create), and the session's
+    owner is compared with it by start time and pidfd inode (``same_process``)."""
     if found is None:
         return "create"
-    previous = _owner_of(found)
-    if found.ended_at is None:
-        if previous == owner:
+    session, previous = found.session, found.owner
+    if session.ended_at is None:
+        if previous is not None and same_process(previous, owner):
             return "existing"
         if previous is not None and ctx.reaper.alive(previous):
             raise Conflict(
-                f"session {found.session_id} ({found.tool_id}, resume key {found.resume_key!r}) is live and "
+                f"session {session.session_id} ({session.tool_id}, resume key {session.resume_key!r}) is live and "
                 f"owned by process {previous.pid}",
-                {"session_id": found.session_id, "owner_pid": previous.pid},
+                {"session_id": session.session_id, "owner_pid": previous.pid},
             )
         return "resume"
-    if found.end_reason == "ended" and not resume_ended:
+    if session.end_reason == "ended" and not resume_ended:
         return "create"
-    if ctx.store.now() - found.ended_at >= ctx.settings().resume_window:
+    if ctx.store.now() - session.ended_at >= ctx.settings().resume_window:
         return "create"
     return "resume"
 
@@ -124,21 +132,23 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
     store = ctx.store
     assert p.resume_key is not None
     found = session_store.by_resume_key(store.db, p.tool_id, p.resume_key)
-    session, dedup = found if found is not None else (None, p.dedup)
-    verdict = _verdict(ctx, session, owner, p.resume_ended)
+    verdict = _verdict(ctx, found, owner, p.resume_ended)
     if verdict == "existing":
-        assert session is not None
+        assert found is not None
+        session = found.session
         store.note_activity(session.session_id, now)
         session.last_activity = now
         return GetOrCreateResult("existing", session)
+    # Creating adds a session, resuming a row of owner history: both grow the database.
+    ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write() as db:
-        if dedup:
+        if found.dedup if found is not None else p.dedup:
             _refuse_second_live_session(db, p.tool_id, owner, p.resume_key)
         try:
             if verdict == "create":
                 return GetOrCreateResult("created", _create(ctx, p, owner, now))
-            assert session is not None
-            return GetOrCreateResult("resumed", _resume(ctx, session, owner, now))
+            assert found is not None
+            return GetOrCreateResult("resumed", _resume(ctx, found, owner, now))
         except sqlite3.IntegrityError as e:  # the checks above should leave nothing for the indexes to refuse
             raise Conflict(f"cannot bind {p.tool_id} session with resume key {p.resume_key!r}: {e}") from None
 
@@ -155,15 +165,16 @@ def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: Pro
         )
 
 
-def _resume(ctx: Context, session: Session, owner: ProcessIdentity, now: float) -> Session:
-    """Rebind ``session`` to ``owner`` and reopen it, then watch the new owner instead."""
+def _resume(ctx: Context, found: session_store.Keyed, owner: ProcessIdentity, now: float) -> Session:
+    """Rebind the session found to ``owner`` and reopen it, then watch the new owner instead."""
     db = ctx.store.db
-    session_store.rebind(db, session, owner, now)
-    ctx.reaper.track(session.session_id, owner)  # NotFound (and nothing written) if it just exited
-    previous = _owner_of(session)
+    sid = found.session.session_id
+    session_store.rebind(db, found.session, owner, now)
+    ctx.reaper.track(sid, owner)  # NotFound (and nothing written) if it just exited
+    previous = found.owner
     if previous is not None and previous != owner:
-        ctx.reaper.untrack(session.session_id, previous)
-    resumed = session_store.get(db, session.session_id)
+        ctx.reaper.untrack(sid, previous)
+    resumed = session_store.get(db, sid)
     assert resumed is not None
     return resumed
 
@@ -177,12 +188,11 @@ def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
         return FindResult(None)
     if p.resume_key is not None:
         by_key = session_store.by_resume_key(ctx.store.db, p.tool_id, p.resume_key)
-        session = by_key[0] if by_key is not None else None
         try:
-            verdict = _verdict(ctx, session, owner, p.resume_ended)
+            verdict = _verdict(ctx, by_key, owner, p.resume_ended)
         except Conflict:
             return FindResult(None)
-        return FindResult(current(ctx, session) if session is not None and verdict != "create" else None)
+        return FindResult(current(ctx, by_key.session) if by_key is not None and verdict != "create" else None)
     found = ctx.live_sessions.find_live(p.tool_id, owner)
     return FindResult(current(ctx, found) if found else None)
 

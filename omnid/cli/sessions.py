@@ -264,27 +264,27 @@ def session_update(
     print_json(updated) if as_json else print_session(updated)
 
 
-def flag_command(name: str, done: str, changes: dict[str, bool], help: str) -> click.Command:
-    """``session NAME SESSION_ID``: set one of a session's flags."""
+def flag_command(name: str, done: str, help: str, *, pinned: bool | None, archived: bool | None) -> click.Command:
+    """``session NAME SESSION_ID``: set one of a session's flags (None: the other)."""
 
     @json_option
     @fail_cleanly
     def command(session_id: str, as_json: bool) -> None:
         with connect() as client:
-            updated = client.update_session(session_id, **changes)
+            updated = client.update_session(session_id, pinned=pinned, archived=archived)
         print_json(updated) if as_json else click.echo(f"{updated.session_id} {done}")
 
     command.__doc__ = help
     return click.command(name)(click.argument("session_id")(command))
 
 
-for name, done, changes, help in (
-    ("pin", "pinned", {"pinned": True}, "Pin (star) a session: `sessions list --pinned` lists the pinned ones."),
-    ("unpin", "unpinned", {"pinned": False}, "Unpin a session."),
-    ("archive", "archived", {"archived": True}, "Archive a session: `sessions list` shows it only if asked."),
-    ("unarchive", "unarchived", {"archived": False}, "Bring an archived session back into `sessions list`."),
+for name, done, pinned, archived, help in (
+    ("pin", "pinned", True, None, "Pin (star) a session: `sessions list --pinned` lists the pinned ones."),
+    ("unpin", "unpinned", False, None, "Unpin a session."),
+    ("archive", "archived", None, True, "Archive a session: `sessions list` shows it only if asked."),
+    ("unarchive", "unarchived", None, False, "Bring an archived session back into `sessions list`."),
 ):
-    session.add_command(flag_command(name, done, changes, help))
+    session.add_command(flag_command(name, done, help, pinned=pinned, archived=archived))
 session.add_command(session.commands["pin"], "star")
 session.add_command(session.commands["unpin"], "unstar")
 

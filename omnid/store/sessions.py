@@ -22,7 +22,7 @@ COLUMNS = (
 )
 _INSERTED = (
     "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, workspace, metadata, "
-    "started_at, last_activity, ended_at, end_reason, project_id, resume_key, dedup"
+    "started_at, last_activity, ended_at, end_reason, project_id, resume_key, dedup, owner_ino"
 )
 _tags = msgspec.json.Decoder(list[str]).decode
 
@@ -34,13 +34,13 @@ def _session(row: tuple) -> Session:
     )
 
 
-def insert(db: sqlite3.Connection, s: Session, *, dedup: bool) -> None:
+def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | None = None) -> None:
     db.execute(
-        f"INSERT INTO sessions ({_INSERTED}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO sessions ({_INSERTED}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             s.session_id, s.tool_id, s.tool_version, s.session_type, s.owner_pid, s.owner_start,
             s.boot_id, s.workspace, dumps(s.metadata), s.started_at, s.last_activity,
-            s.ended_at, s.end_reason, s.project_id, s.resume_key, int(dedup),
+            s.ended_at, s.end_reason, s.project_id, s.resume_key, int(dedup), owner_ino,
         ),
     )
 
@@ -72,28 +72,45 @@ def totals(db: sqlite3.Connection, session_id: str) -> Totals | None:
 
 
 def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> Session | None:
+    """The live deduplicated session of this tool and process (a session recorded with
+    another pidfd inode was another process's, which had the same pid and start tick)."""
     row = db.execute(
         f"SELECT {COLUMNS} FROM sessions WHERE tool_id = ? AND owner_pid = ? AND owner_start = ? "
-        "AND boot_id = ? AND ended_at IS NULL AND dedup = 1",
-        (tool_id, owner.pid, owner.start, owner.boot_id),
+        "AND boot_id = ? AND ended_at IS NULL AND dedup = 1 AND (owner_ino IS NULL OR ?5 IS NULL OR owner_ino = ?5)",
+        (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino),
     ).fetchone()
     return _session(row) if row else None
 
 
-def by_resume_key(db: sqlite3.Connection, tool_id: str, resume_key: str) -> tuple[Session, bool] | None:
-    """The tool's session with this key (the live one if there is one, else the newest),
-    and whether it is deduplicated by owner process."""
+class Keyed(NamedTuple):
+    """A session found by its resume key, with what the wire's Session does not carry."""
+
+    session: Session
+    dedup: bool
+    """Whether it is deduplicated by owner process."""
+    owner: ProcessIdentity | None
+    """Its (current or last) owner, pidfd inode included where it was recorded."""
+
+
+def by_resume_key(db: sqlite3.Connection, tool_id: str, resume_key: str) -> Keyed | None:
+    """The tool's session with this key: the live one if there is one, else the newest."""
     row = db.execute(
-        f"SELECT {COLUMNS}, dedup FROM sessions WHERE tool_id = ? AND resume_key = ? "
+        f"SELECT {COLUMNS}, dedup, owner_ino FROM sessions WHERE tool_id = ? AND resume_key = ? "
         "ORDER BY ended_at IS NULL DESC, started_at DESC LIMIT 1",
         (tool_id, resume_key),
     ).fetchone()
-    return (_session(row[:-1]), bool(row[-1])) if row else None
+    if row is None:
+        return None
+    session = _session(row[:-2])
+    owner = None
+    if session.owner_pid is not None:
+        owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "", row[-1])
+    return Keyed(session, bool(row[-2]), owner)
 
 
 def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, now: float) -> None:
-    """Give a session to ``owner`` and make it live again, recording its previous owner
-    (who lost it the way it ended, or by dying while it was still live)."""
+    """Give a session to ``owner`` (pidfd inode included) and make it live again, recording
+    its previous owner (who lost it the way it ended, or by dying while it was still live)."""
     sid = previous.session_id
     seq = db.execute("SELECT count(*) + 1 FROM session_owners WHERE session_id = ?", (sid,)).fetchone()[0]
     db.execute(
@@ -106,9 +123,10 @@ def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, no
         ),
     )
     db.execute(
-        "UPDATE sessions SET owner_pid = ?, owner_start = ?, boot_id = ?, owner_since = ?, ended_at = NULL, "
-        "end_reason = NULL, archived_at = NULL, last_activity = max(last_activity, ?) WHERE session_id = ?",
-        (owner.pid, owner.start, owner.boot_id, now, now, previous.session_id),
+        "UPDATE sessions SET owner_pid = ?, owner_start = ?, boot_id = ?, owner_ino = ?, owner_since = ?, "
+        "ended_at = NULL, end_reason = NULL, archived_at = NULL, last_activity = max(last_activity, ?) "
+        "WHERE session_id = ?",
+        (owner.pid, owner.start, owner.boot_id, owner.ino, now, now, previous.session_id),
     )
 
 
@@ -190,14 +208,14 @@ class LiveLookups:
     def __init__(self, store: "Store"):
         self._store = store
         self._writes_seen = -1
-        self._found: dict[tuple[str, int, int, str], Session] = {}
+        self._found: dict[tuple[str, int, int, str, int | None], Session] = {}
 
     def find_live(self, tool_id: str, owner: ProcessIdentity) -> Session | None:
         store = self._store
         if self._writes_seen != store.writes:
             self._found.clear()
             self._writes_seen = store.writes
-        key = (tool_id, owner.pid, owner.start, owner.boot_id)
+        key = (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino)
         session = self._found.get(key)
         if session is None:
             session = find_live(store.db, tool_id, owner)
@@ -231,10 +249,10 @@ def end(db: sqlite3.Connection, session_ids: Iterable[str], reason: str, now: fl
 def live_owned(db: sqlite3.Connection) -> list[tuple[str, str, ProcessIdentity]]:
     """(session_id, tool_id, owner) of every live session with an owner process."""
     rows = db.execute(
-        "SELECT session_id, tool_id, owner_pid, owner_start, boot_id FROM sessions "
+        "SELECT session_id, tool_id, owner_pid, owner_start, boot_id, owner_ino FROM sessions "
         "WHERE ended_at IS NULL AND owner_pid IS NOT NULL"
     ).fetchall()
-    return [(sid, tool, ProcessIdentity(pid, start, boot)) for sid, tool, pid, start, boot in rows]
+    return [(sid, tool, ProcessIdentity(pid, start, boot, ino)) for sid, tool, pid, start, boot, ino in rows]
 
 
 def count_live(db: sqlite3.Connection) -> int:
