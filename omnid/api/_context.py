@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from omnid_client.protocol import DaemonStatus
+from omnid_client.protocol import DaemonStatus, Settings
 
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
@@ -31,6 +31,8 @@ class Context:
     """The daemon's status now."""
     stop: Callable[[str], None]
     """Ask the daemon to stop gracefully, saying why."""
+    settings: Callable[[], Settings] = Settings
+    """The settings in force now."""
 
 
 @dataclass(slots=True)

@@ -169,7 +169,7 @@ class App:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         self.context = api.Context(
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
-            self.status, self.request_stop,
+            self.status, self.request_stop, lambda: self.settings,
         )
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
         if self.instance.listening_socket is None:

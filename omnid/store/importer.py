@@ -32,6 +32,7 @@ from .codec import dumps
 from .memories import _body as memory_search_body
 from .memories import delete_ids as delete_memories
 from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
+from .sessions import set_tags
 
 
 class SizeCheck(Protocol):
@@ -205,19 +206,29 @@ class Importer:
             self._parent("project", "projects", "project_id", r.project_id)
         try:
             self._write(
-                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({','.join('?' * 24)})",
                 r.session_id, r.tool_id, r.tool_version, r.session_type, r.owner_pid, r.owner_start, r.boot_id,
                 int(r.dedup), r.workspace, dumps(r.metadata), r.started_at, r.last_activity, r.ended_at,
-                r.end_reason, r.project_id, r.message_count, r.total_tokens, r.total_cost_nanos,
+                r.end_reason, r.project_id, r.message_count, r.total_tokens, r.total_cost_nanos, r.resume_key,
+                r.title, None, int(r.pinned), r.archived_at, r.owner_since,
             )
         except sqlite3.IntegrityError:
             if r.ended_at is None:
                 raise Conflict(
-                    f"{self._line}: live session {r.session_id} has the same tool and owner process as a live "
-                    f"session already in the database",
+                    f"{self._line}: live session {r.session_id} has the same tool and owner process, or the same "
+                    f"tool and resume key, as a live session already in the database",
                     {"line": self._line, "session_id": r.session_id},
                 ) from None
             raise
+        if not self.dry_run:
+            if r.tags:
+                set_tags(self.db, r.session_id, r.tags)
+            self.db.executemany(
+                "INSERT INTO session_owners (session_id, seq, owner_pid, owner_start, boot_id, since, until, released) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(r.session_id, seq, o.pid, o.start, o.boot_id, o.since, o.until, o.released)
+                 for seq, o in enumerate(r.past_owners, 1)],
+            )
         self._new["session"].add(r.session_id)
         if r.ended_at is None:
             self.live_sessions.append(r)

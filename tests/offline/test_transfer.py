@@ -560,6 +560,44 @@ def test_a_record_too_large_for_one_request_is_named(daemon, client, home, tmp_p
     assert table_counts(home / "omnid.db") == before
 
 
+def test_resume_keys_owner_history_and_edits_survive_export_and_import(daemon, client, tmp_path, spawn_owner,
+                                                                        other_home):
+    first, second = spawn_owner(), spawn_owner()
+    sid = client.get_or_create(TOOL, pid=first.pid, resume_key="instance-1").session.session_id
+    first.kill()
+    first.wait()
+    wait_for(lambda: client.get(sid).end_reason == "reaped", what="the reap")
+    assert client.get_or_create(TOOL, pid=second.pid, resume_key="instance-1").status == "resumed"
+    client.update_session(sid, title="résumé ✓", tags=["b", "a"], pinned=True, archived=True)
+    client.end(sid)
+    plain = client.get_or_create(TOOL, dedup=False).session.session_id
+    client.end(plain)
+    first_export = tmp_path / "first.jsonl"
+    ok("export", "-o", str(first_export))
+    exported = {r.session_id: r for r in decode_all(first_export) if isinstance(r, SessionRecord)}
+    assert [o.pid for o in exported[sid].past_owners] == [first.pid]
+    # A session that uses none of it is written as before these fields existed.
+    assert not {"resume_key", "title", "tags", "pinned", "archived_at", "owner_since", "past_owners"} & set(
+        msgspec.json.decode(msgspec.json.encode(exported[plain]))
+    )
+    before = (client.get(sid), client.session_owners(sid))
+
+    assert daemon.stop() == 0
+    second_daemon = other_home()
+    assert imported(omnid_json("import", str(first_export)), "session") == (2, 0, {})
+    second_export = tmp_path / "second.jsonl"
+    ok("export", "-o", str(second_export))
+    assert second_export.read_bytes() == first_export.read_bytes()
+    with second_daemon.client() as c2:
+        assert (c2.get(sid), c2.session_owners(sid)) == before
+        assert [s.session_id for s in c2.list_sessions(tag="a", archived="include").sessions] == [sid]
+        third = spawn_owner()  # the key works in the new home: it names the imported session
+        resumed = c2.get_or_create(TOOL, pid=third.pid, resume_key="instance-1", resume_ended=True)
+        assert (resumed.status, resumed.session.session_id) == ("resumed", sid)
+        assert resumed.session.archived_at is None and resumed.session.tags == ["a", "b"]
+        assert [o.pid for o in c2.session_owners(sid).owners] == [first.pid, second.pid, third.pid]
+
+
 def test_imported_live_sessions_bound_to_processes_the_importer_does_not_own_come_in_ended(
     daemon, client, home, tmp_path, spawn_owner
 ):

@@ -22,6 +22,8 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    resume_window: Annotated[float, Meta(ge=0, le=10 * 365 * 86400)] = 86400.0
+    """How long after it was reaped or expired a session can still be resumed by its key; 0 = only while live."""
     max_database_bytes: Annotated[int, Meta(ge=0, le=2**50)] = 2 * 1024**3
     """The storage quota: past this many bytes of used database pages, writes that add data
     fail with a StorageError (reason "quota"); reads, ends and deletions go on. 0 = none."""

@@ -37,6 +37,7 @@ from .content import (
 from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
 from .records import ImportRecords, ImportResult
 from .sessions import (
+    DeleteSession,
     Find,
     FindResult,
     GetOrCreate,
@@ -49,9 +50,12 @@ from .sessions import (
     Reap,
     ReapResult,
     Session,
+    SessionDeleted,
+    SessionOwners,
     SessionPage,
     SessionRef,
     SessionSummary,
+    UpdateSession,
 )
 from .wire import Empty
 
@@ -71,6 +75,9 @@ METHODS: dict[str, Method] = {
     "session.end": Method(SessionRef, Session, writes=True),
     "session.get": Method(SessionRef, Session, writes=False),
     "session.list": Method(ListSessions, SessionPage, writes=False),
+    "session.update": Method(UpdateSession, Session, writes=True),
+    "session.delete": Method(DeleteSession, SessionDeleted, writes=True, idempotent=False),
+    "session.owners": Method(SessionRef, SessionOwners, writes=False),
     "daemon.status": Method(Empty, DaemonStatus, writes=False),
     "daemon.reap": Method(Reap, ReapResult, writes=True),
     "daemon.shutdown": Method(Empty, Empty, writes=False, idempotent=False),
