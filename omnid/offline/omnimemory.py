@@ -1,11 +1,21 @@
 """An OmniMemory ``dashboard.db`` read as omnid export records: sessions, their context, project memories."""
 
-# The schema follows mrtozner/omnimemory: ``omnimemory-metrics-service/src/data_store.py``
-# (tables ``tool_sessions``, ``sessions``, ``projects``, ``project_memories``; ``process_id``
-# was added to ``tool_sessions`` later, by ``migrations/002_add_process_id.py``) and
-# ``mcp_server/session_manager.py`` (the context blob: ``files_accessed``,
-# ``file_importance_scores``, ``recent_searches``, ``decisions``, ``saved_memories``). Any of
-# those columns may be missing; what exists is mapped, and the source is opened read-only.
+# The schema follows mrtozner/omnimemory. Three components create and write the file, and
+# whichever runs first creates a table in its own shape (the others' CREATE TABLE IF NOT
+# EXISTS then do nothing):
+# - the metrics service, ``omnimemory-metrics-service/src/data_store.py``: ``tool_sessions``
+#   (columns added over time by its ``_migrate_schema`` and ``migrations/002_add_process_id.py``;
+#   its ``start_session`` also writes an ``instance_id`` column no statement of it creates),
+#   ``sessions`` (with ``process_id``), ``projects`` and ``project_memories`` (with
+#   ``expires_at`` and ``tenant_id``), and the per-session counters of ``metrics``;
+# - the MCP server's session manager, ``mcp_server/session_manager.py``: ``sessions``
+#   (an ``id`` key, no ``process_id``) and its context blob (``files_accessed``,
+#   ``file_importance_scores``, ``recent_searches``, ``decisions``, ``saved_memories``,
+#   ``tool_specific``);
+# - the MCP server's project manager, ``mcp_server/project_manager.py``: ``projects`` and
+#   ``project_memories`` (no ``expires_at``: a TTL counts from ``created_at``).
+# Any of those columns may be missing; what exists is mapped, and the source is opened
+# read-only. Which component writes which times in which zone: see ``omnimemory_values``.
 
 from __future__ import annotations
 
@@ -14,10 +24,11 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import msgspec
+import psutil
 
 from omnid_client.protocol import (
     MAX_METADATA_BYTES,
@@ -31,6 +42,7 @@ from omnid_client.protocol import (
     SessionRecord,
 )
 
+from .. import identity
 from ..projects import locate
 from .omnimemory_values import (
     SOURCE,
@@ -46,6 +58,12 @@ from .omnimemory_values import (
 from .transfer import TransferError
 
 TABLES = ("tool_sessions", "sessions", "project_memories")
+COUNTERS = ("tokens_saved", "total_compressions", "total_embeddings", "total_workflows")
+"""The per-session counters OmniMemory shows: ``tool_sessions`` columns its ``end_session``
+fills in, and for a session not ended, the sums of the ``metrics`` table's deltas."""
+OWNER_SLACK = 2.0
+"""Seconds: CURRENT_TIMESTAMP drops fractions, so a session's last activity may read up to
+a second before its owner process started."""
 
 
 class Report:
@@ -53,8 +71,10 @@ class Report:
 
     def __init__(self) -> None:
         self.tables: dict[str, int] = {}
-        self.sessions: dict[str, Any] = {"found": 0, "converted": 0, "ended_on_import": 0, "skipped": Counter()}
-        self.context: dict[str, Any] = {"items": 0, "converted": 0, "skipped": Counter()}
+        self.sessions: dict[str, Any] = {
+            "found": 0, "converted": 0, "live": 0, "ended_on_import": 0, "skipped": Counter(),
+        }
+        self.context: dict[str, Any] = {"items": 0, "converted": 0, "files_from_importance": 0, "skipped": Counter()}
         self.memories: dict[str, Any] = {"rows": 0, "memories": 0, "versions": 0, "skipped": Counter()}
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +127,43 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _live_owner(pid: int, last_activity: float) -> identity.ProcessInfo | None:
+    """The running process that owns a session OmniMemory never ended: ``pid`` runs, is
+    this user's, and had started when the session was last active (else the pid was reused)."""
+    info = identity.inspect(pid)
+    if info is None or info.uid != os.geteuid() or info.identity.start == 0:
+        return None
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return info if started <= last_activity + OWNER_SLACK else None
+
+
+def end_on_import(r: SessionRecord, report: Report) -> SessionRecord:
+    """The session ended as reaped at its last activity, its owner kept as a bare pid."""
+    report.sessions["live"] -= 1
+    report.sessions["ended_on_import"] += 1
+    return msgspec.structs.replace(r, ended_at=r.last_activity, end_reason="reaped", owner_start=None, boot_id=None)
+
+
+def settle_live(records: list[Record], report: Report, find: Callable[..., Any]) -> None:
+    """Sessions to be imported live whose owner already has a live omnid session of the
+    same tool (one live session per tool and process) come in ended instead. ``find`` is
+    the client's ``find(tool_id, pid=...)``."""
+    for i, r in enumerate(records):
+        if isinstance(r, SessionRecord) and r.ended_at is None and r.owner_pid is not None:
+            current = find(r.tool_id, pid=r.owner_pid)
+            if current is not None and current.session_id != r.session_id:
+                records[i] = end_on_import(r, report)
+                report.sessions["owner_had_live_session"] = report.sessions.get("owner_had_live_session", 0) + 1
+
+
+def _importance(value: Any) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), 1.0)
+
 
 class _Converter:
     def __init__(self, db: sqlite3.Connection, now: float):
@@ -143,7 +200,7 @@ class _Converter:
             if row.get("project_id") and row.get("workspace_path"):
                 workspaces.setdefault(row["project_id"], row["workspace_path"])
         memory_records = self.memories(self.rows("project_memories"), workspaces)
-        session_records = self.sessions(tool_sessions, sessions)
+        session_records = self.sessions(tool_sessions, sessions, workspaces)
         projects: list[Record] = []
         for project_id in sorted(self.projects):
             root, name, vcs, first, last = self.projects[project_id]
@@ -151,9 +208,22 @@ class _Converter:
             projects.append(ProjectRecord(project_id, root, name, vcs, first, last if last is not None else first))
         return [ExportHeader(), *projects, *memory_records, *session_records], self.report
 
+    def metric_sums(self) -> dict[str, dict[str, int]]:
+        """Per session, the sums of the ``metrics`` table's ``*_delta`` counters (what
+        OmniMemory's ``/sessions/{id}/metrics`` shows while a session runs)."""
+        if "metrics" not in self.tables:
+            return {}
+        columns = {r[1] for r in self.db.execute('PRAGMA table_info("metrics")')}
+        present = [c for c in COUNTERS if f"{c}_delta" in columns]
+        if "session_id" not in columns or not present:
+            return {}
+        sums = ", ".join(f'sum("{c}_delta")' for c in present)
+        rows = self.db.execute(f'SELECT session_id, {sums} FROM "metrics" WHERE session_id NOTNULL GROUP BY 1')
+        return {str(r[0]): {c: v for c, v in zip(present, r[1:], strict=True) if isinstance(v, int)} for r in rows}
+
     # -- sessions ------------------------------------------------------------------------
 
-    def sessions(self, tool_sessions: list[dict], sessions: list[dict]) -> list[Record]:
+    def sessions(self, tool_sessions: list[dict], sessions: list[dict], workspaces: dict[Any, Any]) -> list[Record]:
         merged: dict[str, dict[str, dict]] = {}
         for table, rows in (("tool_sessions", tool_sessions), ("sessions", sessions)):
             for row in rows:
@@ -163,20 +233,27 @@ class _Converter:
                     continue
                 merged.setdefault(str(sid), {})[table] = row
         self.report.sessions["found"] = len(merged)
+        deltas = self.metric_sums()
         out: list[tuple[float, str, list[Record]]] = []
         for source_id, parts in merged.items():
-            converted = self.session(source_id, parts.get("tool_sessions", {}), parts.get("sessions", {}))
+            ts, row = parts.get("tool_sessions", {}), parts.get("sessions", {})
+            converted = self.session(source_id, ts, row, workspaces, deltas.get(source_id, {}))
             if converted is not None:
                 out.append(converted)
+        self.one_live_per_owner([records[0] for _, _, records in out])  # type: ignore[misc]
         out.sort(key=lambda t: (t[0], t[1]))
         return [r for _, _, records in out for r in records]
 
-    def session(self, source_id: str, ts: dict, s: dict) -> tuple[float, str, list[Record]] | None:
+    def session(
+        self, source_id: str, ts: dict, s: dict, workspaces: dict[Any, Any], deltas: dict[str, int]
+    ) -> tuple[float, str, list[Record]] | None:
         skipped = self.report.sessions["skipped"]
         try:
-            started = parse_time(_first(ts.get("started_at"), s.get("created_at")))
-            activity = [parse_time(v) for v in (ts.get("last_activity"), s.get("last_activity"))]
-            ended = parse_time(_first(ts.get("ended_at"), s.get("ended_at")))
+            # tool_sessions is the metrics service's alone: CURRENT_TIMESTAMP, UTC. sessions
+            # rows are its (UTC) or the session manager's (local isoformat), whichever wrote last.
+            started = _first(parse_time(ts.get("started_at"), "utc"), parse_time(s.get("created_at")))
+            activity = [parse_time(ts.get("last_activity"), "utc"), parse_time(s.get("last_activity"))]
+            ended = _first(parse_time(ts.get("ended_at"), "utc"), parse_time(s.get("ended_at")))
         except ValueError:
             skipped["bad_time"] += 1
             return None
@@ -184,16 +261,18 @@ class _Converter:
             skipped["no_start_time"] += 1
             return None
         last = max([started, *(t for t in activity if t is not None), *([ended] if ended else [])])
-        if ended is None:
-            # OmniMemory knew its owner by a bare pid only (no start time, no boot id), so
-            # omnid cannot tell whether that process still runs: the session ends as reaped.
-            ended, reason = last, "reaped"
-            self.report.sessions["ended_on_import"] += 1
-        else:
-            ended, reason = max(ended, started), "ended"
         pid = _first(ts.get("process_id"), s.get("process_id"))
         pid = pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 else None
-        workspace = _first(ts.get("workspace_path"), s.get("workspace_path"))
+        owner = _live_owner(pid, last) if ended is None and pid is not None else None
+        if ended is not None:
+            ended, reason = max(ended, started), "ended"
+        elif owner is None:
+            # Its owner is gone (or OmniMemory never knew it): the session ends as reaped.
+            ended, reason = last, "reaped"
+        else:
+            reason = None
+        session_project = _first(ts.get("project_id"), s.get("project_id"))
+        workspace = _first(ts.get("workspace_path"), s.get("workspace_path"), workspaces.get(session_project))
         session_id = _session_id(source_id)
         project_id = self.project_of(workspace, started, last)
         provenance: dict[str, Any] = {
@@ -202,21 +281,32 @@ class _Converter:
         }
         if pid is not None:
             provenance["process_id"] = pid
-        for key in ("project_id", "user_id", "tenant_id", "previous_session_id"):
+        for key in ("instance_id", "project_id", "user_id", "tenant_id", "previous_session_id"):
             value = _first(ts.get(key), s.get(key))
             if value is not None:
                 provenance[key] = value
         for key in ("pinned", "archived"):
             if s.get(key):
                 provenance[key] = True
-        for key in ("metadata", "metrics_json"):
+        for key in ("metadata", "metrics_json", "evolution_metadata"):
             extra = _json_dict(_first(ts.get(key), s.get(key)))
             if extra:
                 provenance[key.removesuffix("_json")] = extra
-        metadata = {"imported_from": SOURCE, SOURCE: provenance}
-        if len(_encode.encode(metadata)) > MAX_METADATA_BYTES:
-            provenance.pop("metadata", None)
-            provenance.pop("metrics", None)
+        ctx = self.context_blob(s)
+        if ctx and isinstance(ctx.get("tool_specific"), dict) and ctx["tool_specific"]:
+            provenance["tool_specific"] = ctx["tool_specific"]
+        metadata: dict[str, Any] = {"imported_from": SOURCE, SOURCE: provenance}
+        counters = {c: ts[c] for c in COUNTERS if isinstance(ts.get(c), int) and not isinstance(ts[c], bool)}
+        for name, total in deltas.items():
+            if not counters.get(name):  # not ended yet in OmniMemory: its running sums are what it shows
+                counters[name] = total
+        if counters:
+            metadata["counters"] = counters
+        for key in ("metadata", "metrics", "evolution_metadata", "tool_specific"):
+            if len(_encode.encode(metadata)) <= MAX_METADATA_BYTES:
+                break
+            if provenance.pop(key, None) is not None:
+                skipped[f"{key}_too_large"] += 1
         tool_version = ts.get("tool_version")
         record = SessionRecord(
             session_id=session_id,
@@ -224,8 +314,8 @@ class _Converter:
             tool_version=str(tool_version)[:256] if tool_version not in (None, "") else None,
             session_type="default",
             owner_pid=pid,
-            owner_start=None,
-            boot_id=None,
+            owner_start=owner.identity.start if owner else None,
+            boot_id=owner.identity.boot_id if owner else None,
             dedup=True,
             workspace=workspace if project_id is not None else None,
             metadata=metadata,
@@ -244,20 +334,40 @@ class _Converter:
             skipped["invalid"] += 1
             return None
         self.report.sessions["converted"] += 1
-        return started, session_id, [record, *self.context(session_id, s, started)]
+        if reason is None:
+            self.report.sessions["live"] += 1
+        elif reason == "reaped":
+            self.report.sessions["ended_on_import"] += 1
+        return started, session_id, [record, *self.context(session_id, ctx, started)]
 
-    def context(self, session_id: str, s: dict, started: float) -> list[Record]:
+    def one_live_per_owner(self, records: list[SessionRecord]) -> None:
+        """OmniMemory may leave several sessions of one tool and process unended; omnid keeps
+        one live session per (tool, owner): the most recently active stays live."""
+        seen: set[tuple[str, int | None]] = set()
+        for i in sorted(range(len(records)), key=lambda i: -records[i].last_activity):
+            r = records[i]
+            if r.ended_at is not None:
+                continue
+            if (r.tool_id, r.owner_pid) in seen:
+                records[i] = end_on_import(r, self.report)
+            seen.add((r.tool_id, r.owner_pid))
+
+    def context_blob(self, s: dict) -> dict[str, Any] | None:
         blob = _first(s.get("context_json"), s.get("context"))
         if blob is None:
-            return []
-        report = self.report.context
+            return None
         ctx = _json_dict(blob)
         if ctx is None:
-            report["skipped"]["bad_context_json"] += 1
+            self.report.context["skipped"]["bad_context_json"] += 1
+        return ctx
+
+    def context(self, session_id: str, ctx: dict[str, Any] | None, started: float) -> list[Record]:
+        if not ctx:
             return []
+        report = self.report.context
         scores = ctx.get("file_importance_scores")
         scores = scores if isinstance(scores, dict) else {}
-        items: list[tuple[str, Any, Any, Any]] = []  # kind, subject, importance, time
+        items: list[tuple[str, Any, Any, Any, Any]] = []  # kind, subject, importance, time, detail
         for kind, names, subject_keys, time_keys in (
             ("file_access", ("files_accessed",), ("path", "file_path"), ("accessed_at", "timestamp")),
             ("search", ("recent_searches", "searches"), ("query",), ("timestamp", "searched_at")),
@@ -270,11 +380,14 @@ class _Converter:
                 continue
             for entry in entries:
                 report["items"] += 1
+                detail = None
                 if isinstance(entry, str):
                     subject, at = entry, None
                 elif isinstance(entry, dict):
                     subject = _first(*(entry.get(k) for k in subject_keys))
                     at = _first(*(entry.get(k) for k in time_keys))
+                    if kind == "memory_ref" and subject == entry.get("key") and entry.get("id") not in (None, ""):
+                        detail = str(entry["id"])[:8192]  # the memory the reference names
                 else:
                     report["skipped"]["bad_item"] += 1
                     continue
@@ -284,24 +397,28 @@ class _Converter:
                 if len(subject) > 8192:
                     report["skipped"]["too_long"] += 1
                     continue
-                importance = scores.get(subject) if kind == "file_access" else None
-                if not isinstance(importance, (int, float)) or isinstance(importance, bool) or importance != importance:
-                    importance = None
-                else:
-                    importance = min(max(float(importance), 0.0), 1.0)
-                items.append((kind, subject, importance, at))
+                items.append((kind, subject, scores.get(subject) if kind == "file_access" else None, at, detail))
+        # OmniMemory keeps the last 100 file accesses but every file's importance: files
+        # whose accesses fell off that list are still files of the session, at its start.
+        listed = {subject for kind, subject, *_ in items if kind == "file_access"}
+        for path, importance in scores.items():
+            if isinstance(path, str) and path.strip() and len(path) <= 8192 and path not in listed:
+                report["items"] += 1
+                report["files_from_importance"] += 1
+                items.append(("file_access", path, importance, started, None))
         events = []
-        for order, (kind, subject, importance, at) in enumerate(items):
+        for order, (kind, subject, importance, at, detail) in enumerate(items):
             try:
-                created = parse_time(at)
+                created = parse_time(at)  # the blob's times are datetime.now().isoformat(): local
             except ValueError:
                 created = None
-            events.append((created if created is not None else started, order, kind, subject, importance))
+            at = created if created is not None else started
+            events.append((at, order, kind, subject, _importance(importance), detail))
         events.sort(key=lambda e: (e[0], e[1]))
         report["converted"] += len(events)
         return [
-            ContextRecord(session_id, seq, kind, subject, importance, None, created)  # type: ignore[arg-type]
-            for seq, (created, _, kind, subject, importance) in enumerate(events, 1)
+            ContextRecord(session_id, seq, kind, subject, importance, detail, created)  # type: ignore[arg-type]
+            for seq, (created, _, kind, subject, importance, detail) in enumerate(events, 1)
         ]
 
     # -- project memories -----------------------------------------------------------------
@@ -324,8 +441,10 @@ class _Converter:
                 skipped["no_value"] += 1
                 continue
             try:
-                created = parse_time(row.get("created_at"))
-                last_accessed = parse_time(row.get("last_accessed"))
+                # created_at/last_accessed: CURRENT_TIMESTAMP (metrics service) or utcnow()
+                # (project manager), UTC both; expires_at: the metrics service's local now() + TTL.
+                created = parse_time(row.get("created_at"), "utc")
+                last_accessed = parse_time(row.get("last_accessed"), "utc")
                 expires = parse_time(row.get("expires_at"))
             except ValueError:
                 skipped["bad_time"] += 1
