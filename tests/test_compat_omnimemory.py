@@ -68,33 +68,17 @@ def compat(daemon) -> Iterator[Compat]:
             proc.stderr.close()
 
 
-@pytest.fixture
-def owners() -> Iterator:
-    procs: list[subprocess.Popen] = []
-
-    def spawn() -> subprocess.Popen:
-        p = subprocess.Popen(["sleep", "600"])
-        procs.append(p)
-        return p
-
-    yield spawn
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
 def project_of(workspace: Path) -> str:
     return hashlib.sha256(str(workspace).encode()).hexdigest()[:16]
 
 
-def test_an_omnimemory_mcp_server_session_end_to_end(compat: Compat, client: Client, tmp_path, owners):
+def test_an_omnimemory_mcp_server_session_end_to_end(compat: Compat, client: Client, tmp_path, spawn_owner):
     ws = tmp_path / "proj"
     (ws / ".git").mkdir(parents=True)
     assert compat.ok("GET", "/health") == {"status": "healthy"}
 
     # _start_session: SessionManager.create_session, then (as a fallback) the same request again.
-    mcp = owners()
+    mcp = spawn_owner()
     instance = str(uuid.uuid4())
     register = {"tool_id": TOOL, "process_id": mcp.pid, "instance_id": instance, "workspace_path": str(ws)}
     first = compat.ok("POST", "/sessions/get_or_create", register)
@@ -147,7 +131,7 @@ def test_an_omnimemory_mcp_server_session_end_to_end(compat: Compat, client: Cli
 
     # The MCP server restarts: a new process, the same instance id. While the old session
     # is live the new process is handed it, as OmniMemory's find_session_by_instance does.
-    restarted = owners()
+    restarted = spawn_owner()
     again = {**register, "process_id": restarted.pid}
     assert compat.ok("POST", "/sessions/get_or_create", again)["session_id"] == sid
     mcp.kill()

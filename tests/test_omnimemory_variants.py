@@ -432,12 +432,8 @@ def export_records(tmp_path: Path) -> list[Record]:
 
 
 @pytest.fixture
-def live_owner():
-    proc = subprocess.Popen(["sleep", "600"])
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+def live_owner(spawn_owner) -> subprocess.Popen:
+    return spawn_owner()
 
 
 @pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/Los_Angeles"])
