@@ -81,7 +81,16 @@ class TooLarge(Invalid):
 
 
 class StorageError(RemoteError):
+    """The daemon could not store a write. ``reason`` says why where it is known:
+    ``"quota"`` (the database reached its configured maximum size), ``"database_gone"``
+    (the database file was deleted or replaced under the daemon), or None (a disk error)."""
+
     code = "storage"
+
+    @property
+    def reason(self) -> str | None:
+        reason = self.details.get("reason")
+        return reason if isinstance(reason, str) else None
 
 
 class InternalError(RemoteError):

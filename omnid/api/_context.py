@@ -12,6 +12,7 @@ from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
 from ..store import Store
 from ..store import sessions as session_store
+from ..store.guard import WriteGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,9 @@ class Context:
     """The services every handler is given, built once by the daemon (never the daemon itself)."""
 
     store: Store
+    guard: WriteGuard
+    """The check every write passes first: the database file is still there, and (for
+    writes that add data) under the storage quota."""
     reaper: Reaper
     live_sessions: session_store.LiveLookups
     expirer: Expirer

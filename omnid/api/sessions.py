@@ -29,6 +29,9 @@ from ._common import check_size, current, existing_session, live_session
 from ._context import Caller, Context
 from ._dispatch import handles
 
+SESSION_BYTES = 4096
+"""About what a new session adds to the database (for the storage quota's estimate)."""
+
 
 @handles("session.get_or_create")
 def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
@@ -45,6 +48,7 @@ def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateRe
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
             return GetOrCreateResult("existing", existing)
+    ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write():
         return GetOrCreateResult("created", _create(ctx, p, owner, now))
 
@@ -71,7 +75,7 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
         last_activity=now,
         project_id=project_id,
     )
-    session_store.insert(db, session, dedup=p.dedup)
+    session_store.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     ctx.reaper.track(session.session_id, owner)
     return session
 

@@ -14,6 +14,8 @@ import msgspec
 
 from omnid_client import Client, OmnidError, Unavailable
 
+from ..safefile import os_message
+
 EXIT_NOT_RUNNING = 3
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -27,12 +29,14 @@ def fail_cleanly(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OmnidError as e:
-            code = getattr(e, "code", type(e).__name__.lower())
+        except (OmnidError, OSError) as e:
+            # An OSError no command turned into its own error still gets one clean line.
+            code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
+            message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
             if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": {"code": code, "message": str(e)}}))
+                click.echo(json.dumps({"error": {"code": code, "message": message}}))
             else:
-                click.echo(f"omnid: {code}: {e}", err=True)
+                click.echo(f"omnid: {code}: {message}", err=True)
             sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
 
     return wrapper

@@ -24,7 +24,7 @@ def compat_omnimemory(port: int, insecure_any_local_user: bool, verbose: bool) -
     """Serve OmniMemory's session HTTP API on 127.0.0.1:PORT, backed by the omnid daemon,
     so an unmodified OmniMemory MCP server keeps working. Runs in the foreground; stop
     OmniMemory's metrics service first. Connections from other users are refused."""
-    from ..compat import omnimemory, peers
+    from ..compat import omnimemory_http, peers
 
     check = not insecure_any_local_user
     if check and not peers.supported():
@@ -36,7 +36,7 @@ def compat_omnimemory(port: int, insecure_any_local_user: bool, verbose: bool) -
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.WARNING,
                         format="omnid compat: %(message)s")
     try:
-        server = omnimemory.make_server(port, check_peers=check)
+        server = omnimemory_http.make_server(port, check_peers=check)
     except OSError as e:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
     click.echo(f"omnid compat omnimemory: serving OmniMemory's API on http://127.0.0.1:{server.server_port}"

@@ -3,6 +3,7 @@ the per-user service that runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
 from omnid_client.protocol import DaemonStatus, ReapResult, Settings, version_note
 
 from .. import __version__
+from ..safefile import os_message
 from ._output import (
     EXIT_NOT_RUNNING,
     connect,
@@ -53,9 +55,17 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
     paths = daemon_paths()
     if log_file is not None:
         log_file = log_file.absolute()
-    if detach:
-        daemonize(log_file)
-    target = logs.configure(log_file, log_level or "info")
+    try:
+        if detach:
+            daemonize(log_file)
+        target = logs.configure(log_file, log_level or "info")
+    except OSError as e:
+        why = f"cannot use the log file {log_file}: {os_message(e)}"
+        click.echo(f"omnid: cannot start: {why}", err=True)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error {why}\n".encode())
+        sys.exit(1)
     restart = [sys.executable, "-m", "omnid", "serve"]
     if log_file is not None:
         restart += ["--log-file", str(log_file)]
@@ -105,6 +115,27 @@ def _seconds(value: float, zero: str) -> str:
     return zero if value == 0 else f"{value:g}s"
 
 
+def _watching(st: DaemonStatus) -> str:
+    text = f"{st.watched_processes} process(es) via {st.watcher}"
+    swept = st.watched_processes - (st.pidfd_watches or 0)
+    if st.pidfd_watches is not None and swept > 0:
+        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
+    return text
+
+
+def _storage(st: DaemonStatus) -> str | None:
+    if st.database_used_bytes is None:
+        return None  # an older daemon
+    used = f"{st.database_used_bytes} bytes used"
+    if st.database_quota:
+        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
+    else:
+        used += " (no quota)"
+    if st.storage_error:
+        used += f"; WRITES REFUSED: {st.storage_error}"
+    return used
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -130,13 +161,14 @@ def print_status(st: DaemonStatus) -> None:
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
         ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
-        ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
+        ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]

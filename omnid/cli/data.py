@@ -61,7 +61,7 @@ def export_command(
     """Export sessions (with their context, messages, memories, tasks), projects and project
     memories as JSONL, one record per line, in a stable order (see `omnid import`)."""
     from ..offline import transfer
-    from ..offline.files import replace_atomically
+    from ..safefile import atomic_write, os_message
 
     if as_json and output is None:
         raise click.UsageError("--json prints a summary, so the export needs --output")
@@ -76,8 +76,14 @@ def export_command(
         sys.stdout.buffer.flush()
     else:
         output = output.absolute()
-        with replace_atomically(output, force=force) as f:
-            counts = transfer.export(database, f, **filters)
+        try:
+            # The export holds every message: readable by its owner alone, like the database.
+            with atomic_write(output, overwrite=force) as pending:
+                counts = transfer.export(database, pending.file, **filters)
+        except FileExistsError:
+            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
+        except OSError as e:
+            raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     if as_json:
         print_json({"path": str(output), "records": counts})
     else:
@@ -112,15 +118,17 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     watched if its owner process still runs and is yours, else ended (reaped) at its last
     activity; expired memories are skipped."""
     from ..offline import omnimemory, transfer
+    from ..offline.omnimemory_owners import settle_live
 
     records, report = omnimemory.read(path)
     with transfer_client() as client:
-        omnimemory.settle_live(records, report, client.find)
-        result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
-    if as_json:
-        print_json({"source": report.as_dict(), "import": result})
-        return
+        result = transfer.send(client, enumerate(settle_live(records, report, client.find), 1), dry_run=dry_run)
     source = report.as_dict()
+    for warning in source["warnings"]:
+        click.echo(f"omnid: warning: {warning}", err=True)
+    if as_json:
+        print_json({"source": source, "import": result})
+        return
     click.echo("read: " + (", ".join(f"{n} {table} row(s)" for table, n in source["tables"].items()) or "no tables"))
     for what in ("sessions", "context", "memories"):
         entry = dict(source[what])
@@ -133,6 +141,8 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
 
 
 def print_import(result: Any, source: dict | None = None) -> None:
+    from ..identity import GONE
+
     verb = "would import" if result.dry_run else "imported"
     rows = []
     for kind, c in result.records.items():
@@ -143,7 +153,11 @@ def print_import(result: Any, source: dict | None = None) -> None:
     else:
         click.echo("no records")
     if result.reaped:
-        click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {'would be' if result.dry_run else 'were'} ended as reaped")
+        were = "would be" if result.dry_run else "were"
+        click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {were} ended as reaped")
+        for session_id, why in result.why.items():
+            if why not in GONE:
+                click.echo(f"  {session_id}: {why}")
 
 
 @click.group()
@@ -152,9 +166,11 @@ def retention() -> None:
 
 
 @retention.command("run")
-@click.option("--older-than", help="Sessions that ended this long ago: 90s, 30m, 12h, 7d, 2w. Default: the daemon's retention.")
+@click.option("--older-than",
+              help="Sessions that ended this long ago: 90s, 30m, 12h, 7d, 2w. Default: the daemon's retention.")
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append the sessions to this JSONL file before deleting them (default: archive.jsonl in omnid's state dir).")
+              help="Append the sessions to this JSONL file before deleting them "
+                   "(default: archive.jsonl in omnid's state dir).")
 @click.option("--purge", is_flag=True, help="Delete without archiving.")
 @click.option("--dry-run", is_flag=True, help="Only show which sessions would go.")
 @json_option
@@ -197,12 +213,13 @@ def retention_status(as_json: bool) -> None:
         click.echo("this daemon does not report retention")
         return
     last = st.last_run
+    error = f", {last.error}" if last and last.error else ""
     print_fields(
         [
             ("retention", duration(st.age) if st.age else "off (ended sessions are kept)"),
             ("archive", st.archive),
             ("runs", f"{st.runs} ({st.archived} archived, {st.purged} purged, {st.failures} failed)"),
-            ("last run", f"{when(last.at)} ({last.trigger}, {last.deleted} deleted{', ' + last.error if last.error else ''})" if last else "never"),
+            ("last run", f"{when(last.at)} ({last.trigger}, {last.deleted} deleted{error})" if last else "never"),
             ("next run", when(st.next_run) if st.next_run else None),
         ]
     )

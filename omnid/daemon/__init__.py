@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ def run(
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
         return 1
+    if hasattr(signal, "SIGHUP"):
+        # Until the event loop handles it (a config reload), a SIGHUP must not kill the
+        # daemon silently; the file is read during startup anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handover = upgrade.take_handover()
     inherited = systemd.listen_fds()
     config = Config(config_path())
@@ -94,7 +99,7 @@ def run(
         return 1
     if app.restart_requested and app.handover_socket is not None:
         owner = "systemd" if instance.socket_inherited else "own"
-        upgrade.exec_handover(instance.lock_fd, app.handover_socket, owner, app.restart_argv)
+        upgrade.exec_handover(instance.lock_fd, app.handover_socket, owner, app.restart_argv, app.snapshot)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -15,26 +16,32 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from omnid_client.paths import LAUNCHD_LABEL, Paths, write_json_atomic
+from omnid_client.paths import LAUNCHD_LABEL, Paths
 from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, Settings
 
-from .. import __version__, api
-from ..config import Config, config_path
+from .. import __version__, api, clock
+from ..config import Config, config_path, describe
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
+from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store, set_aside
 from ..store import sessions as session_store
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
-from .instance import Instance
-from .listener import Listener
+from .instance import Instance, StartupError
+from .listener import Listener, pidfd_budget
 
 log = logging.getLogger("omnid.server")
 
 SHUTDOWN_GRACE = 2.0
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+"""Signals whose default action would end the daemon: each stops it gracefully, logged by
+name. SIGHUP rereads the config file instead (the daemon convention)."""
 
 
 class App:
@@ -70,7 +77,8 @@ class App:
         self.restart_argv = restart_argv or [sys.executable, "-m", "omnid", "serve"]
         self.log_level_fixed = log_level_fixed
         self.timeouts = timeouts
-        self.started_at = time.time()
+        self.started_at = clock.wall()
+        self._started_mono = time.monotonic()
         self.set_aside: list[str] = []
         """Files of a corrupt database found at start and moved aside."""
         # OMNID_RETENTION, when set, overrides the config file's retention (for one-off runs).
@@ -78,6 +86,9 @@ class App:
         self.handover_socket: socket.socket | None = None
         self.listener: Listener | None = None
         self._stopped: asyncio.Event | None = None
+        self.snapshot: Path | None = None
+        """A copy of the running code, for a failed upgrade to fall back to."""
+        self._snapshotting: asyncio.Future[Path | None] | None = None
 
     @property
     def paths(self) -> Paths:
@@ -87,6 +98,10 @@ class App:
     def settings(self) -> Settings:
         """The settings in force (from the config file, or the defaults)."""
         return self.config.settings
+
+    @property
+    def sweep_interval(self) -> float:
+        return self.timeouts.sweep or self.settings.sweep_interval
 
     @property
     def retention(self) -> float | None:
@@ -107,13 +122,23 @@ class App:
     async def serve(self, on_ready: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        _raise_fd_limit()
+        fd_limit = _raise_fd_limit()
+        imported = upgrade.files_stamp()
         upgrade.import_everything()
         self.housekeeping = Housekeeping(
             self.loop, self.instance, self.config,
             log_level_fixed=self.log_level_fixed, retention_fixed=self._retention_override is not None,
+            sweep_fixed=self.timeouts.sweep is not None,
             serve_on=self._serve_on, stop=self.request_stop,
         )
+        failure = upgrade.take_failure()
+        if failure is not None:
+            # Until the installed package changes again, this (old) code is what runs.
+            self.housekeeping.upgrade_error = (
+                f"the upgraded package ({upgrade.installed_version()}) failed before it was ready: {failure}; "
+                f"running the previous code ({__version__}) from {upgrade.running_snapshot()}"
+            )
+            log.error("%s", self.housekeeping.upgrade_error)
         # Watch before anything can be seen from outside, so no change made once a client
         # can connect goes unnoticed.
         self.housekeeping.watch()
@@ -121,7 +146,8 @@ class App:
         self.store = self.open_store()
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
-        self.reaper = Reaper(self.store, self.loop, sweep_interval=settings.sweep_interval)
+        self.store.guard.max_bytes = settings.max_database_bytes
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=pidfd_budget(fd_limit))
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -139,15 +165,18 @@ class App:
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         self.context = api.Context(
-            self.store, self.reaper, self.live_sessions, self.expirer, self.archiver, self.status, self.request_stop
+            self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
+            self.status, self.request_stop,
         )
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed)
         if self.instance.listening_socket is None:
             self.instance.listening_socket = self.instance.bind()
         self.listener = Listener(self.state, self.reaper, self.instance.listening_socket)
         self.housekeeping.check_socket()  # a socket handed over by an upgrade may have lost its file meanwhile
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self._stop_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.housekeeping.start(self.store, self.reaper, self.idle, self.archiver)
         self.write_status_file()
         log.info(
@@ -165,6 +194,8 @@ class App:
             )
         self.archiver.start()
         on_ready()
+        # Only now: a copy taken before it is ready would be the code a failed start falls back to.
+        self._snapshotting = self.loop.run_in_executor(None, upgrade.keep_snapshot, self.paths.state_dir, imported)
         systemd.notify("READY=1", f"STATUS=serving {self.paths.socket}", f"MAINPID={os.getpid()}")
         self.housekeeping.arm_watchdog()
         await self._stopped.wait()
@@ -184,6 +215,17 @@ class App:
             )
         return Store(self.paths.database, schedule=self.loop.call_soon, schedule_later=self.loop.call_later)
 
+    def _stop_signal(self, sig: int) -> None:
+        log.warning("received %s: stopping", signal.Signals(sig).name)
+        self.request_stop(f"signal {signal.Signals(sig).name}")
+
+    def _reload_signal(self) -> None:
+        """SIGHUP, as for most daemons: read the config file again (never stop)."""
+        log.info("received SIGHUP: rereading the config file %s", self.config.path)
+        self.housekeeping.reload_config()
+        if self.config.error is None:
+            log.info("settings in force: %s", describe(self.settings))
+
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
         if self._stopped is not None:
@@ -191,6 +233,11 @@ class App:
 
     async def _shutdown(self) -> None:
         self.housekeeping.stop()
+        if self._snapshotting is not None:
+            try:
+                self.snapshot = await self._snapshotting
+            except Exception:
+                log.exception("keeping a copy of the running code failed")
         if self.restart_requested:
             systemd.notify("RELOADING=1", "STATUS=restarting into the upgraded package")
             assert self.instance.listening_socket is not None
@@ -235,30 +282,31 @@ class App:
         return None
 
     def write_status_file(self) -> None:
-        write_json_atomic(
-            self.paths.status_file,
-            {
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
-                "socket": str(self.paths.socket),
-                "database": str(self.paths.database),
-                "log": str(self.log_path) if self.log_path else None,
-                "log_target": self.log_target,
-                "config": str(self.config.path),
-                "started_at": self.started_at,
-            },
-        )
+        status = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            "socket": str(self.paths.socket),
+            "database": str(self.paths.database),
+            "log": str(self.log_path) if self.log_path else None,
+            "log_target": self.log_target,
+            "config": str(self.config.path),
+            "started_at": self.started_at,
+        }
+        try:
+            with atomic_write(self.paths.status_file, owned=True) as pending:
+                pending.file.write(json.dumps(status, indent=2).encode() + b"\n")
+        except OSError as e:
+            raise StartupError(f"cannot write the status file {self.paths.status_file}: {os_message(e)}") from None
 
     def status(self) -> DaemonStatus:
         db_bytes, wal_bytes = self.store.file_sizes()
-        now = time.time()
         return DaemonStatus(
             pid=os.getpid(),
             version=__version__,
             protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             started_at=self.started_at,
-            uptime=now - self.started_at,
+            uptime=time.monotonic() - self._started_mono,  # a wall-clock jump does not change it
             home=str(self.paths.state_dir),
             socket=str(self.paths.socket),
             database=str(self.paths.database),
@@ -269,6 +317,11 @@ class App:
             watcher=self.reaper.mode,
             live_sessions=session_store.count_live(self.store.db),
             watched_processes=len(self.reaper.owners),
+            pidfd_watches=self.reaper.watcher.fds if self.reaper.mode == "pidfd" else None,
+            pidfd_budget=self.reaper.watcher.max_fds,
+            database_used_bytes=self.store.guard.used_bytes,
+            database_quota=self.store.guard.max_bytes or None,
+            storage_error=str(refusal) if (refusal := self.store.guard.refusal(grows=True)) is not None else None,
             connections=len(self.state.connections),
             last_reap=self.reaper.last_reap,
             retention=self.archiver.status(),
@@ -286,9 +339,12 @@ class App:
         )
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (as far as allowed); returns the
+    soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
+    if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -10,7 +10,7 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, overload
 
 import msgspec
 
@@ -29,7 +29,7 @@ from omnid_client.protocol import (
 
 from .. import __version__, api
 from .instance import StartupError
-from .replies import respond
+from .replies import encode, respond
 
 log = logging.getLogger("omnid.server")
 
@@ -38,27 +38,51 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECTION_IDLE_TIMEOUT = 3600.0
 """Seconds a greeted connection may stay silent before it is closed
 (``OMNID_CONNECTION_IDLE_TIMEOUT``). Connections only: sessions do not expire by it."""
+WRITE_HIGH_WATER = 256 * 1024
+"""Bytes of replies queued for one connection (unsent, or waiting for their commit) past
+which the daemon reads no further requests from it, until the client has taken its
+replies down to ``WRITE_LOW_WATER``. With ``MAX_IN_FLIGHT`` and the frame limit this
+bounds what any one connection can make the daemon hold (see ``CONNECTION_MEMORY``)."""
+WRITE_LOW_WATER = 64 * 1024
+MAX_IN_FLIGHT = 64
+"""Requests of one connection decoded and run but not yet answered (waiting for their
+commit) past which no further request of it is decoded."""
+READ_CHUNK = 256 * 1024
+"""Most bytes asyncio reads from a socket at once."""
+CONNECTION_MEMORY = 2 * WRITE_HIGH_WATER + 4 * (HEADER.size + MAX_FRAME) + READ_CHUNK
+"""Most bytes of requests and replies one connection can make the daemon hold, whatever its
+client does (about 4.8 MiB): replies unsent and replies waiting for their commit (each
+stopped at the high-water mark, plus the reply that crossed it, and a read's request kept
+to be retried), and unread request bytes (one frame being assembled, plus one read)."""
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
-_encoder = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
 class Timeouts:
     handshake: float = HANDSHAKE_TIMEOUT
     idle: float = CONNECTION_IDLE_TIMEOUT
+    sweep: float | None = None
+    """Seconds between sweeps, overriding the config's ``sweep_interval`` (and its 30 s
+    floor) for one-off runs and tests."""
 
     @classmethod
     def from_env(cls) -> "Timeouts":
-        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT`` (seconds)."""
+        """The defaults, overridden by ``OMNID_HANDSHAKE_TIMEOUT`` / ``OMNID_CONNECTION_IDLE_TIMEOUT``
+        / ``OMNID_SWEEP_INTERVAL`` (seconds)."""
         return cls(
             _seconds_from_env("OMNID_HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT),
             _seconds_from_env("OMNID_CONNECTION_IDLE_TIMEOUT", CONNECTION_IDLE_TIMEOUT),
+            _seconds_from_env("OMNID_SWEEP_INTERVAL", None),
         )
 
 
-def _seconds_from_env(name: str, default: float) -> float:
+@overload
+def _seconds_from_env(name: str, default: float) -> float: ...
+@overload
+def _seconds_from_env(name: str, default: None) -> float | None: ...
+def _seconds_from_env(name: str, default: float | None) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -99,7 +123,11 @@ class ServerState:
 
 
 class Connection(asyncio.Protocol):
-    """One client's connection: its frames in, its replies out."""
+    """One client's connection: its frames in, its replies out. Requests are decoded and
+    run in order, but only while the client keeps up with its replies: past
+    ``WRITE_HIGH_WATER`` queued reply bytes or ``MAX_IN_FLIGHT`` unanswered requests, the
+    rest of what arrived stays undecoded and the socket is not read, until the client has
+    taken its replies."""
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -111,12 +139,21 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The handshake deadline until the hello, then the idle check."""
         self._last_heard = 0.0
+        self._write_paused = False
+        """The transport holds more than ``WRITE_HIGH_WATER`` unsent bytes."""
+        self._reading = True
+        self.in_flight = 0
+        """Requests run whose replies wait for their commit."""
+        self.waiting_bytes = 0
+        """Bytes of those replies."""
+        self._resume_pending = False
 
     # -- asyncio callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.state.connections.add(self)
         try:
             pid, uid = peer_credentials(transport.get_extra_info("socket"))
@@ -137,6 +174,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.transport = None
+        self.buffer = bytearray()
         self.state.connection_closed()
 
     def data_received(self, data: bytes) -> None:
@@ -147,11 +185,16 @@ class Connection(asyncio.Protocol):
             self.buffer += data
             data = bytes(self.buffer)
             self.buffer.clear()
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Run the complete frames at the start of ``data`` while the client keeps up;
+        keep the rest for later."""
         # Frames are decoded straight out of what arrived (usually exactly one frame);
-        # only an incomplete tail is kept for the next read.
+        # only an incomplete tail, or what must wait for the client, is kept.
         view = memoryview(data)
         start, size = 0, len(data)
-        while size - start >= HEADER.size and not self.closing:
+        while size - start >= HEADER.size and not self.closing and not self.backlogged:
             (length,) = HEADER.unpack_from(data, start)
             if length > MAX_FRAME:
                 self.fail(0, TooLarge(f"frame of {length} bytes; the limit is {MAX_FRAME}"))
@@ -163,14 +206,49 @@ class Connection(asyncio.Protocol):
             start = end
         if start < size and not self.closing:
             self.buffer += view[start:]
+        self._pace_reading()
+
+    @property
+    def backlogged(self) -> bool:
+        """The client is behind on its replies: decode nothing more from it for now."""
+        return self._write_paused or self.in_flight >= MAX_IN_FLIGHT or self.waiting_bytes >= WRITE_HIGH_WATER
+
+    def _pace_reading(self) -> None:
+        """Read the socket only while the client keeps up with its replies."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        want = not self.backlogged
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def caught_up(self) -> None:
+        """The client took replies, or some were answered: go on with what waits (soon,
+        not from inside a commit or a transport callback)."""
+        if self._resume_pending or self.backlogged or self.transport is None:
+            return
+        self._resume_pending = True
+        self.state.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_pending = False
+        if self.closing or self.transport is None or self.backlogged:
+            return
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._consume(data)
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._write_paused = True
+        self._pace_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._write_paused = False
+        self.caught_up()
 
     # -- requests ------------------------------------------------------------------
 
@@ -185,7 +263,7 @@ class Connection(asyncio.Protocol):
             return
         caller = self.caller
         assert caller is not None
-        respond(self.state.context, caller, request, self.send)
+        respond(self.state.context, caller, request, self)
 
     def greet(self, request: IncomingRequest) -> None:
         if request.method != "hello":
@@ -222,24 +300,12 @@ class Connection(asyncio.Protocol):
         self.send(ResponseFrame(request.id, result=Welcome(PROTOCOL_MAJOR, PROTOCOL_MINOR, __version__, os.getpid())))
 
     def send(self, response: ResponseFrame) -> None:
+        self.write(encode(response))
+
+    def write(self, frame: bytearray) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        buf = bytearray(HEADER.size)
-        _encoder.encode_into(response, buf, HEADER.size)
-        size = len(buf) - HEADER.size
-        if size > MAX_FRAME:
-            # The client would drop the connection on a frame this large: say what to do instead.
-            log.warning("reply to request %d is %d bytes, over the frame limit; sent an error instead", response.id, size)
-            err = TooLarge(
-                f"the reply is {size} bytes, over the {MAX_FRAME}-byte frame limit; ask for fewer items (a smaller limit)",
-                {"reply_bytes": size, "limit": MAX_FRAME},
-            )
-            buf = bytearray(HEADER.size)
-            _encoder.encode_into(ResponseFrame(response.id, error=api.error_info(err)), buf, HEADER.size)
-            size = len(buf) - HEADER.size
-        HEADER.pack_into(buf, 0, size)
-        transport.write(buf)
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
 
     def fail(self, request_id: int, err: OmnidError) -> None:
         """Send a final error and close: the stream can no longer be trusted."""

@@ -46,6 +46,7 @@ class Housekeeping:
         *,
         log_level_fixed: bool,
         retention_fixed: bool,
+        sweep_fixed: bool,
         serve_on: Callable[[socket.socket], None],
         stop: Callable[[str], None],
     ):
@@ -55,6 +56,8 @@ class Housekeeping:
         self.log_level_fixed = log_level_fixed
         self.retention_fixed = retention_fixed
         """OMNID_RETENTION overrides the config file's retention (for one-off runs)."""
+        self.sweep_fixed = sweep_fixed
+        """OMNID_SWEEP_INTERVAL overrides the config file's sweep_interval (for one-off runs and tests)."""
         self._serve_on = serve_on
         self._stop = stop
         self.store: Store | None = None
@@ -113,7 +116,8 @@ class Housekeeping:
             self.reaper.sweep(trigger="sweep")
         except Exception:
             log.exception("periodic sweep failed")
-        for check in (self.check_config_file, self.check_socket, self.check_package, self.idle.run):
+        checks = (self.check_config_file, self.check_socket, self.check_package, self.idle.run, self.check_database)
+        for check in checks:
             try:
                 check()
             except Exception:
@@ -177,17 +181,27 @@ class Housekeeping:
 
     def apply_settings(self, old: Settings, new: Settings) -> None:
         assert self.store is not None and self.reaper is not None and self.idle is not None and self.archiver is not None
-        if new.sweep_interval != old.sweep_interval:
+        if new.sweep_interval != old.sweep_interval and not self.sweep_fixed:
             self.reaper.set_interval(new.sweep_interval)
             self._arm_tick()  # the next tick is due by the new interval
         if new.durability != old.durability:
             self.store.set_durability(new.durability)
+        if new.max_database_bytes != old.max_database_bytes:
+            self.store.guard.max_bytes = new.max_database_bytes
         if new.log_level != old.log_level and not self.log_level_fixed:
             logs.set_level(new.log_level)
         if new.idle_expiry != old.idle_expiry:
             self.idle.configure(new.idle_expiry)
         if new.retention != old.retention and not self.retention_fixed:
             self.archiver.reschedule()
+
+    # -- the database file ---------------------------------------------------------------
+
+    def check_database(self) -> None:
+        """Is the database file still the one open, and how full is it? (Also looked at
+        before each commit, at most once a second.)"""
+        assert self.store is not None
+        self.store.guard.check(force=True)
 
     # -- the socket ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omnid_client.paths import Paths, check_socket_path, ensure_private_dir, read_status_file
 
+from ..safefile import open_private, os_message
 from . import systemd
 
 log = logging.getLogger("omnid.server")
@@ -51,7 +52,10 @@ class Instance:
 
     def acquire_lock(self) -> None:
         ensure_private_dir(self.paths.state_dir)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_private(self.paths.lock, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise StartupError(f"cannot open the lock file {self.paths.lock}: {os_message(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,5 +1,5 @@
-"""The accept loop on the listening socket, spending file descriptors on connections only
-while ``FD_RESERVE`` of them stay free."""
+"""The accept loop on the listening socket and the file descriptor budget: connections are
+accepted only while ``FD_RESERVE`` descriptors stay free, and owner watches get ``PIDFD_SHARE``."""
 
 from __future__ import annotations
 
@@ -18,12 +18,18 @@ from .connection import Connection, ServerState
 log = logging.getLogger("omnid.server")
 
 FD_RESERVE = 32
-"""File descriptors never spent on connections: SQLite, owner watches and /proc need some."""
+"""File descriptors spent neither on connections nor on owner watches: SQLite, /proc and the
+daemon's own files need some."""
+PIDFD_SHARE = 0.5
+"""The share of the file descriptors above ``FD_RESERVE`` (and those open at start) that
+exit watches on owner processes (pidfds) may take; connections always keep the rest.
+Owners past it are found dead by the periodic sweep instead of at once."""
 
 
 class Listener:
-    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store,
-    owner watches and /proc; past that, new connections wait in the kernel's listen backlog
+    """Accepts connections while file descriptors last, keeping ``FD_RESERVE`` for the store
+    and /proc (owner watches take at most ``PIDFD_SHARE`` of the rest); past that, new
+    connections wait in the kernel's listen backlog
     until one closes. (asyncio's own server, out of fds, logs a traceback per queued
     connection every second.)"""
 
@@ -34,7 +40,7 @@ class Listener:
         self.sock = sock
         sock.setblocking(False)
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.base_fds = _open_fd_count() - len(reaper.owners)
+        self.base_fds = _open_fd_count() - reaper.watcher.fds
         self.accepting = False
         self._starting: set[asyncio.Task[None]] = set()
         self.paused_at: float | None = None
@@ -44,8 +50,8 @@ class Listener:
 
     def fds_in_use(self) -> int:
         """An estimate that needs no syscall: what was open at start, plus each connection
-        (accepted or being set up) and each watched owner (a pidfd)."""
-        return self.base_fds + len(self._starting) + len(self.state.connections) + len(self.reaper.owners)
+        (accepted or being set up) and each exit watch on an owner (a pidfd)."""
+        return self.base_fds + len(self._starting) + len(self.state.connections) + self.reaper.watcher.fds
 
     def has_room(self) -> bool:
         return self.fd_limit == resource.RLIM_INFINITY or self.fds_in_use() < self.fd_limit - FD_RESERVE
@@ -116,6 +122,14 @@ class Listener:
             self.loop.remove_reader(self.sock.fileno())
             self.accepting = False
         self.sock.close()
+
+
+def pidfd_budget(fd_limit: int) -> int | None:
+    """How many owner processes may get an exit watch (a pidfd): ``PIDFD_SHARE`` of the file
+    descriptors neither open now nor in ``FD_RESERVE``. None: no limit."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return None
+    return max(0, int((fd_limit - _open_fd_count() - FD_RESERVE) * PIDFD_SHARE))
 
 
 def _open_fd_count() -> int:

@@ -3,10 +3,13 @@ prefixes, no timestamps: journald adds its own), or plain stderr."""
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 
+from ..safefile import open_private
 from . import systemd
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -26,12 +29,25 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """A rotated log file opened only as a regular file of this user, never through a link."""
+
+    def _open(self) -> io.TextIOWrapper:
+        return os.fdopen(open_log(self.baseFilename), "a", encoding=self.encoding, errors=self.errors)
+
+
+def open_log(log_file: Path | str) -> int:
+    """A descriptor to append to the log file: a regular file of this user, or the null
+    device (to discard the log); never a link, a FIFO or another device."""
+    if os.fspath(log_file) == os.devnull:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    return open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
 def configure(log_file: Path | None, level: str) -> str:
     """Send the root logger's output to its destination; returns a description of it."""
     if log_file is not None:
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
-        )
+        handler: logging.Handler = LogFile(log_file, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         target = f"file {log_file} (rotated at {MAX_BYTES // (1024 * 1024)} MiB, {BACKUPS} kept)"
     elif systemd.journal_stream():

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+from .. import clock
 from ..store import Store
 from ..store import memories as memory_store
 from ._timer import Timer
@@ -32,7 +33,9 @@ class Expirer:
         self._timer.cancel()
 
     def expect(self, expires_at: float) -> None:
-        """A memory will expire at ``expires_at`` (UTC epoch seconds): make sure we wake for it."""
+        """A memory will expire at ``expires_at`` (UTC epoch seconds): make sure we wake for it.
+        The wait runs on the monotonic clock: a wall-clock jump makes a wake early (it finds
+        nothing due and sleeps again) or late (readers never see an expired memory anyway)."""
         if self._due is None or expires_at < self._due:
             self._schedule(expires_at)
 
@@ -53,7 +56,7 @@ class Expirer:
 
     def _schedule(self, expires_at: float) -> None:
         self._due = expires_at
-        wait = max(expires_at - time.time(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
+        wait = max(expires_at - clock.wall(), self._last_run + MIN_INTERVAL - time.monotonic(), 0.0)
         self._timer.arm(wait)
 
     def _fire(self) -> None:
@@ -61,4 +64,4 @@ class Expirer:
             self.purge()
         except Exception:
             log.exception("purging expired memories failed")
-            self._schedule(time.time() + MIN_INTERVAL)
+            self._schedule(clock.wall() + MIN_INTERVAL)

@@ -26,11 +26,15 @@ RETRY_MIN = 1.0
 class Reaper:
     """Keeps one watch per live owner process and ends its sessions when it dies."""
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0):
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0, max_fds: int | None = None
+    ):
+        """``max_fds``: most file descriptors to spend on exit watches (pidfds); owners past
+        that are found dead by the sweep alone."""
         self.store = store
         self.loop = loop
         self.sweep_interval = sweep_interval
-        self.watcher = make_watcher(loop, self._owner_exited)
+        self.watcher = make_watcher(loop, self._owner_exited, max_fds)
         self.owners: dict[ProcessIdentity, set[str]] = {}
         self._by_pid: dict[int, ProcessIdentity] = {}
         self._uid = os.getuid()  # every session here was bound to a process of this user
@@ -170,6 +174,12 @@ class Reaper:
                 dead_owners[owner] = cause
         now = self.store.now()
         if not dry_run:
+            # Owners left to the sweep get an exit watch as soon as there is room again.
+            for owner, (alive, _) in checked.items():
+                if not self.watcher.has_room:
+                    break
+                if alive and owner in self.owners and not self.watcher.watching(owner):
+                    self.watcher.watch(owner)
             if found:
                 with self.store.write() as db:
                     session_store.end(db, [s.session_id for s in found], "reaped", now)

@@ -105,6 +105,12 @@ def _json_dict(text: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _importance(value: Any) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), 1.0)
+
+
 def _first(*values: Any) -> Any:
     for v in values:
         if v not in (None, ""):

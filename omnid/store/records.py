@@ -182,8 +182,9 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
             yield InteractionRecord(task_id, seq, kind, content, loads_dict(metadata), created_at)
 
 
-def archive_records(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator[Record]:
-    """An importable export of just these sessions (and the projects they belong to)."""
+def archive_head(db: sqlite3.Connection, session_ids: Sequence[str]) -> Iterator[Record]:
+    """What an archive of these sessions starts with: the header and the sessions' projects
+    (their ``session_records`` follow)."""
     yield ExportHeader()
     projects = sorted(
         {
@@ -193,5 +194,3 @@ def archive_records(db: sqlite3.Connection, session_ids: Sequence[str]) -> Itera
         }
     )
     yield from project_records(db, projects)
-    for sid in session_ids:
-        yield from session_records(db, sid)

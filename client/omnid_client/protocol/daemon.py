@@ -22,6 +22,9 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_database_bytes: Annotated[int, Meta(ge=0, le=2**50)] = 2 * 1024**3
+    """The storage quota: past this many bytes of used database pages, writes that add data
+    fail with a StorageError (reason "quota"); reads, ends and deletions go on. 0 = none."""
 
 
 class RunRetention(Struct):
@@ -136,3 +139,14 @@ class DaemonStatus(Struct):
     """Why the daemon did not restart into a changed installed package, if it did not."""
     set_aside: list[str] = []
     """Files of a corrupt database this daemon found at start and moved aside (kept)."""
+    pidfd_watches: int | None = None
+    """Owner processes whose exit is an event (one pidfd each); the other watched processes
+    are checked by the periodic sweep. None where exit watches cost no file descriptor."""
+    pidfd_budget: int | None = None
+    """Most pidfds the daemon spends on owners (see ``PIDFD_SHARE``); None: no limit."""
+    database_used_bytes: int | None = None
+    """Bytes of database pages in use (free pages not counted): what the quota limits."""
+    database_quota: int | None = None
+    """The storage quota in bytes (``max_database_bytes``); None: no quota."""
+    storage_error: str | None = None
+    """Why writes are refused right now (over the quota, database file gone), if they are."""

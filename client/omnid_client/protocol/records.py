@@ -187,4 +187,7 @@ class ImportResult(Struct):
     records: dict[str, ImportCounts]
     """By record type."""
     reaped: list[str] = []
-    """Sessions imported live whose owner process is gone: ended as ``reaped``."""
+    """Sessions imported live whose owner process is gone, or is not one the importing
+    caller may bind a session to: ended as ``reaped``."""
+    why: dict[str, str] = {}
+    """Why each session in ``reaped`` was ended (new in 1.x daemons; empty from older ones)."""
