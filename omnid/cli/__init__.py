@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import content, daemon, data, sessions
+from . import compat, content, daemon, data, sessions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,5 +19,6 @@ for command in (
     sessions.sessions, sessions.session, sessions.projects,
     content.memories, content.context, content.messages, content.tasks, content.search,
     data.backup, data.export_command, data.import_command, data.import_omnimemory, data.retention, data.cleanup,
+    compat.compat,
 ):
     main.add_command(command)

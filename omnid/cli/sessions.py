@@ -74,8 +74,16 @@ def print_session(s: Session, owners: Sequence[SessionOwner] = ()) -> None:
         ("metadata", json.dumps(s.metadata, sort_keys=True) if s.metadata else None),
         ("project", s.project_id),
         ("messages", f"{s.message_count} ({s.total_tokens} tokens, ${s.total_cost:.6f})" if s.message_count else None),
+        ("counters", counters_text(s.metadata.get("counters"))),
     ]
     print_fields(fields)
+
+
+def counters_text(counters: object) -> str | None:
+    """A session's ``metadata["counters"]`` (e.g. OmniMemory's tokens_saved) as one line."""
+    if not isinstance(counters, dict) or not counters:
+        return None
+    return ", ".join(f"{k} {v}" for k, v in counters.items())
 
 
 @sessions.command("list")

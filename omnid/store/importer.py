@@ -60,6 +60,7 @@ class Importer:
         self._new: dict[str, set[str]] = defaultdict(set)  # ids this batch creates, by kind
         self._positions: dict[tuple[str, str], int] = {}
         self._projects: dict[str, str | None] = {}
+        self._counted: dict[str, int] = {}
         self._line: str = ""
 
     def add(self, record: Record, where: str) -> None:
@@ -234,6 +235,14 @@ class Importer:
             self.live_sessions.append(r)
         return "imported"
 
+    def _counted_messages(self, session_id: str) -> int:
+        """How many of the session's messages its totals already count (kept in step with
+        the increments this batch makes)."""
+        if session_id not in self._counted:
+            row = self.db.execute("SELECT message_count FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            self._counted[session_id] = row[0] if row else 0
+        return self._counted[session_id]
+
     def _session_project(self, session_id: str) -> str | None:
         if session_id not in self._projects:
             row = self.db.execute("SELECT project_id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
@@ -269,9 +278,10 @@ class Importer:
                 r.session_id, r.seq, r.role, r.content, r.message_type, dumps(r.metadata), r.tokens_used,
                 r.cost_nanos, r.created_at,
             )
-            if r.session_id not in self._new["session"]:
-                # A new session's record already counts its messages; an existing one's
-                # totals must grow with each message added to it.
+            if r.seq > self._counted_messages(r.session_id):
+                # A session record's totals count its first message_count messages, whichever
+                # batch brings them; only a message past those makes the totals grow.
+                self._counted[r.session_id] += 1
                 self._write(
                     "UPDATE sessions SET message_count = message_count + 1, total_tokens = total_tokens + ?, "
                     "total_cost_nanos = total_cost_nanos + ? WHERE session_id = ?",

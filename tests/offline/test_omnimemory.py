@@ -200,8 +200,10 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
 
     report = out["source"]
     assert report["tables"] == {"projects": 1, "tool_sessions": 3, "sessions": 2, "project_memories": 6}
-    assert report["sessions"] == {"found": 4, "converted": 3, "ended_on_import": 1, "skipped": {"bad_time": 1}}
-    assert report["context"] == {"items": 8, "converted": 6,
+    assert report["sessions"] == {
+        "found": 4, "converted": 3, "live": 0, "ended_on_import": 1, "skipped": {"bad_time": 1},
+    }
+    assert report["context"] == {"items": 8, "converted": 6, "files_from_importance": 0,
                                  "skipped": {"bad_context_json": 1, "bad_item": 1, "empty": 1}}
     assert report["memories"] == {"rows": 6, "memories": 2, "versions": 3,
                                   "skipped": {"expired": 2, "unknown_project": 1}}
@@ -223,7 +225,8 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
         utc("2024-05-01 10:00:00"), utc("2024-05-01 11:00:00"), "reaped")
     assert (live.workspace, live.project_id) == (str(workspace), project)
     assert live.metadata == {"imported_from": "omnimemory", "omnimemory": {
-        "session_id": LIVE_ID, "tables": ["tool_sessions"], "process_id": 4242, "project_id": "p1"}}
+        "session_id": LIVE_ID, "tables": ["tool_sessions"], "process_id": 4242, "project_id": "p1"},
+        "counters": {"tokens_saved": 0, "total_compressions": 0, "total_embeddings": 0, "total_workflows": 0}}
 
     both = sessions[both_id]  # in both tables: merged
     assert (both.tool_id, both.tool_version, both.owner_pid, both.end_reason) == ("cursor", "0.42", 777, "ended")
@@ -231,7 +234,8 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
         utc("2024-05-02 09:00:00"), utc("2024-05-02 10:00:00"), utc("2024-05-02 10:00:00"))
     assert both.metadata["omnimemory"] == {"session_id": BOTH_ID, "tables": ["tool_sessions", "sessions"],
                                            "process_id": 777, "project_id": "p1", "pinned": True,
-                                           "metrics": {"tokens": 5}}
+                                           "metrics": {"tokens": 5}, "tool_specific": {"cursor": {"tab": 3}}}
+    assert both.metadata["counters"]["tokens_saved"] == 12
 
     ctx = client.get_context(both_id)
     assert [(f.path, f.importance, f.first_access) for f in ctx.files] == [
@@ -241,7 +245,7 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
     assert [(s.query, s.at) for s in ctx.searches] == [
         ("auth flow ✓", local("2024-05-02T15:02:00")), ("plain search", both.started_at)]
     assert [(d.text, d.at) for d in ctx.decisions] == [("use JWT", local("2024-05-02T15:03:00"))]
-    assert [(m.ref, m.source) for m in ctx.memories] == [("db", "memory_ref")]
+    assert [(m.ref, m.source, m.content) for m in ctx.memories] == [("db", "memory_ref", "mem_0123456789ab")]
     assert client.search("JWT")[0].session_id == both_id
     assert sessions[[s for s in sessions if s not in (LIVE_ID, both_id)][0]].tool_id == "weird-tool-"
 

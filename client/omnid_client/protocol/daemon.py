@@ -88,6 +88,9 @@ class ServiceStats(Struct):
     avg_tokens_per_session: float
     avg_session_seconds: float | None
     sessions_by_tool: dict[str, int]
+    counters: dict[str, int] = {}
+    """Totals of the sessions' ``metadata["counters"]`` (name -> integer), e.g. the
+    ``tokens_saved`` an OmniMemory import brings; absent from older daemons."""
 
 
 class CleanupOrphans(Struct):

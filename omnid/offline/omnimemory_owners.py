@@ -1,0 +1,102 @@
+"""Whether an imported OmniMemory session comes in live (its owner still runs and is this user's), and its counters."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import msgspec
+import psutil
+
+from omnid_client.protocol import Record, SessionRecord
+
+from .. import identity
+from .omnimemory_source import Report, Source
+
+COUNTERS = ("tokens_saved", "total_compressions", "total_embeddings", "total_workflows")
+"""The per-session counters OmniMemory shows: ``tool_sessions`` columns its ``end_session``
+fills in, and for a session not ended, the sums of the ``metrics`` table's deltas."""
+OWNER_SLACK = 2.0
+"""Seconds: CURRENT_TIMESTAMP drops fractions, so a session's last activity may read up to
+a second before its owner process started."""
+
+
+def live_owner(pid: int, last_activity: float) -> identity.ProcessInfo | None:
+    """The running process that owns a session OmniMemory never ended: ``pid`` runs, is
+    this user's, and had started when the session was last active (else the pid was reused)."""
+    info = identity.inspect(pid)
+    if info is None or info.uid != os.geteuid() or info.identity.start == 0:
+        return None
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return info if started <= last_activity + OWNER_SLACK else None
+
+
+def one_live_per_owner(sessions: list[dict[str, Any]]) -> None:
+    """OmniMemory may leave several sessions of one tool and process unended; omnid keeps
+    one live session per (tool, owner): the most recently active keeps its ``owner``."""
+    seen: set[tuple[str, int]] = set()
+    for s in sorted(sessions, key=lambda s: -s["last"]):
+        if s["owner"] is None:
+            continue
+        key = (s["tool_id"], s["owner"].identity.pid)
+        if key in seen:
+            s["owner"] = None
+        seen.add(key)
+
+
+def end_on_import(r: SessionRecord, report: Report) -> SessionRecord:
+    """The session ended as reaped at its last activity, its owner kept as a bare pid."""
+    report.sessions["live"] -= 1
+    report.sessions["ended_on_import"] += 1
+    return msgspec.structs.replace(r, ended_at=r.last_activity, end_reason="reaped", owner_start=None, boot_id=None)
+
+
+def settle_live(records: Iterable[Record], report: Report, find: Callable[..., Any]) -> Iterator[Record]:
+    """The records, as they come, except that a session to be imported live whose owner
+    already has a live omnid session of the same tool (one live session per tool and
+    process) comes in ended. ``find`` is the client's ``find(tool_id, pid=...)``."""
+    for r in records:
+        if isinstance(r, SessionRecord) and r.ended_at is None and r.owner_pid is not None:
+            current = find(r.tool_id, pid=r.owner_pid)
+            if current is not None and current.session_id != r.session_id:
+                r = end_on_import(r, report)
+                report.sessions["owner_had_live_session"] = report.sessions.get("owner_had_live_session", 0) + 1
+        yield r
+
+
+def metric_sums(source: Source, sessions: set[str]) -> dict[str, dict[str, int]]:
+    """For each of ``sessions``, the sums of the ``metrics`` table's ``*_delta`` counters
+    (what OmniMemory's ``/sessions/{id}/metrics`` shows while a session runs), read a row
+    at a time like every other table."""
+    present = [c for c in COUNTERS if f"{c}_delta" in source.columns("metrics")] if "metrics" in source.tables else []
+    if not present or "session_id" not in source.columns("metrics"):
+        return {}
+    sums: dict[str, dict[str, int]] = {}
+    for row in source.rows("metrics", ("session_id", *(f"{c}_delta" for c in present))):
+        sid = row.get("session_id")
+        if isinstance(sid, bytes):
+            sid = sid.decode("utf-8", "replace")
+        if sid is None or str(sid) not in sessions:
+            continue
+        into = sums.setdefault(str(sid), {})
+        for c in present:
+            delta = row.get(f"{c}_delta")
+            if isinstance(delta, int) and not isinstance(delta, bool):
+                into[c] = into.get(c, 0) + delta
+    return sums
+
+
+def counters(tool_session: dict[str, Any], deltas: dict[str, int]) -> dict[str, int]:
+    """A session's counters: those OmniMemory stored when it ended, else its running sums."""
+    found = {c: tool_session[c] for c in COUNTERS if _count(tool_session.get(c))}
+    for name, total in deltas.items():
+        if not found.get(name):  # not ended yet in OmniMemory: its running sums are what it shows
+            found[name] = total
+    return {c: min(max(n, -(2**63)), 2**63 - 1) for c, n in found.items()}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
