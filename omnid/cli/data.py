@@ -122,7 +122,7 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
 
     records, report = omnimemory.read(path)
     with transfer_client() as client:
-        result = transfer.send(client, enumerate(settle_live(records, report, client.find), 1), dry_run=dry_run)
+        result = transfer.send(client, enumerate(settle_live(records, report, client), 1), dry_run=dry_run)
     source = report.as_dict()
     for warning in source["warnings"]:
         click.echo(f"omnid: warning: {warning}", err=True)

@@ -40,15 +40,17 @@ from omnid_client.protocol import (
 )
 
 from ..projects import locate
-from .omnimemory_owners import COUNTERS, counters, live_owner, metric_sums, one_live_per_owner
+from .omnimemory_owners import COUNTERS, counters, live_owner, metric_sums, one_live_per_owner_and_key
 from .omnimemory_source import ROWID, TOO_LARGE, Report, Source, _merge, open_database
 from .omnimemory_values import (
     SOURCE,
     _encode,
     _first,
+    _flag,
     _importance,
     _json_dict,
     _memory_id,
+    _resume_key,
     _session_id,
     _tool_id,
     _valid,
@@ -174,9 +176,10 @@ class _Converter:
                 "source_id": source_id, "session_id": _session_id(source_id), "started": started, "last": last,
                 "ended": ended, "pid": pid, "workspace": workspace,
                 "tool_id": _tool_id(_first(ts.get("tool_id"), s.get("tool_id"))),
+                "resume_key": _resume_key(_first(ts.get("instance_id"), s.get("instance_id"))),
                 "owner": live_owner(pid, last) if ended is None and pid is not None else None,
             })
-        one_live_per_owner(out)
+        one_live_per_owner_and_key(out)
         out.sort(key=lambda s: (s["started"], s["session_id"]))
         return out
 
@@ -206,9 +209,6 @@ class _Converter:
             value = _first(ts.get(key), s.get(key))
             if value is not None:
                 provenance[key] = value
-        for key in ("pinned", "archived"):
-            if s.get(key):
-                provenance[key] = True
         for key in ("metadata", "metrics_json", "evolution_metadata"):
             extra = _json_dict(_first(ts.get(key), s.get(key)))
             if extra:
@@ -244,6 +244,10 @@ class _Converter:
             message_count=0,
             total_tokens=0,
             total_cost_nanos=0,
+            resume_key=times["resume_key"],
+            pinned=_flag(s.get("pinned")),
+            # OmniMemory keeps no archive time: the last time it knew of is the closest.
+            archived_at=last if _flag(s.get("archived")) else None,
         )
         try:
             record = _valid(record)  # type: ignore[assignment]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import msgspec
 import psutil
 
+from omnid_client import Client
 from omnid_client.protocol import Record, SessionRecord
 
 from .. import identity
@@ -34,17 +35,21 @@ def live_owner(pid: int, last_activity: float) -> identity.ProcessInfo | None:
     return info if started <= last_activity + OWNER_SLACK else None
 
 
-def one_live_per_owner(sessions: list[dict[str, Any]]) -> None:
-    """OmniMemory may leave several sessions of one tool and process unended; omnid keeps
-    one live session per (tool, owner): the most recently active keeps its ``owner``."""
-    seen: set[tuple[str, int]] = set()
+def one_live_per_owner_and_key(sessions: list[dict[str, Any]]) -> None:
+    """OmniMemory may leave several sessions of one tool and process (or of one tool and
+    instance id) unended; omnid keeps one live session per (tool, owner) and per (tool,
+    resume key): the most recently active keeps its ``owner``, the others end as reaped."""
+    seen: set[tuple[str, str, Any]] = set()
     for s in sorted(sessions, key=lambda s: -s["last"]):
         if s["owner"] is None:
             continue
-        key = (s["tool_id"], s["owner"].identity.pid)
-        if key in seen:
+        keys = {(s["tool_id"], "pid", s["owner"].identity.pid)}
+        if s["resume_key"] is not None:
+            keys.add((s["tool_id"], "key", s["resume_key"]))
+        if keys & seen:
             s["owner"] = None
-        seen.add(key)
+        else:
+            seen |= keys
 
 
 def end_on_import(r: SessionRecord, report: Report) -> SessionRecord:
@@ -54,17 +59,38 @@ def end_on_import(r: SessionRecord, report: Report) -> SessionRecord:
     return msgspec.structs.replace(r, ended_at=r.last_activity, end_reason="reaped", owner_start=None, boot_id=None)
 
 
-def settle_live(records: Iterable[Record], report: Report, find: Callable[..., Any]) -> Iterator[Record]:
-    """The records, as they come, except that a session to be imported live whose owner
-    already has a live omnid session of the same tool (one live session per tool and
-    process) comes in ended. ``find`` is the client's ``find(tool_id, pid=...)``."""
+def settle_live(records: Iterable[Record], report: Report, client: Client) -> Iterator[Record]:
+    """The records, as they come, except that a session to be imported live comes in ended
+    when omnid already has a live session of the same tool with the same owner (one live
+    session per tool and process) or the same resume key (one live session per key)."""
+    live_keys: dict[str, dict[str, str]] = {}
     for r in records:
-        if isinstance(r, SessionRecord) and r.ended_at is None and r.owner_pid is not None:
-            current = find(r.tool_id, pid=r.owner_pid)
+        if isinstance(r, SessionRecord) and r.ended_at is None:
+            why = None
+            current = client.find(r.tool_id, pid=r.owner_pid) if r.owner_pid is not None else None
             if current is not None and current.session_id != r.session_id:
+                why = "owner_had_live_session"
+            elif r.resume_key is not None:
+                if r.tool_id not in live_keys:
+                    live_keys[r.tool_id] = _live_keys(client, r.tool_id)
+                if live_keys[r.tool_id].get(r.resume_key, r.session_id) != r.session_id:
+                    why = "key_had_live_session"
+            if why is not None:
                 r = end_on_import(r, report)
-                report.sessions["owner_had_live_session"] = report.sessions.get("owner_had_live_session", 0) + 1
+                report.sessions[why] = report.sessions.get(why, 0) + 1
         yield r
+
+
+def _live_keys(client: Client, tool_id: str) -> dict[str, str]:
+    """The resume keys of the tool's live sessions in omnid, each with its session id."""
+    keys: dict[str, str] = {}
+    cursor = None
+    while True:
+        page = client.list_sessions(tool_id=tool_id, status="live", archived="include", limit=200, cursor=cursor)
+        keys.update((s.resume_key, s.session_id) for s in page.sessions if s.resume_key is not None)
+        if not page.next_cursor:
+            return keys
+        cursor = page.next_cursor
 
 
 def metric_sums(source: Source, sessions: set[str]) -> dict[str, dict[str, int]]:

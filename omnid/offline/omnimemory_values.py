@@ -93,6 +93,25 @@ def _tool_id(value: Any) -> str:
     return text or SOURCE
 
 
+def _resume_key(value: Any) -> str | None:
+    """OmniMemory's instance id as a resume key (what its MCP server sends ``omnid compat``
+    as ``instance_id``, used as the key there too), or None if it cannot be one."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+
+
+def _flag(value: Any) -> bool:
+    """A BOOLEAN column as SQLite stores it (0/1; text if a writer bound a string)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true")
+    return isinstance(value, (int, float)) and value != 0
+
+
 def _json_dict(text: Any) -> dict[str, Any] | None:
     if text in (None, ""):
         return {}

@@ -276,11 +276,12 @@ def build(path: Path, first: str, tz: str, workspace: str, t0: float, live_pid: 
             "metrics_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sid, "claude-code", None, workspace, project, now_iso(created, tz), now_iso(last, tz),
              now_iso(ended, tz) if ended else None, json.dumps(context), json.dumps(context), 0,
-             extra.get("pinned", 0), 0, json.dumps(extra.get("metrics", {}))),
+             extra.get("pinned", 0), extra.get("archived", 0), json.dumps(extra.get("metrics", {}))),
         )
 
     def expect_session(sid: str, started: float, last: float, ended: float | None, reason: str | None,
-                       pid: int | None, provenance: dict, counters: dict | None, context: list) -> None:
+                       pid: int | None, provenance: dict, counters: dict | None, context: list, *,
+                       pinned: bool = False, archived_at: float | None = None) -> None:
         metadata: dict[str, Any] = {"imported_from": "omnimemory", "omnimemory": provenance}
         if counters is not None:
             metadata["counters"] = counters
@@ -291,6 +292,10 @@ def build(path: Path, first: str, tz: str, workspace: str, t0: float, live_pid: 
             "metadata": metadata, "started_at": started, "last_activity": last, "ended_at": ended,
             "end_reason": reason, "project_id": project_id_for(workspace), "message_count": 0, "total_tokens": 0,
             "total_cost_nanos": 0, "context": context,
+            # OmniMemory's instance id is the resume key (`omnid compat omnimemory` uses it as one),
+            # its pinned/archived are omnid's own.
+            "resume_key": provenance.get("instance_id"), "title": None, "tags": [], "pinned": pinned,
+            "archived_at": archived_at, "owner_since": None, "past_owners": [],
         }
 
     # 1. A session the MCP server ran and closed: in both tables, with a full context blob.
@@ -317,11 +322,11 @@ def build(path: Path, first: str, tz: str, workspace: str, t0: float, live_pid: 
                start + 2100.5), ("decision", "use JWT ✓", None, None, start + 2200.75)]
     ended_provenance: dict[str, Any] = {"session_id": ENDED, "tables": ["tool_sessions", "sessions"],
                                         "process_id": DEAD_PID, "instance_id": "instance-a", "project_id": project,
-                                        "pinned": True, "metrics": {"quality_score": 0.9},
+                                        "metrics": {"quality_score": 0.9},
                                         "tool_specific": context["tool_specific"]}
     expect_session(ENDED, start, start + 3601, start + 3601, "ended", DEAD_PID, ended_provenance,
                    {"tokens_saved": 4321, "total_compressions": 17, "total_embeddings": 9, "total_workflows": 0},
-                   events)
+                   events, pinned=True)
 
     # 2. A session only the metrics service knew (its create_session_record never stores a
     #    sessions row: that INSERT OR IGNORE leaves out the NOT NULL workspace_path).
@@ -363,11 +368,11 @@ def build(path: Path, first: str, tz: str, workspace: str, t0: float, live_pid: 
     # 5. A session only the session manager wrote (its sync with the metrics service failed).
     start = t0 - 6 * 3600 + 0.5
     save_session(LOCAL_ONLY, start, start + 60.25, start + 120.75,
-                 {"recent_searches": [{"query": "local times", "timestamp": now_iso(start + 30.5, tz)}]})
+                 {"recent_searches": [{"query": "local times", "timestamp": now_iso(start + 30.5, tz)}]}, archived=1)
     local_id = str(uuid.uuid5(NAMESPACE, f"session:{LOCAL_ONLY}"))
     expect_session(local_id, start, start + 120.75, start + 120.75, "ended", None,
                    {"session_id": LOCAL_ONLY, "tables": ["sessions"], "project_id": project}, None,
-                   [("search", "local times", None, None, start + 30.5)])
+                   [("search", "local times", None, None, start + 30.5)], archived_at=start + 120.75)
 
     # Project memories. The project manager's save_project_memory: utcnow(), and a TTL that
     # counts from created_at (its delete_expired_memories: datetime(created_at, '+ttl')).
@@ -438,7 +443,7 @@ def live_owner(spawn_owner) -> subprocess.Popen:
 @pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/Los_Angeles"])
 @pytest.mark.parametrize("first", ["metrics_service", "session_manager", "project_manager"])
 def test_every_schema_variant_imports_field_by_field(daemon, client: Client, tmp_path, monkeypatch, live_owner,
-                                                     first, tz):
+                                                     spawn_owner, first, tz):
     workspace = tmp_path / "proj"
     (workspace / ".git").mkdir(parents=True)
     t0 = float(int(time.time()))
@@ -495,6 +500,10 @@ def test_every_schema_variant_imports_field_by_field(daemon, client: Client, tmp
     live_owner.kill()
     live_owner.wait()
     wait_for(lambda: client.get(LIVE).end_reason == "reaped", what="the imported live session to be reaped")
+    # Its instance id is its resume key: the MCP server, restarted, continues it.
+    restarted = spawn_owner()
+    got = client.get_or_create("claude-code", pid=restarted.pid, resume_key="instance-c")
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", LIVE, restarted.pid)
 
 
 def test_a_live_owner_already_in_a_live_omnid_session_gets_the_import_ended(daemon, client: Client, tmp_path,
@@ -511,3 +520,24 @@ def test_a_live_owner_already_in_a_live_omnid_session_gets_the_import_ended(daem
     imported = client.get(LIVE)
     assert (imported.end_reason, imported.ended_at) == ("reaped", want["sessions"][LIVE]["last_activity"])
     assert client.get(current.session_id).ended_at is None
+
+
+def test_a_live_import_whose_instance_id_is_a_live_omnid_sessions_resume_key_comes_in_ended(
+    daemon, client: Client, tmp_path, monkeypatch, live_owner, spawn_owner
+):
+    monkeypatch.setenv("TZ", "UTC")
+    workspace = tmp_path / "proj"
+    (workspace / ".git").mkdir(parents=True)
+    source = tmp_path / "dashboard.db"
+    want = build(source, "metrics_service", "UTC", str(workspace), float(int(time.time())), live_owner.pid)
+    # The same MCP server instance, already registered through `omnid compat` by another process.
+    holder = spawn_owner()
+    current = client.get_or_create("claude-code", pid=holder.pid, resume_key="instance-c").session
+
+    out = omnid_json("import-omnimemory", str(source))
+    assert out["source"]["sessions"]["live"] == 0 and out["source"]["sessions"]["key_had_live_session"] == 1
+    imported = client.get(LIVE)
+    assert (imported.end_reason, imported.ended_at) == ("reaped", want["sessions"][LIVE]["last_activity"])
+    assert imported.resume_key == "instance-c"
+    assert client.get(current.session_id).ended_at is None  # the key still names the live one
+    assert client.find("claude-code", pid=holder.pid, resume_key="instance-c").session_id == current.session_id
