@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -25,10 +24,8 @@ from omnid_client import Client
 from omnid_client.errors import NotFound
 from omnid_client.protocol import ContextEvent, Memory, Session, SessionStatus
 
-RECONNECT_WINDOW = 24 * 3600.0
-"""OmniMemory reuses an instance id whose process died less than 24 h ago."""
 SCAN = 200
-"""Sessions per page when looking one up by instance id."""
+"""Sessions per page when looking for the workspace behind a project id."""
 COUNTERS = ("total_compressions", "total_embeddings", "total_workflows", "tokens_saved")
 
 
@@ -112,13 +109,6 @@ class Backend:
             cursor = page.next_cursor
         return found
 
-    def by_instance(self, instance: str, status: SessionStatus) -> Session | None:
-        """The most recent session (live or ended) that OmniMemory's ``instance_id`` names."""
-        for s in self._sessions(status, limit=5000 if status == "live" else 1000):
-            if _omni(s).get("instance_id") == instance:
-                return s
-        return None
-
     # -- sessions -----------------------------------------------------------------------
 
     def get_or_create(self, body: dict[str, Any], peer_pid: Callable[[], int | None]) -> dict[str, Any]:
@@ -127,24 +117,16 @@ class Backend:
         instance = _text(body, "instance_id")
         workspace = _text(body, "workspace_path")
         self.remember(workspace)
-        if instance:
-            live = self.by_instance(instance, "live")
-            if live is not None:
-                # OmniMemory hands a reconnecting process the session of its instance.
-                self.client.heartbeat(live.session_id)
-                return _registered(live.session_id, tool_id, body, "existing", pid)
-        metadata: dict[str, Any] = {}
-        if instance:
-            # The instance's previous session, if its process died lately: the new session
-            # continues it. (The daemon's resume key, once there, should take this over.)
-            metadata = {"omnimemory": {"instance_id": instance}}
-            previous = self.by_instance(instance, "ended")
-            if previous is not None and previous.ended_at and previous.ended_at > time.time() - RECONNECT_WINDOW:
-                metadata["omnimemory"]["previous_session_id"] = previous.session_id
+        # The instance id is the session's resume key: a restarted MCP server (a new process,
+        # the same instance id) is handed its instance's session back, with its context, once
+        # the old process is gone; while that one still runs the daemon answers Conflict.
         got = self.client.get_or_create(
-            tool_id, pid=pid, tool_version=_text(body, "tool_version"), workspace=workspace, metadata=metadata
+            tool_id, pid=pid, tool_version=_text(body, "tool_version"), workspace=workspace,
+            metadata={"omnimemory": {"instance_id": instance}} if instance else None, resume_key=instance,
         )
-        return _registered(got.session.session_id, tool_id, body, got.status, pid)
+        # OmniMemory's callers know only "created" and "existing".
+        status = "created" if got.status == "created" else "existing"
+        return _registered(got.session.session_id, tool_id, body, status, pid)
 
     def start(self, body: dict[str, Any], peer_pid: Callable[[], int | None]) -> dict[str, Any]:
         tool_id = _required(body, "tool_id")
@@ -170,12 +152,12 @@ class Backend:
             "ended_at": iso(s.ended_at),
             "last_activity": iso(s.last_activity),
             "process_id": s.owner_pid,
-            "instance_id": omni.get("instance_id"),
+            "instance_id": s.resume_key or omni.get("instance_id"),
             "previous_session_id": omni.get("previous_session_id"),
             "project_id": omnimemory_project_id(s.workspace) if s.workspace else omni.get("project_id"),
             "workspace_path": s.workspace,
-            "pinned": bool(omni.get("pinned", False)),
-            "archived": bool(omni.get("archived", False)),
+            "pinned": s.pinned,
+            "archived": s.archived_at is not None,
             **{name: counters.get(name, 0) for name in COUNTERS},
             "metrics": [],
         }

@@ -129,26 +129,39 @@ def test_an_omnimemory_mcp_server_session_end_to_end(compat: Compat, client: Cli
     assert (shown["session_id"], shown["tool_id"], shown["process_id"], shown["instance_id"], shown["project_id"],
             shown["workspace_path"], shown["ended_at"]) == (sid, TOOL, mcp.pid, instance, project, str(ws), None)
 
-    # The MCP server restarts: a new process, the same instance id. While the old session
-    # is live the new process is handed it, as OmniMemory's find_session_by_instance does.
-    restarted = spawn_owner()
-    again = {**register, "process_id": restarted.pid}
-    assert compat.ok("POST", "/sessions/get_or_create", again)["session_id"] == sid
+    # A second copy of the MCP server with the same instance id while the first still runs:
+    # the instance id is the session's resume key, and a session never has two live owners.
+    second = spawn_owner()
+    status, answer = compat.call("POST", "/sessions/get_or_create", {**register, "process_id": second.pid})
+    assert status == 409 and sid in answer["detail"], answer
+    assert client.get(sid).owner_pid == mcp.pid
+
+    # The MCP server restarts: its process is gone, a new one sends the same instance id
+    # and is handed the same session back (omnid's "resumed", which OmniMemory calls
+    # "existing"), with its context, before or after omnid has noticed the old one died.
     mcp.kill()
     mcp.wait()
-    wait_for(lambda: client.get(sid).end_reason == "reaped", what="the old process's session to be reaped")
-    # Once its process is gone the instance gets a session of the new process, which
-    # names the one it continues.
+    restarted = spawn_owner()
+    again = {**register, "process_id": restarted.pid}
     after = compat.ok("POST", "/sessions/get_or_create", again)
-    assert after["status"] == "created" and after["session_id"] != sid
-    continued = client.get(after["session_id"])
-    assert continued.owner_pid == restarted.pid
-    assert continued.metadata["omnimemory"] == {"instance_id": instance, "previous_session_id": sid}
-    assert compat.ok("GET", f"/sessions/{after['session_id']}")["previous_session_id"] == sid
+    assert (after["status"], after["session_id"], after["process_id"]) == ("existing", sid, restarted.pid)
+    continued = client.get(sid)
+    assert (continued.owner_pid, continued.ended_at, continued.resume_key) == (restarted.pid, None, instance)
+    assert continued.metadata == {"omnimemory": {"instance_id": instance}}
+    assert [o.pid for o in client.session_owners(sid).owners] == [mcp.pid, restarted.pid]
+    assert compat.ok("GET", f"/sessions/{sid}/context")["context"] == context
+    assert compat.ok("GET", f"/sessions/{sid}")["process_id"] == restarted.pid
+    restarted.kill()
+    restarted.wait()
+    wait_for(lambda: client.get(sid).end_reason == "reaped", what="the restarted process's session to be reaped")
+    third = spawn_owner()  # and once reaped, the next restart resumes it too
+    resumed = compat.ok("POST", "/sessions/get_or_create", {**register, "process_id": third.pid})
+    assert (resumed["status"], resumed["session_id"]) == ("existing", sid)
+    assert client.get(sid).ended_at is None
 
-    ended = compat.ok("POST", f"/sessions/{after['session_id']}/end")
+    ended = compat.ok("POST", f"/sessions/{sid}/end")
     assert ended["status"] == "ended" and ended["summary"]["ended_at"] is not None
-    assert client.get(after["session_id"]).end_reason == "ended"
+    assert client.get(sid).end_reason == "ended"
 
     # /sessions/start, as _register_session sends it: no process id (the caller owns it).
     start = {"session_id": None, "tool_id": TOOL, "started_at": "2024-01-01T00:00:00"}
