@@ -4,10 +4,12 @@ methods of the same name make them (their docstrings say what each call does).""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import packing
 from ._core import Call
+from .errors import Unsupported
 from .packing import Counter
 from .protocol import (
     AddInteraction,
@@ -15,6 +17,7 @@ from .protocol import (
     AddSessionMemory,
     AppendContext,
     Appended,
+    ArchivedFilter,
     Checkpoint,
     CheckpointInfo,
     CheckpointList,
@@ -27,6 +30,7 @@ from .protocol import (
     CreateTask,
     DaemonStatus,
     Deleted,
+    DeleteSession,
     Empty,
     Find,
     FindResult,
@@ -69,8 +73,10 @@ from .protocol import (
     ServiceStats,
     Session,
     SessionContext,
+    SessionDeleted,
     SessionMemory,
     SessionMemoryList,
+    SessionOwners,
     SessionPage,
     SessionRef,
     SessionStatus,
@@ -79,6 +85,7 @@ from .protocol import (
     TaskPage,
     TaskRef,
     TaskStatus,
+    UpdateSession,
     UpdateTask,
 )
 
@@ -95,19 +102,41 @@ def get_or_create(
     metadata: dict[str, Any] | None = None,
     dedup: bool = True,
     owner_must_be_ancestor: bool = False,
+    resume_key: str | None = None,
+    resume_ended: bool = False,
 ) -> Call[GetOrCreateResult]:
     params = GetOrCreate(
-        tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor
+        tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor,
+        resume_key, resume_ended,
     )
-    return Call("session.get_or_create", params, GetOrCreateResult, idempotent=dedup)
+    if resume_key is None:
+        return Call("session.get_or_create", params, GetOrCreateResult, idempotent=dedup)
+    return Call(
+        "session.get_or_create", params, GetOrCreateResult, shape=_keyed(resume_key), idempotent=True
+    )
+
+
+def _keyed(resume_key: str) -> Callable[[GetOrCreateResult], GetOrCreateResult]:
+    def check(result: GetOrCreateResult) -> GetOrCreateResult:
+        # A daemon from before resume keys ignores the key: say so rather than pretend.
+        if result.session.resume_key != resume_key:
+            raise Unsupported(
+                "the omnid daemon does not know resume keys (it is older than this client): upgrade omnid",
+                {"field": "resume_key", "session_id": result.session.session_id},
+            )
+        return result
+
+    return check
 
 
 def _found(result: FindResult) -> Session | None:
     return result.session
 
 
-def find(tool_id: str, *, pid: int | None = None) -> Call[Session | None]:
-    return Call("session.find", Find(tool_id, pid), FindResult, shape=_found)
+def find(
+    tool_id: str, *, pid: int | None = None, resume_key: str | None = None, resume_ended: bool = False
+) -> Call[Session | None]:
+    return Call("session.find", Find(tool_id, pid, resume_key, resume_ended), FindResult, shape=_found)
 
 
 def heartbeat(session_id: str) -> Call[Session]:
@@ -130,9 +159,39 @@ def list_sessions(
     workspace: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    tag: str | None = None,
+    archived: ArchivedFilter = "exclude",
+    pinned: bool | None = None,
 ) -> Call[SessionPage]:
-    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor)
+    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor, tag, archived, pinned)
     return Call("session.list", params, SessionPage)
+
+
+def update_session(
+    session_id: str,
+    *,
+    title: str | None = None,
+    tags: list[str] | None = None,
+    add_tags: list[str] | None = None,
+    remove_tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    replace_metadata: bool = False,
+    pinned: bool | None = None,
+    archived: bool | None = None,
+) -> Call[Session]:
+    params = UpdateSession(
+        session_id, title, None if tags is None else list(tags), list(add_tags or []), list(remove_tags or []),
+        metadata, replace_metadata, pinned, archived,
+    )
+    return Call("session.update", params, Session)
+
+
+def delete_session(session_id: str, *, force: bool = False) -> Call[SessionDeleted]:
+    return Call("session.delete", DeleteSession(session_id, force), SessionDeleted)
+
+
+def session_owners(session_id: str) -> Call[SessionOwners]:
+    return Call("session.owners", SessionRef(session_id), SessionOwners)
 
 
 def session_summary(session_id: str) -> Call[SessionSummary]:

@@ -12,6 +12,7 @@ from ._async_connection import AsyncConnection
 from .packing import Counter
 from .protocol import (
     Appended,
+    ArchivedFilter,
     Checkpoint,
     CheckpointInfo,
     CleanupResult,
@@ -41,7 +42,9 @@ from .protocol import (
     ServiceStats,
     Session,
     SessionContext,
+    SessionDeleted,
     SessionMemory,
+    SessionOwners,
     SessionPage,
     SessionStatus,
     SessionSummary,
@@ -103,17 +106,29 @@ class AsyncClient(AsyncConnection):
         metadata: dict[str, Any] | None = None,
         dedup: bool = True,
         owner_must_be_ancestor: bool = False,
+        resume_key: str | None = None,
+        resume_ended: bool = False,
     ) -> GetOrCreateResult:
         """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
-        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors."""
+        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors.
+
+        With ``resume_key`` (the tool's own name for a session that should outlive its
+        process): the tool's session with that key, ``existing`` if ``pid`` owns it,
+        ``resumed`` (rebound to ``pid``, with everything it holds) if its owner died or it
+        was reaped or expired within the daemon's ``resume_window``; Conflict if another
+        live process owns it. One ended with ``end`` is resumed only with ``resume_ended``."""
         return await self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
-            metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor
+            metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
+            resume_key=resume_key, resume_ended=resume_ended,
         ))
 
-    async def find(self, tool_id: str, *, pid: int | None = None) -> Session | None:
-        """The live session of ``tool_id`` for ``pid`` (default: the caller), or None. Never creates."""
-        return await self._call(_calls.find(tool_id, pid=pid))
+    async def find(
+        self, tool_id: str, *, pid: int | None = None, resume_key: str | None = None, resume_ended: bool = False
+    ) -> Session | None:
+        """The live session of ``tool_id`` for ``pid`` (default: the caller), or None. Never creates.
+        With ``resume_key``: the session ``get_or_create`` would return or resume, changing nothing."""
+        return await self._call(_calls.find(tool_id, pid=pid, resume_key=resume_key, resume_ended=resume_ended))
 
     async def heartbeat(self, session_id: str) -> Session:
         return await self._call(_calls.heartbeat(session_id))
@@ -134,11 +149,47 @@ class AsyncClient(AsyncConnection):
         workspace: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tag: str | None = None,
+        archived: ArchivedFilter = "exclude",
+        pinned: bool | None = None,
     ) -> SessionPage:
-        """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
+        Archived sessions are left out unless ``archived`` is ``include`` (or ``only``)."""
         return await self._call(_calls.list_sessions(
-            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor
+            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
+            tag=tag, archived=archived, pinned=pinned,
         ))
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        title: str | None = None,
+        tags: list[str] | None = None,
+        add_tags: list[str] | None = None,
+        remove_tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+        pinned: bool | None = None,
+        archived: bool | None = None,
+    ) -> Session:
+        """Edit a session (live or ended); what is None stays as it is. ``title=""`` removes the
+        title; ``tags`` replaces the tags, then ``add_tags`` and ``remove_tags`` apply;
+        ``metadata`` is merged as a JSON merge patch (None values remove keys), or replaces
+        the metadata with ``replace_metadata``. ``pinned`` and ``archived`` set those flags."""
+        return await self._call(_calls.update_session(
+            session_id, title=title, tags=tags, add_tags=add_tags, remove_tags=remove_tags, metadata=metadata,
+            replace_metadata=replace_metadata, pinned=pinned, archived=archived,
+        ))
+
+    async def delete_session(self, session_id: str, *, force: bool = False) -> SessionDeleted:
+        """Delete a session and everything it holds, for good. A live one only with ``force``
+        (otherwise Conflict)."""
+        return await self._call(_calls.delete_session(session_id, force=force))
+
+    async def session_owners(self, session_id: str) -> SessionOwners:
+        """Every process that owned the session (resuming rebinds it), oldest first."""
+        return await self._call(_calls.session_owners(session_id))
 
     async def status(self) -> DaemonStatus:
         return await self._call(_calls.status())

@@ -38,6 +38,15 @@ def stats(ctx: Context, caller: Caller, _: Empty) -> ServiceStats:
     ).fetchone()
     tasks, open_tasks = db.execute("SELECT count(*), coalesce(sum(status = 'open'), 0) FROM tasks").fetchone()
     by_tool = dict(db.execute("SELECT tool_id, count(*) FROM sessions GROUP BY tool_id ORDER BY 2 DESC LIMIT 100"))
+    # total(), not sum(): counters come from callers' metadata, and must not overflow into an error.
+    counters = {
+        key: int(value)
+        for key, value in db.execute(
+            "SELECT c.key, total(c.value) FROM sessions, json_each(sessions.metadata, '$.counters') AS c "
+            "WHERE instr(sessions.metadata, '\"counters\"') AND json_type(sessions.metadata, '$.counters') = 'object' "
+            "AND c.type = 'integer' GROUP BY c.key ORDER BY c.key LIMIT 100"
+        )
+    }
     return ServiceStats(
         sessions=sessions,
         live_sessions=live,
@@ -54,4 +63,5 @@ def stats(ctx: Context, caller: Caller, _: Empty) -> ServiceStats:
         avg_tokens_per_session=tokens / sessions if sessions else 0.0,
         avg_session_seconds=avg_seconds,
         sessions_by_tool=by_tool,
+        counters=counters,
     )

@@ -1,28 +1,37 @@
-"""Session methods: get_or_create, find, heartbeat, end, get, list, summary."""
+"""Session methods: get_or_create (and resuming by key), find, heartbeat, end, get, list,
+summary, and the edits: update, delete, and the owners a session had."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from typing import Any, Literal
 
-from omnid_client.errors import NotFound
+from omnid_client.errors import Conflict, Invalid, NotFound, TooLarge
 from omnid_client.protocol import (
+    MAX_TAGS,
+    DeleteSession,
     Find,
     FindResult,
     GetOrCreate,
     GetOrCreateResult,
     ListSessions,
     Session,
+    SessionDeleted,
+    SessionOwners,
     SessionPage,
     SessionRef,
     SessionSummary,
+    UpdateSession,
 )
 
-from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process
+from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process, same_process
 from ..projects import locate
 from ..store import context as context_store
 from ..store import memories as memory_store
 from ..store import messages as message_store
 from ..store import projects as project_store
+from ..store import search as search_store
 from ..store import sessions as session_store
 from ..store import tasks as task_store
 from ._common import check_size, current, existing_session, live_session
@@ -42,6 +51,8 @@ def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateRe
         check_ancestor(pid, caller.pid)
     store = ctx.store
     now = store.now()
+    if p.resume_key is not None:
+        return _by_resume_key(ctx, p, owner, now)
     if p.dedup:
         existing = ctx.live_sessions.find_live(p.tool_id, owner)
         if existing is not None:
@@ -74,10 +85,98 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
         started_at=now,
         last_activity=now,
         project_id=project_id,
+        resume_key=p.resume_key,
     )
     session_store.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
     ctx.reaper.track(session.session_id, owner)
     return session
+
+
+def _owner_of(s: Session) -> ProcessIdentity | None:
+    if s.owner_pid is None:
+        return None
+    return ProcessIdentity(s.owner_pid, s.owner_start or 0, s.boot_id or "")
+
+
+KeyVerdict = Literal["existing", "resume", "create"]
+
+
+def _verdict(
+    ctx: Context, found: session_store.Keyed | None, owner: ProcessIdentity, resume_ended: bool
+) -> KeyVerdict:
+    """What a get_or_create naming a resume key does with the session that key names;
+    Conflict while that session is live and another living process owns it. ``owner`` has
+    passed ``owner_process`` (the same checks as every get_or_create), and the session's
+    owner is compared with it by start time and pidfd inode (``same_process``)."""
+    if found is None:
+        return "create"
+    session, previous = found.session, found.owner
+    if session.ended_at is None:
+        if previous is not None and same_process(previous, owner):
+            return "existing"
+        if previous is not None and ctx.reaper.alive(previous):
+            raise Conflict(
+                f"session {session.session_id} ({session.tool_id}, resume key {session.resume_key!r}) is live and "
+                f"owned by process {previous.pid}",
+                {"session_id": session.session_id, "owner_pid": previous.pid},
+            )
+        return "resume"
+    if session.end_reason == "ended" and not resume_ended:
+        return "create"
+    if ctx.store.now() - session.ended_at >= ctx.settings().resume_window:
+        return "create"
+    return "resume"
+
+
+def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) -> GetOrCreateResult:
+    store = ctx.store
+    assert p.resume_key is not None
+    found = session_store.by_resume_key(store.db, p.tool_id, p.resume_key)
+    verdict = _verdict(ctx, found, owner, p.resume_ended)
+    if verdict == "existing":
+        assert found is not None
+        session = found.session
+        store.note_activity(session.session_id, now)
+        session.last_activity = now
+        return GetOrCreateResult("existing", session)
+    # Creating adds a session, resuming a row of owner history: both grow the database.
+    ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
+    with store.write() as db:
+        if found.dedup if found is not None else p.dedup:
+            _refuse_second_live_session(db, p.tool_id, owner, p.resume_key)
+        try:
+            if verdict == "create":
+                return GetOrCreateResult("created", _create(ctx, p, owner, now))
+            assert found is not None
+            return GetOrCreateResult("resumed", _resume(ctx, found, owner, now))
+        except sqlite3.IntegrityError as e:  # the checks above should leave nothing for the indexes to refuse
+            raise Conflict(f"cannot bind {p.tool_id} session with resume key {p.resume_key!r}: {e}") from None
+
+
+def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity, key: str) -> None:
+    """A process has at most one live deduplicated session of a tool: Conflict if it
+    already holds one (which has another key, or none: one with this key is found by it)."""
+    mine = session_store.find_live(db, tool_id, owner)
+    if mine is not None:
+        raise Conflict(
+            f"process {owner.pid} already owns live session {mine.session_id} of {tool_id} "
+            + (f"under resume key {mine.resume_key!r}" if mine.resume_key else "without a resume key"),
+            {"session_id": mine.session_id, "owner_pid": owner.pid},
+        )
+
+
+def _resume(ctx: Context, found: session_store.Keyed, owner: ProcessIdentity, now: float) -> Session:
+    """Rebind the session found to ``owner`` and reopen it, then watch the new owner instead."""
+    db = ctx.store.db
+    sid = found.session.session_id
+    session_store.rebind(db, found.session, owner, now)
+    ctx.reaper.track(sid, owner)  # NotFound (and nothing written) if it just exited
+    previous = found.owner
+    if previous is not None and previous != owner:
+        ctx.reaper.untrack(sid, previous)
+    resumed = session_store.get(db, sid)
+    assert resumed is not None
+    return resumed
 
 
 @handles("session.find")
@@ -87,6 +186,13 @@ def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
         owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
     except NotFound:
         return FindResult(None)
+    if p.resume_key is not None:
+        by_key = session_store.by_resume_key(ctx.store.db, p.tool_id, p.resume_key)
+        try:
+            verdict = _verdict(ctx, by_key, owner, p.resume_ended)
+        except Conflict:
+            return FindResult(None)
+        return FindResult(current(ctx, by_key.session) if by_key is not None and verdict != "create" else None)
     found = ctx.live_sessions.find_live(p.tool_id, owner)
     return FindResult(current(ctx, found) if found else None)
 
@@ -128,8 +234,79 @@ def list_sessions(ctx: Context, caller: Caller, p: ListSessions) -> SessionPage:
         workspace=p.workspace,
         limit=p.limit,
         cursor=p.cursor,
+        tag=p.tag,
+        archived=p.archived,
+        pinned=p.pinned,
     )
     return SessionPage([current(ctx, s) for s in sessions], cursor)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7396)."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+@handles("session.update")
+def update(ctx: Context, caller: Caller, p: UpdateSession) -> Session:
+    session = existing_session(ctx, p.session_id)
+    db = ctx.store.db
+    metadata = None
+    if p.metadata is not None:
+        check_size(p.metadata)
+        metadata = p.metadata if p.replace_metadata else merge_patch(session.metadata, p.metadata)
+        check_size(metadata)
+    elif p.replace_metadata:
+        raise Invalid("replace_metadata needs the metadata to replace it with", {"field": "metadata"})
+    if p.tags is not None or p.add_tags or p.remove_tags:
+        tags = (set(session.tags if p.tags is None else p.tags) | set(p.add_tags)) - set(p.remove_tags)
+        if len(tags) > MAX_TAGS:
+            raise TooLarge(f"a session has at most {MAX_TAGS} tags; this would give it {len(tags)}", {"field": "tags"})
+        session_store.set_tags(db, session.session_id, tags)
+    session_store.edit(
+        db,
+        session.session_id,
+        title=p.title,
+        metadata=metadata,
+        pinned=p.pinned,
+        archived_at=ctx.store.now() if p.archived else None,
+        unarchive=p.archived is False,
+    )
+    return existing_session(ctx, session.session_id)
+
+
+@handles("session.delete")
+def delete(ctx: Context, caller: Caller, p: DeleteSession) -> SessionDeleted:
+    """A session and everything it holds (context, messages, session memories, tasks and
+    their interactions, its owners and tags): gone for good."""
+    session = existing_session(ctx, p.session_id)
+    live = session.ended_at is None
+    if live and not p.force:
+        raise Conflict(
+            f"session {session.session_id} is live (owner pid {session.owner_pid}): end it first, or force the delete",
+            {"session_id": session.session_id, "live": True},
+        )
+    db = ctx.store.db
+    held = session_store.contents(db, session.session_id)
+    search_store.unindex_sessions(db, [session.session_id])
+    task_store.delete_sessions(db, [session.session_id])
+    owner = _owner_of(session)
+    if live and owner is not None:
+        ctx.reaper.untrack(session.session_id, owner)
+    return SessionDeleted(session.session_id, live, *held)
+
+
+@handles("session.owners")
+def owners(ctx: Context, caller: Caller, p: SessionRef) -> SessionOwners:
+    session = existing_session(ctx, p.session_id)
+    return SessionOwners(session.session_id, session_store.owners(ctx.store.db, session))
 
 
 @handles("session.summary")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import checkpoints, content, daemon, data, events, sessions
+from . import checkpoints, compat, content, daemon, data, events, sessions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,5 +20,6 @@ for command in (
     content.memories, content.context, content.messages, content.tasks, content.search, checkpoints.checkpoint,
     events.events,
     data.backup, data.export_command, data.import_command, data.import_omnimemory, data.retention, data.cleanup,
+    compat.compat,
 ):
     main.add_command(command)

@@ -236,6 +236,7 @@ def stats(as_json: bool) -> None:
                 "per session",
                 f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}",
             ),
+            ("counters", ", ".join(f"{k} {v}" for k, v in st.counters.items()) or None),
         ]
     )
     if st.sessions_by_tool:

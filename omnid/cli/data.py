@@ -113,14 +113,16 @@ def import_command(file: Path, dry_run: bool, as_json: bool) -> None:
 @json_option
 @fail_cleanly
 def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
-    """Import sessions (with their context) and project memories from an OmniMemory
-    dashboard.db, read-only. Sessions OmniMemory never ended are imported as ended
-    (reaped) at their last activity; expired memories are skipped."""
+    """Import sessions (with their context and counters) and project memories from an
+    OmniMemory dashboard.db, read-only. A session OmniMemory never ended comes in live and
+    watched if its owner process still runs and is yours, else ended (reaped) at its last
+    activity; expired memories are skipped."""
     from ..offline import omnimemory, transfer
+    from ..offline.omnimemory_owners import settle_live
 
     records, report = omnimemory.read(path)
     with transfer_client() as client:
-        result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
+        result = transfer.send(client, enumerate(settle_live(records, report, client), 1), dry_run=dry_run)
     source = report.as_dict()
     for warning in source["warnings"]:
         click.echo(f"omnid: warning: {warning}", err=True)

@@ -8,8 +8,9 @@ import sys
 from typing import Sequence, cast
 
 import click
+import msgspec
 
-from omnid_client.protocol import Session, SessionStatus
+from omnid_client.protocol import Session, SessionOwner, SessionStatus
 
 from ._output import (
     connect,
@@ -30,36 +31,59 @@ def sessions() -> None:
     """List, show and end sessions."""
 
 
+def flags(s: Session) -> str | None:
+    return ",".join(name for name, on in (("pinned", s.pinned), ("archived", s.archived_at is not None)) if on) or None
+
+
 def print_sessions(sessions: Sequence[Session]) -> None:
     if not sessions:
         click.echo("no sessions")
         return
     print_table(
-        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "WORKSPACE"],
+        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "WORKSPACE", "FLAGS", "TAGS", "TITLE"],
         [
             (s.session_id, s.tool_id, s.owner_pid, s.session_type, s.end_reason or "live",
-             when(s.started_at), when(s.last_activity), s.workspace)
+             when(s.started_at), when(s.last_activity), s.workspace, flags(s), ",".join(s.tags) or None, s.title)
             for s in sessions
         ],
     )
 
 
-def print_session(s: Session) -> None:
+def owner_span(o: SessionOwner) -> str:
+    held = f"{when(o.since)} to {when(o.until)}, {o.released}" if o.until is not None else f"since {when(o.since)}"
+    return f"pid {o.pid} (start {o.start}; {held})"
+
+
+def print_session(s: Session, owners: Sequence[SessionOwner] = ()) -> None:
     fields = [
         ("session", s.session_id),
+        ("title", s.title),
         ("tool", f"{s.tool_id} {s.tool_version or ''}".strip()),
         ("type", s.session_type),
         ("status", "live" if s.ended_at is None else s.end_reason),
         ("owner", f"pid {s.owner_pid} (start {s.owner_start}, boot {s.boot_id})" if s.owner_pid else None),
+        ("owners", "; ".join(owner_span(o) for o in owners) if len(owners) > 1 else None),
+        ("resume key", s.resume_key),
         ("workspace", s.workspace),
         ("started", when(s.started_at)),
         ("last active", when(s.last_activity)),
         ("ended", when(s.ended_at) if s.ended_at else None),
+        ("tags", ", ".join(s.tags) or None),
+        ("pinned", "yes" if s.pinned else None),
+        ("archived", when(s.archived_at) if s.archived_at is not None else None),
         ("metadata", json.dumps(s.metadata, sort_keys=True) if s.metadata else None),
         ("project", s.project_id),
         ("messages", f"{s.message_count} ({s.total_tokens} tokens, ${s.total_cost:.6f})" if s.message_count else None),
+        ("counters", counters_text(s.metadata.get("counters"))),
     ]
     print_fields(fields)
+
+
+def counters_text(counters: object) -> str | None:
+    """A session's ``metadata["counters"]`` (e.g. OmniMemory's tokens_saved) as one line."""
+    if not isinstance(counters, dict) or not counters:
+        return None
+    return ", ".join(f"{k} {v}" for k, v in counters.items())
 
 
 @sessions.command("list")
@@ -67,15 +91,21 @@ def print_session(s: Session) -> None:
 @click.option("--type", "session_type", help="Only sessions of this type.")
 @click.option("--status", type=click.Choice(["live", "ended", "all"]), default="all", show_default=True)
 @click.option("--workspace", help="Only sessions in this workspace path.")
+@click.option("--tag", help="Only sessions with this tag.")
+@click.option("--pinned", is_flag=True, help="Only pinned sessions.")
+@click.option("--archived", "only_archived", is_flag=True, help="Only archived sessions (hidden otherwise).")
+@click.option("--all", "with_archived", is_flag=True, help="Archived sessions too.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="Continue after the page that printed this cursor.")
 @json_option
 @fail_cleanly
 def sessions_list(
-    tool_id: str | None, session_type: str | None, status: str, workspace: str | None, limit: int, cursor: str | None,
-    as_json: bool,
+    tool_id: str | None, session_type: str | None, status: str, workspace: str | None, tag: str | None, pinned: bool,
+    only_archived: bool, with_archived: bool, limit: int, cursor: str | None, as_json: bool,
 ) -> None:
-    """Sessions, newest first."""
+    """Sessions, newest first; archived ones only with --archived or --all."""
+    if only_archived and with_archived:
+        raise click.UsageError("--archived and --all exclude each other")
     with connect() as client:
         page = client.list_sessions(
             tool_id=tool_id,
@@ -84,6 +114,9 @@ def sessions_list(
             workspace=workspace,
             limit=limit,
             cursor=cursor,
+            tag=tag,
+            archived="only" if only_archived else "include" if with_archived else "exclude",
+            pinned=True if pinned else None,
         )
     if as_json:
         print_json(page)
@@ -98,10 +131,14 @@ def sessions_list(
 @json_option
 @fail_cleanly
 def sessions_show(session_id: str, as_json: bool) -> None:
-    """One session in full."""
+    """One session in full, with every process that owned it."""
     with connect() as client:
         session = client.get(session_id)
-    print_json(session) if as_json else print_session(session)
+        owners = client.session_owners(session_id).owners
+    if as_json:
+        print_json({**msgspec.to_builtins(session), "owners": owners})
+    else:
+        print_session(session, owners)
 
 
 @sessions.command("end")
@@ -152,7 +189,7 @@ def sessions_summary(session_id: str, as_json: bool) -> None:
 
 @click.group()
 def session() -> None:
-    """Bind a session to a process from a shell hook."""
+    """Bind a session to a process from a shell hook; edit or delete one session."""
 
 
 @session.command("start")
@@ -162,13 +199,15 @@ def session() -> None:
 @click.option("--tool-version")
 @click.option("--workspace", help="Default: the owner's working directory.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
+@click.option("--resume-key", help="Continue the tool's session with this key if its owner is gone (see README).")
+@click.option("--resume-ended", is_flag=True, help="With --resume-key: resume it even if it was ended explicitly.")
 @json_option
 @fail_cleanly
 def session_start(
     tool_id: str, pid: int | None, session_type: str, tool_version: str | None, workspace: str | None,
-    meta: tuple[str, ...], as_json: bool,
+    meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, as_json: bool,
 ) -> None:
-    """Print the id of the live session for TOOL and PID, creating it if needed."""
+    """Print the id of the live session for TOOL and PID, creating (or resuming) it if needed."""
     metadata = parse_metadata(meta)
     with connect() as client:
         got = client.get_or_create(
@@ -180,6 +219,8 @@ def session_start(
             metadata=metadata,
             # Acting for our parent: if it died and its pid was reused, refuse the stranger.
             owner_must_be_ancestor=pid is None,
+            resume_key=resume_key,
+            resume_ended=resume_ended,
         )
     if as_json:
         print_json(got)
@@ -190,18 +231,100 @@ def session_start(
 @session.command("find")
 @click.option("--tool", "tool_id", required=True)
 @click.option("--pid", type=int, help="Default: this command's parent (your shell).")
+@click.option("--resume-key", help="The session `session start --resume-key` would return or resume.")
+@click.option("--resume-ended", is_flag=True, help="With --resume-key: count explicitly ended sessions too.")
 @json_option
 @fail_cleanly
-def session_find(tool_id: str, pid: int | None, as_json: bool) -> None:
+def session_find(tool_id: str, pid: int | None, resume_key: str | None, resume_ended: bool, as_json: bool) -> None:
     """Print the live session id for TOOL and PID; exit 1 if there is none. Never creates."""
     with connect() as client:
-        found = client.find(tool_id, pid=pid if pid is not None else os.getppid())
+        found = client.find(
+            tool_id, pid=pid if pid is not None else os.getppid(), resume_key=resume_key, resume_ended=resume_ended
+        )
     if as_json:
         print_json({"session": found})
     elif found is not None:
         click.echo(found.session_id)
     if found is None:
         sys.exit(1)
+
+
+@session.command("update")
+@click.argument("session_id")
+@click.option("--title", help="A title; the empty string removes it.")
+@click.option("--tag", "add_tags", multiple=True, help="Add this tag; repeatable.")
+@click.option("--untag", "remove_tags", multiple=True, help="Remove this tag; repeatable.")
+@click.option("--clear-tags", is_flag=True, help="Remove every tag first (then --tag adds).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Set a metadata key; repeatable.")
+@click.option("--unset-meta", multiple=True, metavar="KEY", help="Remove a metadata key; repeatable.")
+@click.option("--replace-meta", is_flag=True, help="Replace the metadata with the --meta pairs.")
+@json_option
+@fail_cleanly
+def session_update(
+    session_id: str, title: str | None, add_tags: tuple[str, ...], remove_tags: tuple[str, ...], clear_tags: bool,
+    meta: tuple[str, ...], unset_meta: tuple[str, ...], replace_meta: bool, as_json: bool,
+) -> None:
+    """Change a session's title, tags or metadata (live or ended)."""
+    if replace_meta and unset_meta:
+        raise click.UsageError("--replace-meta and --unset-meta exclude each other")
+    patch: dict[str, object] = {key: None for key in unset_meta}
+    patch.update(parse_metadata(meta))
+    with connect() as client:
+        updated = client.update_session(
+            session_id, title=title, tags=[] if clear_tags else None, add_tags=list(add_tags),
+            remove_tags=list(remove_tags), metadata=patch if patch or replace_meta else None,
+            replace_metadata=replace_meta,
+        )
+    print_json(updated) if as_json else print_session(updated)
+
+
+def flag_command(name: str, done: str, help: str, *, pinned: bool | None, archived: bool | None) -> click.Command:
+    """``session NAME SESSION_ID``: set one of a session's flags (None: the other)."""
+
+    @json_option
+    @fail_cleanly
+    def command(session_id: str, as_json: bool) -> None:
+        with connect() as client:
+            updated = client.update_session(session_id, pinned=pinned, archived=archived)
+        print_json(updated) if as_json else click.echo(f"{updated.session_id} {done}")
+
+    command.__doc__ = help
+    return click.command(name)(click.argument("session_id")(command))
+
+
+for name, done, pinned, archived, help in (
+    ("pin", "pinned", True, None, "Pin (star) a session: `sessions list --pinned` lists the pinned ones."),
+    ("unpin", "unpinned", False, None, "Unpin a session."),
+    ("archive", "archived", None, True, "Archive a session: `sessions list` shows it only if asked."),
+    ("unarchive", "unarchived", None, False, "Bring an archived session back into `sessions list`."),
+):
+    session.add_command(flag_command(name, done, help, pinned=pinned, archived=archived))
+session.add_command(session.commands["pin"], "star")
+session.add_command(session.commands["unpin"], "unstar")
+
+
+@session.command("delete")
+@click.argument("session_id")
+@click.option("--yes", is_flag=True, help="Really delete it, with everything it holds.")
+@click.option("--force", is_flag=True, help="Delete it even if it is live.")
+@json_option
+@fail_cleanly
+def session_delete(session_id: str, yes: bool, force: bool, as_json: bool) -> None:
+    """Delete one session and everything it holds (context, messages, memories, tasks), for good."""
+    if not yes:
+        raise click.UsageError(
+            "deleting a session cannot be undone: pass --yes (`omnid export --session ID` first keeps a copy)"
+        )
+    with connect() as client:
+        deleted = client.delete_session(session_id, force=force)
+    if as_json:
+        print_json(deleted)
+        return
+    click.echo(
+        f"deleted {deleted.session_id}{' (it was live)' if deleted.was_live else ''}: {deleted.messages} message(s), "
+        f"{deleted.context_events} context event(s), {deleted.session_memories} session memory(ies), "
+        f"{deleted.tasks} task(s)"
+    )
 
 
 @click.group()

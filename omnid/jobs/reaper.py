@@ -75,6 +75,10 @@ class Reaper:
             return None
         return ProcessInfo(owner, self._uid)
 
+    def alive(self, owner: ProcessIdentity) -> bool:
+        """Whether that very process still runs (or cannot be inspected, which counts as alive)."""
+        return self.watcher.running(owner) or is_alive(owner)[0]
+
     def track(self, session_id: str, owner: ProcessIdentity) -> None:
         """Watch ``owner`` for ``session_id``; NotFound if that process is already gone."""
         sessions = self.owners.get(owner)

@@ -1,11 +1,21 @@
 """An OmniMemory ``dashboard.db`` read as omnid export records: sessions, their context, project memories."""
 
-# The schema follows mrtozner/omnimemory: ``omnimemory-metrics-service/src/data_store.py``
-# (tables ``tool_sessions``, ``sessions``, ``projects``, ``project_memories``; ``process_id``
-# was added to ``tool_sessions`` later, by ``migrations/002_add_process_id.py``) and
-# ``mcp_server/session_manager.py`` (the context blob: ``files_accessed``,
-# ``file_importance_scores``, ``recent_searches``, ``decisions``, ``saved_memories``). Any of
-# those columns may be missing; what exists is mapped, and the source is opened read-only.
+# The schema follows mrtozner/omnimemory. Three components create and write the file, and
+# whichever runs first creates a table in its own shape (the others' CREATE TABLE IF NOT
+# EXISTS then do nothing):
+# - the metrics service, ``omnimemory-metrics-service/src/data_store.py``: ``tool_sessions``
+#   (columns added over time by its ``_migrate_schema`` and ``migrations/002_add_process_id.py``;
+#   its ``start_session`` also writes an ``instance_id`` column no statement of it creates),
+#   ``sessions`` (with ``process_id``), ``projects`` and ``project_memories`` (with
+#   ``expires_at`` and ``tenant_id``), and the per-session counters of ``metrics``;
+# - the MCP server's session manager, ``mcp_server/session_manager.py``: ``sessions``
+#   (an ``id`` key, no ``process_id``) and its context blob (``files_accessed``,
+#   ``file_importance_scores``, ``recent_searches``, ``decisions``, ``saved_memories``,
+#   ``tool_specific``);
+# - the MCP server's project manager, ``mcp_server/project_manager.py``: ``projects`` and
+#   ``project_memories`` (no ``expires_at``: a TTL counts from ``created_at``).
+# Any of those columns may be missing; what exists is mapped, and the source is opened
+# read-only. Which component writes which times in which zone: see ``omnimemory_values``.
 
 from __future__ import annotations
 
@@ -14,7 +24,6 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import quote
 
 import msgspec
 
@@ -31,21 +40,23 @@ from omnid_client.protocol import (
 )
 
 from ..projects import locate
-from .omnimemory_source import ROWID, TOO_LARGE, Report, Source, _merge
+from .omnimemory_owners import COUNTERS, counters, live_owner, metric_sums, one_live_per_owner_and_key
+from .omnimemory_source import ROWID, TOO_LARGE, Report, Source, _merge, open_database
 from .omnimemory_values import (
     SOURCE,
     _encode,
     _first,
+    _flag,
+    _importance,
     _json_dict,
     _memory_id,
+    _resume_key,
     _session_id,
     _tool_id,
     _valid,
     parse_time,
 )
 from .transfer import TransferError
-
-TABLES = ("tool_sessions", "sessions", "project_memories")
 
 
 def read(path: Path, *, now: float | None = None) -> tuple[Iterator[Record], Report]:
@@ -54,7 +65,7 @@ def read(path: Path, *, now: float | None = None) -> tuple[Iterator[Record], Rep
     the report, complete once the records are. Rows are read one at a time and no value
     over its cap is ever loaded (see ``Source``), however large the database or its rows."""
     now = time.time() if now is None else now
-    db = _open(path)
+    db = open_database(path)
     report = Report()
     return _records(db, path, now, report), report
 
@@ -68,35 +79,12 @@ def _records(db: sqlite3.Connection, path: Path, now: float, report: Report) -> 
         db.close()
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise TransferError(f"no file at {path}", "not_found")
-    params = "mode=ro"
-    with open(path, "rb") as f:
-        header = f.read(20)
-    if header[18:20] == b"\x02\x02" and not Path(f"{path}-wal").exists():
-        # A WAL database nobody has open: everything is in the main file. Reading it as
-        # immutable keeps SQLite from creating -wal and -shm files beside the user's file.
-        params += "&immutable=1"
-    db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?{params}", uri=True, isolation_level=None)
-    try:
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as e:
-        db.close()
-        raise TransferError(f"{path} is not an SQLite database: {e}", "invalid") from None
-    if not names.intersection(TABLES):
-        db.close()
-        raise TransferError(
-            f"{path} is not an OmniMemory dashboard database: it has none of the tables {', '.join(TABLES)}", "invalid"
-        )
-    return db
-
-
 SESSION_COLUMNS = (
     "session_id", "tool_id", "tool_version", "started_at", "created_at", "last_activity", "ended_at", "process_id",
     "workspace_path", "project_id", "user_id", "tenant_id", "previous_session_id", "pinned", "archived",
+    "instance_id", *COUNTERS,
 )
-SESSION_BLOBS = ("metadata", "metrics_json", "context_json", "context")
+SESSION_BLOBS = ("metadata", "metrics_json", "evolution_metadata", "context_json", "context")
 """Read one session at a time, when its records are made."""
 MEMORY_COLUMNS = (
     "memory_id", "id", "project_id", "workspace_path", "memory_key", "key", "memory_value", "value", "created_at",
@@ -106,8 +94,8 @@ MEMORY_COLUMNS = (
 
 class _Converter:
     """Two passes over the source: the first reads what decides which projects there are
-    (they must come first in an import), the second makes the records, a session or a
-    memory at a time, reading the large values of that one only."""
+    (they must come first in an import) and which sessions come in live, the second makes
+    the records, a session or a memory at a time, reading the large values of that one only."""
 
     def __init__(self, source: Source, now: float, report: Report):
         self.source = source
@@ -145,7 +133,8 @@ class _Converter:
                 merged.setdefault(str(sid), {})[table] = row
         self.report.sessions["found"] = len(merged)
         memory_groups = self.memory_groups(workspaces)
-        sessions = self.session_times(merged)
+        sessions = self.session_times(merged, workspaces)
+        deltas = metric_sums(source, {s["source_id"] for s in sessions})
         yield ExportHeader()
         for project_id in sorted(self.projects):
             root, name, vcs, first, last = self.projects[project_id]
@@ -153,22 +142,24 @@ class _Converter:
             yield ProjectRecord(project_id, root, name, vcs, first, last if last is not None else first)
         for key in sorted(memory_groups):
             yield from self.memory(key, memory_groups[key])
-        for _, _, source_id, times in sessions:
-            yield from self.session(source_id, merged.pop(source_id), times)
+        for s in sessions:
+            yield from self.session(merged.pop(s["source_id"]), s, deltas.get(s["source_id"], {}))
 
     # -- sessions ------------------------------------------------------------------------
 
-    def session_times(self, merged: dict[str, dict[str, dict]]) -> list[tuple[float, str, str, tuple]]:
-        """(start, omnid session id, source id, times) of each session that has usable times,
-        in import order; each one's project is noted."""
+    def session_times(self, merged: dict[str, dict[str, dict]], workspaces: dict[Any, Any]) -> list[dict[str, Any]]:
+        """Each session that has usable times, in import order: its times, workspace (its
+        project is noted) and, if OmniMemory never ended it, its owner if still running."""
         skipped = self.report.sessions["skipped"]
         out = []
         for source_id, parts in merged.items():
             ts, s = parts.get("tool_sessions", {}), parts.get("sessions", {})
             try:
-                started = parse_time(_first(ts.get("started_at"), s.get("created_at")))
-                activity = [parse_time(v) for v in (ts.get("last_activity"), s.get("last_activity"))]
-                ended = parse_time(_first(ts.get("ended_at"), s.get("ended_at")))
+                # tool_sessions is the metrics service's alone: CURRENT_TIMESTAMP, UTC. sessions
+                # rows are its (UTC) or the session manager's (local isoformat), whichever wrote last.
+                started = _first(parse_time(ts.get("started_at"), "utc"), parse_time(s.get("created_at")))
+                activity = [parse_time(ts.get("last_activity"), "utc"), parse_time(s.get("last_activity"))]
+                ended = _first(parse_time(ts.get("ended_at"), "utc"), parse_time(s.get("ended_at")))
             except ValueError:
                 skipped["bad_time"] += 1
                 continue
@@ -176,60 +167,72 @@ class _Converter:
                 skipped["no_start_time"] += 1
                 continue
             last = max([started, *(t for t in activity if t is not None), *([ended] if ended else [])])
-            self.project_of(_first(ts.get("workspace_path"), s.get("workspace_path")), started, last)
-            out.append((started, _session_id(source_id), source_id, (started, last, ended)))
-        out.sort(key=lambda t: (t[0], t[1]))
+            pid = _first(ts.get("process_id"), s.get("process_id"))
+            pid = pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 else None
+            project = _first(ts.get("project_id"), s.get("project_id"))
+            workspace = _first(ts.get("workspace_path"), s.get("workspace_path"), workspaces.get(project))
+            self.project_of(workspace, started, last)
+            out.append({
+                "source_id": source_id, "session_id": _session_id(source_id), "started": started, "last": last,
+                "ended": ended, "pid": pid, "workspace": workspace,
+                "tool_id": _tool_id(_first(ts.get("tool_id"), s.get("tool_id"))),
+                "resume_key": _resume_key(_first(ts.get("instance_id"), s.get("instance_id"))),
+                "owner": live_owner(pid, last) if ended is None and pid is not None else None,
+            })
+        one_live_per_owner_and_key(out)
+        out.sort(key=lambda s: (s["started"], s["session_id"]))
         return out
 
-    def session(self, source_id: str, parts: dict[str, dict], times: tuple) -> list[Record]:
+    def session(self, parts: dict[str, dict], times: dict[str, Any], deltas: dict[str, int]) -> list[Record]:
         ts, s = (
             _merge(row, self.source.row(table, row[ROWID], SESSION_BLOBS)) if row else {}
             for table, row in (("tool_sessions", parts.get("tool_sessions")), ("sessions", parts.get("sessions")))
         )
         skipped = self.report.sessions["skipped"]
-        started, last, ended = times
-        if ended is None:
-            # OmniMemory knew its owner by a bare pid only (no start time, no boot id), so
-            # omnid cannot tell whether that process still runs: the session ends as reaped.
-            ended, reason = last, "reaped"
-            self.report.sessions["ended_on_import"] += 1
-        else:
+        started, last, ended, pid, owner = (times[k] for k in ("started", "last", "ended", "pid", "owner"))
+        if ended is not None:
             ended, reason = max(ended, started), "ended"
-        pid = _first(ts.get("process_id"), s.get("process_id"))
-        pid = pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 else None
-        workspace = _first(ts.get("workspace_path"), s.get("workspace_path"))
-        session_id = _session_id(source_id)
+        elif owner is None:
+            # Its owner is gone (or OmniMemory never knew it): the session ends as reaped.
+            ended, reason = last, "reaped"
+        else:
+            reason = None
+        session_id, workspace = times["session_id"], times["workspace"]
         project_id = self.project_of(workspace, started, last)
         provenance: dict[str, Any] = {
-            "session_id": source_id,
+            "session_id": times["source_id"],
             "tables": [t for t, row in (("tool_sessions", ts), ("sessions", s)) if row],
         }
         if pid is not None:
             provenance["process_id"] = pid
-        for key in ("project_id", "user_id", "tenant_id", "previous_session_id"):
+        for key in ("instance_id", "project_id", "user_id", "tenant_id", "previous_session_id"):
             value = _first(ts.get(key), s.get(key))
             if value is not None:
                 provenance[key] = value
-        for key in ("pinned", "archived"):
-            if s.get(key):
-                provenance[key] = True
-        for key in ("metadata", "metrics_json"):
+        for key in ("metadata", "metrics_json", "evolution_metadata"):
             extra = _json_dict(_first(ts.get(key), s.get(key)))
             if extra:
                 provenance[key.removesuffix("_json")] = extra
-        metadata = {"imported_from": SOURCE, SOURCE: provenance}
-        if len(_encode.encode(metadata)) > MAX_METADATA_BYTES:
-            provenance.pop("metadata", None)
-            provenance.pop("metrics", None)
+        ctx = self.context_blob(s)
+        if ctx and isinstance(ctx.get("tool_specific"), dict) and ctx["tool_specific"]:
+            provenance["tool_specific"] = ctx["tool_specific"]
+        metadata: dict[str, Any] = {"imported_from": SOURCE, SOURCE: provenance}
+        if found := counters(ts, deltas):
+            metadata["counters"] = found
+        for key in ("metadata", "metrics", "evolution_metadata", "tool_specific"):
+            if len(_encode.encode(metadata)) <= MAX_METADATA_BYTES:
+                break
+            if provenance.pop(key, None) is not None:
+                skipped[f"{key}_too_large"] += 1
         tool_version = ts.get("tool_version")
         record = SessionRecord(
             session_id=session_id,
-            tool_id=_tool_id(_first(ts.get("tool_id"), s.get("tool_id"))),
+            tool_id=times["tool_id"],
             tool_version=str(tool_version)[:256] if tool_version not in (None, "") else None,
             session_type="default",
             owner_pid=pid,
-            owner_start=None,
-            boot_id=None,
+            owner_start=owner.identity.start if owner else None,
+            boot_id=owner.identity.boot_id if owner else None,
             dedup=True,
             workspace=workspace if project_id is not None else None,
             metadata=metadata,
@@ -241,6 +244,10 @@ class _Converter:
             message_count=0,
             total_tokens=0,
             total_cost_nanos=0,
+            resume_key=times["resume_key"],
+            pinned=_flag(s.get("pinned")),
+            # OmniMemory keeps no archive time: the last time it knew of is the closest.
+            archived_at=last if _flag(s.get("archived")) else None,
         )
         try:
             record = _valid(record)  # type: ignore[assignment]
@@ -248,22 +255,30 @@ class _Converter:
             skipped["invalid"] += 1
             return []
         self.report.sessions["converted"] += 1
-        return [record, *self.context(session_id, s, started)]
+        if reason is None:
+            self.report.sessions["live"] += 1
+        elif reason == "reaped":
+            self.report.sessions["ended_on_import"] += 1
+        return [record, *self.context(session_id, ctx, started)]
 
-    def context(self, session_id: str, s: dict, started: float) -> list[Record]:
-        report = self.report.context
+    def context_blob(self, s: dict) -> dict[str, Any] | None:
         blob = _first(s.get("context_json"), s.get("context"))
         if blob is None:
             if {"context_json", "context"} & s.get(TOO_LARGE, set()):
-                report["skipped"]["too_large"] += 1
-            return []
+                self.report.context["skipped"]["too_large"] += 1
+            return None
         ctx = _json_dict(blob)
         if ctx is None:
-            report["skipped"]["bad_context_json"] += 1
+            self.report.context["skipped"]["bad_context_json"] += 1
+        return ctx
+
+    def context(self, session_id: str, ctx: dict[str, Any] | None, started: float) -> list[Record]:
+        if not ctx:
             return []
+        report = self.report.context
         scores = ctx.get("file_importance_scores")
         scores = scores if isinstance(scores, dict) else {}
-        items: list[tuple[str, Any, Any, Any]] = []  # kind, subject, importance, time
+        items: list[tuple[str, Any, Any, Any, Any]] = []  # kind, subject, importance, time, detail
         for kind, names, subject_keys, time_keys in (
             ("file_access", ("files_accessed",), ("path", "file_path"), ("accessed_at", "timestamp")),
             ("search", ("recent_searches", "searches"), ("query",), ("timestamp", "searched_at")),
@@ -276,11 +291,14 @@ class _Converter:
                 continue
             for entry in entries:
                 report["items"] += 1
+                detail = None
                 if isinstance(entry, str):
                     subject, at = entry, None
                 elif isinstance(entry, dict):
                     subject = _first(*(entry.get(k) for k in subject_keys))
                     at = _first(*(entry.get(k) for k in time_keys))
+                    if kind == "memory_ref" and subject == entry.get("key") and entry.get("id") not in (None, ""):
+                        detail = str(entry["id"])[:8192]  # the memory the reference names
                 else:
                     report["skipped"]["bad_item"] += 1
                     continue
@@ -290,24 +308,28 @@ class _Converter:
                 if len(subject) > 8192:
                     report["skipped"]["too_long"] += 1
                     continue
-                importance = scores.get(subject) if kind == "file_access" else None
-                if not isinstance(importance, (int, float)) or isinstance(importance, bool) or importance != importance:
-                    importance = None
-                else:
-                    importance = min(max(float(importance), 0.0), 1.0)
-                items.append((kind, subject, importance, at))
+                items.append((kind, subject, scores.get(subject) if kind == "file_access" else None, at, detail))
+        # OmniMemory keeps the last 100 file accesses but every file's importance: files
+        # whose accesses fell off that list are still files of the session, at its start.
+        listed = {subject for kind, subject, *_ in items if kind == "file_access"}
+        for path, importance in scores.items():
+            if isinstance(path, str) and path.strip() and len(path) <= 8192 and path not in listed:
+                report["items"] += 1
+                report["files_from_importance"] += 1
+                items.append(("file_access", path, importance, started, None))
         events = []
-        for order, (kind, subject, importance, at) in enumerate(items):
+        for order, (kind, subject, importance, at, detail) in enumerate(items):
             try:
-                created = parse_time(at)
+                created = parse_time(at)  # the blob's times are datetime.now().isoformat(): local
             except ValueError:
                 created = None
-            events.append((created if created is not None else started, order, kind, subject, importance))
+            at = created if created is not None else started
+            events.append((at, order, kind, subject, _importance(importance), detail))
         events.sort(key=lambda e: (e[0], e[1]))
         report["converted"] += len(events)
         return [
-            ContextRecord(session_id, seq, kind, subject, importance, None, created)  # type: ignore[arg-type]
-            for seq, (created, _, kind, subject, importance) in enumerate(events, 1)
+            ContextRecord(session_id, seq, kind, subject, importance, detail, created)  # type: ignore[arg-type]
+            for seq, (created, _, kind, subject, importance, detail) in enumerate(events, 1)
         ]
 
     # -- project memories -----------------------------------------------------------------
@@ -333,8 +355,10 @@ class _Converter:
                 skipped["no_value"] += 1
                 continue
             try:
-                created = parse_time(row.get("created_at"))
-                last_accessed = parse_time(row.get("last_accessed"))
+                # created_at/last_accessed: CURRENT_TIMESTAMP (metrics service) or utcnow()
+                # (project manager), UTC both; expires_at: the metrics service's local now() + TTL.
+                created = parse_time(row.get("created_at"), "utc")
+                last_accessed = parse_time(row.get("last_accessed"), "utc")
                 expires = parse_time(row.get("expires_at"))
             except ValueError:
                 skipped["bad_time"] += 1

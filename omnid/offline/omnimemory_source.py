@@ -3,11 +3,19 @@ asked for, no value over its cap ever loaded, and a report of what was read and 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 from omnid_client.protocol import MAX_METADATA_BYTES, MAX_VALUE_BYTES
+
+from .transfer import TransferError
+
+TABLES = ("tool_sessions", "sessions", "project_memories")
+"""A database with none of these is not OmniMemory's."""
 
 CONTEXT_CAP = 8 << 20
 """Largest context blob read (a session's files, searches, decisions); a larger one is left out."""
@@ -17,6 +25,7 @@ CAPS = {
     "context_json": CONTEXT_CAP, "context": CONTEXT_CAP,
     "memory_value": MAX_VALUE_BYTES, "value": MAX_VALUE_BYTES,  # a larger one cannot be stored anyway
     "metadata": MAX_METADATA_BYTES, "metadata_json": MAX_METADATA_BYTES, "metrics_json": MAX_METADATA_BYTES,
+    "evolution_metadata": MAX_METADATA_BYTES,
 }
 MAX_WARNINGS = 100
 ROWID = "_rowid"
@@ -29,8 +38,10 @@ class Report:
 
     def __init__(self) -> None:
         self.tables: dict[str, int] = {}
-        self.sessions: dict[str, Any] = {"found": 0, "converted": 0, "ended_on_import": 0, "skipped": Counter()}
-        self.context: dict[str, Any] = {"items": 0, "converted": 0, "skipped": Counter()}
+        self.sessions: dict[str, Any] = {
+            "found": 0, "converted": 0, "live": 0, "ended_on_import": 0, "skipped": Counter(),
+        }
+        self.context: dict[str, Any] = {"items": 0, "converted": 0, "files_from_importance": 0, "skipped": Counter()}
         self.memories: dict[str, Any] = {"rows": 0, "memories": 0, "versions": 0, "skipped": Counter()}
         self.warnings: list[str] = []
         self.more_warnings = 0
@@ -147,6 +158,31 @@ class Source:
             if self._rowid[table] is None:
                 self.report.warn(f"table {table} has no rowid (not as OmniMemory made it); not read")
         return self._rowid[table]
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """The database at ``path``, read-only, once it looks like OmniMemory's (else TransferError)."""
+    if not path.is_file():
+        raise TransferError(f"no file at {path}", "not_found")
+    params = "mode=ro"
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if header[18:20] == b"\x02\x02" and not Path(f"{path}-wal").exists():
+        # A WAL database nobody has open: everything is in the main file. Reading it as
+        # immutable keeps SQLite from creating -wal and -shm files beside the user's file.
+        params += "&immutable=1"
+    db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?{params}", uri=True, isolation_level=None)
+    try:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise TransferError(f"{path} is not an SQLite database: {e}", "invalid") from None
+    if not names.intersection(TABLES):
+        db.close()
+        raise TransferError(
+            f"{path} is not an OmniMemory dashboard database: it has none of the tables {', '.join(TABLES)}", "invalid"
+        )
+    return db
 
 
 def _quote(name: str) -> str:

@@ -1,9 +1,20 @@
 """How OmniMemory's loosely typed column values (times, ids, JSON blobs) become omnid's."""
 
-# Times there are of two kinds: SQLite's ``CURRENT_TIMESTAMP`` (``YYYY-MM-DD HH:MM:SS``, UTC)
-# and Python's ``datetime.now().isoformat()`` (``YYYY-MM-DDTHH:MM:SS.ffffff``, local time, as
-# in memories' ``expires_at``). So a time without a zone is read as UTC when written with a
-# space and as local time when written with a ``T``; zoned times and epoch numbers (seconds,
+# Times there are of three kinds, and which kind a column holds depends on the OmniMemory
+# component that wrote it (mrtozner/omnimemory):
+# - SQLite's ``CURRENT_TIMESTAMP`` (``YYYY-MM-DD HH:MM:SS``, UTC): everything the metrics
+#   service (``omnimemory-metrics-service/src/data_store.py``) writes itself, i.e. all of
+#   ``tool_sessions``, and ``created_at``/``last_accessed``/``last_activity`` where it
+#   inserts or touches ``sessions``, ``projects`` and ``project_memories`` rows;
+# - ``datetime.utcnow().isoformat()`` (``YYYY-MM-DDTHH:MM:SS.ffffff``, UTC, no zone): the
+#   MCP server's project manager (``mcp_server/project_manager.py``) for ``projects`` and
+#   ``project_memories`` ``created_at``/``last_accessed``;
+# - ``datetime.now().isoformat()`` (a ``T``, local time, no zone): the MCP server's session
+#   manager (``mcp_server/session_manager.py``) for ``sessions`` rows, every timestamp in
+#   the context blob (both writers), and the metrics service's ``expires_at`` of memories.
+# So a column is read as ``utc`` (any zone-less time is UTC: tool_sessions, projects,
+# memories' created_at/last_accessed) or ``auto`` (zone-less with a ``T`` is local, with a
+# space UTC: sessions, context items, expires_at). Zoned times and epoch numbers (seconds,
 # or milliseconds when that large) are taken as they are.
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import json
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -27,9 +38,9 @@ _validate = msgspec.json.Decoder(Record)
 _encode = msgspec.json.Encoder()
 
 
-def parse_time(value: Any) -> float | None:
-    """UTC epoch seconds from an OmniMemory time (see the module notes); None for none.
-    ValueError for something that is no time."""
+def parse_time(value: Any, naive: Literal["auto", "utc"] = "auto") -> float | None:
+    """UTC epoch seconds from an OmniMemory time; ``naive`` says how the column's zone-less
+    times were written (see the module notes). None for none; ValueError for no time."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -41,7 +52,7 @@ def parse_time(value: Any) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
-            seconds = _parse_iso(text)
+            seconds = _parse_iso(text, naive)
     if seconds > 1e11:  # milliseconds
         seconds /= 1000.0
     if not (0 <= seconds <= 1e11):
@@ -49,17 +60,18 @@ def parse_time(value: Any) -> float | None:
     return seconds
 
 
-def _parse_iso(text: str) -> float:
+def _parse_iso(text: str, naive: str) -> float:
     normalized = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
     try:
         dt = datetime.fromisoformat(normalized)
     except ValueError:
         raise ValueError(f"not a time: {text!r}") from None
     if dt.tzinfo is None:
-        if "T" in text or "t" in text:
+        if naive == "auto" and ("T" in text or "t" in text):
             return dt.timestamp()  # Python's isoformat() of a local datetime.now()
-        dt = dt.replace(tzinfo=timezone.utc)  # SQLite's CURRENT_TIMESTAMP
+        dt = dt.replace(tzinfo=timezone.utc)  # CURRENT_TIMESTAMP, or isoformat() of a utcnow()
     return dt.timestamp()
+
 
 def _session_id(source_id: str) -> str:
     try:
@@ -81,6 +93,25 @@ def _tool_id(value: Any) -> str:
     return text or SOURCE
 
 
+def _resume_key(value: Any) -> str | None:
+    """OmniMemory's instance id as a resume key (what its MCP server sends ``omnid compat``
+    as ``instance_id``, used as the key there too), or None if it cannot be one."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+
+
+def _flag(value: Any) -> bool:
+    """A BOOLEAN column as SQLite stores it (0/1; text if a writer bound a string)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true")
+    return isinstance(value, (int, float)) and value != 0
+
+
 def _json_dict(text: Any) -> dict[str, Any] | None:
     if text in (None, ""):
         return {}
@@ -91,6 +122,12 @@ def _json_dict(text: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _importance(value: Any) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return min(max(float(value), 0.0), 1.0)
 
 
 def _first(*values: Any) -> Any:

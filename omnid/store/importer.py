@@ -33,6 +33,7 @@ from .codec import dumps
 from .memories import _body as memory_search_body
 from .memories import delete_ids as delete_memories
 from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
+from .sessions import set_tags
 
 
 class SizeCheck(Protocol):
@@ -60,6 +61,7 @@ class Importer:
         self._new: dict[str, set[str]] = defaultdict(set)  # ids this batch creates, by kind
         self._positions: dict[tuple[str, str], int] = {}
         self._projects: dict[str, str | None] = {}
+        self._counted: dict[str, int] = {}
         self._line: str = ""
 
     def add(self, record: Record, where: str) -> None:
@@ -206,23 +208,41 @@ class Importer:
             self._parent("project", "projects", "project_id", r.project_id)
         try:
             self._write(
-                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({','.join('?' * 24)})",
                 r.session_id, r.tool_id, r.tool_version, r.session_type, r.owner_pid, r.owner_start, r.boot_id,
                 int(r.dedup), r.workspace, dumps(r.metadata), r.started_at, r.last_activity, r.ended_at,
-                r.end_reason, r.project_id, r.message_count, r.total_tokens, r.total_cost_nanos,
+                r.end_reason, r.project_id, r.message_count, r.total_tokens, r.total_cost_nanos, r.resume_key,
+                r.title, None, int(r.pinned), r.archived_at, r.owner_since,
             )
         except sqlite3.IntegrityError:
             if r.ended_at is None:
                 raise Conflict(
-                    f"{self._line}: live session {r.session_id} has the same tool and owner process as a live "
-                    f"session already in the database",
+                    f"{self._line}: live session {r.session_id} has the same tool and owner process, or the same "
+                    f"tool and resume key, as a live session already in the database",
                     {"line": self._line, "session_id": r.session_id},
                 ) from None
             raise
+        if not self.dry_run:
+            if r.tags:
+                set_tags(self.db, r.session_id, r.tags)
+            self.db.executemany(
+                "INSERT INTO session_owners (session_id, seq, owner_pid, owner_start, boot_id, since, until, released) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(r.session_id, seq, o.pid, o.start, o.boot_id, o.since, o.until, o.released)
+                 for seq, o in enumerate(r.past_owners, 1)],
+            )
         self._new["session"].add(r.session_id)
         if r.ended_at is None:
             self.live_sessions.append(r)
         return "imported"
+
+    def _counted_messages(self, session_id: str) -> int:
+        """How many of the session's messages its totals already count (kept in step with
+        the increments this batch makes)."""
+        if session_id not in self._counted:
+            row = self.db.execute("SELECT message_count FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            self._counted[session_id] = row[0] if row else 0
+        return self._counted[session_id]
 
     def _session_project(self, session_id: str) -> str | None:
         if session_id not in self._projects:
@@ -275,9 +295,10 @@ class Importer:
                 r.session_id, r.seq, r.role, r.content, r.message_type, dumps(r.metadata), r.tokens_used,
                 r.cost_nanos, r.created_at,
             )
-            if r.session_id not in self._new["session"]:
-                # A new session's record already counts its messages; an existing one's
-                # totals must grow with each message added to it.
+            if r.seq > self._counted_messages(r.session_id):
+                # A session record's totals count its first message_count messages, whichever
+                # batch brings them; only a message past those makes the totals grow.
+                self._counted[r.session_id] += 1
                 self._write(
                     "UPDATE sessions SET message_count = message_count + 1, total_tokens = total_tokens + ?, "
                     "total_cost_nanos = total_cost_nanos + ? WHERE session_id = ?",

@@ -214,11 +214,49 @@ MIGRATIONS: list[list[Step]] = [
     [
         "ALTER TABLE sessions ADD COLUMN owner_ino INTEGER",
     ],
-    # 5: PLACEHOLDER for the resume key / session edits (branch resume-edits). Its merge
-    # replaces this empty list with the real steps; keep it empty until then so migration
-    # 6 stays numbered 6 (6 touches only its own tables, indexes and sessions.context_folded,
-    # so it applies after whatever 5 adds).
-    [],
+    # 5: sessions a tool resumes by its own key after its process restarts, with the
+    # owners they had; and what users edit: title, tags, pin, archive.
+    [
+        "ALTER TABLE sessions ADD COLUMN resume_key TEXT",
+        "ALTER TABLE sessions ADD COLUMN title TEXT",
+        # The tags as a sorted JSON array (NULL: none), read with the row; session_tags
+        # below holds the same tags again, indexed for filtering.
+        "ALTER TABLE sessions ADD COLUMN tags TEXT",
+        "ALTER TABLE sessions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0 CHECK (pinned IN (0, 1))",
+        "ALTER TABLE sessions ADD COLUMN archived_at REAL",
+        # When the current owner took the session over; NULL: it has had only one owner.
+        "ALTER TABLE sessions ADD COLUMN owner_since REAL",
+        # Never two live sessions of a tool under one key, so never two live owners.
+        """
+        CREATE UNIQUE INDEX sessions_one_live_per_resume_key
+            ON sessions (tool_id, resume_key)
+            WHERE ended_at IS NULL AND resume_key IS NOT NULL
+        """,
+        "CREATE INDEX sessions_by_resume_key ON sessions (tool_id, resume_key, started_at) "
+        "WHERE resume_key IS NOT NULL",
+        """
+        CREATE TABLE session_tags (
+            tag        TEXT NOT NULL,
+            session_id TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+            PRIMARY KEY (tag, session_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX session_tags_by_session ON session_tags (session_id)",
+        # The owners a session had before its current one (which is on its row).
+        """
+        CREATE TABLE session_owners (
+            session_id  TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,
+            owner_pid   INTEGER,
+            owner_start INTEGER,
+            boot_id     TEXT,
+            since       REAL NOT NULL,
+            until       REAL NOT NULL,
+            released    TEXT NOT NULL CHECK (released IN ('ended', 'reaped', 'expired', 'died')),
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID
+        """,
+    ],
     # 6: a per-subject rollup of each session's context events, kept by the code that adds
     # events, so the files/changes view and the context pack read a bounded number of rows
     # however many events a session holds; the folded_* columns hold what compaction took out

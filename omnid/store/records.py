@@ -16,6 +16,7 @@ from omnid_client.protocol import (
     MemoryRecord,
     MemoryVersionRecord,
     MessageRecord,
+    PastOwner,
     ProjectRecord,
     Record,
     SessionMemoryRecord,
@@ -45,7 +46,7 @@ def jsonl(record: Record) -> bytes:
 SESSION_COLUMNS = (
     "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, dedup, workspace, "
     "metadata, started_at, last_activity, ended_at, end_reason, project_id, message_count, total_tokens, "
-    "total_cost_nanos"
+    "total_cost_nanos, resume_key, title, tags, pinned, archived_at, owner_since"
 )
 MEMORY_COLUMNS = (
     "memory_id, project_id, key, value, metadata, version, created_at, updated_at, expires_at, "
@@ -152,7 +153,15 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
     row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
     if row is None:
         return
-    yield SessionRecord(*(*row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:]))
+    past = db.execute(
+        "SELECT owner_pid, owner_start, boot_id, since, until, released FROM session_owners WHERE session_id = ? "
+        "ORDER BY seq",
+        (session_id,),
+    )
+    yield SessionRecord(*(
+        *row[:7], bool(row[7]), row[8], loads_dict(row[9]), *row[10:20], loads(row[20]) if row[20] else [],
+        bool(row[21]), row[22], row[23], [PastOwner(*owner) for owner in past],
+    ))
     folded = 0
     for fold in context_store.folds(db, session_id):
         folded += fold[2]

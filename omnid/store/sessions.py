@@ -1,11 +1,13 @@
-"""Queries on the sessions table."""
+"""Queries on the sessions table, the owners sessions had, and their tags."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-from omnid_client.protocol import Session
+import msgspec
+
+from omnid_client.protocol import ArchivedFilter, Session, SessionOwner
 
 from ..identity import ProcessIdentity
 from .codec import decode_cursor, dumps, encode_cursor, from_nanos, loads_dict
@@ -17,22 +19,29 @@ if TYPE_CHECKING:
 COLUMNS = (
     "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, "
     "workspace, metadata, started_at, last_activity, ended_at, end_reason, project_id, "
-    "message_count, total_tokens, total_cost_nanos"
+    "message_count, total_tokens, total_cost_nanos, resume_key, title, tags, pinned, archived_at, owner_since"
 )
-_INSERTED = COLUMNS.rsplit(", message_count", 1)[0]
+_INSERTED = (
+    "session_id, tool_id, tool_version, session_type, owner_pid, owner_start, boot_id, workspace, metadata, "
+    "started_at, last_activity, ended_at, end_reason, project_id, resume_key, dedup, owner_ino"
+)
+_tags = msgspec.json.Decoder(list[str]).decode
 
 
 def _session(row: tuple) -> Session:
-    return Session(*(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16])))
+    return Session(*(
+        *row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16]), row[17], row[18],
+        _tags(row[19]) if row[19] else [], bool(row[20]), row[21], row[22],
+    ))
 
 
 def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | None = None) -> None:
     db.execute(
-        f"INSERT INTO sessions ({_INSERTED}, dedup, owner_ino) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO sessions ({_INSERTED}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             s.session_id, s.tool_id, s.tool_version, s.session_type, s.owner_pid, s.owner_start,
             s.boot_id, s.workspace, dumps(s.metadata), s.started_at, s.last_activity,
-            s.ended_at, s.end_reason, s.project_id, int(dedup), owner_ino,
+            s.ended_at, s.end_reason, s.project_id, s.resume_key, int(dedup), owner_ino,
         ),
     )
     stage(
@@ -77,6 +86,119 @@ def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> S
         (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino),
     ).fetchone()
     return _session(row) if row else None
+
+
+class Keyed(NamedTuple):
+    """A session found by its resume key, with what the wire's Session does not carry."""
+
+    session: Session
+    dedup: bool
+    """Whether it is deduplicated by owner process."""
+    owner: ProcessIdentity | None
+    """Its (current or last) owner, pidfd inode included where it was recorded."""
+
+
+def by_resume_key(db: sqlite3.Connection, tool_id: str, resume_key: str) -> Keyed | None:
+    """The tool's session with this key: the live one if there is one, else the newest."""
+    row = db.execute(
+        f"SELECT {COLUMNS}, dedup, owner_ino FROM sessions WHERE tool_id = ? AND resume_key = ? "
+        "ORDER BY ended_at IS NULL DESC, started_at DESC LIMIT 1",
+        (tool_id, resume_key),
+    ).fetchone()
+    if row is None:
+        return None
+    session = _session(row[:-2])
+    owner = None
+    if session.owner_pid is not None:
+        owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "", row[-1])
+    return Keyed(session, bool(row[-2]), owner)
+
+
+def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, now: float) -> None:
+    """Give a session to ``owner`` (pidfd inode included) and make it live again, recording
+    its previous owner (who lost it the way it ended, or by dying while it was still live)."""
+    sid = previous.session_id
+    seq = db.execute("SELECT count(*) + 1 FROM session_owners WHERE session_id = ?", (sid,)).fetchone()[0]
+    db.execute(
+        "INSERT INTO session_owners (session_id, seq, owner_pid, owner_start, boot_id, since, until, released) "
+        "VALUES (?,?,?,?,?,?,?,?)",
+        (
+            previous.session_id, seq, previous.owner_pid, previous.owner_start, previous.boot_id,
+            previous.owner_since or previous.started_at,
+            previous.ended_at if previous.ended_at is not None else now, previous.end_reason or "died",
+        ),
+    )
+    db.execute(
+        "UPDATE sessions SET owner_pid = ?, owner_start = ?, boot_id = ?, owner_ino = ?, owner_since = ?, "
+        "ended_at = NULL, end_reason = NULL, archived_at = NULL, last_activity = max(last_activity, ?) "
+        "WHERE session_id = ?",
+        (owner.pid, owner.start, owner.boot_id, owner.ino, now, now, previous.session_id),
+    )
+
+
+def owners(db: sqlite3.Connection, s: Session) -> list[SessionOwner]:
+    """Every owner ``s`` has had, oldest first, its current (or last) one included."""
+    rows = db.execute(
+        "SELECT owner_pid, owner_start, boot_id, since, until, released FROM session_owners "
+        "WHERE session_id = ? ORDER BY seq",
+        (s.session_id,),
+    ).fetchall()
+    history = [SessionOwner(*row) for row in rows]
+    history.append(
+        SessionOwner(s.owner_pid, s.owner_start, s.boot_id, s.owner_since or s.started_at, s.ended_at, s.end_reason)
+    )
+    return history
+
+
+def contents(db: sqlite3.Connection, session_id: str) -> tuple[int, int, int, int]:
+    """How many messages, context events, session memories and tasks a session holds."""
+    return db.execute(
+        "SELECT message_count, context_event_count, "
+        "(SELECT count(*) FROM session_memories WHERE session_id = ?1), "
+        "(SELECT count(*) FROM tasks WHERE session_id = ?1) FROM sessions WHERE session_id = ?1",
+        (session_id,),
+    ).fetchone()
+
+
+def set_tags(db: sqlite3.Connection, session_id: str, tags: Iterable[str]) -> list[str]:
+    """Make ``tags`` the session's tags; returns them as stored (sorted, each once)."""
+    stored = sorted(set(tags))
+    db.execute("DELETE FROM session_tags WHERE session_id = ?", (session_id,))
+    db.executemany("INSERT INTO session_tags (tag, session_id) VALUES (?, ?)", [(t, session_id) for t in stored])
+    db.execute("UPDATE sessions SET tags = ? WHERE session_id = ?", (dumps(stored) if stored else None, session_id))
+    return stored
+
+
+def edit(
+    db: sqlite3.Connection,
+    session_id: str,
+    *,
+    title: str | None = None,
+    metadata: dict | None = None,
+    pinned: bool | None = None,
+    archived_at: float | None = None,
+    unarchive: bool = False,
+) -> None:
+    """Set the given columns of one session (None leaves a column as it is; an empty
+    ``title`` removes it)."""
+    sets: list[str] = []
+    args: list[object] = []
+    if title is not None:
+        sets.append("title = ?")
+        args.append(title or None)
+    if metadata is not None:
+        sets.append("metadata = ?")
+        args.append(dumps(metadata))
+    if pinned is not None:
+        sets.append("pinned = ?")
+        args.append(int(pinned))
+    if archived_at is not None:
+        sets.append("archived_at = coalesce(archived_at, ?)")
+        args.append(archived_at)
+    elif unarchive:
+        sets.append("archived_at = NULL")
+    if sets:
+        db.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE session_id = ?", (*args, session_id))
 
 
 class LiveLookups:
@@ -146,6 +268,10 @@ def count_live(db: sqlite3.Connection) -> int:
     return db.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0]
 
 
+_BY_STATUS = {"live": "ended_at IS NULL", "ended": "ended_at IS NOT NULL", "all": ""}
+_BY_ARCHIVED = {"exclude": "archived_at IS NULL", "only": "archived_at IS NOT NULL", "include": ""}
+
+
 def page(
     db: sqlite3.Connection,
     *,
@@ -155,18 +281,21 @@ def page(
     workspace: str | None,
     limit: int,
     cursor: str | None,
+    tag: str | None = None,
+    archived: ArchivedFilter = "exclude",
+    pinned: bool | None = None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
-    where: list[str] = []
+    where = [c for c in (_BY_STATUS[status], _BY_ARCHIVED[archived]) if c]
     args: list[object] = []
-    for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
+    for condition, value in (
+        ("tool_id = ?", tool_id), ("session_type = ?", session_type), ("workspace = ?", workspace),
+        ("session_id IN (SELECT session_id FROM session_tags WHERE tag = ?)", tag),
+        ("pinned = ?", None if pinned is None else int(pinned)),
+    ):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(condition)
             args.append(value)
-    if status == "live":
-        where.append("ended_at IS NULL")
-    elif status == "ended":
-        where.append("ended_at IS NOT NULL")
     if cursor is not None:
         started_at, sid = decode_cursor(cursor)
         where.append("(started_at, session_id) < (?, ?)")

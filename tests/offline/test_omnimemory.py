@@ -200,8 +200,10 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
 
     report = out["source"]
     assert report["tables"] == {"projects": 1, "tool_sessions": 3, "sessions": 2, "project_memories": 6}
-    assert report["sessions"] == {"found": 4, "converted": 3, "ended_on_import": 1, "skipped": {"bad_time": 1}}
-    assert report["context"] == {"items": 8, "converted": 6,
+    assert report["sessions"] == {
+        "found": 4, "converted": 3, "live": 0, "ended_on_import": 1, "skipped": {"bad_time": 1},
+    }
+    assert report["context"] == {"items": 8, "converted": 6, "files_from_importance": 0,
                                  "skipped": {"bad_context_json": 1, "bad_item": 1, "empty": 1}}
     assert report["memories"] == {"rows": 6, "memories": 2, "versions": 3,
                                   "skipped": {"expired": 2, "unknown_project": 1}}
@@ -223,15 +225,18 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
         utc("2024-05-01 10:00:00"), utc("2024-05-01 11:00:00"), "reaped")
     assert (live.workspace, live.project_id) == (str(workspace), project)
     assert live.metadata == {"imported_from": "omnimemory", "omnimemory": {
-        "session_id": LIVE_ID, "tables": ["tool_sessions"], "process_id": 4242, "project_id": "p1"}}
+        "session_id": LIVE_ID, "tables": ["tool_sessions"], "process_id": 4242, "project_id": "p1"},
+        "counters": {"tokens_saved": 0, "total_compressions": 0, "total_embeddings": 0, "total_workflows": 0}}
 
     both = sessions[both_id]  # in both tables: merged
     assert (both.tool_id, both.tool_version, both.owner_pid, both.end_reason) == ("cursor", "0.42", 777, "ended")
     assert (both.started_at, both.last_activity, both.ended_at) == (
         utc("2024-05-02 09:00:00"), utc("2024-05-02 10:00:00"), utc("2024-05-02 10:00:00"))
     assert both.metadata["omnimemory"] == {"session_id": BOTH_ID, "tables": ["tool_sessions", "sessions"],
-                                           "process_id": 777, "project_id": "p1", "pinned": True,
-                                           "metrics": {"tokens": 5}}
+                                           "process_id": 777, "project_id": "p1",
+                                           "metrics": {"tokens": 5}, "tool_specific": {"cursor": {"tab": 3}}}
+    assert (both.pinned, both.archived_at) == (True, None)  # OmniMemory's flags are omnid's own
+    assert both.metadata["counters"]["tokens_saved"] == 12
 
     ctx = client.get_context(both_id)
     assert [(f.path, f.importance, f.first_access) for f in ctx.files] == [
@@ -241,7 +246,7 @@ def test_sessions_context_and_memories_are_imported(daemon, client: Client, home
     assert [(s.query, s.at) for s in ctx.searches] == [
         ("auth flow ✓", local("2024-05-02T15:02:00")), ("plain search", both.started_at)]
     assert [(d.text, d.at) for d in ctx.decisions] == [("use JWT", local("2024-05-02T15:03:00"))]
-    assert [(m.ref, m.source) for m in ctx.memories] == [("db", "memory_ref")]
+    assert [(m.ref, m.source, m.content) for m in ctx.memories] == [("db", "memory_ref", "mem_0123456789ab")]
     assert client.search("JWT")[0].session_id == both_id
     assert sessions[[s for s in sessions if s not in (LIVE_ID, both_id)][0]].tool_id == "weird-tool-"
 
@@ -306,6 +311,33 @@ def test_an_older_database_without_process_ids_or_a_sessions_table(daemon, clien
     assert (claude.ended_at, claude.end_reason) == (utc("2023-01-01 02:00:00"), "ended")
     assert (listed["vscode"].ended_at, listed["vscode"].end_reason) == (utc("2023-01-02 00:00:00"), "reaped")
     assert client.get_memory("k", workspace=str(workspace)).value == "v"
+
+
+def test_unended_sessions_sharing_an_instance_id_come_in_with_one_live(daemon, client, tmp_path, workspace,
+                                                                        spawn_owner):
+    """OmniMemory's instance id is the resume key, and a key names one live session: of two
+    unended sessions of one instance whose processes both run, the most recently active
+    stays live, the other ends as reaped."""
+    first, second = spawn_owner(), spawn_owner()
+    # Both processes had started by each session's last activity (else the pid was reused).
+    base = int(max(psutil.Process(p.pid).create_time() for p in (first, second))) + 1
+    at = [datetime.fromtimestamp(base + n, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") for n in (-60, 0, 1)]
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    schema = CURRENT_SCHEMA + "ALTER TABLE tool_sessions ADD COLUMN instance_id TEXT;"
+    source = make_db(tmp_path / "instances.db", schema, {
+        "tool_sessions": [
+            {"session_id": sid, "tool_id": "claude-code", "started_at": at[0], "last_activity": last,
+             "process_id": proc.pid, "instance_id": "inst-1"}
+            for sid, proc, last in ((ids[0], first, at[1]), (ids[1], second, at[2]))
+        ],
+    })
+    out = omnid_json("import-omnimemory", str(source))
+    assert (out["source"]["sessions"]["live"], out["source"]["sessions"]["ended_on_import"]) == (1, 1)
+    older, newer = client.get(ids[0]), client.get(ids[1])
+    assert (older.end_reason, older.resume_key, older.metadata["omnimemory"]["instance_id"]) == (
+        "reaped", "inst-1", "inst-1")
+    assert (newer.ended_at, newer.owner_pid, newer.resume_key) == (None, second.pid, "inst-1")
+    assert client.find("claude-code", pid=second.pid, resume_key="inst-1").session_id == ids[1]
 
 
 def test_epoch_and_zoned_times_and_a_read_only_wal_source(daemon, client, home, tmp_path, workspace):

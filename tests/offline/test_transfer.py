@@ -59,14 +59,6 @@ def ok(*args: str) -> bytes:
     return omnid_ok(*args, text=False)
 
 
-
-
-
-
-
-
-
-
 def table_counts(db_path: Path) -> dict[str, int]:
     return {t: db_rows(db_path, f"SELECT count(*) FROM {t}")[0][0] for t in CONTENT_TABLES}
 
@@ -558,6 +550,124 @@ def test_a_record_too_large_for_one_request_is_named(daemon, client, home, tmp_p
     error = omnid_error("import", str(path))
     assert error["code"] == "too_large" and "line 2" in error["message"]
     assert table_counts(home / "omnid.db") == before
+
+
+def test_resume_keys_owner_history_and_edits_survive_export_and_import(daemon, client, tmp_path, spawn_owner,
+                                                                        other_home):
+    first, second = spawn_owner(), spawn_owner()
+    sid = client.get_or_create(TOOL, pid=first.pid, resume_key="instance-1").session.session_id
+    first.kill()
+    first.wait()
+    wait_for(lambda: client.get(sid).end_reason == "reaped", what="the reap")
+    assert client.get_or_create(TOOL, pid=second.pid, resume_key="instance-1").status == "resumed"
+    client.update_session(sid, title="résumé ✓", tags=["b", "a"], pinned=True, archived=True)
+    client.end(sid)
+    plain = client.get_or_create(TOOL, dedup=False).session.session_id
+    client.end(plain)
+    first_export = tmp_path / "first.jsonl"
+    ok("export", "-o", str(first_export))
+    exported = {r.session_id: r for r in decode_all(first_export) if isinstance(r, SessionRecord)}
+    assert [o.pid for o in exported[sid].past_owners] == [first.pid]
+    # A session that uses none of it is written as before these fields existed.
+    assert not {"resume_key", "title", "tags", "pinned", "archived_at", "owner_since", "past_owners"} & set(
+        msgspec.json.decode(msgspec.json.encode(exported[plain]))
+    )
+    before = (client.get(sid), client.session_owners(sid))
+
+    assert daemon.stop() == 0
+    second_daemon = other_home()
+    assert imported(omnid_json("import", str(first_export)), "session") == (2, 0, {})
+    second_export = tmp_path / "second.jsonl"
+    ok("export", "-o", str(second_export))
+    assert second_export.read_bytes() == first_export.read_bytes()
+    with second_daemon.client() as c2:
+        assert (c2.get(sid), c2.session_owners(sid)) == before
+        assert [s.session_id for s in c2.list_sessions(tag="a", archived="include").sessions] == [sid]
+        third = spawn_owner()  # the key works in the new home: it names the imported session
+        resumed = c2.get_or_create(TOOL, pid=third.pid, resume_key="instance-1", resume_ended=True)
+        assert (resumed.status, resumed.session.session_id) == ("resumed", sid)
+        assert resumed.session.archived_at is None and resumed.session.tags == ["a", "b"]
+        assert [o.pid for o in c2.session_owners(sid).owners] == [first.pid, second.pid, third.pid]
+
+
+# --- round trip over batch boundaries ----------------------------------------------------
+
+MESSAGE_COUNTS = (0, 1, 4_999, 5_000, 5_001, 12_000)
+"""Around an import batch (5,000 records, the session's record included in the first) and
+well over two of them."""
+
+
+def corpus(root: str) -> list[Any]:
+    """An export, in the export's own order and encoding, of sessions with the message
+    counts above (with every context kind, session memories, tasks with interactions) and
+    project memories with versions and TTLs."""
+    from omnid_client.protocol import ContextRecord, InteractionRecord, MemoryVersionRecord, SessionMemoryRecord
+
+    project = project_id_for(root)
+    future = time.time() + 30 * 86400
+    records: list[Any] = [ExportHeader(), ProjectRecord(project, root, "corpus", "git", 1_000.0, 90_000.0)]
+    records += [
+        MemoryRecord("mem_00000000000a", project, "style", {"line": 100}, {"by": "b"}, 3, 1_000.0, 1_300.5,
+                     future, 4, 1_400.0),
+        MemoryVersionRecord("mem_00000000000a", 1, "black", {}, 1_000.0, None),
+        MemoryVersionRecord("mem_00000000000a", 2, ["ruff", "black"], {"n": 2}, 1_200.25, future - 60),
+        MemoryVersionRecord("mem_00000000000a", 3, {"line": 100}, {"by": "b"}, 1_300.5, future),
+        MemoryRecord("mem_00000000000b", project, "note ü", "plain", {}, 1, 2_000.0, 2_000.0, None, 0, None),
+        MemoryVersionRecord("mem_00000000000b", 1, "plain", {}, 2_000.0, None),
+    ]
+    kinds = ("file_access", "search", "decision", "memory_ref", "file_change")
+    for n, count in enumerate(MESSAGE_COUNTS):
+        sid = f"00000000-0000-4000-8000-{n:012x}"
+        start = 10_000.0 + n * 10_000
+        messages = [
+            MessageRecord(sid, seq, ("user", "assistant", "tool", "system")[seq % 4], f"message {seq} of {sid} ✓",
+                          "text", {"i": seq} if seq % 1000 == 0 else {}, seq % 7, (seq % 5) * 1_000, start + seq * 0.25)
+            for seq in range(1, count + 1)
+        ]
+        last = messages[-1].created_at if messages else start
+        records.append(SessionRecord(
+            sid, TOOL, "1.0", "default", None, None, None, True, root, {"n": n}, start, last + 1, last + 2, "ended",
+            project, count, sum(m.tokens_used for m in messages), sum(m.cost_nanos for m in messages),
+        ))
+        records += [
+            ContextRecord(sid, seq, kind, f"{root}/f{seq}.py" if "file" in kind else f"{kind} {seq}",
+                          0.5 if kind == "file_access" else None, "why" if kind == "decision" else None, start + seq)
+            for seq, kind in enumerate(kinds, 1)
+        ]
+        records += messages
+        records.append(SessionMemoryRecord(f"smem_{n:012x}", sid, "insight", f"insight {n}", {}, start + 3))
+        task = f"task_{n:016x}"
+        records.append(TaskRecord(task, sid, f"task {n}", "done", None, {"t": n}, start + 4, start + 5, start + 5))
+        records += [InteractionRecord(task, seq, "step", f"step {seq}", {}, start + 4 + seq / 10) for seq in (1, 2)]
+    return records
+
+
+def test_export_import_export_is_exact_across_import_batches(daemon, client, home, tmp_path):
+    root = str(repo(tmp_path / "corpus"))
+    source = write_jsonl(tmp_path / "corpus.jsonl", corpus(root))
+
+    result = omnid_json("import", str(source))
+    assert imported(result, "message") == (sum(MESSAGE_COUNTS), 0, {})
+    assert imported(result, "session") == (len(MESSAGE_COUNTS), 0, {})
+    assert imported(result, "memory_version") == (4, 0, {}) and imported(result, "interaction") == (12, 0, {})
+
+    exported = tmp_path / "exported.jsonl"
+    ok("export", "-o", str(exported))
+    a, b = lines_of(source), lines_of(exported)
+    assert len(a) == len(b)
+    # record for record, byte for byte
+    assert [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y][:5] == []
+
+    totals = {s.session_id: (s.message_count, s.total_tokens) for s in client.list_sessions(limit=50).sessions}
+    assert sorted(n for n, _ in totals.values()) == sorted(MESSAGE_COUNTS)  # 12,000 stays 12,000
+    stats = client.stats()
+    assert stats.messages == sum(MESSAGE_COUNTS) == db_rows(home / "omnid.db", "SELECT count(*) FROM messages")[0][0]
+    assert stats.total_tokens == db_rows(home / "omnid.db", "SELECT sum(tokens_used) FROM messages")[0][0]
+    assert round(stats.total_cost * 1e9) == db_rows(home / "omnid.db", "SELECT sum(cost_nanos) FROM messages")[0][0]
+
+    again = omnid_json("import", str(exported))  # nothing new, and the totals do not move
+    assert all(c["imported"] == 0 for c in again["records"].values())
+    assert client.stats().messages == sum(MESSAGE_COUNTS)
 
 
 def test_imported_live_sessions_bound_to_processes_the_importer_does_not_own_come_in_ended(

@@ -260,6 +260,39 @@ def test_the_context_event_counter_is_filled_in_for_every_session_of_a_v2_databa
         store.close()
 
 
+def test_a_v4_database_keeps_its_pidfd_inodes_and_gains_resume_keys_edits_and_owner_history(db_path):
+    sid = build_database(db_path, 4)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("UPDATE sessions SET owner_ino = 123456 WHERE session_id = ?", (sid,))
+    db.close()
+
+    store = Store(db_path)
+    try:
+        db = store.db
+        row = db.execute(
+            "SELECT owner_ino, resume_key, title, tags, pinned, archived_at, owner_since FROM sessions "
+            "WHERE session_id = ?",
+            (sid,),
+        ).fetchone()
+        assert row == (123456, None, None, None, 0, None, None)
+        assert read_old_row(db, sid) == OLD_ROW
+        session = q.get(db, sid)
+        assert session is not None and (session.tags, session.pinned, session.resume_key) == ([], False, None)
+        # Its history is its one owner, from its start.
+        assert [(o.pid, o.since, o.until) for o in q.owners(db, session)] == [(4242, 1000.5, None)]
+        # At most one live session of a tool per resume key, however they are written.
+        insert = (
+            "INSERT INTO sessions (session_id, tool_id, session_type, started_at, last_activity, resume_key) "
+            "VALUES (?, 'keyed', 'default', 1.0, 1.0, 'k')"
+        )
+        with store.write():
+            db.execute(insert, (str(uuid.uuid4()),))
+        with pytest.raises(sqlite3.IntegrityError), store.write():
+            db.execute(insert, (str(uuid.uuid4()),))
+    finally:
+        store.close()
+
+
 def test_opening_a_current_database_changes_nothing_and_writes_no_backup(db_path):
     Store(db_path).close()
     before = sha256(db_path)

@@ -28,6 +28,8 @@ class Settings(Struct, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     """SQLite ``synchronous``: "full" also survives power loss, at a cost per commit."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    resume_window: Annotated[float, Meta(ge=0, le=10 * 365 * 86400)] = 86400.0
+    """How long after it was reaped or expired a session can still be resumed by its key; 0 = only while live."""
     max_database_bytes: Annotated[int, Meta(ge=0, le=2**50)] = 2 * 1024**3
     """The storage quota: past this many bytes of used database pages, writes that add data
     fail with a StorageError (reason "quota"); reads, ends and deletions go on. 0 = none."""
@@ -97,6 +99,9 @@ class ServiceStats(Struct):
     avg_tokens_per_session: float
     avg_session_seconds: float | None
     sessions_by_tool: dict[str, int]
+    counters: dict[str, int] = {}
+    """Totals of the sessions' ``metadata["counters"]`` (name -> integer), e.g. the
+    ``tokens_saved`` an OmniMemory import brings; absent from older daemons."""
 
 
 class CleanupOrphans(Struct):

@@ -30,6 +30,13 @@ ProjectId = Annotated[str, Meta(pattern=r"^prj_[0-9a-f]{12}$")]
 MemoryKey = Annotated[str, Meta(min_length=1, max_length=256)]
 TaskId = Annotated[str, Meta(pattern=r"^task_[0-9a-f]{16}$")]
 Cursor = Annotated[str, Meta(max_length=256)]
+ResumeKey = Annotated[str, Meta(min_length=1, max_length=256)]
+"""A tool's own name for a session that outlives its process (an MCP server's instance id)."""
+Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^\w[\w.:/@+-]*$")]
+Title = Annotated[str, Meta(max_length=1024)]
+MAX_TAGS = 32
+"""Most tags on one session."""
 Metadata = dict[str, Any]
 SessionStatus = Literal["live", "ended", "all"]
+ArchivedFilter = Literal["exclude", "include", "only"]
 EndReason = Literal["ended", "reaped", "expired"]

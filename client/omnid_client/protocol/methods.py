@@ -49,6 +49,7 @@ from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult
 from .events import Subscribe, Subscribed
 from .records import ImportRecords, ImportResult
 from .sessions import (
+    DeleteSession,
     Find,
     FindResult,
     GetOrCreate,
@@ -61,9 +62,12 @@ from .sessions import (
     Reap,
     ReapResult,
     Session,
+    SessionDeleted,
+    SessionOwners,
     SessionPage,
     SessionRef,
     SessionSummary,
+    UpdateSession,
 )
 from .wire import Empty
 
@@ -83,6 +87,9 @@ METHODS: dict[str, Method] = {
     "session.end": Method(SessionRef, Session, writes=True),
     "session.get": Method(SessionRef, Session, writes=False),
     "session.list": Method(ListSessions, SessionPage, writes=False),
+    "session.update": Method(UpdateSession, Session, writes=True),
+    "session.delete": Method(DeleteSession, SessionDeleted, writes=True, idempotent=False),
+    "session.owners": Method(SessionRef, SessionOwners, writes=False),
     "daemon.status": Method(Empty, DaemonStatus, writes=False),
     "daemon.reap": Method(Reap, ReapResult, writes=True),
     "daemon.shutdown": Method(Empty, Empty, writes=False, idempotent=False),

@@ -13,6 +13,7 @@ from msgspec import Meta, Struct
 from .content import ContextKind, Role, TaskStatus
 from .fields import (
     MAX_CONTENT,
+    MAX_TAGS,
     Content,
     EndReason,
     Label,
@@ -20,9 +21,12 @@ from .fields import (
     Metadata,
     PathText,
     ProjectId,
+    ResumeKey,
     SessionId,
     ShortText,
+    Tag,
     TaskId,
+    Title,
     ToolId,
 )
 
@@ -75,7 +79,21 @@ class MemoryVersionRecord(Struct, tag="memory_version", tag_field="type"):
     expires_at: Timestamp | None
 
 
-class SessionRecord(Struct, tag="session", tag_field="type"):
+class PastOwner(Struct):
+    """A process that owned a session before the one on its record (see ``SessionOwner``)."""
+
+    pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None
+    start: Annotated[int, Meta(ge=0, le=2**62)] | None
+    boot_id: ShortText | None
+    since: Timestamp
+    until: Timestamp
+    released: Literal["ended", "reaped", "expired", "died"]
+
+
+class SessionRecord(Struct, tag="session", tag_field="type", omit_defaults=True):
+    """The fields with defaults are left out where they hold them, so the records of
+    sessions that never used them are what older omnid releases wrote and read."""
+
     session_id: SessionId
     tool_id: ToolId
     tool_version: ShortText | None
@@ -94,6 +112,14 @@ class SessionRecord(Struct, tag="session", tag_field="type"):
     message_count: Count
     total_tokens: Count
     total_cost_nanos: Count
+    resume_key: ResumeKey | None = None
+    title: Title | None = None
+    tags: Annotated[list[Tag], Meta(max_length=MAX_TAGS)] = []
+    pinned: bool = False
+    archived_at: Timestamp | None = None
+    owner_since: Timestamp | None = None
+    past_owners: list[PastOwner] = []
+    """Oldest first."""
 
 
 class ContextRecord(Struct, tag="context", tag_field="type"):

@@ -6,7 +6,23 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from .fields import Cursor, EndReason, Limit, PathText, Pid, ProjectId, SessionId, SessionStatus, ShortText, ToolId
+from .fields import (
+    MAX_TAGS,
+    ArchivedFilter,
+    Cursor,
+    EndReason,
+    Limit,
+    PathText,
+    Pid,
+    ProjectId,
+    ResumeKey,
+    SessionId,
+    SessionStatus,
+    ShortText,
+    Tag,
+    Title,
+    ToolId,
+)
 
 
 class Session(Struct):
@@ -27,6 +43,14 @@ class Session(Struct):
     message_count: int = 0
     total_tokens: int = 0
     total_cost: float = 0.0
+    resume_key: str | None = None
+    title: str | None = None
+    tags: list[str] = []
+    pinned: bool = False
+    archived_at: float | None = None
+    """When it was archived (hidden from lists unless asked for); None if it is not."""
+    owner_since: float | None = None
+    """When the current owner took it over by resuming it; None if it has had one owner."""
 
     @property
     def live(self) -> bool:
@@ -44,16 +68,30 @@ class GetOrCreate(Struct):
     owner_must_be_ancestor: bool = False
     """For helpers acting for their parent (a shell hook): ``pid`` must be the caller itself
     or one of its ancestors, so a stale or mistyped pid cannot bind someone else's process."""
+    resume_key: ResumeKey | None = None
+    """The tool's name for a session that outlives its process: the tool's session with
+    this key is returned if the caller owns it, and resumed (rebound to the caller) if its
+    owner died or it was reaped or expired within the daemon's ``resume_window``."""
+    resume_ended: bool = False
+    """Resume a session with ``resume_key`` that was ended explicitly, too."""
+
+
+GetOrCreateStatus = Literal["created", "existing", "resumed"]
+"""``resumed`` only ever answers a request that named a ``resume_key``, which older
+clients cannot send: they see only the first two."""
 
 
 class GetOrCreateResult(Struct):
-    status: Literal["created", "existing"]
+    status: GetOrCreateStatus
     session: Session
 
 
 class Find(Struct):
     tool_id: ToolId
     pid: Pid | None = None
+    resume_key: ResumeKey | None = None
+    """Find the session ``get_or_create`` would return or resume with this key, changing nothing."""
+    resume_ended: bool = False
 
 
 class FindResult(Struct):
@@ -71,11 +109,71 @@ class ListSessions(Struct):
     workspace: PathText | None = None
     limit: Limit = 50
     cursor: Annotated[str, Meta(max_length=256)] | None = None
+    tag: Tag | None = None
+    archived: ArchivedFilter = "exclude"
+    """Archived sessions are left out unless ``include``d (or ``only`` they are wanted)."""
+    pinned: bool | None = None
 
 
 class SessionPage(Struct):
     sessions: list[Session]
     next_cursor: str | None = None
+
+
+class UpdateSession(Struct):
+    """Change what describes a session (live or ended); a field left None is left as it is."""
+
+    session_id: SessionId
+    title: Title | None = None
+    """The empty string removes the title."""
+    tags: Annotated[list[Tag], Meta(max_length=MAX_TAGS)] | None = None
+    """The session's tags from now on (replacing all of them)."""
+    add_tags: Annotated[list[Tag], Meta(max_length=MAX_TAGS)] = []
+    remove_tags: Annotated[list[Tag], Meta(max_length=MAX_TAGS)] = []
+    metadata: dict[str, Any] | None = None
+    """Merged into the session's metadata as a JSON merge patch (RFC 7396: a null value
+    removes its key, nested objects merge), or with ``replace_metadata`` replacing it."""
+    replace_metadata: bool = False
+    pinned: bool | None = None
+    archived: bool | None = None
+
+
+class DeleteSession(Struct):
+    session_id: SessionId
+    force: bool = False
+    """Delete a live session too (otherwise Conflict)."""
+
+
+class SessionDeleted(Struct):
+    """A deleted session and how much of what it held went with it."""
+
+    session_id: str
+    was_live: bool
+    messages: int
+    context_events: int
+    session_memories: int
+    tasks: int
+
+
+class SessionOwner(Struct):
+    """One process that owned a session, and for how long."""
+
+    pid: int | None
+    start: int | None
+    """The process's start time, as in ``Session.owner_start``."""
+    boot_id: str | None
+    since: float
+    until: float | None
+    """None for the current owner of a live session."""
+    released: str | None
+    """How it lost the session: ``ended``, ``reaped``, ``expired``, or ``died`` (its session
+    was resumed before it was reaped); None while it holds it."""
+
+
+class SessionOwners(Struct):
+    session_id: str
+    owners: list[SessionOwner]
+    """Oldest first; the last is the current (or final) owner."""
 
 
 class SessionSummary(Struct):
