@@ -3,30 +3,42 @@ methods of the same name make them (their docstrings say what each call does).""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-from . import packing
+from ._context_calls import (
+    _project,
+)
+from ._context_calls import (
+    append_context as append_context,
+)
+from ._context_calls import (
+    create_checkpoint as create_checkpoint,
+)
+from ._context_calls import (
+    get_context as get_context,
+)
+from ._context_calls import (
+    list_checkpoints as list_checkpoints,
+)
+from ._context_calls import (
+    pack_context as pack_context,
+)
+from ._context_calls import (
+    restore_checkpoint as restore_checkpoint,
+)
+from ._context_calls import (
+    show_checkpoint as show_checkpoint,
+)
 from ._core import Call
 from .errors import Unsupported
-from .packing import Counter
 from .protocol import (
     AddInteraction,
     AddMessages,
     AddSessionMemory,
-    AppendContext,
-    Appended,
     ArchivedFilter,
-    Checkpoint,
-    CheckpointInfo,
-    CheckpointList,
-    CheckpointRef,
     CleanupOrphans,
     CleanupResult,
-    ContextEvent,
-    ContextPack,
-    CreateCheckpoint,
     CreateTask,
     DaemonStatus,
     Deleted,
@@ -34,13 +46,11 @@ from .protocol import (
     Empty,
     Find,
     FindResult,
-    GetContext,
     GetOrCreate,
     GetOrCreateResult,
     ImportRecords,
     ImportResult,
     Interaction,
-    ListCheckpoints,
     ListMemories,
     ListMessages,
     ListProjects,
@@ -53,7 +63,6 @@ from .protocol import (
     MessagePage,
     MessagesAdded,
     NewMessage,
-    PackContext,
     Project,
     ProjectPage,
     ProjectRef,
@@ -61,8 +70,6 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
-    RestoreCheckpoint,
-    Restored,
     RetentionResult,
     Role,
     RunRetention,
@@ -72,7 +79,6 @@ from .protocol import (
     SearchResult,
     ServiceStats,
     Session,
-    SessionContext,
     SessionDeleted,
     SessionMemory,
     SessionMemoryList,
@@ -224,113 +230,12 @@ def shutdown() -> Call[Empty]:
 # -- projects ------------------------------------------------------------------------------
 
 
-def _project(project_id: str | None, workspace: str | None) -> tuple[str | None, str | None]:
-    """(project_id, workspace) for a call; the current directory's project by default."""
-    if project_id is None and workspace is None:
-        workspace = os.getcwd()
-    return project_id, workspace
-
-
 def list_projects(*, limit: int = 50, cursor: str | None = None) -> Call[ProjectPage]:
     return Call("project.list", ListProjects(limit, cursor), ProjectPage)
 
 
 def get_project(project_id: str | None = None, *, workspace: str | None = None) -> Call[Project]:
     return Call("project.get", ProjectRef(*_project(project_id, workspace)), Project)
-
-
-# -- session context -----------------------------------------------------------------------
-
-
-def append_context(session_id: str, events: list[ContextEvent]) -> Call[Appended]:
-    return Call("context.append", AppendContext(session_id, list(events)), Appended)
-
-
-def get_context(
-    session_id: str,
-    *,
-    max_files: int = 100,
-    max_searches: int = 20,
-    max_decisions: int = 50,
-    max_memories: int = 50,
-    max_changes: int = 100,
-) -> Call[SessionContext]:
-    params = GetContext(session_id, max_files, max_searches, max_decisions, max_memories, max_changes)
-    return Call("context.get", params, SessionContext)
-
-
-def pack_context(
-    session_id: str | None = None,
-    *,
-    project_id: str | None = None,
-    workspace: str | None = None,
-    budget_tokens: int = 2000,
-    counter: Counter | None = None,
-    counter_name: str = "custom",
-    max_files: int = 20,
-    max_decisions: int = 10,
-    max_searches: int = 10,
-    max_memories: int = 10,
-    max_tasks: int = 10,
-    max_messages: int = 5,
-    max_item_chars: int = 400,
-) -> Call[ContextPack]:
-    project = (project_id, workspace) if session_id is not None else _project(project_id, workspace)
-    params = PackContext(
-        session_id=session_id, project_id=project[0], workspace=project[1], budget_tokens=budget_tokens,
-        max_files=max_files, max_decisions=max_decisions, max_searches=max_searches, max_memories=max_memories,
-        max_tasks=max_tasks, max_messages=max_messages, max_item_chars=max_item_chars, candidates=counter is not None,
-    )
-    if counter is None:
-        return Call("context.pack", params, ContextPack)
-    count = counter
-
-    def repack(candidates: ContextPack) -> ContextPack:
-        return packing.repack(candidates, budget_tokens, count, counter_name)
-
-    return Call("context.pack", params, ContextPack, shape=repack)
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-
-
-def create_checkpoint(session_id: str, name: str, *, note: str | None = None) -> Call[Checkpoint]:
-    return Call("checkpoint.create", CreateCheckpoint(session_id, name, note), Checkpoint)
-
-
-def _checkpoints(result: CheckpointList) -> list[CheckpointInfo]:
-    return result.checkpoints
-
-
-def list_checkpoints(
-    session_id: str | None = None, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
-) -> Call[list[CheckpointInfo]]:
-    project = (project_id, workspace) if session_id is not None else _project(project_id, workspace)
-    return Call("checkpoint.list", ListCheckpoints(session_id, *project, limit), CheckpointList, shape=_checkpoints)
-
-
-def show_checkpoint(
-    key: str, *, project_id: str | None = None, workspace: str | None = None, version: int | None = None
-) -> Call[Checkpoint]:
-    return Call("checkpoint.show", CheckpointRef(key, project_id, workspace, version), Checkpoint)
-
-
-def restore_checkpoint(
-    key: str,
-    *,
-    into: str | None = None,
-    project_id: str | None = None,
-    workspace: str | None = None,
-    version: int | None = None,
-    tool_id: str = "omnid",
-    pid: int | None = None,
-    owner_must_be_ancestor: bool = False,
-) -> Call[Restored]:
-    params = RestoreCheckpoint(
-        key=key, project_id=project_id, workspace=workspace, version=version, into=into, tool_id=tool_id, pid=pid,
-        owner_must_be_ancestor=owner_must_be_ancestor,
-    )
-    return Call("checkpoint.restore", params, Restored)
 
 
 # -- project memories ----------------------------------------------------------------------

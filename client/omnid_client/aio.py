@@ -109,14 +109,7 @@ class AsyncClient(AsyncConnection):
         resume_key: str | None = None,
         resume_ended: bool = False,
     ) -> GetOrCreateResult:
-        """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
-        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors.
-
-        With ``resume_key`` (the tool's own name for a session that should outlive its
-        process): the tool's session with that key, ``existing`` if ``pid`` owns it,
-        ``resumed`` (rebound to ``pid``, with everything it holds) if its owner died or it
-        was reaped or expired within the daemon's ``resume_window``; Conflict if another
-        live process owns it. One ended with ``end`` is resumed only with ``resume_ended``."""
+        """As ``Client.get_or_create``."""
         return await self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
@@ -126,8 +119,7 @@ class AsyncClient(AsyncConnection):
     async def find(
         self, tool_id: str, *, pid: int | None = None, resume_key: str | None = None, resume_ended: bool = False
     ) -> Session | None:
-        """The live session of ``tool_id`` for ``pid`` (default: the caller), or None. Never creates.
-        With ``resume_key``: the session ``get_or_create`` would return or resume, changing nothing."""
+        """As ``Client.find``."""
         return await self._call(_calls.find(tool_id, pid=pid, resume_key=resume_key, resume_ended=resume_ended))
 
     async def heartbeat(self, session_id: str) -> Session:
@@ -153,8 +145,7 @@ class AsyncClient(AsyncConnection):
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
     ) -> SessionPage:
-        """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
-        Archived sessions are left out unless ``archived`` is ``include`` (or ``only``)."""
+        """As ``Client.list_sessions``."""
         return await self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
             tag=tag, archived=archived, pinned=pinned,
@@ -173,18 +164,14 @@ class AsyncClient(AsyncConnection):
         pinned: bool | None = None,
         archived: bool | None = None,
     ) -> Session:
-        """Edit a session (live or ended); what is None stays as it is. ``title=""`` removes the
-        title; ``tags`` replaces the tags, then ``add_tags`` and ``remove_tags`` apply;
-        ``metadata`` is merged as a JSON merge patch (None values remove keys), or replaces
-        the metadata with ``replace_metadata``. ``pinned`` and ``archived`` set those flags."""
+        """As ``Client.update_session``."""
         return await self._call(_calls.update_session(
             session_id, title=title, tags=tags, add_tags=add_tags, remove_tags=remove_tags, metadata=metadata,
             replace_metadata=replace_metadata, pinned=pinned, archived=archived,
         ))
 
     async def delete_session(self, session_id: str, *, force: bool = False) -> SessionDeleted:
-        """Delete a session and everything it holds, for good. A live one only with ``force``
-        (otherwise Conflict)."""
+        """As ``Client.delete_session``."""
         return await self._call(_calls.delete_session(session_id, force=force))
 
     async def session_owners(self, session_id: str) -> SessionOwners:
@@ -203,8 +190,7 @@ class AsyncClient(AsyncConnection):
         return await self._call(_calls.stats())
 
     async def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
-        """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing
-        (no tasks, messages, context or memories); returns their ids."""
+        """As ``Client.cleanup_orphans``."""
         return await self._call(_calls.cleanup_orphans(older_than, dry_run=dry_run))
 
     async def session_summary(self, session_id: str) -> SessionSummary:
@@ -220,8 +206,7 @@ class AsyncClient(AsyncConnection):
         return await self._call(_calls.get_project(project_id, workspace=workspace))
 
     async def append_context(self, session_id: str, events: list[ContextEvent]) -> Appended:
-        """Record what happened in a session: file accesses, searches, decisions, memory
-        references, file changes. All events are stored, or none."""
+        """As ``Client.append_context``."""
         return await self._call(_calls.append_context(session_id, events))
 
     async def get_context(
@@ -234,8 +219,7 @@ class AsyncClient(AsyncConnection):
         max_memories: int = 50,
         max_changes: int = 100,
     ) -> SessionContext:
-        """The session's context: files by importance, recent searches and decisions, memories,
-        changed files, and its size. ``caps`` (max_files=…, max_searches=…) bound each list."""
+        """As ``Client.get_context``."""
         return await self._call(_calls.get_context(
             session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
             max_memories=max_memories, max_changes=max_changes
@@ -251,8 +235,7 @@ class AsyncClient(AsyncConnection):
         metadata: dict[str, Any] | None = None,
         ttl: float | None = None,
     ) -> Memory:
-        """Store ``value`` under ``key`` in a project (default: the one containing the current
-        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
+        """As ``Client.put_memory``."""
         return await self._call(_calls.put_memory(
             key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
         ))
@@ -312,8 +295,7 @@ class AsyncClient(AsyncConnection):
     async def create_task(
         self, session_id: str, title: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Task:
-        """A task in a live session; ``external_id`` (e.g. an agent CLI's own conversation id)
-        is unique among open tasks."""
+        """As ``Client.create_task``."""
         return await self._call(_calls.create_task(session_id, title, external_id=external_id, metadata=metadata))
 
     async def update_task(
@@ -365,13 +347,7 @@ class AsyncClient(AsyncConnection):
         max_messages: int = 5,
         max_item_chars: int = 400,
     ) -> ContextPack:
-        """The most useful context that fits ``budget_tokens``, as sections and as Markdown:
-        the session's title/goal/summary (its metadata keys), files by importance x recency,
-        decisions, searches, the project's memories, open tasks and the last messages. Name
-        a session, or a project (default: the current directory's; its latest session gives
-        the session's sections). Tokens are the daemon's estimate (``packing.estimate_tokens``)
-        unless ``counter`` (``str -> int``) is given: the pack is then assembled here with it.
-        Either way the Markdown never counts more than ``budget_tokens``."""
+        """As ``Client.pack_context``."""
         return await self._call(_calls.pack_context(
             session_id, project_id=project_id, workspace=workspace, budget_tokens=budget_tokens, counter=counter,
             counter_name=counter_name, max_files=max_files, max_decisions=max_decisions, max_searches=max_searches,
@@ -379,8 +355,7 @@ class AsyncClient(AsyncConnection):
         ))
 
     async def create_checkpoint(self, session_id: str, name: str, *, note: str | None = None) -> Checkpoint:
-        """Save the session's context, counters and title/goal/summary as the project memory
-        ``checkpoint/<session>/<name>`` (a new version if it exists)."""
+        """As ``Client.create_checkpoint``."""
         return await self._call(_calls.create_checkpoint(session_id, name, note=note))
 
     async def list_checkpoints(
@@ -412,9 +387,7 @@ class AsyncClient(AsyncConnection):
         pid: int | None = None,
         owner_must_be_ancestor: bool = False,
     ) -> Restored:
-        """Seed a session's context from a checkpoint: ``into`` a live session, or a new one
-        for ``tool_id`` owned by ``pid`` (default: this process) that carries the title, goal
-        and summary in its metadata."""
+        """As ``Client.restore_checkpoint``."""
         return await self._call(_calls.restore_checkpoint(
             key, into=into, project_id=project_id, workspace=workspace, version=version, tool_id=tool_id, pid=pid,
             owner_must_be_ancestor=owner_must_be_ancestor,
@@ -437,9 +410,7 @@ class AsyncClient(AsyncConnection):
     async def import_records(
         self, records: list[Record], *, lines: list[int] | None = None, dry_run: bool = False
     ) -> ImportResult:
-        """Import one batch of export records, all or nothing, keeping their ids; records
-        already present are counted as existing (importing twice adds nothing). ``lines``
-        (one per record) are named in errors. The batch must fit one frame."""
+        """As ``Client.import_records``."""
         return await self._call(_calls.import_records(records, lines=lines, dry_run=dry_run))
 
     async def run_retention(
@@ -451,9 +422,7 @@ class AsyncClient(AsyncConnection):
         dry_run: bool = False,
         limit: int = 500,
     ) -> RetentionResult:
-        """Archive (to ``archive``, default the daemon's archive file) or ``purge``, then delete,
-        up to ``limit`` ended sessions that ended over ``older_than`` seconds ago (default:
-        the configured retention). ``remaining`` says how many more are due."""
+        """As ``Client.run_retention``."""
         return await self._call(_calls.run_retention(
             older_than=older_than, archive=archive, purge=purge, dry_run=dry_run, limit=limit
         ))

@@ -84,12 +84,9 @@ class Client(Connection):
         include_content: bool = False,
         reconnect: bool = True,
     ) -> Iterator[Event]:
-        """Follow the daemon's events as they are committed, oldest first, for as long as
-        the iterator is used: each filter is "any of these" (a kind may be just its group,
-        e.g. "session"). ``since`` replays the kept events after that sequence number
-        first. A lost connection is made again (the daemon is never started for it) and the
-        stream resumes after the last event yielded; with ``reconnect=False`` it ends instead.
-        A ``gap`` event says which events were missed and where to resume from."""
+        """Committed events, oldest first: filters match any of their values (a kind may be its group),
+        ``since`` replays kept events after that sequence, a lost connection resumes after the last
+        event yielded (unless ``reconnect=False``), a ``gap`` event says what was missed."""
         stream = Connection(
             self.socket_path, timeout=self.timeout, connect_timeout=self.connect_timeout, autostart=self.autostart,
             start_timeout=self.start_timeout, client_name=self.client_name,
@@ -114,13 +111,11 @@ class Client(Connection):
         resume_ended: bool = False,
     ) -> GetOrCreateResult:
         """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
-        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors.
-
-        With ``resume_key`` (the tool's own name for a session that should outlive its
-        process): the tool's session with that key, ``existing`` if ``pid`` owns it,
-        ``resumed`` (rebound to ``pid``, with everything it holds) if its owner died or it
-        was reaped or expired within the daemon's ``resume_window``; Conflict if another
-        live process owns it. One ended with ``end`` is resumed only with ``resume_ended``."""
+        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors. With
+        ``resume_key`` (the tool's name for a session that outlives its process): ``existing`` if ``pid``
+        owns it, ``resumed`` (rebound to ``pid`` with all it holds) if its owner died or it was reaped or
+        expired within ``resume_window``, Conflict if another live process owns it; ``end``ed ones only
+        with ``resume_ended``."""
         return self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
@@ -367,13 +362,8 @@ class Client(Connection):
         max_messages: int = 5,
         max_item_chars: int = 400,
     ) -> ContextPack:
-        """The most useful context that fits ``budget_tokens``, as sections and as Markdown:
-        the session's title/goal/summary (its metadata keys), files by importance x recency,
-        decisions, searches, the project's memories, open tasks and the last messages. Name
-        a session, or a project (default: the current directory's; its latest session gives
-        the session's sections). Tokens are the daemon's estimate (``packing.estimate_tokens``)
-        unless ``counter`` (``str -> int``) is given: the pack is then assembled here with it.
-        Either way the Markdown never counts more than ``budget_tokens``."""
+        """The most useful context of a session or project (default: the current directory's) within
+        ``budget_tokens`` by the daemon's estimate or by ``counter`` (``str -> int``, assembled here)."""
         return self._call(_calls.pack_context(
             session_id, project_id=project_id, workspace=workspace, budget_tokens=budget_tokens, counter=counter,
             counter_name=counter_name, max_files=max_files, max_decisions=max_decisions, max_searches=max_searches,
