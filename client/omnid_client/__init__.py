@@ -2,7 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .client import Client  # noqa: E402
 from .errors import (  # noqa: E402
     Conflict,
     InternalError,
@@ -20,7 +19,6 @@ from .errors import (  # noqa: E402
     Unsupported,
     VersionMismatch,
 )
-from .protocol import Session  # noqa: E402
 
 __all__ = [
     "AsyncClient",
@@ -46,7 +44,17 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # asyncio costs a blocking tool ~40 ms of import time it never uses: load it on demand.
+    # Loaded on first use: a hook that only imports the package, or only catches its errors,
+    # pays none of msgspec, the protocol structs or the socket code, and a blocking tool
+    # none of asyncio (~40 ms).
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    if name == "Session":
+        from .protocol import Session
+
+        return Session
     if name == "AsyncClient":
         from .aio import AsyncClient
 
