@@ -102,8 +102,9 @@ class Agent:
         self.metadata: dict[str, Any] = {"via": "mcp"}
 
     async def session(self) -> Session:
+        # The server's directory, not the agent's: hosts start servers in the project they serve.
         got = await self.client.get_or_create(
-            self.tool_id, pid=self.pid, tool_version=self.tool_version, session_type="agent",
+            self.tool_id, pid=self.pid, tool_version=self.tool_version, workspace=os.getcwd(), session_type="agent",
             metadata=self.metadata, owner_must_be_ancestor=True,
         )
         return got.session
