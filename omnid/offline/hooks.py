@@ -92,13 +92,14 @@ def parse(raw: bytes) -> dict[str, Any]:
     """The event as a dict; input that is not a JSON object becomes ``{"_raw": text}``."""
     import msgspec
 
+    text = raw[:MAX_TEXT].decode(errors="replace").strip()
     if len(raw) > MAX_INPUT:
-        return {"_raw": raw[:MAX_TEXT].decode(errors="replace"), "_truncated": len(raw)}
+        return {"_raw": text, "_truncated": len(raw)}
     try:
         event = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        return {"_raw": raw[:MAX_TEXT].decode(errors="replace")}
-    return event if isinstance(event, dict) else {"_raw": raw[:MAX_TEXT].decode(errors="replace")}
+        return {"_raw": text}
+    return event if isinstance(event, dict) else {"_raw": text}
 
 
 def event_name(event: dict[str, Any]) -> str | None:
@@ -171,23 +172,21 @@ def tool_events(event: dict[str, Any]) -> list:
     if not isinstance(args, dict):
         return []
     cwd = event.get("cwd") if isinstance(event.get("cwd"), str) else None
-    events = []
+    for key in QUERY_KEYS:
+        query = args.get(key)
+        if isinstance(query, str) and query:
+            # A search's "path" is where it looked, not a file it read.
+            return [ContextEvent("search", query[:MAX_TEXT], detail=tool or None)]
     for key in PATH_KEYS:
         path = args.get(key)
         if isinstance(path, str) and path and len(path) <= MAX_TEXT:
             if cwd and not os.path.isabs(path):
                 path = os.path.join(cwd, path)
             change = CHANGES.get(tool)
-            events.append(ContextEvent("file_access", path, importance=0.8 if change else None, detail=tool or None))
-            if change:
-                events.append(ContextEvent("file_change", path, detail=change))
-            break
-    for key in QUERY_KEYS:
-        query = args.get(key)
-        if isinstance(query, str) and query:
-            events.append(ContextEvent("search", query[:MAX_TEXT], detail=tool or None))
-            break
-    return events
+            if change is None:
+                return [ContextEvent("file_access", path, detail=tool or None)]
+            return [ContextEvent("file_access", path, importance=0.8, detail=tool), ContextEvent("file_change", path, detail=change)]
+    return []
 
 
 def generic_event(name: str | None, event: dict[str, Any]) -> Any:
