@@ -50,14 +50,14 @@ def record_cwd(session_id: str, directory: str) -> None:
     from omnid_client import Client
     from omnid_client.protocol import ContextEvent
 
-    with Client(client_name="omnid-shell", autostart=False) as client:
+    with Client(client_name="omnid-shell", autostart=False, timeout=1.0, connect_timeout=0.5) as client:
         client.append_context(session_id, [ContextEvent("file_access", directory, detail=CWD)])
 
 
 def end(session_id: str) -> None:
     from omnid_client import Client
 
-    with Client(client_name="omnid-shell", autostart=False) as client:
+    with Client(client_name="omnid-shell", autostart=False, timeout=1.0, connect_timeout=0.5) as client:
         client.end(session_id)
 
 
@@ -80,8 +80,9 @@ def _metadata(shell: str) -> dict[str, str]:
 
 
 # The session is bound once per shell process ($$ changes in a new shell, not in a subshell
-# or when the rc file is sourced again). Directory changes are sent in the background so a
-# prompt never waits for omnid; the end is sent in the foreground as the shell exits.
+# or when the rc file is sourced again). A directory change is sent when it happens, in the
+# foreground: sent in the background, quick changes arrived out of order or after the end.
+# A prompt in the same directory costs a string comparison.
 
 BASH = r"""# omnid shell integration for bash: eval "$(omnid init bash)" in ~/.bashrc
 if [[ $- == *i* && "${__omnid_pid:-}" != "$$" ]]; then
@@ -96,7 +97,7 @@ if [[ $- == *i* && "${__omnid_pid:-}" != "$$" ]]; then
     local status=$?
     if [[ -n "${OMNID_SESSION_ID:-}" && "$PWD" != "$__omnid_pwd" ]]; then
       __omnid_pwd="$PWD"
-      ( @OMNID@ shell cd "$OMNID_SESSION_ID" "$PWD" >/dev/null 2>&1 & )
+      @OMNID@ shell cd "$OMNID_SESSION_ID" "$PWD" >/dev/null 2>&1
     fi
     return $status
   }
@@ -129,7 +130,7 @@ if [[ -o interactive && "${__omnid_pid:-}" != "$$" ]]; then
   __omnid_chpwd() {
     if [[ -n "${OMNID_SESSION_ID:-}" && "$PWD" != "$__omnid_pwd" ]]; then
       __omnid_pwd="$PWD"
-      ( @OMNID@ shell cd "$OMNID_SESSION_ID" "$PWD" >/dev/null 2>&1 & )
+      @OMNID@ shell cd "$OMNID_SESSION_ID" "$PWD" >/dev/null 2>&1
     fi
   }
   __omnid_exit() {
@@ -154,8 +155,7 @@ if status is-interactive; and test "$__omnid_pid" != "$fish_pid"
     function __omnid_chpwd --on-variable PWD
         if set -q OMNID_SESSION_ID; and test "$PWD" != "$__omnid_pwd"
             set -g __omnid_pwd $PWD
-            @OMNID@ shell cd $OMNID_SESSION_ID $PWD >/dev/null 2>&1 &
-            disown 2>/dev/null
+            @OMNID@ shell cd $OMNID_SESSION_ID $PWD >/dev/null 2>&1
         end
     end
     function __omnid_exit --on-event fish_exit
