@@ -236,3 +236,5 @@ def test_the_readme_documents_every_tool_and_its_arguments():
         row = re.search(rf"^\| `{name}` \|(.*)$", readme, re.MULTILINE)
         assert row, f"README has no row for the tool {name}"
         assert set(re.findall(r"`(\w+)`", row.group(1))) >= set(input_schema(args)["properties"]), row.group(0)
+    documented = re.search(r"<summary>The tools' input JSON schemas.*?```json\n(.*?)```", readme, re.DOTALL).group(1)
+    assert json.loads(documented) == {name: input_schema(args) for name, (args, _, _) in TOOLS.items()}
