@@ -10,7 +10,7 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from omnid_client.protocol import ContextEvent, NewMessage, Session
+from omnid_client.protocol import ContextEvent, GetContext, NewMessage, Session
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 Key = Annotated[str, Meta(min_length=1, max_length=256, description="The memory's key.")]
@@ -35,12 +35,12 @@ class AppendContextArgs(Args):
     ]
 
 
-class GetContextArgs(Args):
-    max_files: Limit = 100
-    max_searches: Limit = 20
-    max_decisions: Limit = 50
-    max_memories: Limit = 50
-    max_changes: Limit = 100
+# context.get's caps, as the protocol defines them, without the session (always the agent's).
+GetContextArgs = msgspec.defstruct(
+    "GetContextArgs",
+    [(f.name, f.type, f.default) for f in msgspec.structs.fields(GetContext) if f.name != "session_id"],
+    bases=(Args,),
+)
 
 
 class PutMemoryArgs(Args):
