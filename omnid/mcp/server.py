@@ -114,7 +114,7 @@ def serve(tool_id: str = "agent", pid: int | None = None) -> None:
 
     async def main() -> None:
         client = AsyncClient(client_name="omnid-mcp", timeout=10.0)
-        server = build(tools.Agent(client, tool_id, agent_pid(pid)))
+        server = build(tools.Agent(client, tool_id, pid if pid is not None else agent_pid()))
         try:
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

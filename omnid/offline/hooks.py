@@ -118,7 +118,7 @@ def record(event: dict[str, Any], tool_id: str = DEFAULT_TOOL, pid: int | None =
     from .agent import agent_pid
 
     name = event_name(event)
-    owner = agent_pid(pid)
+    owner = pid if pid is not None else agent_pid()
     with Client(client_name="omnid-hook", timeout=2.0, connect_timeout=1.0, start_timeout=2.5) as client:
         if name == "SessionEnd":
             found = client.find(tool_id, pid=owner)
