@@ -1,141 +1,26 @@
-"""One way to start a real daemon: a real process on a real Unix socket, in a temp OMNID_HOME."""
+"""Fixtures: a fresh OMNID_HOME per test, a real daemon in it, its clients and owner processes."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import psutil
 import pytest
 
 from omnid_client import Client
-from omnid_client.paths import daemon_paths
-
-START_TIMEOUT = 15.0
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:
-    """Rows from a database file (a daemon's, a backup), opened read-only."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
-def accepts(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(os.fspath(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-class DaemonProcess:
-    """A daemon run as ``python -m omnid serve`` with this test's environment."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def paths(self):
-        return daemon_paths()
-
-    @property
-    def socket(self) -> Path:
-        return self.paths.socket
-
-    @property
-    def log(self) -> Path:
-        return self.home / "omnid.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, *extra: str, **popen) -> "DaemonProcess":
-        """Start and wait until the socket accepts; ``popen`` goes to ``subprocess.Popen``."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omnid", "serve", "--log-file", str(self.log), *extra],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            **popen,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not accepts(self.socket):
-            if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                pytest.fail(f"daemon exited with {self.proc.returncode}: {err.decode()}\nlog:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"daemon did not listen on {self.socket}\nlog:\n{self.log_text()}")
-            time.sleep(0.01)
-        return self
-
-    def client(self, **kwargs) -> Client:
-        kwargs.setdefault("autostart", False)
-        return Client(**kwargs)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit status."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        finally:
-            self._close_pipes()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        assert self.proc is not None
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe:
-                pipe.close()
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text()
-        except OSError:
-            return ""
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+from tests.helpers import (
+    DaemonProcess,
+    gone,
+    omnid_daemons,
+    started_daemons,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -157,28 +42,6 @@ def daemon(home) -> Iterator[DaemonProcess]:
     assert "Traceback" not in d.log_text(), d.log_text()
 
 
-def omnid_daemons(home: Path) -> list[psutil.Process]:
-    """Every live ``omnid serve`` process whose OMNID_HOME is ``home``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or "serve" not in cmdline:
-            continue
-        if not any("omnid" in part for part in cmdline):
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get("OMNID_HOME") == str(home):
-                found.append(proc)
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.fixture
 def no_stray_daemons(home) -> Iterator[None]:
     """Kill whatever daemon a failed test left behind for this home (detached ones included)."""
@@ -187,24 +50,6 @@ def no_stray_daemons(home) -> Iterator[None]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
         wait_for(lambda pid=proc.pid: gone(pid), what=f"stray daemon {proc.pid} to die")
-
-
-@contextlib.contextmanager
-def started_daemons(make: Callable[[int], DaemonProcess]) -> Iterator[Callable[..., DaemonProcess]]:
-    """``start(*serve_args, **popen_kwargs)`` starts the n-th daemon ``make(n)`` builds; at
-    the end each still running is stopped (status 0), and no log may hold a traceback."""
-    started: list[DaemonProcess] = []
-
-    def start(*extra: str, **popen) -> DaemonProcess:
-        d = make(len(started)).start(*extra, **popen)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.running:
-            assert d.stop() == 0, d.log_text()
-        assert "Traceback" not in d.log_text(), d.log_text()
 
 
 @pytest.fixture
@@ -242,40 +87,3 @@ def _never_touch_the_real_home(monkeypatch) -> None:
     """Tests that forget the ``home`` fixture still must not reach a user's real daemon."""
     if "OMNID_HOME" not in os.environ:
         monkeypatch.setenv("OMNID_HOME", "/nonexistent/omnid-test-home")
-
-
-# --- the omnid command, as a user runs it ----------------------------------------------
-
-
-def run_omnid(
-    *args: str, cwd: Path | None = None, stdin=subprocess.DEVNULL, text: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    """``python -m omnid ARGS`` in this test's environment (its OMNID_HOME)."""
-    return subprocess.run(
-        [sys.executable, "-m", "omnid", *args],
-        env=os.environ,
-        cwd=cwd,
-        stdin=stdin,
-        capture_output=True,
-        text=text,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def omnid_ok(*args: str, cwd: Path | None = None, text: bool = True):
-    """The stdout of a command that must succeed."""
-    r = run_omnid(*args, cwd=cwd, text=text)
-    assert r.returncode == 0, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return r.stdout
-
-
-def omnid_json(*args: str, cwd: Path | None = None):
-    return json.loads(omnid_ok(*args, "--json", cwd=cwd))
-
-
-def omnid_error(*args: str, cwd: Path | None = None) -> dict:
-    """The JSON error of a command that must exit 1."""
-    r = run_omnid(*args, "--json", cwd=cwd)
-    assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
-    return json.loads(r.stdout)["error"]

@@ -1,8 +1,11 @@
 """Thin client for the omnid session daemon: ``Client`` (blocking) and ``AsyncClient`` (asyncio)."""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .errors import (  # noqa: E402
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+from .errors import (
     Conflict,
     InternalError,
     Invalid,
@@ -19,6 +22,11 @@ from .errors import (  # noqa: E402
     Unsupported,
     VersionMismatch,
 )
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .client import Client
+    from .protocol import Session
 
 __all__ = [
     "AsyncClient",
@@ -43,7 +51,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[Client] | type[Session] | type[AsyncClient]:
     # Loaded on first use: a hook that only imports the package, or only catches its errors,
     # pays none of msgspec, the protocol structs or the socket code, and a blocking tool
     # none of asyncio (~40 ms).

@@ -20,14 +20,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def fail_cleanly(fn: Callable) -> Callable:
-    """Turn omnid errors into one line on stderr (or a JSON error) and an exit status:
+    """Turn omnid errors (and stray OSErrors) into one line on stderr (or a JSON error) and an exit status:
     3 when the daemon cannot be reached, 1 for any other error."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OmnidError as e:
+        except (OmnidError, OSError) as e:
             sys.exit(report_error(e, bool(kwargs.get("as_json"))))
 
     return wrapper
@@ -65,7 +65,9 @@ def parse_since(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since") from None
+        raise click.BadParameter(
+            f"{text!r} is neither an age like 7d nor a date like 2024-05-01", param_hint="--since"
+        ) from None
 
 
 def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:

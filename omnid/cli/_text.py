@@ -22,14 +22,22 @@ def error_code(e: Exception) -> str:
 
 
 def report_error(e: Exception, as_json: bool) -> int:
-    """One line on stderr (or a JSON error on stdout) for an omnid error; returns the exit
-    status: 3 when the daemon cannot be reached, 1 for any other error."""
+    """One line on stderr (or a JSON error on stdout) for an omnid error, or an OSError no
+    command turned into its own error; returns the exit status: 3 when the daemon cannot be
+    reached, 1 for any other error."""
     from omnid_client import Unavailable
 
+    code, message = error_code(e), str(e)
+    if isinstance(e, OSError):
+        code = "io"
+        if e.filename is not None:
+            from ..safefile import os_message
+
+            message = f"{e.filename}: {os_message(e)}"
     if as_json:
-        echo(json.dumps({"error": {"code": error_code(e), "message": str(e)}}))
+        echo(json.dumps({"error": {"code": code, "message": message}}))
     else:
-        echo(f"omnid: {error_code(e)}: {e}", err=True)
+        echo(f"omnid: {code}: {message}", err=True)
     return EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1
 
 
@@ -43,7 +51,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     rows = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     for row in [list(headers)] + rows:
-        echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def print_fields(fields: Sequence[tuple[str, Any]], width: int = 13) -> None:

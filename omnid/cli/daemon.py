@@ -3,6 +3,7 @@ the per-user service that runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -12,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 import click
 import msgspec
 
-from omnid_client import OmnidError, Unavailable
-from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
-from omnid_client.protocol import DaemonStatus, ReapResult, Settings, version_note
+from omnid_client.paths import daemon_paths
+from omnid_client.protocol import ReapResult, Settings
 
-from .. import __version__
+from ..safefile import os_message
 from . import fast
 from ._output import (
     EXIT_NOT_RUNNING,
@@ -27,7 +27,6 @@ from ._output import (
     print_fields,
     print_json,
     print_table,
-    when,
 )
 
 if TYPE_CHECKING:
@@ -47,23 +46,31 @@ if TYPE_CHECKING:
 @click.option("--ready-fd", type=int, hidden=True, help="Write one readiness line to this inherited fd.")
 def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: int | None) -> None:
     """Run the daemon (in the foreground unless --detach)."""
-    from .. import logs, server
+    from ..daemon import logs, run
     from ..offline.detach import daemonize
 
     os.umask(0o077)  # the database, WAL, log and status file are the user's alone
     paths = daemon_paths()
     if log_file is not None:
         log_file = log_file.absolute()
-    if detach:
-        daemonize(log_file)
-    target = logs.configure(log_file, log_level or "info")
+    try:
+        if detach:
+            daemonize(log_file)
+        target = logs.configure(log_file, log_level or "info")
+    except OSError as e:
+        why = f"cannot use the log file {log_file}: {os_message(e)}"
+        click.echo(f"omnid: cannot start: {why}", err=True)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"error {why}\n".encode())
+        sys.exit(1)
     restart = [sys.executable, "-m", "omnid", "serve"]
     if log_file is not None:
         restart += ["--log-file", str(log_file)]
     if log_level is not None:
         restart += ["--log-level", log_level]
     sys.exit(
-        server.run(
+        run(
             paths, log_path=log_file, ready_fd=ready_fd, log_target=target,
             restart_argv=restart, log_level_fixed=log_level is not None,
         )
@@ -91,7 +98,10 @@ def reap(dry_run: bool, as_json: bool) -> None:
     verb = "would reap" if dry_run else "reaped"
     click.echo(f"{verb} {len(result.sessions)} session(s)")
     if result.sessions:
-        print_table(["SESSION", "TOOL", "PID", "CAUSE"], [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions])
+        print_table(
+            ["SESSION", "TOOL", "PID", "CAUSE"],
+            [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions],
+        )
 
 
 @click.command()
@@ -124,7 +134,10 @@ def stats(as_json: bool) -> None:
             ("cost", f"${st.total_cost:.6f}"),
             ("memories", f"{st.project_memories} project, {st.session_memories} session"),
             ("tasks", f"{st.tasks} ({st.open_tasks} open)"),
-            ("per session", f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}"),
+            (
+                "per session",
+                f"{st.avg_messages_per_session:.1f} messages, {st.avg_tokens_per_session:.0f} tokens, {avg}",
+            ),
         ]
     )
     if st.sessions_by_tool:

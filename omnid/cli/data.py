@@ -61,7 +61,7 @@ def export_command(
     """Export sessions (with their context, messages, memories, tasks), projects and project
     memories as JSONL, one record per line, in a stable order (see `omnid import`)."""
     from ..offline import transfer
-    from ..offline.files import replace_atomically
+    from ..safefile import atomic_write, os_message
 
     if as_json and output is None:
         raise click.UsageError("--json prints a summary, so the export needs --output")
@@ -76,8 +76,14 @@ def export_command(
         sys.stdout.buffer.flush()
     else:
         output = output.absolute()
-        with replace_atomically(output, force=force) as f:
-            counts = transfer.export(database, f, **filters)
+        try:
+            # The export holds every message: readable by its owner alone, like the database.
+            with atomic_write(output, overwrite=force) as pending:
+                counts = transfer.export(database, pending.file, **filters)
+        except FileExistsError:
+            raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
+        except OSError as e:
+            raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     if as_json:
         print_json({"path": str(output), "records": counts})
     else:
@@ -115,10 +121,12 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     records, report = omnimemory.read(path)
     with transfer_client() as client:
         result = transfer.send(client, enumerate(records, 1), dry_run=dry_run)
-    if as_json:
-        print_json({"source": report.as_dict(), "import": result})
-        return
     source = report.as_dict()
+    for warning in source["warnings"]:
+        click.echo(f"omnid: warning: {warning}", err=True)
+    if as_json:
+        print_json({"source": source, "import": result})
+        return
     click.echo("read: " + (", ".join(f"{n} {table} row(s)" for table, n in source["tables"].items()) or "no tables"))
     for what in ("sessions", "context", "memories"):
         entry = dict(source[what])
@@ -131,6 +139,8 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
 
 
 def print_import(result: Any, source: dict | None = None) -> None:
+    from ..identity import GONE
+
     verb = "would import" if result.dry_run else "imported"
     rows = []
     for kind, c in result.records.items():
@@ -142,6 +152,9 @@ def print_import(result: Any, source: dict | None = None) -> None:
         click.echo("no records")
     if result.reaped:
         click.echo(f"{len(result.reaped)} live session(s) whose owner process is gone {'would be' if result.dry_run else 'were'} ended as reaped")
+        for session_id, why in result.why.items():
+            if why not in GONE:
+                click.echo(f"  {session_id}: {why}")
 
 
 @click.group()

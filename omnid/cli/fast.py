@@ -86,7 +86,7 @@ def _run(fn: Callable[[], None], as_json: bool) -> int:
 
     try:
         fn()
-    except OmnidError as e:
+    except (OmnidError, OSError) as e:
         return report_error(e, as_json)
     return 0
 
@@ -139,6 +139,27 @@ def _seconds(value: float, zero: str) -> str:
     return zero if value == 0 else f"{value:g}s"
 
 
+def _watching(st: DaemonStatus) -> str:
+    text = f"{st.watched_processes} process(es) via {st.watcher}"
+    swept = st.watched_processes - (st.pidfd_watches or 0)
+    if st.pidfd_watches is not None and swept > 0:
+        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
+    return text
+
+
+def _storage(st: DaemonStatus) -> str | None:
+    if st.database_used_bytes is None:
+        return None  # an older daemon
+    used = f"{st.database_used_bytes} bytes used"
+    if st.database_quota:
+        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
+    else:
+        used += " (no quota)"
+    if st.storage_error:
+        used += f"; WRITES REFUSED: {st.storage_error}"
+    return used
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -163,19 +184,25 @@ def print_status(st: DaemonStatus) -> None:
         ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
         ("uptime", duration(st.uptime)),
         ("socket", socket_line),
-        ("database", f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})"),
+        (
+            "database",
+            f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})",
+        ),
+        ("storage", _storage(st)),
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),
-        ("watching", f"{st.watched_processes} process(es) via {st.watcher}"),
+        ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("last reap", last),
     ]
     if st.set_aside:
-        lines.append(("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)"))
+        lines.append(
+            ("set aside", f"{', '.join(st.set_aside)} (corrupt database found at start; kept, a new one is in use)")
+        )
     for name, value in lines:
         if value is not None:
             echo(f"{name + ':':15} {value}")
@@ -242,11 +269,18 @@ def _shell(command: str, args: list[str]) -> int | None:
         opts = parse(args, {"--pid": ("pid", INT)}, positional=1)
         if opts is None or opts["_args"][0] not in shells.SHELLS:
             return None
-        return _run(lambda: echo(shells.start(opts["_args"][0], opts.get("pid"))), False)
+        shell, pid = opts["_args"][0], opts.get("pid")
+        return _run(lambda: echo(shells.start(shell, pid)), False)
     if command == "cd":
         opts = parse(args, {}, positional=2)
-        return None if opts is None else _run(lambda: shells.record_cwd(*opts["_args"]), False)
+        if opts is None:
+            return None
+        session_id, cwd = opts["_args"]
+        return _run(lambda: shells.record_cwd(session_id, cwd), False)
     if command == "end":
         opts = parse(args, {}, positional=1)
-        return None if opts is None else _run(lambda: shells.end(opts["_args"][0]), False)
+        if opts is None:
+            return None
+        session_id = opts["_args"][0]
+        return _run(lambda: shells.end(session_id), False)
     return None

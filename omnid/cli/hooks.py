@@ -32,8 +32,13 @@ def init(shell: str) -> None:
 
 
 @click.command()
-@click.option("--tool", "tool_id", default="agent", show_default=True, help="Tool id of the agent's session (use the same for `omnid mcp`).")
-@click.option("--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher.")
+@click.option(
+    "--tool", "tool_id", default="agent", show_default=True,
+    help="Tool id of the agent's session (use the same for `omnid mcp`).",
+)
+@click.option(
+    "--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher."
+)
 def hook(tool_id: str, pid: int | None) -> None:
     """Record one agent hook event read as JSON on stdin.
 
@@ -86,8 +91,13 @@ def shell_end(session_id: str) -> None:
 
 
 @click.command()
-@click.option("--tool", "tool_id", default="agent", show_default=True, help="Tool id of the agent's session (use the same for `omnid hook`).")
-@click.option("--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher.")
+@click.option(
+    "--tool", "tool_id", default="agent", show_default=True,
+    help="Tool id of the agent's session (use the same for `omnid hook`).",
+)
+@click.option(
+    "--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher."
+)
 def mcp(tool_id: str, pid: int | None) -> None:
     """Serve MCP over stdin/stdout for the agent that started this (needs `omnid[mcp]`).
 
@@ -101,4 +111,3 @@ def mcp(tool_id: str, pid: int | None) -> None:
     from ..mcp.server import serve
 
     serve(tool_id, pid)
-

@@ -210,7 +210,10 @@ def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
         print_table(
             ["PROJECT", "NAME", "VCS", "SESSIONS", "LIVE", "MEMORIES", "LAST ACTIVE", "ROOT"],
             [
-                (p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count, when(p.last_activity), p.root)
+                (
+                    p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count,
+                    when(p.last_activity), p.root,
+                )
                 for p in page.projects
             ],
         )

@@ -90,16 +90,23 @@ def build(agent: tools.Agent) -> Server[Any]:
             value = tools.to_json(await handler(agent, args_type()))
         except OmnidError as e:
             code = getattr(e, "code", type(e).__name__.lower())
-            raise MCPError(types.INTERNAL_ERROR, f"omnid error {code}: {e}", {"code": code, "message": str(e)}) from None
+            raise MCPError(
+                types.INTERNAL_ERROR, f"omnid error {code}: {e}", {"code": code, "message": str(e)}
+            ) from None
         return types.ReadResourceResult(
-            contents=[types.TextResourceContents(uri=str(params.uri), mime_type="application/json", text=json.dumps(value, indent=2))]
+            contents=[
+                types.TextResourceContents(
+                    uri=str(params.uri), mime_type="application/json", text=json.dumps(value, indent=2)
+                )
+            ]
         )
 
     return Server(
         "omnid",
         version=__version__,
         instructions="omnid keeps this agent's session: its context, project memories, messages and notes. "
-        "Call current_session to learn the session and project; record files, searches and decisions with append_context.",
+        "Call current_session to learn the session and project; "
+        "record files, searches and decisions with append_context.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,

@@ -5,7 +5,7 @@ Nothing here imports the MCP SDK, so the schemas can be printed and checked with
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Awaitable, Callable, Literal
+from typing import Annotated, Any, Awaitable, Callable, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -36,10 +36,13 @@ class AppendContextArgs(Args):
 
 
 # context.get's caps, as the protocol defines them, without the session (always the agent's).
-GetContextArgs = msgspec.defstruct(
-    "GetContextArgs",
-    [(f.name, f.type, f.default) for f in msgspec.structs.fields(GetContext) if f.name != "session_id"],
-    bases=(Args,),
+GetContextArgs = cast(
+    "type[Args]",
+    msgspec.defstruct(
+        "GetContextArgs",
+        [(f.name, f.type, f.default) for f in msgspec.structs.fields(GetContext) if f.name != "session_id"],
+        bases=(Args,),
+    ),
 )
 
 
@@ -124,7 +127,9 @@ async def current_session(agent: Agent, a: NoArgs) -> Any:
     return {
         "session_id": s.session_id, "tool_id": s.tool_id, "owner_pid": s.owner_pid, "workspace": s.workspace,
         "started_at": s.started_at, "last_activity": s.last_activity,
-        "project": None if project is None else {"project_id": project.project_id, "name": project.name, "root": project.root},
+        "project": (
+            None if project is None else {"project_id": project.project_id, "name": project.name, "root": project.root}
+        ),
         "counters": {
             "messages": summary.message_count, "tokens": summary.total_tokens, "cost_usd": summary.total_cost,
             "context_events": summary.context_events, "tasks": summary.task_count,
@@ -136,7 +141,7 @@ async def append_context(agent: Agent, a: AppendContextArgs) -> Any:
     return await agent.client.append_context((await agent.session()).session_id, a.events)
 
 
-async def get_context(agent: Agent, a: GetContextArgs) -> Any:
+async def get_context(agent: Agent, a: Args) -> Any:
     return await agent.client.get_context((await agent.session()).session_id, **msgspec.structs.asdict(a))
 
 
@@ -212,25 +217,58 @@ async def recent_sessions(agent: Agent, a: RecentSessionsArgs) -> Any:
 
 Handler = Callable[[Agent, Any], Awaitable[Any]]
 TOOLS: dict[str, tuple[type[Args], str, Handler]] = {
-    "current_session": (NoArgs, "This agent's omnid session: its id, project and counters (created on first use).", current_session),
-    "append_context": (AppendContextArgs, "Record files accessed (with importance), searches, decisions and memory references in this session's context.", append_context),
-    "get_context": (GetContextArgs, "This session's context: files by importance, recent searches, decisions, memories, changed files.", get_context),
-    "put_memory": (PutMemoryArgs, "Store a value under a key in this project's memories (versioned; optional TTL in seconds).", put_memory),
+    "current_session": (
+        NoArgs,
+        "This agent's omnid session: its id, project and counters (created on first use).",
+        current_session,
+    ),
+    "append_context": (
+        AppendContextArgs,
+        "Record files accessed (with importance), searches, decisions and memory references in this session's context.",
+        append_context,
+    ),
+    "get_context": (
+        GetContextArgs,
+        "This session's context: files by importance, recent searches, decisions, memories, changed files.",
+        get_context,
+    ),
+    "put_memory": (
+        PutMemoryArgs,
+        "Store a value under a key in this project's memories (versioned; optional TTL in seconds).",
+        put_memory,
+    ),
     "get_memory": (KeyArgs, "Read a project memory by key.", get_memory),
     "list_memories": (ListMemoriesArgs, "This project's live memories, most recently read first.", list_memories),
     "delete_memory": (KeyArgs, "Delete a project memory and its history.", delete_memory),
     "memory_history": (KeyArgs, "Every version of a project memory, oldest first.", memory_history),
     "add_session_memory": (AddSessionMemoryArgs, "Keep a note in this session's memory.", add_session_memory),
     "list_session_memories": (NoArgs, "This session's notes.", list_session_memories),
-    "add_messages": (AddMessagesArgs, "Append messages (role user/assistant/system/tool) to this session, in order.", add_messages),
+    "add_messages": (
+        AddMessagesArgs,
+        "Append messages (role user/assistant/system/tool) to this session, in order.",
+        add_messages,
+    ),
     "list_messages": (ListMessagesArgs, "This session's messages in order; page with after_seq.", list_messages),
-    "search": (SearchArgs, "Full-text search over messages, memories and decisions of this project (or session, or all), best first.", search),
+    "search": (
+        SearchArgs,
+        "Full-text search over messages, memories and decisions of this project (or session, or all), best first.",
+        search,
+    ),
     "session_summary": (SummaryArgs, "Counts, tokens, cost and times of this session (or another).", session_summary),
-    "recent_sessions": (RecentSessionsArgs, "The most recent other sessions of this project, newest first.", recent_sessions),
+    "recent_sessions": (
+        RecentSessionsArgs,
+        "The most recent other sessions of this project, newest first.",
+        recent_sessions,
+    ),
 }
 
-RESOURCES = {
-    "omnid://session/context": ("session-context", "This session's context (files, searches, decisions, memories, changes).", get_context, GetContextArgs),
+RESOURCES: dict[str, tuple[str, str, Handler, type[Args]]] = {
+    "omnid://session/context": (
+        "session-context",
+        "This session's context (files, searches, decisions, memories, changes).",
+        get_context,
+        GetContextArgs,
+    ),
     "omnid://project/memories": ("project-memories", "This project's live memories.", list_memories, ListMemoriesArgs),
 }
 

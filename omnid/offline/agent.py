@@ -8,7 +8,9 @@ import sys
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox"})
 """Shells: a wrapper only when running a command string (``-c``), never an interactive one."""
-LAUNCHERS = frozenset({"env", "nice", "nohup", "timeout", "stdbuf", "setsid", "ionice", "chrt", "taskset", "time", "uv", "uvx"})
+LAUNCHERS = frozenset(
+    {"env", "nice", "nohup", "timeout", "stdbuf", "setsid", "ionice", "chrt", "taskset", "time", "uv", "uvx"}
+)
 """Programs that only start another one and wait for it."""
 MAX_DEPTH = 8
 

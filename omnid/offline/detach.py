@@ -8,6 +8,9 @@ from pathlib import Path
 
 def daemonize(log_file: Path | None) -> None:
     """Double fork so the daemon is no child of whoever started it and has no terminal."""
+    from ..daemon.logs import open_log
+
+    err = open_log(log_file) if log_file is not None else -1  # before forking: its error is the caller's
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -16,10 +19,7 @@ def daemonize(log_file: Path | None) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    if log_file is not None:
-        err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(err, 2)
+    os.dup2(err if err >= 0 else devnull, 2)
+    if err >= 0:
         os.close(err)
-    else:
-        os.dup2(devnull, 2)
     os.close(devnull)

@@ -167,7 +167,7 @@ def tool_events(event: dict[str, Any]) -> list:
     """Context events for one tool use: the files it read or changed, what it searched for."""
     from omnid_client.protocol import ContextEvent
 
-    tool = event.get("tool_name") if isinstance(event.get("tool_name"), str) else ""
+    tool = event["tool_name"] if isinstance(event.get("tool_name"), str) else ""
     args = event.get("tool_input")
     if not isinstance(args, dict):
         return []
@@ -185,7 +185,10 @@ def tool_events(event: dict[str, Any]) -> list:
             change = CHANGES.get(tool)
             if change is None:
                 return [ContextEvent("file_access", path, detail=tool or None)]
-            return [ContextEvent("file_access", path, importance=0.8, detail=tool), ContextEvent("file_change", path, detail=change)]
+            return [
+                ContextEvent("file_access", path, importance=0.8, detail=tool),
+                ContextEvent("file_change", path, detail=change),
+            ]
     return []
 
 

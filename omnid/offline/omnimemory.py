@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import msgspec
@@ -32,6 +31,7 @@ from omnid_client.protocol import (
 )
 
 from ..projects import locate
+from .omnimemory_source import ROWID, TOO_LARGE, Report, Source, _merge
 from .omnimemory_values import (
     SOURCE,
     _encode,
@@ -48,34 +48,20 @@ from .transfer import TransferError
 TABLES = ("tool_sessions", "sessions", "project_memories")
 
 
-class Report:
-    """What was read from each table, what it became, and what was skipped and why."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, int] = {}
-        self.sessions: dict[str, Any] = {"found": 0, "converted": 0, "ended_on_import": 0, "skipped": Counter()}
-        self.context: dict[str, Any] = {"items": 0, "converted": 0, "skipped": Counter()}
-        self.memories: dict[str, Any] = {"rows": 0, "memories": 0, "versions": 0, "skipped": Counter()}
-
-    def as_dict(self) -> dict[str, Any]:
-        def plain(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in d.items()}
-
-        return {
-            "tables": dict(self.tables),
-            "sessions": plain(self.sessions),
-            "context": plain(self.context),
-            "memories": plain(self.memories),
-        }
-
-
-def read(path: Path, *, now: float | None = None) -> tuple[list[Record], Report]:
+def read(path: Path, *, now: float | None = None) -> tuple[Iterator[Record], Report]:
     """Every importable record from the database at ``path``, in import order (projects,
-    memories with their versions, sessions with their context), and the report."""
+    memories with their versions, sessions with their context), as they are read, and
+    the report, complete once the records are. Rows are read one at a time and no value
+    over its cap is ever loaded (see ``Source``), however large the database or its rows."""
     now = time.time() if now is None else now
     db = _open(path)
+    report = Report()
+    return _records(db, path, now, report), report
+
+
+def _records(db: sqlite3.Connection, path: Path, now: float, report: Report) -> Iterator[Record]:
     try:
-        return _Converter(db, now).convert()
+        yield from _Converter(Source(db, report), now, report).convert()
     except sqlite3.Error as e:
         raise TransferError(f"reading {path} failed: {e}", "io") from None
     finally:
@@ -93,7 +79,6 @@ def _open(path: Path) -> sqlite3.Connection:
         # immutable keeps SQLite from creating -wal and -shm files beside the user's file.
         params += "&immutable=1"
     db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?{params}", uri=True, isolation_level=None)
-    db.row_factory = sqlite3.Row
     try:
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as e:
@@ -107,22 +92,28 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
+SESSION_COLUMNS = (
+    "session_id", "tool_id", "tool_version", "started_at", "created_at", "last_activity", "ended_at", "process_id",
+    "workspace_path", "project_id", "user_id", "tenant_id", "previous_session_id", "pinned", "archived",
+)
+SESSION_BLOBS = ("metadata", "metrics_json", "context_json", "context")
+"""Read one session at a time, when its records are made."""
+MEMORY_COLUMNS = (
+    "memory_id", "id", "project_id", "workspace_path", "memory_key", "key", "memory_value", "value", "created_at",
+    "last_accessed", "accessed_count", "ttl_seconds", "expires_at", "metadata_json", "metadata",
+)
+
 
 class _Converter:
-    def __init__(self, db: sqlite3.Connection, now: float):
-        self.db = db
-        self.now = now
-        self.report = Report()
-        self.projects: dict[str, list] = {}  # omnid project id -> [root, name, vcs, first, last]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        self.tables = tables
+    """Two passes over the source: the first reads what decides which projects there are
+    (they must come first in an import), the second makes the records, a session or a
+    memory at a time, reading the large values of that one only."""
 
-    def rows(self, table: str) -> list[dict[str, Any]]:
-        if table not in self.tables:
-            return []
-        rows = [dict(r) for r in self.db.execute(f'SELECT * FROM "{table}"')]
-        self.report.tables[table] = len(rows)
-        return rows
+    def __init__(self, source: Source, now: float, report: Report):
+        self.source = source
+        self.now = now
+        self.report = report
+        self.projects: dict[str, list] = {}  # omnid project id -> [root, name, vcs, first, last]
 
     def project_of(self, workspace: Any, *times: float | None) -> str | None:
         if not isinstance(workspace, str) or not os.path.isabs(workspace) or len(workspace) > 4096:
@@ -135,55 +126,67 @@ class _Converter:
                 entry[4] = t if entry[4] is None else max(entry[4], t)
         return root.project_id
 
-    def convert(self) -> tuple[list[Record], Report]:
-        workspaces = {r["project_id"]: r.get("workspace_path") for r in self.rows("projects") if r.get("project_id")}
-        tool_sessions = self.rows("tool_sessions")
-        sessions = self.rows("sessions")
-        for row in tool_sessions + sessions:  # a memory's project may be known only from its sessions
-            if row.get("project_id") and row.get("workspace_path"):
-                workspaces.setdefault(row["project_id"], row["workspace_path"])
-        memory_records = self.memories(self.rows("project_memories"), workspaces)
-        session_records = self.sessions(tool_sessions, sessions)
-        projects: list[Record] = []
-        for project_id in sorted(self.projects):
-            root, name, vcs, first, last = self.projects[project_id]
-            first = first if first is not None else self.now
-            projects.append(ProjectRecord(project_id, root, name, vcs, first, last if last is not None else first))
-        return [ExportHeader(), *projects, *memory_records, *session_records], self.report
-
-    # -- sessions ------------------------------------------------------------------------
-
-    def sessions(self, tool_sessions: list[dict], sessions: list[dict]) -> list[Record]:
+    def convert(self) -> Iterator[Record]:
+        source = self.source
+        workspaces = {
+            r["project_id"]: r.get("workspace_path")
+            for r in source.rows("projects", ("project_id", "workspace_path")) if r.get("project_id")
+        }
         merged: dict[str, dict[str, dict]] = {}
-        for table, rows in (("tool_sessions", tool_sessions), ("sessions", sessions)):
-            for row in rows:
+        for table in ("tool_sessions", "sessions"):
+            for row in source.rows(table, SESSION_COLUMNS):
+                if row.get("project_id") and row.get("workspace_path"):  # a memory's project may be known only from its sessions
+                    workspaces.setdefault(row["project_id"], row["workspace_path"])
                 sid = row.get("session_id")
                 if sid in (None, ""):
                     self.report.sessions["skipped"]["no_session_id"] += 1
                     continue
                 merged.setdefault(str(sid), {})[table] = row
         self.report.sessions["found"] = len(merged)
-        out: list[tuple[float, str, list[Record]]] = []
-        for source_id, parts in merged.items():
-            converted = self.session(source_id, parts.get("tool_sessions", {}), parts.get("sessions", {}))
-            if converted is not None:
-                out.append(converted)
-        out.sort(key=lambda t: (t[0], t[1]))
-        return [r for _, _, records in out for r in records]
+        memory_groups = self.memory_groups(workspaces)
+        sessions = self.session_times(merged)
+        yield ExportHeader()
+        for project_id in sorted(self.projects):
+            root, name, vcs, first, last = self.projects[project_id]
+            first = first if first is not None else self.now
+            yield ProjectRecord(project_id, root, name, vcs, first, last if last is not None else first)
+        for key in sorted(memory_groups):
+            yield from self.memory(key, memory_groups[key])
+        for _, _, source_id, times in sessions:
+            yield from self.session(source_id, merged.pop(source_id), times)
 
-    def session(self, source_id: str, ts: dict, s: dict) -> tuple[float, str, list[Record]] | None:
+    # -- sessions ------------------------------------------------------------------------
+
+    def session_times(self, merged: dict[str, dict[str, dict]]) -> list[tuple[float, str, str, tuple]]:
+        """(start, omnid session id, source id, times) of each session that has usable times,
+        in import order; each one's project is noted."""
         skipped = self.report.sessions["skipped"]
-        try:
-            started = parse_time(_first(ts.get("started_at"), s.get("created_at")))
-            activity = [parse_time(v) for v in (ts.get("last_activity"), s.get("last_activity"))]
-            ended = parse_time(_first(ts.get("ended_at"), s.get("ended_at")))
-        except ValueError:
-            skipped["bad_time"] += 1
-            return None
-        if started is None:
-            skipped["no_start_time"] += 1
-            return None
-        last = max([started, *(t for t in activity if t is not None), *([ended] if ended else [])])
+        out = []
+        for source_id, parts in merged.items():
+            ts, s = parts.get("tool_sessions", {}), parts.get("sessions", {})
+            try:
+                started = parse_time(_first(ts.get("started_at"), s.get("created_at")))
+                activity = [parse_time(v) for v in (ts.get("last_activity"), s.get("last_activity"))]
+                ended = parse_time(_first(ts.get("ended_at"), s.get("ended_at")))
+            except ValueError:
+                skipped["bad_time"] += 1
+                continue
+            if started is None:
+                skipped["no_start_time"] += 1
+                continue
+            last = max([started, *(t for t in activity if t is not None), *([ended] if ended else [])])
+            self.project_of(_first(ts.get("workspace_path"), s.get("workspace_path")), started, last)
+            out.append((started, _session_id(source_id), source_id, (started, last, ended)))
+        out.sort(key=lambda t: (t[0], t[1]))
+        return out
+
+    def session(self, source_id: str, parts: dict[str, dict], times: tuple) -> list[Record]:
+        ts, s = (
+            _merge(row, self.source.row(table, row[ROWID], SESSION_BLOBS)) if row else {}
+            for table, row in (("tool_sessions", parts.get("tool_sessions")), ("sessions", parts.get("sessions")))
+        )
+        skipped = self.report.sessions["skipped"]
+        started, last, ended = times
         if ended is None:
             # OmniMemory knew its owner by a bare pid only (no start time, no boot id), so
             # omnid cannot tell whether that process still runs: the session ends as reaped.
@@ -242,15 +245,17 @@ class _Converter:
             record = _valid(record)  # type: ignore[assignment]
         except msgspec.ValidationError:
             skipped["invalid"] += 1
-            return None
+            return []
         self.report.sessions["converted"] += 1
-        return started, session_id, [record, *self.context(session_id, s, started)]
+        return [record, *self.context(session_id, s, started)]
 
     def context(self, session_id: str, s: dict, started: float) -> list[Record]:
+        report = self.report.context
         blob = _first(s.get("context_json"), s.get("context"))
         if blob is None:
+            if {"context_json", "context"} & s.get(TOO_LARGE, set()):
+                report["skipped"]["too_large"] += 1
             return []
-        report = self.report.context
         ctx = _json_dict(blob)
         if ctx is None:
             report["skipped"]["bad_context_json"] += 1
@@ -306,21 +311,24 @@ class _Converter:
 
     # -- project memories -----------------------------------------------------------------
 
-    def memories(self, rows: list[dict], workspaces: dict[Any, Any]) -> list[Record]:
+    def memory_groups(self, workspaces: dict[Any, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Every usable memory row, by (omnid project, key): its versions, without their
+        values (read again, a memory at a time, by ``memory``). Their projects are noted."""
         report = self.report.memories
-        report["rows"] = len(rows)
         skipped = report["skipped"]
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in rows:
+        for row in self.source.rows("project_memories", MEMORY_COLUMNS):
+            report["rows"] += 1
             key = _first(row.get("memory_key"), row.get("key"))
-            value = _first(row.get("memory_value"), row.get("value"))
+            value, metadata = self.memory_value(row)
             if not isinstance(key, str) or not key:
                 skipped["no_key"] += 1
                 continue
             if len(key) > 256:
                 skipped["key_too_long"] += 1
                 continue
-            if value is None:
+            over_cap = bool({"memory_value", "value", "metadata_json", "metadata"} & row.get(TOO_LARGE, set()))
+            if value is None and not over_cap:
                 skipped["no_value"] += 1
                 continue
             try:
@@ -337,12 +345,7 @@ class _Converter:
             if expires is not None and expires <= self.now:
                 skipped["expired"] += 1
                 continue
-            metadata = _json_dict(_first(row.get("metadata_json"), row.get("metadata")))
-            if metadata is None:
-                metadata = {"omnimemory_metadata": str(_first(row.get("metadata_json"), row.get("metadata")))}
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            if len(_encode.encode(value)) > MAX_VALUE_BYTES or len(_encode.encode(metadata)) > MAX_METADATA_BYTES:
+            if over_cap or len(_encode.encode(value)) > MAX_VALUE_BYTES or len(_encode.encode(metadata)) > MAX_METADATA_BYTES:
                 skipped["too_large"] += 1
                 continue
             workspace = _first(row.get("workspace_path"), workspaces.get(row.get("project_id")))
@@ -353,39 +356,55 @@ class _Converter:
             accessed = row.get("accessed_count")
             groups.setdefault((project_id, key), []).append(
                 {
+                    ROWID: row[ROWID],
                     "id": _first(row.get("memory_id"), row.get("id")),
-                    "value": value,
-                    "metadata": metadata,
                     "created": created,
                     "expires": expires,
                     "accessed": accessed if isinstance(accessed, int) and accessed > 0 else 0,
                     "last_accessed": last_accessed,
                 }
             )
-        out: list[Record] = []
-        for (project_id, key), versions in sorted(groups.items()):
-            # OmniMemory kept every write of a key as its own row: here they are its versions.
-            versions.sort(key=lambda v: (v["created"], str(v["id"])))
-            newest = versions[-1]
-            memory_id = _memory_id(newest["id"], f"{project_id}:{key}")
-            reads = [v["last_accessed"] for v in versions if v["last_accessed"] is not None]
-            records: list[Record] = [
-                MemoryRecord(
-                    memory_id, project_id, key, newest["value"], newest["metadata"], len(versions),
-                    versions[0]["created"], newest["created"], newest["expires"],
-                    sum(v["accessed"] for v in versions), max(reads) if reads else None,
-                ),
-                *(
-                    MemoryVersionRecord(memory_id, n, v["value"], v["metadata"], v["created"], v["expires"])
-                    for n, v in enumerate(versions, 1)
-                ),
-            ]
-            try:
-                records = [_valid(r) for r in records]
-            except msgspec.ValidationError:
-                skipped["invalid"] += len(versions)
-                continue
-            report["memories"] += 1
-            report["versions"] += len(versions)
-            out += records
-        return out
+        return groups
+
+    @staticmethod
+    def memory_value(row: dict[str, Any]) -> tuple[Any, Any]:
+        """A memory row's value (text) and metadata (a dict)."""
+        value = _first(row.get("memory_value"), row.get("value"))
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        raw = _first(row.get("metadata_json"), row.get("metadata"))
+        metadata = _json_dict(raw)
+        if metadata is None:
+            metadata = {"omnimemory_metadata": str(raw)}
+        return value, metadata
+
+    def memory(self, group: tuple[str, str], versions: list[dict[str, Any]]) -> list[Record]:
+        """One memory with its versions: OmniMemory kept every write of a key as its own row."""
+        project_id, key = group
+        report = self.report.memories
+        versions.sort(key=lambda v: (v["created"], str(v["id"])))
+        for v in versions:
+            row = self.source.row("project_memories", v[ROWID], ("memory_value", "value", "metadata_json", "metadata"))
+            v["value"], v["metadata"] = self.memory_value(row)
+        newest = versions[-1]
+        memory_id = _memory_id(newest["id"], f"{project_id}:{key}")
+        reads = [v["last_accessed"] for v in versions if v["last_accessed"] is not None]
+        records: list[Record] = [
+            MemoryRecord(
+                memory_id, project_id, key, newest["value"], newest["metadata"], len(versions),
+                versions[0]["created"], newest["created"], newest["expires"],
+                sum(v["accessed"] for v in versions), max(reads) if reads else None,
+            ),
+            *(
+                MemoryVersionRecord(memory_id, n, v["value"], v["metadata"], v["created"], v["expires"])
+                for n, v in enumerate(versions, 1)
+            ),
+        ]
+        try:
+            records = [_valid(r) for r in records]
+        except msgspec.ValidationError:
+            report["skipped"]["invalid"] += len(versions)
+            return []
+        report["memories"] += 1
+        report["versions"] += len(versions)
+        return records

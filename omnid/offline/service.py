@@ -25,6 +25,8 @@ from omnid_client.paths import (
     systemd_unit_dir,
 )
 
+from ..safefile import atomic_write, open_private, os_message
+
 Manager = Literal["systemd", "launchd"]
 COMMAND_TIMEOUT = 30.0
 PLACEHOLDER_PYTHON = "/usr/bin/python3"
@@ -216,16 +218,18 @@ def _launchd_target() -> str:
 
 def _write(path: Path, content: bytes) -> Literal["created", "updated", "unchanged"]:
     try:
-        old = path.read_bytes()
-    except FileNotFoundError:
-        old = None
-    if old == content:
-        return "unchanged"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+        try:
+            with os.fdopen(open_private(path, os.O_RDONLY, owned=False), "rb") as f:
+                old: bytes | None = f.read()
+        except FileNotFoundError:
+            old = None
+        if old == content:
+            return "unchanged"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, mode=0o644) as pending:
+            pending.file.write(content)
+    except OSError as e:
+        raise ServiceError(f"cannot write {path}: {os_message(e)}") from None
     return "created" if old is None else "updated"
 
 

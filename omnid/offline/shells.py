@@ -42,7 +42,9 @@ def start(shell: str, pid: int | None = None) -> str:
         )
         session = got.session
         if got.status == "created":
-            client.append_context(session.session_id, [ContextEvent("file_access", session.workspace or os.getcwd(), detail=CWD)])
+            client.append_context(
+                session.session_id, [ContextEvent("file_access", session.workspace or os.getcwd(), detail=CWD)]
+            )
     return session.session_id
 
 

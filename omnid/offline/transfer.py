@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -27,8 +26,9 @@ from omnid_client.protocol import (
     Record,
 )
 
+from ..safefile import atomic_write, check_existing, os_message
 from ..store.migrations import LATEST
-from ..store.transfer import export_records, jsonl
+from ..store.records import export_records, jsonl
 
 BATCH_BYTES = MAX_FRAME - 64 * 1024
 """Encoded records per import request, leaving room for the frame's envelope."""
@@ -48,7 +48,12 @@ class TransferError(OmnidError):
 
 def open_readonly(path: Path, *, check_schema: bool = True) -> sqlite3.Connection:
     """A read-only connection to omnid's database (never creates or changes it)."""
-    if not path.is_file():
+    try:
+        check_existing(Path(f"{path}-wal"))  # SQLite would read through a link planted there too
+        present = check_existing(path)
+    except OSError as e:
+        raise TransferError(os_message(e), "invalid") from None
+    if not present:
         raise TransferError(f"no database at {path} (has omnid ever run with this OMNID_HOME?)", "not_found")
     db = sqlite3.connect(f"file:{quote(os.fspath(path.absolute()))}?mode=ro", uri=True, isolation_level=None)
     try:
@@ -69,61 +74,51 @@ def open_readonly(path: Path, *, check_schema: bool = True) -> sqlite3.Connectio
 
 def backup(database: Path, dest: Path, *, force: bool = False) -> dict[str, Any]:
     """Copy the live database to ``dest`` with SQLite's online backup, check the copy, and
-    only then put it in place. Refuses an existing ``dest`` unless ``force``."""
+    only then put it in place. Refuses an existing ``dest`` unless ``force``, and anything
+    at ``dest`` that is not a regular file."""
     dest = dest.absolute()
-    if dest.is_dir():
-        raise TransferError(f"{dest} is a directory; name the backup file", "invalid")
-    if dest.exists() and not force:
-        raise TransferError(f"{dest} exists; pass --force to overwrite it", "exists")
-    if dest.exists() and database.exists() and dest.samefile(database):
-        raise TransferError(f"{dest} is the database itself", "invalid")
+    if any(_same_file(dest, Path(f"{database}{suffix}")) for suffix in ("", "-wal", "-shm")):
+        raise TransferError(f"{dest} is one of the database's own files", "invalid")
     src = open_readonly(database, check_schema=False)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    except OSError as e:
-        src.close()
-        raise TransferError(f"cannot create {tmp}: {e}", "io") from None
-    try:
-        target = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            # One step: the whole copy reads a single WAL snapshot, so it is consistent and
-            # never restarts however much the daemon writes meanwhile.
-            src.backup(target)
-            target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            check = [r[0] for r in target.execute("PRAGMA integrity_check")]
-            if check != ["ok"]:
-                raise TransferError(f"the backup failed its integrity check: {'; '.join(check[:5])}", "corrupt")
-            info = {
-                "path": str(dest),
-                "schema_version": target.execute("PRAGMA user_version").fetchone()[0],
-                "pages": target.execute("PRAGMA page_count").fetchone()[0],
-                "sessions": _count(target, "sessions"),
-                "memories": _count(target, "memories"),
-                "integrity": "ok",
-            }
-        finally:
-            target.close()
-        _fsync(tmp)
-        if force:
-            os.replace(tmp, dest)
-        else:
+        with atomic_write(dest, overwrite=force) as pending:
+            target = sqlite3.connect(pending.path, isolation_level=None)
             try:
-                os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrite unasked
-            except FileExistsError:
-                raise TransferError(f"{dest} exists; pass --force to overwrite it", "exists") from None
-            os.unlink(tmp)
-        _fsync(dest.parent)
-        info["bytes"] = dest.stat().st_size
+                # One step: the whole copy reads a single WAL snapshot, so it is consistent and
+                # never restarts however much the daemon writes meanwhile.
+                src.backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                check = [r[0] for r in target.execute("PRAGMA integrity_check")]
+                if check != ["ok"]:
+                    raise TransferError(f"the backup failed its integrity check: {'; '.join(check[:5])}", "corrupt")
+                info = {
+                    "path": str(dest),
+                    "schema_version": target.execute("PRAGMA user_version").fetchone()[0],
+                    "pages": target.execute("PRAGMA page_count").fetchone()[0],
+                    "sessions": _count(target, "sessions"),
+                    "memories": _count(target, "memories"),
+                    "integrity": "ok",
+                }
+            finally:
+                target.close()
+        info["bytes"] = os.stat(dest).st_size
         return info
+    except FileExistsError:
+        raise TransferError(f"{dest} exists; pass --force to overwrite it", "exists") from None
     except sqlite3.Error as e:
         raise TransferError(f"backup failed: {e}", "io") from None
     except OSError as e:
-        raise TransferError(f"cannot write {dest}: {e}", "io") from None
+        raise TransferError(f"cannot write {dest}: {os_message(e)}", "io") from None
     finally:
         src.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _count(db: sqlite3.Connection, table: str) -> int:
@@ -131,14 +126,6 @@ def _count(db: sqlite3.Connection, table: str) -> int:
         return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     except sqlite3.Error:
         return 0
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -266,6 +253,7 @@ def merge(total: ImportResult, result: ImportResult) -> None:
         for reason, n in counts.skipped.items():
             into.skipped[reason] = into.skipped.get(reason, 0) + n
     total.reaped.extend(result.reaped)
+    total.why.update(result.why)
 
 
 def import_file(client: Any, path: Path, *, dry_run: bool = False) -> ImportResult:

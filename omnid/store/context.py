@@ -16,7 +16,7 @@ from omnid_client.protocol import (
     SessionContext,
 )
 
-from . import search
+from . import search as search_store
 
 
 def append(
@@ -40,8 +40,9 @@ def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, even
         (session_id, event.kind, event.subject, event.importance, event.detail, created_at),
     )
     if event.kind == "decision":
+        assert cur.lastrowid is not None  # set by every INSERT
         body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
-        search.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
+        search_store.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:

@@ -6,7 +6,7 @@ import sqlite3
 
 from omnid_client.protocol import Message, NewMessage
 
-from . import search
+from . import search as search_store
 from .codec import dumps, from_nanos, loads_dict, to_nanos
 from .sessions import Totals
 
@@ -19,7 +19,7 @@ def add(
     """Append in order to the session whose row read ``session``; returns (message ids,
     message_count, total_tokens, total_cost_nanos)."""
     project_id, count, tokens, nanos = session.project_id, session.message_count, session.total_tokens, session.total_cost_nanos
-    ids = []
+    ids: list[int] = []
     for m in messages:
         count += 1
         cost = to_nanos(m.cost_usd)
@@ -29,8 +29,9 @@ def add(
             f"INSERT INTO messages ({_COLUMNS}) VALUES (NULL,?,?,?,?,?,?,?,?,?)",
             (session_id, count, m.role, m.content, m.message_type, dumps(m.metadata), m.tokens_used, cost, now),
         )
+        assert cur.lastrowid is not None  # set by every INSERT
         ids.append(cur.lastrowid)
-        search.index(db, "message", cur.lastrowid, m.content, session_id=session_id, project_id=project_id, created_at=now)
+        search_store.index(db, "message", cur.lastrowid, m.content, session_id=session_id, project_id=project_id, created_at=now)
     db.execute(
         "UPDATE sessions SET message_count = ?, total_tokens = ?, total_cost_nanos = ?, last_activity = ? "
         "WHERE session_id = ?",

@@ -65,7 +65,8 @@ def page(
     cursor: str | None,
 ) -> tuple[list[Task], str | None]:
     """Tasks, newest first."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("session_id", session_id), ("status", status), ("external_id", external_id)):
         if value is not None:
             where.append(f"{column} = ?")
