@@ -5,11 +5,29 @@ click-free through ``fast``; these definitions give them their help and their er
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable, TypeVar
 
 import click
 
 from ._output import fail_cleanly
 from ._text import echo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def agent_options(other: str) -> Callable[[F], F]:
+    """--tool and --pid, which ``hook`` and ``mcp`` share: both act for the agent's session."""
+
+    def add(fn: F) -> F:
+        fn = click.option(
+            "--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher."
+        )(fn)
+        return click.option(
+            "--tool", "tool_id", default="agent", show_default=True,
+            help=f"Tool id of the agent's session (use the same for `omnid {other}`).",
+        )(fn)
+
+    return add
 
 
 @click.command()
@@ -32,13 +50,7 @@ def init(shell: str) -> None:
 
 
 @click.command()
-@click.option(
-    "--tool", "tool_id", default="agent", show_default=True,
-    help="Tool id of the agent's session (use the same for `omnid mcp`).",
-)
-@click.option(
-    "--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher."
-)
+@agent_options(other="mcp")
 def hook(tool_id: str, pid: int | None) -> None:
     """Record one agent hook event read as JSON on stdin.
 
@@ -91,13 +103,7 @@ def shell_end(session_id: str) -> None:
 
 
 @click.command()
-@click.option(
-    "--tool", "tool_id", default="agent", show_default=True,
-    help="Tool id of the agent's session (use the same for `omnid hook`).",
-)
-@click.option(
-    "--pid", type=int, help="The agent process. Default: the first ancestor that is not a shell -c or launcher."
-)
+@agent_options(other="hook")
 def mcp(tool_id: str, pid: int | None) -> None:
     """Serve MCP over stdin/stdout for the agent that started this (needs `omnid[mcp]`).
 
