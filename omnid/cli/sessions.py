@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Sequence, cast
 
 import click
 
 from omnid_client.protocol import Session, SessionStatus
 
+from . import fast
 from ._output import (
     connect,
     duration,
@@ -34,11 +36,12 @@ def print_sessions(sessions: Sequence[Session]) -> None:
     if not sessions:
         click.echo("no sessions")
         return
+    now = time.time()
     print_table(
-        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "WORKSPACE"],
+        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "DURATION", "WORKSPACE"],
         [
             (s.session_id, s.tool_id, s.owner_pid, s.session_type, s.end_reason or "live",
-             when(s.started_at), when(s.last_activity), s.workspace)
+             when(s.started_at), when(s.last_activity), duration((s.ended_at or now) - s.started_at), s.workspace)
             for s in sessions
         ],
     )
@@ -169,22 +172,7 @@ def session_start(
     meta: tuple[str, ...], as_json: bool,
 ) -> None:
     """Print the id of the live session for TOOL and PID, creating it if needed."""
-    metadata = parse_metadata(meta)
-    with connect() as client:
-        got = client.get_or_create(
-            tool_id,
-            pid=pid if pid is not None else os.getppid(),
-            tool_version=tool_version,
-            workspace=workspace,
-            session_type=session_type,
-            metadata=metadata,
-            # Acting for our parent: if it died and its pid was reused, refuse the stranger.
-            owner_must_be_ancestor=pid is None,
-        )
-    if as_json:
-        print_json(got)
-    else:
-        click.echo(got.session.session_id)
+    fast.session_start(tool_id, pid, session_type, tool_version, workspace, parse_metadata(meta), as_json)
 
 
 @session.command("find")
