@@ -1,5 +1,7 @@
-"""The ``omnid`` command. ``run`` is the entry point: the hot commands go to ``fast`` without
-importing click; everything else to the click group ``main`` (in ``group``, loaded on use)."""
+"""The ``omnid`` command's entry point, which sends hot commands around click.
+
+``run`` hands the hot commands to ``fast`` without importing click, and everything else to
+the click group ``main`` (in ``group``, loaded on use)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The hot commands without click: ``status``, ``session start``, ``hook`` and the ``shell``
-commands ``omnid init`` installs run on every prompt, so they skip click's import. Each
-takes exactly the arguments its click command documents; anything else (``--help``, a
+commands ``omnid init`` installs run on every prompt, so they skip click's import.
+
+Each takes exactly the arguments its click command documents; anything else (``--help``, a
 missing or malformed option) returns None, and click runs the command and says what is
 wrong, so behaviour and messages stay click's."""
 

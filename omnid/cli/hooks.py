@@ -1,5 +1,7 @@
 """Commands that meet AI tools where they live: shell hook code (``init``), the commands it
-runs (``shell``), agent hooks (``hook``) and the MCP server (``mcp``). The hot ones run
+runs (``shell``), agent hooks (``hook``) and the MCP server (``mcp``).
+
+The hot ones run
 click-free through ``fast``; these definitions give them their help and their errors."""
 
 from __future__ import annotations

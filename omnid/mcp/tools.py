@@ -1,5 +1,6 @@
 """The MCP tools: each one's arguments (a msgspec struct, whose JSON schema is the tool's
 input schema), description, and the client calls it makes for the agent's session.
+
 Nothing here imports the MCP SDK, so the schemas can be printed and checked without it."""
 
 from __future__ import annotations
