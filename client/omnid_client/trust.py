@@ -1,7 +1,9 @@
-"""Whom a client talks to. Before a byte is sent, the socket's directory must be one only
-the user (or root) can create names in, and the process serving the socket must run as
-the user (or root), by the kernel's peer credentials: what gpg-agent checks of its socket
-directory and OpenSSH of its peers. Anything else may be another user's fake daemon."""
+"""Whom a client talks to: only a daemon of the user's own (or root's), checked before a byte is sent.
+
+The socket's directory must be one only the user (or root) can create names in, and the
+process serving the socket must run as the user (or root), by the kernel's peer credentials:
+what gpg-agent checks of its socket directory and OpenSSH of its peers. Anything else may be
+another user's fake daemon."""
 
 from __future__ import annotations
 
