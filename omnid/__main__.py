@@ -1,5 +1,5 @@
 """``python -m omnid``: the omnid command line."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

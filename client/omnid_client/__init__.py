@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .client import Client
 from .errors import (
     Conflict,
     InternalError,
@@ -23,10 +22,11 @@ from .errors import (
     Unsupported,
     VersionMismatch,
 )
-from .protocol import Session
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
+    from .client import Client
+    from .protocol import Session
 
 __all__ = [
     "AsyncClient",
@@ -51,8 +51,18 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> type[AsyncClient]:
-    # asyncio costs a blocking tool ~40 ms of import time it never uses: load it on demand.
+def __getattr__(name: str) -> type[Client] | type[Session] | type[AsyncClient]:
+    # Loaded on first use: a hook that only imports the package, or only catches its errors,
+    # pays none of msgspec, the protocol structs or the socket code, and a blocking tool
+    # none of asyncio (~40 ms).
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    if name == "Session":
+        from .protocol import Session
+
+        return Session
     if name == "AsyncClient":
         from .aio import AsyncClient
 

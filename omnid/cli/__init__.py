@@ -1,25 +1,28 @@
-"""The ``omnid`` command: one click group gathering the command modules, each a thin shell over one client call."""
+"""The ``omnid`` command's entry point, which sends hot commands around click.
+
+``run`` hands the hot commands to ``fast`` without importing click, and everything else to
+the click group ``main`` (in ``group``, loaded on use)."""
 
 from __future__ import annotations
 
-import click
-
-from .. import __version__
-from . import checkpoints, compat, content, daemon, data, events, sessions
+import sys
+from typing import Any
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="omnid")
-def main() -> None:
-    """omnid: one local daemon that tells every AI tool process which session it is in."""
+def run() -> None:
+    from .fast import dispatch
+
+    status = dispatch(sys.argv[1:])
+    if status is not None:
+        sys.exit(status)
+    from .group import main
+
+    main()
 
 
-for command in (
-    daemon.serve, daemon.status, daemon.reap, daemon.stop, daemon.stats, daemon.config, daemon.service,
-    sessions.sessions, sessions.session, sessions.projects,
-    content.memories, content.context, content.messages, content.tasks, content.search, checkpoints.checkpoint,
-    events.events,
-    data.backup, data.export_command, data.import_command, data.import_omnimemory, data.retention, data.cleanup,
-    compat.compat,
-):
-    main.add_command(command)
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from .group import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,28 +1,26 @@
 """What every command shares: its client, the --json option, clean failures, and how
-tables, fields, times and ages are printed and parsed."""
+ages, dates and metadata are parsed (printing is in _text, which needs no click)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from datetime import datetime
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn
 
 import click
-import msgspec
 
-from omnid_client import Client, OmnidError, Unavailable
+from omnid_client import Client, OmnidError
 
-from ..safefile import os_message
+from ._text import EXIT_NOT_RUNNING, duration, print_fields, print_json, print_table, report_error, short, when
 
-EXIT_NOT_RUNNING = 3
+__all__ = ["EXIT_NOT_RUNNING", "duration", "print_fields", "print_json", "print_table", "short", "when"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def fail_cleanly(fn: Callable) -> Callable:
-    """Turn omnid errors into one line on stderr (or a JSON error) and an exit status:
+    """Turn omnid errors (and stray OSErrors) into one line on stderr (or a JSON error) and an exit status:
     3 when the daemon cannot be reached, 1 for any other error."""
 
     @functools.wraps(fn)
@@ -30,7 +28,7 @@ def fail_cleanly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (OmnidError, OSError) as e:
-            exit_with_error(e, kwargs.get("as_json", False))
+            exit_with_error(e, bool(kwargs.get("as_json")))
 
     return wrapper
 
@@ -38,14 +36,8 @@ def fail_cleanly(fn: Callable) -> Callable:
 def exit_with_error(e: OmnidError | OSError, as_json: bool) -> NoReturn:
     """One line on stderr (or a JSON error on stdout), then exit 3 if the daemon cannot be
     reached, else 1: a refusal (another uid, an unsafe socket directory) is not "not running".
-    An OSError no command turned into its own error still gets one clean line."""
-    code = getattr(e, "code", type(e).__name__.lower()) if isinstance(e, OmnidError) else "io"
-    message = str(e) if isinstance(e, OmnidError) or e.filename is None else f"{e.filename}: {os_message(e)}"
-    if as_json:
-        click.echo(json.dumps({"error": {"code": code, "message": message}}))
-    else:
-        click.echo(f"omnid: {code}: {message}", err=True)
-    sys.exit(EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1)
+    The click-free hot commands report through the same _text.report_error."""
+    sys.exit(report_error(e, as_json))
 
 
 def connect(autostart: bool = True) -> Client:
@@ -55,49 +47,6 @@ def connect(autostart: bool = True) -> Client:
 def transfer_client() -> Client:
     """A client for calls that move many records: a generous deadline per batch."""
     return Client(client_name="omnid-cli", timeout=120.0)
-
-
-def print_json(value: Any) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
-def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    rows = [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for row in [list(headers)] + rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
-
-
-def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
-    for name, value in fields:
-        if value is not None:
-            click.echo(f"{name + ':':13} {value}")
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d"] if days else []
-    if days or hours:
-        parts.append(f"{hours}h")
-    if days or hours or minutes:
-        parts.append(f"{minutes}m")
-    parts.append(f"{secs}s")
-    return " ".join(parts)
-
-
-def short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def parse_age(text: str) -> float:

@@ -13,23 +13,20 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 import click
 import msgspec
 
-from omnid_client import OmnidError, Unavailable
-from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
-from omnid_client.protocol import DaemonStatus, ReapResult, Settings, version_note
+from omnid_client.paths import daemon_paths
+from omnid_client.protocol import ReapResult, Settings
 
-from .. import __version__
 from ..safefile import os_message
+from . import fast
 from ._output import (
     EXIT_NOT_RUNNING,
     connect,
     duration,
-    exit_with_error,
     fail_cleanly,
     json_option,
     print_fields,
     print_json,
     print_table,
-    when,
 )
 
 if TYPE_CHECKING:
@@ -84,104 +81,7 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
 @json_option
 def status(as_json: bool) -> None:
     """Is the daemon running? Exit status 0 if so, 3 if not."""
-    try:
-        with connect(autostart=False) as client:
-            st = client.status()
-    except Unavailable as e:
-        published = read_status_file()
-        tried = [str(p) for p, _ in socket_candidates()]
-        if as_json:
-            click.echo(json.dumps({"running": False, "reason": str(e), "sockets_tried": tried}))
-        else:
-            click.echo("omnid is not running")
-            click.echo(f"  sockets tried: {', '.join(tried)}")
-            if published:
-                click.echo(f"  last status file names pid {published.get('pid')} (stale)")
-        sys.exit(EXIT_NOT_RUNNING)
-    except OmnidError as e:
-        exit_with_error(e, as_json)
-    note = version_note(__version__, st.version)
-    if as_json:
-        print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note})
-        return
-    print_status(st)
-    if note:
-        click.echo(f"omnid: {note}", err=True)
-    if st.config_state == "invalid":
-        click.echo(f"omnid: the config file is invalid and ignored: {st.config_error}", err=True)
-
-
-def _seconds(value: float, zero: str) -> str:
-    return zero if value == 0 else f"{value:g}s"
-
-
-def _watching(st: DaemonStatus) -> str:
-    text = f"{st.watched_processes} process(es) via {st.watcher}"
-    swept = st.watched_processes - (st.pidfd_watches or 0)
-    if st.pidfd_watches is not None and swept > 0:
-        text += f" ({st.pidfd_watches} with a pidfd, the most its fd limit allows; {swept} by the sweep only)"
-    return text
-
-
-def _storage(st: DaemonStatus) -> str | None:
-    if st.database_used_bytes is None:
-        return None  # an older daemon
-    used = f"{st.database_used_bytes} bytes used"
-    if st.database_quota:
-        used += f" of a {st.database_quota}-byte quota ({100 * st.database_used_bytes / st.database_quota:.0f}%)"
-    else:
-        used += " (no quota)"
-    if st.storage_error:
-        used += f"; WRITES REFUSED: {st.storage_error}"
-    return used
-
-
-def print_status(st: DaemonStatus) -> None:
-    last = (
-        f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
-    )
-    config = None
-    if st.config_path is not None:
-        config = {
-            "default": f"{st.config_path} (no such file: built-in defaults)",
-            "loaded": f"{st.config_path} (loaded {when(st.config_loaded_at)})",
-            "invalid": f"{st.config_path} (INVALID, previous settings kept: {st.config_error})",
-        }.get(st.config_state or "", st.config_path)
-    settings = None
-    if st.settings is not None:
-        s = st.settings
-        settings = (
-            f"sweep every {s.sweep_interval:g}s, idle expiry {_seconds(s.idle_expiry, 'off')}, "
-            f"retention {_seconds(s.retention, 'forever')}, durability {s.durability} "
-            f"(synchronous={st.synchronous}), log level {s.log_level}"
-        )
-    socket_line = st.socket + (" (inherited from systemd)" if st.socket_source == "systemd" else "")
-    lines = [
-        ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
-        ("uptime", duration(st.uptime)),
-        ("socket", socket_line),
-        (
-            "database",
-            f"{st.database} ({st.database_bytes} bytes, WAL {st.wal_bytes} bytes, schema v{st.schema_version})",
-        ),
-        ("storage", _storage(st)),
-        ("log", st.log_target or st.log or "stderr"),
-        ("config", config),
-        ("settings", settings),
-        ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
-        ("upgrade", st.upgrade_error),
-        ("live sessions", str(st.live_sessions)),
-        ("watching", _watching(st)),
-        ("connections", str(st.connections)),
-        ("events", f"{st.event_seq} so far, {st.subscribers} subscriber(s)"),
-        ("last reap", last),
-    ]
-    if st.set_aside:
-        aside = ", ".join(st.set_aside)
-        lines.append(("set aside", f"{aside} (corrupt database found at start; kept, a new one is in use)"))
-    for name, value in lines:
-        if value is not None:
-            click.echo(f"{name + ':':15} {value}")
+    sys.exit(fast.status(as_json))
 
 
 @click.command()
@@ -198,8 +98,10 @@ def reap(dry_run: bool, as_json: bool) -> None:
     verb = "would reap" if dry_run else "reaped"
     click.echo(f"{verb} {len(result.sessions)} session(s)")
     if result.sessions:
-        rows = [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions]
-        print_table(["SESSION", "TOOL", "PID", "CAUSE"], rows)
+        print_table(
+            ["SESSION", "TOOL", "PID", "CAUSE"],
+            [(s.session_id, s.tool_id, s.owner_pid, s.cause) for s in result.sessions],
+        )
 
 
 @click.command()

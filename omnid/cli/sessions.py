@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Sequence, cast
 
 import click
@@ -12,6 +13,7 @@ import msgspec
 
 from omnid_client.protocol import Session, SessionOwner, SessionStatus
 
+from . import fast
 from ._output import (
     connect,
     duration,
@@ -39,11 +41,14 @@ def print_sessions(sessions: Sequence[Session]) -> None:
     if not sessions:
         click.echo("no sessions")
         return
+    now = time.time()
     print_table(
-        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "WORKSPACE", "FLAGS", "TAGS", "TITLE"],
+        ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "DURATION", "WORKSPACE", "FLAGS",
+         "TAGS", "TITLE"],
         [
-            (s.session_id, s.tool_id, s.owner_pid, s.session_type, s.end_reason or "live",
-             when(s.started_at), when(s.last_activity), s.workspace, flags(s), ",".join(s.tags) or None, s.title)
+            (s.session_id, s.tool_id, s.owner_pid, s.session_type, s.end_reason or "live", when(s.started_at),
+             when(s.last_activity), duration((s.ended_at or now) - s.started_at), s.workspace, flags(s),
+             ",".join(s.tags) or None, s.title)
             for s in sessions
         ],
     )
@@ -208,24 +213,10 @@ def session_start(
     meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, as_json: bool,
 ) -> None:
     """Print the id of the live session for TOOL and PID, creating (or resuming) it if needed."""
-    metadata = parse_metadata(meta)
-    with connect() as client:
-        got = client.get_or_create(
-            tool_id,
-            pid=pid if pid is not None else os.getppid(),
-            tool_version=tool_version,
-            workspace=workspace,
-            session_type=session_type,
-            metadata=metadata,
-            # Acting for our parent: if it died and its pid was reused, refuse the stranger.
-            owner_must_be_ancestor=pid is None,
-            resume_key=resume_key,
-            resume_ended=resume_ended,
-        )
-    if as_json:
-        print_json(got)
-    else:
-        click.echo(got.session.session_id)
+    fast.session_start(
+        tool_id, pid, session_type, tool_version, workspace, parse_metadata(meta), as_json,
+        resume_key=resume_key, resume_ended=resume_ended,
+    )
 
 
 @session.command("find")

@@ -263,7 +263,9 @@ def population(daemon, client, spawn_owner) -> list[dict]:
     return made[::-1]
 
 
-HEADER = re.compile(r"^SESSION +TOOL +PID +TYPE +STATUS +STARTED +LAST ACTIVE +WORKSPACE +FLAGS +TAGS +TITLE$")
+HEADER = re.compile(
+    r"^SESSION +TOOL +PID +TYPE +STATUS +STARTED +LAST ACTIVE +DURATION +WORKSPACE +FLAGS +TAGS +TITLE$"
+)
 
 
 def test_sessions_list_prints_a_table_newest_first(population):

@@ -1,0 +1,86 @@
+"""How every command prints, without click: the hot commands share it with the rest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+EXIT_NOT_RUNNING = 3
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """A line on stdout (or stderr), flushed: what click.echo does with text."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def error_code(e: Exception) -> str:
+    return getattr(e, "code", type(e).__name__.lower())
+
+
+def report_error(e: Exception, as_json: bool) -> int:
+    """One line on stderr (or a JSON error on stdout) for an omnid error, or an OSError no
+    command turned into its own error; returns the exit status: 3 when the daemon cannot be
+    reached, 1 for any other error."""
+    from omnid_client import Unavailable
+
+    code, message = error_code(e), str(e)
+    if isinstance(e, OSError):
+        code = "io"
+        if e.filename is not None:
+            from ..safefile import os_message
+
+            message = f"{e.filename}: {os_message(e)}"
+    if as_json:
+        echo(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        echo(f"omnid: {code}: {message}", err=True)
+    return EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1
+
+
+def print_json(value: Any) -> None:
+    import msgspec
+
+    echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for row in [list(headers)] + rows:
+        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_fields(fields: Sequence[tuple[str, Any]], width: int = 13) -> None:
+    for name, value in fields:
+        if value is not None:
+            echo(f"{name + ':':{width}} {value}")
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+def short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
