@@ -279,3 +279,82 @@ def omnid_error(*args: str, cwd: Path | None = None) -> dict:
     r = run_omnid(*args, "--json", cwd=cwd)
     assert r.returncode == 1, f"omnid {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
     return json.loads(r.stdout)["error"]
+
+
+# --- owner processes as the kernel sees them -------------------------------------------
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] is the state (field 3)."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rindex(b")") + 2 :].decode().split()
+
+
+def start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks after boot: field 22 of /proc/PID/stat."""
+    return int(proc_stat(pid)[22 - 3])
+
+
+def process_state(pid: int) -> str:
+    return proc_stat(pid)[0]
+
+
+class ForkedOwner:
+    """A child of the test process that runs until ``exit()``, and then stays an unreaped
+    zombie until the fixture's teardown waits for it."""
+
+    def __init__(self) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: block until the parent writes or goes away, then exit
+            os.close(w)
+            try:
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+        os.close(r)
+        self.pid = pid
+        self._w = w
+        self.reaped = False
+
+    def exit(self) -> None:
+        """Make it exit and wait until it is a zombie (not reaped)."""
+        if self._w >= 0:
+            os.write(self._w, b"x")
+            os.close(self._w)
+            self._w = -1
+        wait_for(lambda: process_state(self.pid) == "Z", what=f"child {self.pid} to become a zombie")
+
+    def reap(self) -> None:
+        if not self.reaped:
+            if self._w >= 0:
+                os.close(self._w)
+                self._w = -1
+            os.waitpid(self.pid, 0)
+            self.reaped = True
+
+
+@pytest.fixture
+def forked_owner() -> Iterator[Callable[[], ForkedOwner]]:
+    """``forked_owner()`` forks a child that lives until its ``exit()``; all are reaped at the end."""
+    owners: list[ForkedOwner] = []
+
+    def fork() -> ForkedOwner:
+        owners.append(ForkedOwner())
+        return owners[-1]
+
+    yield fork
+    for owner in owners:
+        owner.reap()
+
+
+@pytest.fixture
+def zombie(forked_owner) -> Callable[[], int]:
+    """``zombie()``: the pid of a child of the test process that has exited but is not reaped."""
+
+    def make() -> int:
+        owner = forked_owner()
+        owner.exit()
+        return owner.pid
+
+    return make

@@ -1,0 +1,202 @@
+"""Process identity against the kernel's own record of real processes: start ticks from
+/proc, zombies, pid reuse, reboots (a changed boot id), ownership and ancestry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import start_ticks
+from omnid_client import Invalid, NotFound, PermissionDenied
+
+from omnid import identity
+from omnid.identity import ProcessIdentity, boot_id, check_ancestor, inspect, is_alive, owner_process
+
+KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+NOBODY = 65534
+
+
+def real_identity(pid: int) -> ProcessIdentity:
+    return ProcessIdentity(pid, start_ticks(pid), KERNEL_BOOT_ID)
+
+
+def run_python(code: str, **env: str) -> str:
+    """``code`` run by a fresh interpreter (a fresh boot id cache) with ``env`` added."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+# --- inspect: what the kernel says ------------------------------------------------------
+
+
+def test_inspect_reads_the_start_ticks_and_owner_of_a_running_process(spawn_owner):
+    owner = spawn_owner()
+    info = inspect(owner.pid)
+    assert info is not None
+    assert info.identity == real_identity(owner.pid)
+    assert info.uid == os.getuid()
+
+
+def test_inspect_sees_another_users_process_as_theirs(spawn_owner):
+    owner = spawn_owner(user=NOBODY)
+    info = inspect(owner.pid)
+    assert info is not None and info.uid == NOBODY
+    assert info.identity == real_identity(owner.pid)
+
+
+def test_a_zombie_is_not_running(zombie):
+    pid = zombie()
+    assert inspect(pid) is None
+
+
+def test_an_exited_and_reaped_process_is_not_running(spawn_owner):
+    owner = spawn_owner()
+    owner.kill()
+    owner.wait()
+    assert inspect(owner.pid) is None
+
+
+def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields(tmp_path):
+    # The kernel puts the command name in parentheses; a name holding ") " must not move
+    # the start time read from the fields after it.
+    odd = tmp_path / "a) b (c"
+    odd.symlink_to("/bin/sleep")
+    proc = subprocess.Popen([str(odd), "600"])
+    try:
+        info = inspect(proc.pid)
+        assert info is not None and info.identity == real_identity(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- is_alive: the very same process, or why not ------------------------------------------
+
+
+def test_the_recorded_process_is_alive(spawn_owner):
+    owner = spawn_owner()
+    assert is_alive(real_identity(owner.pid)) == (True, "running")
+
+
+def test_a_zombie_owner_is_dead(zombie):
+    pid = zombie()
+    assert is_alive(ProcessIdentity(pid, start_ticks(pid), KERNEL_BOOT_ID)) == (False, "process exited")
+
+
+@pytest.mark.parametrize("shift", [1, -1], ids=["started-later", "started-earlier"])
+def test_a_pid_whose_start_differs_is_another_process(spawn_owner, shift):
+    owner = spawn_owner()
+    recorded = ProcessIdentity(owner.pid, start_ticks(owner.pid) + shift, KERNEL_BOOT_ID)
+    assert is_alive(recorded) == (False, "pid reused by another process")
+
+
+def test_a_process_of_the_previous_boot_is_dead_even_if_its_pid_and_start_match(spawn_owner):
+    owner = spawn_owner()
+    recorded = ProcessIdentity(owner.pid, start_ticks(owner.pid), "a-previous-boot")
+    assert is_alive(recorded) == (False, "machine rebooted")
+
+
+# --- the boot id and its test seam ----------------------------------------------------------
+
+
+def test_the_boot_id_is_the_kernels():
+    assert boot_id() == KERNEL_BOOT_ID
+
+
+def test_the_boot_id_file_seam_stands_in_for_the_kernels(tmp_path):
+    seam = tmp_path / "boot_id"
+    seam.write_text("simulated-boot-2\n")
+    code = "from omnid.identity import boot_id, inspect; import os; print(boot_id(), inspect(os.getpid()).identity.boot_id)"
+    assert run_python(code, OMNID_BOOT_ID_FILE=str(seam)).split() == ["simulated-boot-2"] * 2
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "link"])
+def test_an_unusable_boot_id_file_is_an_error_naming_it(tmp_path, make):
+    seam = tmp_path / "boot_id"
+    if make == "empty":
+        seam.write_text("\n")
+    elif make == "link":
+        (tmp_path / "target").write_text("planted\n")
+        seam.symlink_to(tmp_path / "target")
+    code = (
+        "from omnid.identity import boot_id\n"
+        "try:\n    print(boot_id())\nexcept RuntimeError as e:\n    print('error', e)"
+    )
+    out = run_python(code, OMNID_BOOT_ID_FILE=str(seam))
+    assert out.startswith("error OMNID_BOOT_ID_FILE=") and str(seam) in out
+
+
+# --- owner_process: who a session may be bound to -------------------------------------------
+
+
+def test_a_running_process_of_the_caller_may_own_a_session(spawn_owner):
+    owner = spawn_owner()
+    info = owner_process(owner.pid, os.getuid())
+    assert info.identity == real_identity(owner.pid) and info.uid == os.getuid()
+
+
+def test_a_zombie_may_not_own_a_session(zombie):
+    pid = zombie()
+    with pytest.raises(NotFound) as exc:
+        owner_process(pid, os.getuid())
+    assert exc.value.details == {"field": "pid"}
+
+
+def test_another_users_process_may_not_own_a_session(spawn_owner):
+    owner = spawn_owner(user=NOBODY)
+    with pytest.raises(PermissionDenied) as exc:
+        owner_process(owner.pid, os.getuid())
+    assert exc.value.details == {"field": "pid"}
+    assert owner_process(owner.pid, NOBODY).uid == NOBODY
+
+
+@pytest.mark.parametrize("pid", [0, -1, True, identity.pid_max() + 1])
+def test_pids_out_of_range_are_invalid(pid):
+    with pytest.raises(Invalid) as exc:
+        owner_process(pid, os.getuid())
+    assert exc.value.details == {"field": "pid"}
+
+
+def test_the_highest_pid_is_in_range_but_runs_nothing():
+    # Pids run up to pid_max - 1, so pid_max passes the range check and is found by no one.
+    with pytest.raises(NotFound):
+        owner_process(identity.pid_max(), os.getuid())
+
+
+def test_pid_max_is_the_kernels():
+    assert identity.pid_max() == int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
+def test_what_the_reaper_knows_is_trusted_without_a_look_at_proc(spawn_owner):
+    owner = spawn_owner()
+    known = identity.ProcessInfo(ProcessIdentity(owner.pid, 12345, "known-boot"), os.getuid())
+    assert owner_process(owner.pid, os.getuid(), known) is known
+
+
+# --- check_ancestor ------------------------------------------------------------------------
+
+
+def test_the_caller_and_its_ancestors_are_allowed_and_others_not(spawn_owner):
+    me = os.getpid()
+    check_ancestor(me, me)
+    check_ancestor(os.getppid(), me)
+    check_ancestor(1, me)
+    stranger = spawn_owner()
+    with pytest.raises(PermissionDenied) as exc:
+        check_ancestor(stranger.pid, me)
+    assert exc.value.details["field"] == "pid"
+    assert exc.value.details["ancestors"][0] == os.getppid()
+
+
+def test_cwd_of_a_process_and_of_none(spawn_owner):
+    owner = spawn_owner()
+    assert identity.cwd_of(owner.pid) == os.getcwd()
+    owner.kill()
+    owner.wait()
+    assert identity.cwd_of(owner.pid) is None

@@ -1,0 +1,334 @@
+"""The reaper on its own, in this process: a real Store on a real SQLite file, a real event
+loop, real pidfds and real owner processes (running, exited, zombie, or a live pid whose
+recorded start differs, i.e. reused). Each way a dead owner is found is tested apart, since
+each one alone stands between a dead owner and a session that never ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+import pytest
+from conftest import start_ticks
+from omnid_client import NotFound
+from omnid_client.protocol import Session
+
+from omnid.identity import ProcessIdentity, boot_id
+from omnid.reaper import PidfdWatcher, PollingWatcher, Reaper
+from omnid.store import Store
+from omnid.store import sessions as q
+
+RUNNING = "running"
+EXITED = "process exited"
+REUSED = "pid reused by another process"
+REBOOTED = "machine rebooted"
+
+
+def identity_of(pid: int, *, shift: int = 0, boot: str | None = None) -> ProcessIdentity:
+    """``pid`` as recorded: its real start ticks moved by ``shift`` (a reused pid), and
+    ``boot`` as the boot id (another boot) instead of this one."""
+    return ProcessIdentity(pid, start_ticks(pid) + shift, boot or boot_id())
+
+
+def add_session(store: Store, owner: ProcessIdentity, *, tool: str = "tool", dedup: bool = True) -> str:
+    sid = str(uuid.uuid4())
+    now = store.now()
+    session = Session(sid, tool, None, "default", owner.pid, owner.start, owner.boot_id, None, {}, now, now)
+    with store.write() as db:
+        q.insert(db, session, dedup=dedup)
+    return sid
+
+
+def end_reason(store: Store, sid: str) -> str | None:
+    session = q.get(store.db, sid)
+    assert session is not None
+    return session.end_reason
+
+
+def open_fds() -> int:
+    return psutil.Process().num_fds()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "omnid.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def make_reaper(store, loop) -> Iterator[Callable[..., Reaper]]:
+    made: list[Reaper] = []
+
+    def make(sweep_interval: float = 3600.0) -> Reaper:
+        made.append(Reaper(store, loop, sweep_interval=sweep_interval))
+        return made[-1]
+
+    yield make
+    for reaper in made:
+        reaper.stop()
+
+
+@pytest.fixture
+def reaper(make_reaper) -> Reaper:
+    return make_reaper()
+
+
+def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Run the event loop until ``predicate()`` holds; fail after ``timeout`` seconds."""
+
+    async def poll() -> None:
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out after {timeout}s")
+            await asyncio.sleep(0.005)
+
+    loop.run_until_complete(poll())
+
+
+@pytest.fixture
+def owners(spawn_owner, zombie):
+    """One owner process in each state the sweep tells apart, and the cause it must give."""
+
+    def make() -> dict[str, tuple[ProcessIdentity, str]]:
+        exited = spawn_owner()
+        exited_identity = identity_of(exited.pid)
+        exited.kill()
+        exited.wait()
+        zombie_pid = zombie()
+        return {
+            "running": (identity_of(spawn_owner().pid), RUNNING),
+            "exited": (exited_identity, EXITED),
+            "zombie": (ProcessIdentity(zombie_pid, start_ticks(zombie_pid), boot_id()), EXITED),
+            "reused": (identity_of(spawn_owner().pid, shift=1), REUSED),
+            "rebooted": (identity_of(spawn_owner().pid, boot="a-previous-boot"), REBOOTED),
+        }
+
+    return make
+
+
+# --- sweeps: startup, `omnid reap` and the periodic timer ---------------------------------
+
+
+def test_the_startup_sweep_ends_exactly_the_sessions_whose_owner_is_gone(store, reaper, owners):
+    made = owners()
+    sids = {name: add_session(store, owner) for name, (owner, _) in made.items()}
+    result = reaper.start()
+    assert not result.dry_run
+    assert {(s.session_id, s.cause) for s in result.sessions} == {
+        (sids[name], cause) for name, (_, cause) in made.items() if cause != RUNNING
+    }
+    assert {s.owner_pid for s in result.sessions} == {owner.pid for owner, cause in made.values() if cause != RUNNING}
+    assert all(s.tool_id == "tool" for s in result.sessions)
+    assert reaper.last_reap is not None and (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("startup", 4)
+    for name, (_, cause) in made.items():
+        assert end_reason(store, sids[name]) == (None if cause == RUNNING else "reaped"), name
+    assert set(reaper.owners) == {made["running"][0]}, "only the running owner is watched"
+
+
+@pytest.mark.parametrize("state", ["exited", "zombie", "reused", "rebooted"])
+def test_a_manual_sweep_finds_a_dead_owner_that_no_exit_event_reported(store, reaper, owners, state):
+    made = owners()
+    reaper.start()
+    keep = add_session(store, made["running"][0])
+    reaper.track(keep, made["running"][0])
+    owner, cause = made[state]
+    sid = add_session(store, owner)  # recorded, never watched: only a sweep can find it
+
+    dry = reaper.sweep(trigger="manual", dry_run=True)
+    assert dry.dry_run and [(s.session_id, s.cause) for s in dry.sessions] == [(sid, cause)]
+    assert end_reason(store, sid) is None, "a dry run ends nothing"
+    assert reaper.last_reap.trigger == "startup", "a dry run is not a reap"
+
+    real = reaper.sweep(trigger="manual")
+    assert not real.dry_run and [(s.session_id, s.cause) for s in real.sessions] == [(sid, cause)]
+    assert end_reason(store, sid) == "reaped" and end_reason(store, keep) is None
+    assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("manual", 1)
+    assert reaper.sweep(trigger="manual").sessions == [], "reaped once only"
+
+
+def test_sessions_of_one_dead_owner_are_all_ended_by_one_sweep(store, reaper, owners):
+    owner, cause = owners()["reused"]
+    sids = {add_session(store, owner, tool=f"tool-{i}") for i in range(3)}
+    result = reaper.sweep()
+    assert {s.session_id for s in result.sessions} == sids and {s.cause for s in result.sessions} == {cause}
+    assert reaper.last_reap.reaped == 3
+
+
+def test_the_periodic_sweep_finds_a_reused_pid_and_runs_the_periodic_checks(store, make_reaper, spawn_owner):
+    reaper = make_reaper(sweep_interval=0.05)
+    checks: list[int] = []
+    reaper.periodic.append(lambda: checks.append(1))
+    reaper.periodic.insert(0, lambda: 1 / 0)  # a failing check stops neither the others nor the timer
+    reaper.start()
+    assert reaper.last_reap.trigger == "startup"
+    sid = add_session(store, identity_of(spawn_owner().pid, shift=-1))
+    run_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+    assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("sweep", 1)
+    count = len(checks)
+    assert count >= 1
+    run_until(reaper.loop, lambda: len(checks) > count)  # the timer keeps firing
+
+
+def test_a_new_interval_reschedules_the_next_sweep(store, make_reaper, spawn_owner):
+    reaper = make_reaper(sweep_interval=3600)
+    reaper.start()
+    sid = add_session(store, identity_of(spawn_owner().pid, shift=1))
+    reaper.set_interval(0.05)
+    assert reaper.sweep_interval == 0.05
+    run_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+    assert reaper.last_reap.trigger == "sweep"
+
+
+# --- watches: exit events, and a pid reused before its watch is opened ---------------------
+
+
+def test_an_owners_exit_event_ends_its_sessions_and_closes_its_watch(store, reaper, spawn_owner):
+    reaper.start()
+    proc = spawn_owner()
+    owner = identity_of(proc.pid)
+    before = open_fds()
+    sids = [add_session(store, owner, tool=f"t{i}") for i in range(2)]
+    for sid in sids:
+        reaper.track(sid, owner)
+    assert open_fds() == before + 1, "one watch per owner, however many sessions"
+    assert reaper.known_owner(proc.pid).identity == owner
+    proc.kill()
+    proc.wait()
+    assert reaper.known_owner(proc.pid) is None, "a fired watch is not proof of life"
+    run_until(reaper.loop, lambda: all(end_reason(store, s) == "reaped" for s in sids))
+    assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("exit event", 2)
+    assert reaper.owners == {} and open_fds() == before
+
+
+def test_a_pid_reused_before_its_watch_is_opened_is_not_watched(store, reaper, spawn_owner):
+    reaper.start()
+    recorded = identity_of(spawn_owner().pid, shift=1)
+    before = open_fds()
+    with pytest.raises(NotFound) as exc:
+        reaper.track(add_session(store, recorded), recorded)
+    assert exc.value.details == {"field": "pid"}
+    assert reaper.owners == {} and reaper.known_owner(recorded.pid) is None
+    assert open_fds() == before, "the pidfd opened for the check is closed again"
+
+
+@pytest.mark.parametrize("state", ["exited", "zombie", "reused", "rebooted"])
+def test_a_resync_does_not_watch_a_dead_owner_and_ends_its_sessions(store, reaper, owners, state):
+    made = owners()
+    reaper.start()
+    owner, _ = made[state]
+    sid = add_session(store, owner)  # e.g. imported, or left by a lost batch
+    before = open_fds()
+    reaper.resync()
+    assert end_reason(store, sid) == "reaped"
+    assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("resync", 1)
+    assert owner not in reaper.owners and open_fds() == before
+
+
+def test_a_resync_watches_running_owners_and_forgets_ended_sessions(store, reaper, spawn_owner):
+    reaper.start()
+    owner = identity_of(spawn_owner().pid)
+    sid = add_session(store, owner)
+    before = open_fds()
+    reaper.resync()
+    assert reaper.owners == {owner: {sid}} and open_fds() == before + 1
+    with store.write() as db:
+        q.end(db, [sid], "ended", store.now())
+    reaper.resync()
+    assert reaper.owners == {} and open_fds() == before
+
+
+@pytest.mark.parametrize("state, watched", [("running", True), ("exited", False), ("zombie", False), ("reused", False)])
+def test_the_pidfd_watch_is_armed_only_for_the_recorded_process(loop, owners, state, watched):
+    owner, _ = owners()[state]
+    fired: list[ProcessIdentity] = []
+    watcher = PidfdWatcher(loop, fired.append)
+    before = open_fds()
+    try:
+        assert watcher.watch(owner) is watched
+        assert watcher.running(owner) is watched
+        assert open_fds() == before + watched
+    finally:
+        watcher.close()
+    assert open_fds() == before and fired == []
+
+
+@pytest.mark.parametrize("state", ["running", "exited", "zombie", "reused", "rebooted"])
+def test_the_polling_watcher_checks_the_identity_and_never_claims_a_process_runs(loop, owners, state):
+    owner, cause = owners()[state]
+    watcher = PollingWatcher(loop, lambda _: None)
+    assert watcher.watch(owner) is (cause == RUNNING)
+    assert watcher.running(owner) is False
+
+
+# --- untracking: the watch goes with the owner's last session -------------------------------
+
+
+def test_the_watch_stays_until_the_owners_last_session_is_untracked(store, reaper, spawn_owner):
+    reaper.start()
+    proc = spawn_owner()
+    owner = identity_of(proc.pid)
+    before = open_fds()
+    a, b = add_session(store, owner, dedup=True), add_session(store, owner, dedup=False)
+    reaper.track(a, owner)
+    reaper.track(b, owner)
+    reaper.untrack(a, owner)
+    assert reaper.owners == {owner: {b}} and open_fds() == before + 1
+    assert reaper.known_owner(proc.pid) is not None
+    reaper.untrack(a, owner)  # twice: nothing more happens
+    assert reaper.owners == {owner: {b}}
+    reaper.untrack(b, owner)
+    assert reaper.owners == {} and open_fds() == before
+    assert reaper.known_owner(proc.pid) is None
+    reaper.untrack(b, ProcessIdentity(proc.pid, owner.start + 1, owner.boot_id))  # unknown: ignored
+
+
+def test_stop_closes_every_watch(store, make_reaper, spawn_owner):
+    reaper = make_reaper()
+    reaper.start()
+    before = open_fds()
+    for _ in range(3):
+        owner = identity_of(spawn_owner().pid)
+        reaper.track(add_session(store, owner), owner)
+    assert open_fds() == before + 3
+    reaper.stop()
+    assert open_fds() == before and reaper.owners == {}
+
+
+def test_a_failed_end_is_retried_until_it_commits(tmp_path, loop, spawn_owner):
+    """A dead owner's sessions that cannot be ended now (the database refuses writes) are
+    ended by a retry a moment later, not left live until the next sweep."""
+    store = Store(tmp_path / "omnid.db")
+    reaper = Reaper(store, loop, sweep_interval=3600)
+    try:
+        reaper.start()
+        proc = spawn_owner()
+        owner = identity_of(proc.pid)
+        sid = add_session(store, owner)
+        reaper.track(sid, owner)
+        blocker = sqlite3.connect(tmp_path / "omnid.db", isolation_level=None)
+        store.db.execute("PRAGMA busy_timeout = 0")
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        proc.kill()
+        proc.wait()
+        run_until(loop, lambda: reaper._retry is not None)
+        assert end_reason(store, sid) is None
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        run_until(loop, lambda: end_reason(store, sid) == "reaped")
+    finally:
+        reaper.stop()
+        store.close()
