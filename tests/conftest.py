@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,6 +47,13 @@ def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:
         return db.execute(sql, args).fetchall()
     finally:
         db.close()
+
+
+def unread_by_peer(sock: socket.socket) -> int:
+    """Bytes sent on a Unix stream socket that its peer has not read yet (SIOCOUTQ)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+    return buf[0]
 
 
 def accepts(path: Path) -> bool:

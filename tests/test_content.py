@@ -58,6 +58,11 @@ def start(client: Client, workspace: Path, tool: str = TOOL) -> Session:
     return client.get_or_create(tool, workspace=str(workspace), dedup=False).session
 
 
+def daemon_clock(client: Client) -> float:
+    st = client.status()
+    return st.started_at + st.uptime
+
+
 def ended(client: Client, workspace: Path) -> Session:
     return client.end(start(client, workspace).session_id)
 
@@ -1089,7 +1094,9 @@ def test_cleanup_removes_only_old_ended_empty_sessions(client, home, tmp_path):
     for s in (with_task, with_message, with_context, with_memory):
         client.end(s.session_id)
     live = start(client, tmp_path / "l")
-    time.sleep(0.4)
+    # A margin on the daemon's clock (which judges the ages) between `live` and `young`,
+    # so the cutoff between them stays clear of the latency of the calls below.
+    wait_for(lambda: daemon_clock(client) > live.started_at + 0.4, what="the daemon's clock to move on")
     young = ended(client, tmp_path / "y")
     cutoff = (live.started_at + young.started_at) / 2
     before = table_counts(home)

@@ -30,7 +30,7 @@ import msgspec
 import pytest
 
 import omnid
-from conftest import DaemonProcess, accepts, gone, omnid_daemons, wait_for
+from conftest import DaemonProcess, accepts, gone, omnid_daemons, unread_by_peer, wait_for
 from omnid.server import HANDSHAKE_TIMEOUT
 from omnid.store.migrations import LATEST
 from omnid_client import Client, OmnidError, Unavailable
@@ -607,7 +607,8 @@ def test_frames_split_anywhere_across_reads_are_reassembled(daemon, spawn_owner)
             w.send(data[at : at + sizes[k % len(sizes)]])
             at += sizes[k % len(sizes)]
             k += 1
-            time.sleep(0.002)  # each piece arrives in a read of its own
+            # The daemon has read this piece before the next is sent: each is a read of its own.
+            wait_for(lambda: unread_by_peer(w.sock) == 0, what="the daemon to read the piece")
         replies = [w.reply() for _ in range(6)]
     assert [r.id for r in replies] == list(range(6))
     assert all(r.error is None for r in replies), [r.error for r in replies]
