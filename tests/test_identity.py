@@ -200,3 +200,92 @@ def test_cwd_of_a_process_and_of_none(spawn_owner):
     owner.kill()
     owner.wait()
     assert identity.cwd_of(owner.pid) is None
+
+
+# --- the portable path (psutil), which macOS and the BSDs take, checked against /proc -------
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """identity as it runs where there is no /proc/PID/stat to read."""
+    monkeypatch.setattr(identity, "LINUX", False)
+
+
+def test_the_portable_path_reads_the_kernels_create_time_in_microseconds(portable, spawn_owner):
+    import psutil
+
+    owner = spawn_owner()
+    info = inspect(owner.pid)
+    assert info is not None and info.uid == os.getuid()
+    assert info.identity == ProcessIdentity(owner.pid, round(psutil.Process(owner.pid).create_time() * 1_000_000), boot_id())
+    assert is_alive(info.identity) == (True, "running")
+    other = spawn_owner(user=NOBODY)
+    assert inspect(other.pid).uid == NOBODY
+
+
+def test_the_portable_path_sees_zombies_and_exited_processes_as_gone(portable, spawn_owner, zombie):
+    assert inspect(zombie()) is None
+    gone = spawn_owner()
+    gone.kill()
+    gone.wait()
+    assert inspect(gone.pid) is None
+
+
+# --- ranges, messages, uids and ancestry in detail ----------------------------------------------
+
+
+def test_pid_1_is_in_range():
+    try:
+        info = owner_process(1, os.getuid())
+    except PermissionDenied:  # not root: init is someone else's
+        return
+    assert info.identity.pid == 1 and info.uid == 0
+
+
+def test_refusals_say_which_pid_and_why(spawn_owner, zombie):
+    with pytest.raises(Invalid, match=rf"^pid 0 is out of range: must be between 1 and {identity.pid_max()}$"):
+        owner_process(0, os.getuid())
+    pid = zombie()
+    with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$"):
+        owner_process(pid, os.getuid())
+    other = spawn_owner(user=NOBODY)
+    with pytest.raises(PermissionDenied, match=rf"^process {other.pid} belongs to uid {NOBODY}, not to the caller \(uid 4242\)$"):
+        owner_process(other.pid, 4242)
+    stranger = spawn_owner()
+    with pytest.raises(PermissionDenied, match=rf"^process {stranger.pid} is neither the caller \(pid {os.getpid()}\) nor one of its ancestors$"):
+        check_ancestor(stranger.pid, os.getpid())
+
+
+def test_a_process_whose_real_uid_is_the_callers_is_the_callers_whatever_its_effective_uid(tmp_path):
+    """A setuid program run by the user: /proc shows it as owned by its effective uid, but
+    the user started it and it may own the user's sessions."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a process with differing real and effective uids")
+    code = f"import os, sys; os.setresuid({NOBODY}, 0, 0); sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        info = owner_process(proc.pid, NOBODY)
+        assert info.identity == real_identity(proc.pid) and info.uid == 0
+        with pytest.raises(PermissionDenied):
+            owner_process(proc.pid, 4242)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ancestors_are_those_of_the_caller_named(spawn_owner):
+    child = spawn_owner()
+    check_ancestor(os.getpid(), child.pid)  # the test process is the child's parent
+    with pytest.raises(PermissionDenied) as exc:
+        check_ancestor(spawn_owner().pid, child.pid)
+    assert exc.value.details["ancestors"][:2] == [os.getpid(), os.getppid()]
+
+
+def test_a_caller_that_is_gone_has_no_ancestors(spawn_owner):
+    gone = spawn_owner()
+    gone.kill()
+    gone.wait()
+    with pytest.raises(PermissionDenied) as exc:
+        check_ancestor(1, gone.pid)
+    assert exc.value.details == {"field": "pid", "ancestors": []}

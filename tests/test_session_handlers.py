@@ -230,3 +230,17 @@ def test_summary_counts_what_the_session_holds(daemon):
     done = call(daemon, "session.summary", session_id=s.session_id)
     assert not done.live and done.ended_at == ended.ended_at
     assert done.duration == pytest.approx(ended.ended_at - s.started_at)
+
+
+def test_the_default_workspace_is_the_owners_cwd_not_the_daemons(daemon, tmp_path):
+    import subprocess
+
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    owner = subprocess.Popen(["sleep", "600"], cwd=elsewhere)
+    try:
+        s = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
+        assert s.workspace == str(elsewhere) != os.getcwd()
+    finally:
+        owner.kill()
+        owner.wait()
