@@ -283,7 +283,12 @@ class Store:
         if str(e) == text and now - logged_at < 60.0:
             self._failure = (text, logged_at, since + 1)
             return
-        more = f" (and {since} more time(s) in the last minute)" if since else ""
+        if not since:
+            more = ""
+        elif str(e) == text:
+            more = f" (and {since} more time(s) in the last minute)"
+        else:  # the repeats not logged were of the previous failure, not of this one
+            more = f" (after {since} more time(s) of: {text})"
         log.error("commit failed: %s%s", e, more)
         self._failure = (str(e), now, 0)
 
