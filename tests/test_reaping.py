@@ -332,3 +332,36 @@ def test_a_failed_end_is_retried_until_it_commits(tmp_path, loop, spawn_owner):
     finally:
         reaper.stop()
         store.close()
+
+
+def test_retries_back_off_doubling_up_to_the_sweep_interval_and_reset_after_success(tmp_path, loop, spawn_owner):
+    store = Store(tmp_path / "omnid.db")
+    reaper = Reaper(store, loop, sweep_interval=3.0)
+    try:
+        reaper.start()
+        proc = spawn_owner()
+        owner = identity_of(proc.pid)
+        sid = add_session(store, owner)
+        reaper.track(sid, owner)
+        assert reaper.known_owner(proc.pid).uid == os.getuid()
+        blocker = sqlite3.connect(tmp_path / "omnid.db", isolation_level=None)
+        store.db.execute("PRAGMA busy_timeout = 0")
+        blocker.execute("BEGIN IMMEDIATE")
+        proc.kill()
+        proc.wait()
+        run_until(loop, lambda: reaper._retry is not None)
+        delays = []
+        for _ in range(4):  # each retry fails again while the lock is held, and waits longer
+            delays.append(round(reaper._retry.when() - loop.time(), 1))
+            reaper._retry.cancel()
+            reaper._retry_fired()
+        assert delays == [1.0, 2.0, 3.0, 3.0]
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        reaper._retry.cancel()
+        reaper._retry_fired()
+        assert end_reason(store, sid) == "reaped" and reaper._retry is None
+        assert reaper._retry_delay == 1.0, "a retry that commits starts the next backoff afresh"
+    finally:
+        reaper.stop()
+        store.close()
