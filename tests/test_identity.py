@@ -289,3 +289,14 @@ def test_a_caller_that_is_gone_has_no_ancestors(spawn_owner):
     with pytest.raises(PermissionDenied) as exc:
         check_ancestor(1, gone.pid)
     assert exc.value.details == {"field": "pid", "ancestors": []}
+
+
+def test_the_boot_id_file_is_read_in_full_up_to_its_first_256_bytes(tmp_path):
+    seam = tmp_path / "boot_id"
+    seam.write_text("  boot-x \n")
+    assert identity._boot_id_from(str(seam)) == "boot-x"
+    seam.write_text("y" * 300)
+    assert identity._boot_id_from(str(seam)) == "y" * 256
+    os.mkfifo(tmp_path / "fifo")  # nothing writes to it: must not block
+    with pytest.raises(RuntimeError, match="the file is empty"):
+        identity._boot_id_from(str(tmp_path / "fifo"))
