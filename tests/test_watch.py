@@ -186,3 +186,39 @@ def test_after_close_nothing_is_watched_or_called(loop, tmp_path):
     settle(loop)
     assert seen.calls == []
 
+
+
+def test_events_lost_to_a_full_queue_are_reported_as_unknown_to_every_watch(loop, watcher, tmp_path):
+    """More changes than the kernel queues (max_queued_events) before the loop reads them:
+    what changed is lost, so every callback hears None and must look for itself."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 50_000:
+        pytest.skip(f"max_queued_events is {limit}: too many files to make quickly")
+    busy, quiet = tmp_path / "busy", tmp_path / "quiet"
+    busy.mkdir()
+    quiet.mkdir()
+    seen_busy, seen_quiet = Seen(), Seen()
+    watcher.watch(busy, seen_busy)
+    watcher.watch(quiet, seen_quiet)
+    for i in range(limit // 2 + 10):  # a create and a delete each
+        (busy / str(i)).touch()
+        (busy / str(i)).unlink()
+    run_until(loop, lambda: None in seen_busy.calls and None in seen_quiet.calls)
+
+
+def test_inotify_refusals_carry_the_errno_and_the_directory(loop, tmp_path):
+    import errno as errnos
+
+    from omnid.watch import InotifyWatcher
+
+    w = InotifyWatcher(loop)
+    try:
+        for path, code in ((tmp_path / "missing", errnos.ENOENT), (tmp_path / "file", errnos.ENOTDIR)):
+            if code == errnos.ENOTDIR:
+                path.write_text("x")
+            with pytest.raises(OSError) as exc:
+                w.watch(path, Seen())
+            assert exc.value.errno == code
+            assert str(exc.value) == f"[Errno {code}] cannot watch {path}: {os.strerror(code)}"
+    finally:
+        w.close()
