@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -38,6 +39,37 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def run_loop_until(loop: asyncio.AbstractEventLoop, predicate, timeout: float = 10.0) -> None:
+    """Run ``loop`` until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+
+    async def poll() -> None:
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out after {timeout}s")
+            await asyncio.sleep(0.005)
+
+    loop.run_until_complete(poll())
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop for code run in the test process (reaper, watches)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A Store (committing every write at once) on a fresh database file; closed at the end."""
+    from omnid.store import Store
+
+    s = Store(tmp_path / "omnid.db")
+    yield s
+    s.close()
 
 
 def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:

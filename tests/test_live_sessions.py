@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -38,13 +37,6 @@ class Traced:
         n = sum(1 for s in self.statements if s.lstrip().upper().startswith("SELECT") and "FROM sessions" in s)
         self.statements.clear()
         return n
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "omnid.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

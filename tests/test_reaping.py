@@ -5,16 +5,14 @@ each one alone stands between a dead owner and a session that never ends."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import uuid
-from pathlib import Path
 from typing import Callable, Iterator
 
 import psutil
 import pytest
-from conftest import start_ticks
+from conftest import run_loop_until, start_ticks
 from omnid_client import NotFound
 from omnid_client.protocol import Session
 
@@ -55,20 +53,6 @@ def open_fds() -> int:
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "omnid.db")
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def make_reaper(store, loop) -> Iterator[Callable[..., Reaper]]:
     made: list[Reaper] = []
 
@@ -84,19 +68,6 @@ def make_reaper(store, loop) -> Iterator[Callable[..., Reaper]]:
 @pytest.fixture
 def reaper(make_reaper) -> Reaper:
     return make_reaper()
-
-
-def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Run the event loop until ``predicate()`` holds; fail after ``timeout`` seconds."""
-
-    async def poll() -> None:
-        deadline = loop.time() + timeout
-        while not predicate():
-            if loop.time() > deadline:
-                pytest.fail(f"timed out after {timeout}s")
-            await asyncio.sleep(0.005)
-
-    loop.run_until_complete(poll())
 
 
 @pytest.fixture
@@ -176,11 +147,11 @@ def test_the_periodic_sweep_finds_a_reused_pid_and_runs_the_periodic_checks(stor
     reaper.start()
     assert reaper.last_reap.trigger == "startup"
     sid = add_session(store, identity_of(spawn_owner().pid, shift=-1))
-    run_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+    run_loop_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
     assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("sweep", 1)
     count = len(checks)
     assert count >= 1
-    run_until(reaper.loop, lambda: len(checks) > count)  # the timer keeps firing
+    run_loop_until(reaper.loop, lambda: len(checks) > count)  # the timer keeps firing
 
 
 def test_a_new_interval_reschedules_the_next_sweep(store, make_reaper, spawn_owner):
@@ -189,7 +160,7 @@ def test_a_new_interval_reschedules_the_next_sweep(store, make_reaper, spawn_own
     sid = add_session(store, identity_of(spawn_owner().pid, shift=1))
     reaper.set_interval(0.05)
     assert reaper.sweep_interval == 0.05
-    run_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+    run_loop_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
     assert reaper.last_reap.trigger == "sweep"
 
 
@@ -209,7 +180,7 @@ def test_an_owners_exit_event_ends_its_sessions_and_closes_its_watch(store, reap
     proc.kill()
     proc.wait()
     assert reaper.known_owner(proc.pid) is None, "a fired watch is not proof of life"
-    run_until(reaper.loop, lambda: all(end_reason(store, s) == "reaped" for s in sids))
+    run_loop_until(reaper.loop, lambda: all(end_reason(store, s) == "reaped" for s in sids))
     assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("exit event", 2)
     assert reaper.owners == {} and open_fds() == before
 
@@ -308,60 +279,54 @@ def test_stop_closes_every_watch(store, make_reaper, spawn_owner):
     assert open_fds() == before and reaper.owners == {}
 
 
-def test_a_failed_end_is_retried_until_it_commits(tmp_path, loop, spawn_owner):
-    """A dead owner's sessions that cannot be ended now (the database refuses writes) are
-    ended by a retry a moment later, not left live until the next sweep."""
-    store = Store(tmp_path / "omnid.db")
-    reaper = Reaper(store, loop, sweep_interval=3600)
-    try:
-        reaper.start()
-        proc = spawn_owner()
-        owner = identity_of(proc.pid)
-        sid = add_session(store, owner)
-        reaper.track(sid, owner)
-        blocker = sqlite3.connect(tmp_path / "omnid.db", isolation_level=None)
-        store.db.execute("PRAGMA busy_timeout = 0")
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
-        proc.kill()
-        proc.wait()
-        run_until(loop, lambda: reaper._retry is not None)
-        assert end_reason(store, sid) is None
-        blocker.execute("ROLLBACK")
-        blocker.close()
-        run_until(loop, lambda: end_reason(store, sid) == "reaped")
-    finally:
-        reaper.stop()
-        store.close()
+@pytest.fixture
+def owner_died_while_locked(store, make_reaper, spawn_owner):
+    """``make(sweep_interval)``: a reaper whose watched owner died while another connection
+    holds the database's write lock, so ending its session failed and a retry is due.
+    Returns (reaper, session id, release the lock)."""
+    blockers: list[sqlite3.Connection] = []
 
-
-def test_retries_back_off_doubling_up_to_the_sweep_interval_and_reset_after_success(tmp_path, loop, spawn_owner):
-    store = Store(tmp_path / "omnid.db")
-    reaper = Reaper(store, loop, sweep_interval=3.0)
-    try:
+    def make(sweep_interval: float) -> tuple[Reaper, str, Callable[[], None]]:
+        reaper = make_reaper(sweep_interval=sweep_interval)
         reaper.start()
         proc = spawn_owner()
         owner = identity_of(proc.pid)
         sid = add_session(store, owner)
         reaper.track(sid, owner)
         assert reaper.known_owner(proc.pid).uid == os.getuid()
-        blocker = sqlite3.connect(tmp_path / "omnid.db", isolation_level=None)
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blockers.append(blocker)
         store.db.execute("PRAGMA busy_timeout = 0")
-        blocker.execute("BEGIN IMMEDIATE")
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         proc.kill()
         proc.wait()
-        run_until(loop, lambda: reaper._retry is not None)
-        delays = []
-        for _ in range(4):  # each retry fails again while the lock is held, and waits longer
-            delays.append(round(reaper._retry.when() - loop.time(), 1))
-            reaper._retry.cancel()
-            reaper._retry_fired()
-        assert delays == [1.0, 2.0, 3.0, 3.0]
-        blocker.execute("ROLLBACK")
+        run_loop_until(reaper.loop, lambda: reaper._retry is not None)
+        assert end_reason(store, sid) is None
+        return reaper, sid, blocker.rollback
+
+    yield make
+    for blocker in blockers:
         blocker.close()
+
+
+def test_a_failed_end_is_retried_until_it_commits(store, owner_died_while_locked):
+    """A dead owner's sessions that cannot be ended now (the database refuses writes) are
+    ended by a retry a moment later, not left live until the next sweep."""
+    reaper, sid, release = owner_died_while_locked(3600)
+    release()
+    run_loop_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+
+
+def test_retries_back_off_doubling_up_to_the_sweep_interval_and_reset_after_success(store, owner_died_while_locked):
+    reaper, sid, release = owner_died_while_locked(3.0)
+    delays = []
+    for _ in range(4):  # each retry fails again while the lock is held, and waits longer
+        delays.append(round(reaper._retry.when() - reaper.loop.time(), 1))
         reaper._retry.cancel()
         reaper._retry_fired()
-        assert end_reason(store, sid) == "reaped" and reaper._retry is None
-        assert reaper._retry_delay == 1.0, "a retry that commits starts the next backoff afresh"
-    finally:
-        reaper.stop()
-        store.close()
+    assert delays == [1.0, 2.0, 3.0, 3.0]
+    release()
+    reaper._retry.cancel()
+    reaper._retry_fired()
+    assert end_reason(store, sid) == "reaped" and reaper._retry is None
+    assert reaper._retry_delay == 1.0, "a retry that commits starts the next backoff afresh"

@@ -8,19 +8,11 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import omnid.store
 from omnid.store import Store, disk_hint, is_corruption, set_aside, storage_error
-
-
-@pytest.fixture
-def store(tmp_path) -> Iterator[Store]:
-    s = Store(tmp_path / "omnid.db")
-    yield s
-    s.close()
 
 
 def sqlite_error(make) -> sqlite3.Error:

@@ -9,20 +9,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
+from conftest import run_loop_until
 
 from omnid.watch import DirWatcher
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
@@ -43,17 +37,6 @@ class Seen:
 
     def names(self) -> set[str]:
         return set().union(*(c for c in self.calls if c is not None))
-
-
-def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        deadline = loop.time() + timeout
-        while not predicate():
-            if loop.time() > deadline:
-                pytest.fail(f"timed out after {timeout}s")
-            await asyncio.sleep(0.005)
-
-    loop.run_until_complete(poll())
 
 
 def settle(loop: asyncio.AbstractEventLoop) -> None:
@@ -90,7 +73,7 @@ def test_each_kind_of_change_names_the_entry(loop, watcher, tmp_path, change, na
         os.unlink(tmp_path / "old")
     else:
         os.mkdir(tmp_path / "sub")
-    run_until(loop, lambda: seen.names() >= names)
+    run_loop_until(loop, lambda: seen.names() >= names)
     assert None not in seen.calls and seen.names() == names
 
 
@@ -99,7 +82,7 @@ def test_changes_read_together_come_in_one_call(loop, watcher, tmp_path):
     watcher.watch(tmp_path, seen)
     for name in ("a", "b", "c"):
         (tmp_path / name).write_text("x")
-    run_until(loop, lambda: seen.calls)
+    run_loop_until(loop, lambda: seen.calls)
     assert seen.calls == [{"a", "b", "c"}]
 
 
@@ -108,7 +91,7 @@ def test_every_callback_of_a_directory_is_called_once(loop, watcher, tmp_path):
     assert watcher.watch(tmp_path, first) and watcher.watch(tmp_path, second)
     assert watcher.watch(tmp_path, first), "watching again with the same callback is harmless"
     (tmp_path / "f").write_text("x")
-    run_until(loop, lambda: first.calls and second.calls)
+    run_loop_until(loop, lambda: first.calls and second.calls)
     settle(loop)
     assert first.calls == [{"f"}] and second.calls == [{"f"}]
 
@@ -122,11 +105,11 @@ def test_a_failing_callback_is_logged_and_the_others_still_run(loop, watcher, tm
     watcher.watch(tmp_path, seen)
     with caplog.at_level(logging.ERROR, logger="omnid.watch"):
         (tmp_path / "f").write_text("x")
-        run_until(loop, lambda: seen.calls)
+        run_loop_until(loop, lambda: seen.calls)
     assert seen.calls == [{"f"}]
     assert "a change handler failed" in caplog.text and "handler bug" in caplog.text
     (tmp_path / "g").write_text("x")
-    run_until(loop, lambda: len(seen.calls) == 2)  # the watch goes on after the failure
+    run_loop_until(loop, lambda: len(seen.calls) == 2)  # the watch goes on after the failure
 
 
 @pytest.mark.parametrize("how", ["removed", "moved"])
@@ -140,7 +123,7 @@ def test_the_directory_going_away_is_reported_as_unknown(loop, watcher, tmp_path
         d.rmdir()
     else:
         d.rename(tmp_path / "elsewhere")
-    run_until(loop, lambda: None in seen.calls)
+    run_loop_until(loop, lambda: None in seen.calls)
     settle(loop)
     assert other.calls and None not in other.calls, "the other directory's watch is not affected"
 
@@ -151,7 +134,7 @@ def test_a_removed_directory_made_again_needs_a_new_watch(loop, watcher, tmp_pat
     seen = Seen()
     watcher.watch(d, seen)
     d.rmdir()
-    run_until(loop, lambda: None in seen.calls)
+    run_loop_until(loop, lambda: None in seen.calls)
     settle(loop)
     d.mkdir()
     count = len(seen.calls)
@@ -160,7 +143,7 @@ def test_a_removed_directory_made_again_needs_a_new_watch(loop, watcher, tmp_pat
     assert len(seen.calls) == count, "the old watch is gone with the old directory"
     watcher.watch(d, seen)
     (d / "g").write_text("x")
-    run_until(loop, lambda: len(seen.calls) > count)
+    run_loop_until(loop, lambda: len(seen.calls) > count)
     assert seen.calls[-1] == {"g"}
 
 
@@ -203,7 +186,7 @@ def test_events_lost_to_a_full_queue_are_reported_as_unknown_to_every_watch(loop
     for i in range(limit // 2 + 10):  # a create and a delete each
         (busy / str(i)).touch()
         (busy / str(i)).unlink()
-    run_until(loop, lambda: None in seen_busy.calls and None in seen_quiet.calls)
+    run_loop_until(loop, lambda: None in seen_busy.calls and None in seen_quiet.calls)
 
 
 def test_inotify_refusals_carry_the_errno_and_the_directory(loop, tmp_path):
