@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import start_ticks
+from conftest import start_ticks, wait_for
 from omnid_client import Invalid, NotFound, PermissionDenied
 
 from omnid import identity
@@ -212,8 +214,6 @@ def portable(monkeypatch):
 
 
 def test_the_portable_path_reads_the_kernels_create_time_in_microseconds(portable, spawn_owner):
-    import psutil
-
     owner = spawn_owner()
     info = inspect(owner.pid)
     assert info is not None and info.uid == os.getuid()
@@ -300,3 +300,28 @@ def test_the_boot_id_file_is_read_in_full_up_to_its_first_256_bytes(tmp_path):
     os.mkfifo(tmp_path / "fifo")  # nothing writes to it: must not block
     with pytest.raises(RuntimeError, match="the file is empty"):
         identity._boot_id_from(str(tmp_path / "fifo"))
+
+
+def test_a_missing_boot_id_file_is_named_with_the_reason(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(RuntimeError, match=rf"^OMNID_BOOT_ID_FILE={missing}: No such file or directory$"):
+        identity._boot_id_from(str(missing))
+
+
+def test_the_ancestors_named_in_a_refusal_are_the_nearest_16(spawn_owner, tmp_path):
+    nest = tmp_path / "nest.sh"  # each level runs the next and then `true`, so none execs away
+    nest.write_text('if [ "$1" -gt 0 ]; then bash "$0" $(($1 - 1)); else sleep 600; fi; true\n')
+    chain = subprocess.Popen(["bash", str(nest), "18"], start_new_session=True)
+    try:
+        def innermost():
+            sleeps = [p for p in psutil.Process(chain.pid).children(recursive=True) if p.name() == "sleep"]
+            return sleeps[0] if sleeps else None
+
+        caller = wait_for(innermost, what="the innermost process of the chain")
+        expected = [p.pid for p in caller.parents()][:16]
+        with pytest.raises(PermissionDenied) as exc:
+            check_ancestor(spawn_owner().pid, caller.pid)
+        assert exc.value.details["ancestors"] == expected and len(expected) == 16
+    finally:
+        os.killpg(chain.pid, signal.SIGKILL)
+        chain.wait()
