@@ -330,3 +330,30 @@ def test_retries_back_off_doubling_up_to_the_sweep_interval_and_reset_after_succ
     reaper._retry_fired()
     assert end_reason(store, sid) == "reaped" and reaper._retry is None
     assert reaper._retry_delay == 1.0, "a retry that commits starts the next backoff afresh"
+
+
+def test_the_sweep_timer_is_jittered_within_ten_percent(make_reaper):
+    reaper = make_reaper(sweep_interval=100.0)
+    reaper.start()
+    for interval in range(100, 150):  # each new interval re-arms the timer
+        reaper.set_interval(float(interval))
+        delay = reaper._timer.when() - reaper.loop.time()
+        assert 0.9 * interval - 0.5 <= delay <= 1.1 * interval + 0.01, (interval, delay)
+
+
+def test_what_a_reap_records_and_says(store, reaper, spawn_owner):
+    reaper.start()
+    proc = spawn_owner()
+    owner = identity_of(proc.pid)
+    sid = add_session(store, owner)
+    reaper.resync()
+    reaper.resync()  # again: the owner's sessions are kept, not replaced by nothing
+    assert reaper.owners == {owner: {sid}}
+    gone = identity_of(spawn_owner().pid, shift=1)
+    with pytest.raises(NotFound, match=rf"^process {gone.pid} exited$"):
+        reaper.track(add_session(store, gone, tool="other"), gone)
+    before = store.now()
+    proc.kill()
+    proc.wait()
+    run_loop_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
+    assert before < reaper.last_reap.at <= store.now()
