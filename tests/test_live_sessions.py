@@ -245,3 +245,16 @@ def test_a_timer_with_nothing_pending_writes_nothing(timed):
     writes = store.writes
     timers.pop()[1]()
     assert store.writes == writes and not store.in_transaction
+
+
+def test_project_activity_gets_a_new_timer_after_each_one_fires(timed):
+    store, timers, commit = timed
+    with store.write() as db:
+        db.execute("INSERT INTO projects VALUES ('p', '/p', 'p', NULL, 1.0, 1.0)")
+    commit()
+    for at in (5.0, 6.0):
+        store.note_project_activity("p", at)
+        assert len(timers) == 1
+        timers.pop()[1]()
+        commit()
+        assert store.db.execute("SELECT last_activity FROM projects").fetchone() == (at,)

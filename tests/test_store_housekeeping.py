@@ -180,3 +180,55 @@ def test_disk_hints(tmp_path):
     if readonly is None:
         pytest.skip("no read-only file system mounted here")
     assert disk_hint(readonly / "omnid.db") == f" (the file system holding {readonly} is read-only)"
+
+
+def test_a_query_error_that_only_mentions_malformed_is_not_corruption(tmp_path):
+    e = sqlite_error(lambda: sqlite3.connect(tmp_path / "x.db").execute("SELECT json('{')").fetchall())
+    assert "malformed" in str(e) and e.sqlite_errorcode == 1
+    assert not is_corruption(e), "the error code decides, not the wording"
+
+
+def test_the_same_failure_a_minute_later_is_logged_again(store, caplog, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(omnid.store.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.ERROR, logger="omnid.store"):
+        store._log_failure(sqlite3.OperationalError("database or disk is full"))
+        clock[0] += 60.0
+        store._log_failure(sqlite3.OperationalError("database or disk is full"))
+    assert len(caplog.records) == 2
+
+
+def test_set_aside_names_by_utc_time_and_steps_past_any_leftover_of_the_same_name(tmp_path, monkeypatch):
+    import time as real_time
+
+    frozen = real_time.gmtime(1_700_000_000)  # 2023-11-14T22:13:20Z
+    monkeypatch.setattr(omnid.store.time, "gmtime", lambda *args: frozen)
+    db = tmp_path / "omnid.db"
+    stem = "omnid.db.corrupt-20231114T221320Z"
+    # Leftovers under the names it would pick, one of the three files each.
+    (tmp_path / f"{stem}-shm").write_bytes(b"left")
+    (tmp_path / f"{stem}-2-wal").write_bytes(b"left")
+    (tmp_path / f"{stem}-3").write_bytes(b"left")
+    db.write_bytes(b"main")
+    assert set_aside(db) == [tmp_path / f"{stem}-4"]
+    db.write_bytes(b"main")
+    assert set_aside(db) == [tmp_path / f"{stem}-5"]
+
+
+@pytest.mark.parametrize("error, message, details", [
+    (sqlite3.OperationalError("disk I/O error"), "database write failed: disk I/O error", {"sqlite_error": "OperationalError"}),
+    (ValueError("boom"), "write failed: boom", {}),
+])
+def test_a_batch_sqlite_abandoned_fails_its_waiters_with_a_storage_error(tmp_path, error, message, details):
+    flushes: list = []
+    store = Store(tmp_path / "omnid.db", schedule=flushes.append)
+    got: list = []
+    try:
+        with pytest.raises(type(error)):
+            with store.write() as db:
+                store.after_commit(got.append)
+                db.execute("ROLLBACK")  # as SQLite does on a full disk or an I/O error
+                raise error
+        assert len(got) == 1 and str(got[0]) == message and got[0].details == details
+    finally:
+        store.close()
