@@ -232,3 +232,12 @@ def test_a_batch_sqlite_abandoned_fails_its_waiters_with_a_storage_error(tmp_pat
         assert len(got) == 1 and str(got[0]) == message and got[0].details == details
     finally:
         store.close()
+
+
+def test_now_is_the_wall_clock_made_strictly_increasing(store):
+    import time
+
+    stamps = [store.now() for _ in range(1000)]
+    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert stamps[-1] - stamps[0] < 0.5, "each step is a microsecond at most past the clock"
+    assert abs(store.now() - time.time()) < 0.5
