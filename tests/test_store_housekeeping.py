@@ -205,14 +205,16 @@ def test_set_aside_names_by_utc_time_and_steps_past_any_leftover_of_the_same_nam
     monkeypatch.setattr(omnid.store.time, "gmtime", lambda *args: frozen)
     db = tmp_path / "omnid.db"
     stem = "omnid.db.corrupt-20231114T221320Z"
-    # Leftovers under the names it would pick, one of the three files each.
-    (tmp_path / f"{stem}-shm").write_bytes(b"left")
-    (tmp_path / f"{stem}-2-wal").write_bytes(b"left")
-    (tmp_path / f"{stem}-3").write_bytes(b"left")
+    # A leftover of any one of the three files takes a name; the next free one is used.
+    for leftovers in (["", "-3"], ["-wal"], ["-shm"]):
+        for path in tmp_path.glob("omnid.db.corrupt-*"):
+            path.unlink()
+        for name in leftovers:
+            (tmp_path / (stem + name)).write_bytes(b"left")
+        db.write_bytes(b"main")
+        assert set_aside(db) == [tmp_path / f"{stem}-2"], leftovers
     db.write_bytes(b"main")
-    assert set_aside(db) == [tmp_path / f"{stem}-4"]
-    db.write_bytes(b"main")
-    assert set_aside(db) == [tmp_path / f"{stem}-5"]
+    assert set_aside(db) == [tmp_path / f"{stem}-3"], "the leftover and -2 are taken now"
 
 
 @pytest.mark.parametrize("error, message, details", [

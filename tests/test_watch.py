@@ -177,6 +177,7 @@ def test_an_inotify_watcher_closes_once(loop, tmp_path):
     w.close()
     with pytest.raises(OSError):
         os.fstat(fd)  # closed (and not reused by anything since)
+    os.fstat(1)  # and the second close closed nothing else
 
 
 def test_after_close_nothing_is_watched_or_called(loop, tmp_path):
