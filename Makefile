@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test lint bench soak mutate
+.PHONY: install test lint typecheck bench soak mutate
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -8,8 +8,14 @@ install:
 test:
 	$(PYTHON) -m pytest
 
+# ruff and mypy come pinned with the test extra (`make install` or the README's test install).
 lint:
 	$(PYTHON) -m ruff check omnid client tests bench
+
+# The client ships py.typed, so it is held to --strict; the daemon to typed definitions.
+typecheck:
+	$(PYTHON) -m mypy --strict client/omnid_client
+	$(PYTHON) -m mypy omnid
 
 # Latency, throughput, reaping and scale against baselines measured in the same run.
 bench:

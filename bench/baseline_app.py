@@ -50,7 +50,8 @@ def get_or_create(req: GetOrCreate) -> dict:
             db.commit()
             return {"status": "existing", "session_id": row[0]}
         sid = str(uuid.uuid4())
-        db.execute("INSERT INTO tool_sessions VALUES (?, ?, ?, ?, ?, NULL)", (sid, req.tool_id, req.process_id, now, now))
+        row = (sid, req.tool_id, req.process_id, now, now)
+        db.execute("INSERT INTO tool_sessions VALUES (?, ?, ?, ?, ?, NULL)", row)
         db.commit()
         return {"status": "created", "session_id": sid}
     finally:

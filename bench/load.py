@@ -41,7 +41,7 @@ def omnid_op(op: str, arg: str):
 
 def echo_op(op: str, path: str):
     from omnid_client._core import encode_frame, frame_length
-    from omnid_client.protocol import GetOrCreate, HEADER, IncomingResponse, RequestFrame
+    from omnid_client.protocol import HEADER, GetOrCreate, IncomingResponse, RequestFrame
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)

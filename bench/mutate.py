@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 PLATFORM_ONLY = {
-    "linux": ["KqueueWatcher"],  # macOS/BSD exit events and file watches
+    "linux": ["KqueueWatcher"],  # macOS/BSD exit events (omnid/jobs/exits.py)
 }
 """Classes whose code this platform never runs, by sys.platform prefix."""
 
@@ -43,7 +43,8 @@ SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|SET|AND|ORDER BY|LI
 
 
 def run_mutmut(max_children: int, names: list[str]) -> int:
-    return subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names], cwd=ROOT).returncode
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names]
+    return subprocess.run(command, cwd=ROOT).returncode
 
 
 def statuses() -> dict[str, str]:
@@ -77,7 +78,7 @@ def sql_case_only(name: str) -> bool:
     package, whose strings are SQL or column names (its other strings have tests that
     kill such a mutant, so none is hidden here)."""
     removed, added = diff(name)
-    return (len(removed) == len(added) > 0 and all(r.lower() == a.lower() for r, a in zip(removed, added))
+    return (len(removed) == len(added) > 0 and all(r.lower() == a.lower() for r, a in zip(removed, added, strict=True))
             and (name.startswith("omnid.store.") or all(SQL.search(r) for r in removed)))
 
 
@@ -123,7 +124,7 @@ def main() -> int:
         print(f"  {found[name]}: {name}")
         if args.diffs:
             removed, added = diff(name)
-            for r, a in zip(removed, added):
+            for r, a in zip(removed, added, strict=False):  # a mutant may add or remove a line
                 print(f"      - {r.strip()}\n      + {a.strip()}")
     print("inspect one with: mutmut show NAME")
     return 0 if rate >= args.min_kill_rate else 1

@@ -95,7 +95,7 @@ def baseline_server(workdir: Path) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the baseline service did not start (is the bench extra installed?)")
+                    raise SystemExit("the baseline service did not start (is the bench extra installed?)") from None
                 time.sleep(0.05)
         yield str(port)
     finally:
@@ -167,7 +167,9 @@ def run_load(target: str, op: str, clients: int, seconds: float, arg: str, env: 
 def run_paired(op: str, seconds: float, echo_path: Path, env: dict, workdir: Path) -> dict:
     """One client calling omnid's ``op`` and the echo floor in turn (see load.py)."""
     (both,) = run_clients("paired", op, 1, seconds, str(echo_path), env, workdir)
-    omnid, echo = (summary(name, op if name == "omnid" else "echo", 1, seconds, [both[name]]) for name in ("omnid", "echo"))
+    omnid, echo = (
+        summary(name, op if name == "omnid" else "echo", 1, seconds, [both[name]]) for name in ("omnid", "echo")
+    )
     return {"op": op, "omnid": omnid, "echo": echo, "ratio": omnid["p50_us"] / echo["p50_us"]}
 
 
@@ -221,7 +223,8 @@ def fill_context(home: Path, session_id: str, count: int) -> None:
     with db:
         db.executemany("INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)", rows)
         db.execute(
-            "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?", (count, session_id)
+            "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?",
+            (count, session_id),
         )
     db.close()
 
@@ -307,7 +310,8 @@ def main() -> int:
     IDLE_SECONDS = 10.0 if args.quick else 60.0
 
     work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    results: dict = {"machine": machine}
     loads: list[dict] = []
     sec = args.seconds
     try:
@@ -365,7 +369,9 @@ def main() -> int:
             results["startup"] = {
                 "python_pass_ms": command_time([sys.executable, "-c", "pass"], 15, cenv),
                 "client_import_ms": command_time([sys.executable, "-c", "import omnid_client"], 15, cenv),
-                "omnid_status_ms": command_time([omnid_exe, "status"] if omnid_exe else [sys.executable, "-m", "omnid", "status"], 15, cenv),
+                "omnid_status_ms": command_time(
+                    [omnid_exe, "status"] if omnid_exe else [sys.executable, "-m", "omnid", "status"], 15, cenv
+                ),
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -383,7 +389,8 @@ def find(loads: list[dict], target: str, op: str, clients: int) -> dict:
 
 def judge(r: dict) -> tuple[dict, list[dict]]:
     loads = r["loads"]
-    echo1, base1, base16 = find(loads, "echo", "echo", 1), find(loads, "baseline", "get_or_create", 1), find(loads, "baseline", "get_or_create", 16)
+    echo1 = find(loads, "echo", "echo", 1)
+    base1, base16 = find(loads, "baseline", "get_or_create", 1), find(loads, "baseline", "get_or_create", 16)
     reuse1, reuse16 = find(loads, "omnid", "reuse", 1), find(loads, "omnid", "reuse", 16)
     ratios = {
         "omnid_p50_over_echo_p50_paired": r["paired"]["ratio"],
@@ -392,16 +399,24 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         "omnid_over_baseline_throughput_16": reuse16["throughput"] / base16["throughput"],
         "full_over_empty_p50_reuse": r["scale"]["full"]["reuse"] / r["scale"]["empty"]["reuse"],
         "full_over_empty_p50_create": r["scale"]["full"]["create"] / r["scale"]["empty"]["create"],
-        "full_over_fresh_p50_context_append": r["scale"]["context"]["full_p50_us"] / r["scale"]["context"]["fresh_p50_us"],
+        "full_over_fresh_p50_context_append": (
+            r["scale"]["context"]["full_p50_us"] / r["scale"]["context"]["fresh_p50_us"]
+        ),
     }
     worst_p99_16 = max(find(loads, "omnid", op, 16)["p99_us"] for op in ("reuse", "context", "message"))
     targets = [
-        ("get_or_create p50 within 1.5x of the echo floor (paired)", ratios["omnid_p50_over_echo_p50_paired"], "<=", 1.5),
+        (
+            "get_or_create p50 within 1.5x of the echo floor (paired)",
+            ratios["omnid_p50_over_echo_p50_paired"], "<=", 1.5,
+        ),
         ("p50 at least 10x lower than the baseline peer", ratios["baseline_p50_over_omnid_p50"], ">=", 10),
         ("throughput at 16 clients at least 20x the baseline", ratios["omnid_over_baseline_throughput_16"], ">=", 20),
         ("p99 at 16 clients under 2 ms (worst op, us)", worst_p99_16, "<", 2000),
         ("reap latency median under 100 ms", r["reap"]["median_ms"], "<", 100),
-        ("1M-session get_or_create p50 within 1.2x of empty", max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2),
+        (
+            "1M-session get_or_create p50 within 1.2x of empty",
+            max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2,
+        ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
     ]
     ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
@@ -416,7 +431,10 @@ def print_report(r: dict) -> None:
     print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
     print(f"{'target':9} {'op':14} {'clients':>7} {'ops':>8} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9}")
     for x in r["loads"]:
-        print(f"{x['target']:9} {x['op']:14} {x['clients']:>7} {x['ops']:>8} {x['throughput']:>9.0f} {x['p50_us']:>9.1f} {x['p99_us']:>9.1f}")
+        print(
+            f"{x['target']:9} {x['op']:14} {x['clients']:>7} {x['ops']:>8} {x['throughput']:>9.0f} "
+            f"{x['p50_us']:>9.1f} {x['p99_us']:>9.1f}"
+        )
     pr = r["paired"]
     print(
         f"\npaired, one client calling both in turn: {pr['op']} p50 {pr['omnid']['p50_us']:.1f} us "
@@ -427,7 +445,8 @@ def print_report(r: dict) -> None:
     print(f"reap latency over {rp['kills']} kill -9: median {rp['median_ms']:.1f} ms, max {rp['max_ms']:.1f} ms")
     sc = r["scale"]
     print(
-        f"scale: p50 reuse {sc['empty']['reuse']:.1f} us empty vs {sc['full']['reuse']:.1f} us with {sc['full']['sessions']:,} sessions; "
+        f"scale: p50 reuse {sc['empty']['reuse']:.1f} us empty vs {sc['full']['reuse']:.1f} us "
+        f"with {sc['full']['sessions']:,} sessions; "
         f"create {sc['empty']['create']:.1f} vs {sc['full']['create']:.1f} us"
     )
     cx = sc["context"]
@@ -437,7 +456,8 @@ def print_report(r: dict) -> None:
     )
     w = r["watched"]
     print(
-        f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: RSS {w['rss_mb']:.1f} MiB "
+        f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "
+        f"RSS {w['rss_mb']:.1f} MiB "
         f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min"
     )
     s = r["startup"]

@@ -94,9 +94,9 @@ def worker(n: int, deadline: float, results: mp.Queue) -> None:
                     c.search(rng.choice(WORDS), limit=10)
                 elif action == "read":
                     rng.choice([
-                        lambda: c.get_context(sid),
-                        lambda: c.session_summary(sid),
-                        lambda: c.list_messages(sid, limit=50),
+                        lambda sid=sid: c.get_context(sid),
+                        lambda sid=sid: c.session_summary(sid),
+                        lambda sid=sid: c.list_messages(sid, limit=50),
                         lambda: c.list_sessions(status="live", limit=50),
                         lambda: c.status(),
                     ])()
@@ -217,7 +217,9 @@ def main() -> int:
     results = ctx.Queue()
     workers = [ctx.Process(target=worker, args=(n, deadline, results)) for n in range(args.workers)]
     samples = []
-    header = f"{'t (s)':>7} {'RSS MiB':>8} {'fds':>5} {'conns':>5} {'live':>6} {'watched':>7} {'db MiB':>7} {'wal MiB':>7}"
+    header = (
+        f"{'t (s)':>7} {'RSS MiB':>8} {'fds':>5} {'conns':>5} {'live':>6} {'watched':>7} {'db MiB':>7} {'wal MiB':>7}"
+    )
     print(header, flush=True)
     failed: list[str] = []
     try:
@@ -273,7 +275,8 @@ def main() -> int:
         fd_growth, fds_mid = growth(second_half, "fds")
         rss_limit = max(args.rss_tolerance_mib * 2**20, rss_mid * args.rss_tolerance_pct / 100)
         print(
-            f"second half: RSS {rss_mid / 2**20:.1f} MiB, trend {rss_growth / 2**20:+.2f} MiB (allowed {rss_limit / 2**20:.1f}); "
+            f"second half: RSS {rss_mid / 2**20:.1f} MiB, trend {rss_growth / 2**20:+.2f} MiB "
+            f"(allowed {rss_limit / 2**20:.1f}); "
             f"fds {fds_mid:.0f}, trend {fd_growth:+.1f} (allowed {args.fd_tolerance})"
         )
         if rss_growth > rss_limit:

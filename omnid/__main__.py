@@ -1,3 +1,5 @@
+"""``python -m omnid``: the omnid command line."""
+
 from .cli import main
 
 main()

@@ -15,6 +15,8 @@ import platformdirs
 
 from omnid_client.protocol import Settings
 
+from .safefile import check_file, os_message
+
 log = logging.getLogger("omnid.config")
 
 CONFIG_NAME = "config.toml"
@@ -62,14 +64,18 @@ def parse(text: str) -> Settings:
 def read(path: Path) -> Settings | None:
     """The settings in ``path``; None if there is no such file; ConfigError if it is unusable."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(1 << 20)
+        # Not blocking: a FIFO or device there must not stall the daemon's event loop.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            check_file(os.fstat(fd), path, owned=False)  # a link to a config kept elsewhere is fine
+            raw = f.read(1 << 20)
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {os_message(e)}") from None
     try:
         text = raw.decode()
     except UnicodeDecodeError as e:

@@ -1,13 +1,18 @@
 """Process identity: (pid, start time since boot, boot id), which survives PID reuse and
-wall-clock changes, where a bare pid or a wall-clock create time does not."""
+wall-clock changes, where a bare pid or a wall-clock create time does not.
+
+Where the kernel gives every process a unique pidfd inode (Linux 6.9+, pidfs), that inode
+is recorded too: it tells apart two processes that got the same pid within one start-time
+tick (10 ms), which start times cannot."""
 
 from __future__ import annotations
 
 import functools
 import os
+import select
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -23,12 +28,28 @@ class ProcessIdentity:
     """Linux: clock ticks after boot (field 22 of /proc/PID/stat); elsewhere: the
     kernel's recorded start time in microseconds, which clock adjustments do not move."""
     boot_id: str
+    ino: int | None = field(default=None, compare=False)
+    """The process's pidfd inode where it is unique (``pidfd_inodes_unique``), else None.
+    Not part of equality or hashing (sessions recorded before it was kept have none):
+    compare with ``same_process``."""
+
+
+def same_process(recorded: ProcessIdentity, current: ProcessIdentity) -> bool:
+    """Whether ``current`` (as seen now) is the process ``recorded`` names: the same pid,
+    start and boot, and the same pidfd inode where both are known."""
+    return recorded == current and (recorded.ino is None or current.ino is None or recorded.ino == current.ino)
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     identity: ProcessIdentity
     uid: int
+    kernel: bool = False
+    """A kernel thread (or kthreadd itself): never a session's owner."""
+
+
+PF_KTHREAD = 0x00200000
+"""The ``flags`` bit of /proc/PID/stat (field 9) that marks a kernel thread."""
 
 
 BOOT_ID_FILE_ENV = "OMNID_BOOT_ID_FILE"
@@ -77,6 +98,31 @@ def pid_max() -> int:
     return 99998 if sys.platform == "darwin" else 2**31 - 1
 
 
+@functools.cache
+def pidfd_inodes_unique() -> bool:
+    """Whether a pidfd's inode identifies its process for the life of the boot: true on
+    Linux 6.9+ (pidfs); before, every pidfd shares one anonymous inode."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        mine, other = pidfd_inode(os.getpid()), pidfd_inode(os.getppid() or 1)
+    except OSError:
+        return False
+    return mine is not None and other is not None and mine != other
+
+
+def pidfd_inode(pid: int) -> int | None:
+    """The inode of a pidfd for ``pid`` (None if it has exited)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def inspect(pid: int) -> ProcessInfo | None:
     """The identity and real uid of a running process; None if none runs (zombies are dead)."""
     if LINUX:
@@ -94,16 +140,36 @@ def inspect(pid: int) -> ProcessInfo | None:
 
 
 def _inspect_linux(pid: int) -> ProcessInfo | None:
+    pidfd = -1
+    if pidfd_inodes_unique():
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError:  # out of file descriptors: the start time alone has to do
+            pidfd = -1
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        uid = os.stat(f"/proc/{pid}").st_uid  # the effective uid (root for non-dumpable processes)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return ProcessInfo(ProcessIdentity(pid, int(fields[19]), boot_id()), uid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            uid = os.stat(f"/proc/{pid}").st_uid  # the effective uid (root for non-dumpable processes)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
+        kernel = bool(int(fields[6]) & PF_KTHREAD) or pid == 2 or fields[1] == b"2"
+        ino = None
+        if pidfd >= 0:
+            # The pidfd was opened before /proc was read: while its process has not
+            # exited, the pid is still its own, so /proc showed that very process.
+            if select.select([pidfd], [], [], 0)[0]:
+                return None
+            ino = os.fstat(pidfd).st_ino
+        return ProcessInfo(ProcessIdentity(pid, int(fields[19]), boot_id(), ino), uid, kernel)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 def _real_uid(pid: int) -> int:
@@ -111,6 +177,10 @@ def _real_uid(pid: int) -> int:
         return psutil.Process(pid).uids().real
     except psutil.Error:
         return -1
+
+
+GONE = frozenset({"no owner process", "process exited", "machine rebooted", "pid reused by another process"})
+"""The causes ``is_alive`` (and an import) give for an owner that no longer runs."""
 
 
 def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
@@ -123,7 +193,7 @@ def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
         return False, "process exited"
     if info.uid == -1 and info.identity.start == 0:
         return True, "cannot inspect"  # it runs, but whether it is that process cannot be told
-    if info.identity.start != identity.start:
+    if not same_process(identity, info.identity):
         return False, "pid reused by another process"
     return True, "running"
 
@@ -133,9 +203,19 @@ def owner_process(pid: int, caller_uid: int, known: ProcessInfo | None = None) -
     ``known``: what the reaper already knows of a watched, still running ``pid``."""
     if isinstance(pid, bool) or not 1 <= pid <= pid_max():
         raise Invalid(f"pid {pid} is out of range: must be between 1 and {pid_max()}", {"field": "pid"})
+    if pid == os.getpid():
+        raise Invalid(f"pid {pid} is the omnid daemon itself, which cannot own a session", {"field": "pid"})
+    if pid == 1:
+        raise PermissionDenied(
+            "pid 1 is the init process, which never exits: a session bound to it would never end", {"field": "pid"}
+        )
     info = known or inspect(pid)
     if info is None:
         raise NotFound(f"no running process has pid {pid}", {"field": "pid"})
+    if info.kernel:
+        raise PermissionDenied(
+            f"process {pid} is a kernel thread, which no tool runs in: it cannot own a session", {"field": "pid"}
+        )
     if info.uid != caller_uid and _real_uid(pid) != caller_uid:
         raise PermissionDenied(
             f"process {pid} belongs to uid {info.uid}, not to the caller (uid {caller_uid})", {"field": "pid"}

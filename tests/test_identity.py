@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import start_ticks, wait_for
-from omnid_client import Invalid, NotFound, PermissionDenied
 
 from omnid import identity
 from omnid.identity import ProcessIdentity, boot_id, check_ancestor, inspect, is_alive, owner_process
+from omnid_client import Invalid, NotFound, PermissionDenied
+from tests.helpers import start_ticks, wait_for
 
 KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 NOBODY = 65534
@@ -114,7 +114,10 @@ def test_the_boot_id_is_the_kernels():
 def test_the_boot_id_file_seam_stands_in_for_the_kernels(tmp_path):
     seam = tmp_path / "boot_id"
     seam.write_text("simulated-boot-2\n")
-    code = "from omnid.identity import boot_id, inspect; import os; print(boot_id(), inspect(os.getpid()).identity.boot_id)"
+    code = (
+        "from omnid.identity import boot_id, inspect; import os; "
+        "print(boot_id(), inspect(os.getpid()).identity.boot_id)"
+    )
     assert run_python(code, OMNID_BOOT_ID_FILE=str(seam)).split() == ["simulated-boot-2"] * 2
 
 
@@ -217,7 +220,8 @@ def test_the_portable_path_reads_the_kernels_create_time_in_microseconds(portabl
     owner = spawn_owner()
     info = inspect(owner.pid)
     assert info is not None and info.uid == os.getuid()
-    assert info.identity == ProcessIdentity(owner.pid, round(psutil.Process(owner.pid).create_time() * 1_000_000), boot_id())
+    created = round(psutil.Process(owner.pid).create_time() * 1_000_000)
+    assert info.identity == ProcessIdentity(owner.pid, created, boot_id())
     assert is_alive(info.identity) == (True, "running")
     other = spawn_owner(user=NOBODY)
     assert inspect(other.pid).uid == NOBODY
@@ -249,10 +253,12 @@ def test_refusals_say_which_pid_and_why(spawn_owner, zombie):
     with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$"):
         owner_process(pid, os.getuid())
     other = spawn_owner(user=NOBODY)
-    with pytest.raises(PermissionDenied, match=rf"^process {other.pid} belongs to uid {NOBODY}, not to the caller \(uid 4242\)$"):
+    not_the_callers = rf"^process {other.pid} belongs to uid {NOBODY}, not to the caller \(uid 4242\)$"
+    with pytest.raises(PermissionDenied, match=not_the_callers):
         owner_process(other.pid, 4242)
     stranger = spawn_owner()
-    with pytest.raises(PermissionDenied, match=rf"^process {stranger.pid} is neither the caller \(pid {os.getpid()}\) nor one of its ancestors$"):
+    not_an_ancestor = rf"^process {stranger.pid} is neither the caller \(pid {os.getpid()}\) nor one of its ancestors$"
+    with pytest.raises(PermissionDenied, match=not_an_ancestor):
         check_ancestor(stranger.pid, os.getpid())
 
 
@@ -261,7 +267,10 @@ def test_a_process_whose_real_uid_is_the_callers_is_the_callers_whatever_its_eff
     the user started it and it may own the user's sessions."""
     if os.getuid() != 0:
         pytest.skip("needs root to make a process with differing real and effective uids")
-    code = f"import os, sys; os.setresuid({NOBODY}, 0, 0); sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+    code = (
+        f"import os, sys; os.setresuid({NOBODY}, 0, 0); sys.stdout.write('ready\\n'); sys.stdout.flush(); "
+        "sys.stdin.read()"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"

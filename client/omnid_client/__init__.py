@@ -1,9 +1,12 @@
 """Thin client for the omnid session daemon: ``Client`` (blocking) and ``AsyncClient`` (asyncio)."""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .client import Client  # noqa: E402
-from .errors import (  # noqa: E402
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+from .client import Client
+from .errors import (
     Conflict,
     InternalError,
     Invalid,
@@ -20,7 +23,10 @@ from .errors import (  # noqa: E402
     Unsupported,
     VersionMismatch,
 )
-from .protocol import Session  # noqa: E402
+from .protocol import Session
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
 
 __all__ = [
     "AsyncClient",
@@ -45,7 +51,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[AsyncClient]:
     # asyncio costs a blocking tool ~40 ms of import time it never uses: load it on demand.
     if name == "AsyncClient":
         from .aio import AsyncClient

@@ -1,4 +1,5 @@
 """Starting a daemon on demand: exactly one, even when many clients find none at once.
+
 An installed service unit is asked first; a detached child is the fallback."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import Timeout, Unavailable
-from .paths import InstalledService, Paths, PathError, ensure_private_dir, installed_service
+from .paths import InstalledService, PathError, Paths, ensure_private_dir, installed_service
 
 log = logging.getLogger("omnid_client")
 
@@ -57,7 +58,7 @@ def start_daemon(
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise Timeout(f"timed out waiting for another client to start omnid ({paths.spawn_lock})")
+                    raise Timeout(f"timed out waiting for another client to start omnid ({paths.spawn_lock})") from None
                 time.sleep(0.005)
         if reachable(paths.socket):
             return paths.socket
@@ -90,7 +91,8 @@ def _ask_service_manager(service: InstalledService, reachable: Callable[[Path], 
         return False
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
-        log.info("`%s` exited %d (%s); starting omnid directly", command, done.returncode, why[-1] if why else "no output")
+        last = why[-1] if why else "no output"
+        log.info("`%s` exited %d (%s); starting omnid directly", command, done.returncode, last)
         return False
     while time.monotonic() < deadline:
         if reachable(service.socket):

@@ -3,185 +3,61 @@ with requests pipelined over one connection."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
-import logging
-import socket
-from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from ._core import Call, Methods, check_welcome, note_versions, encode_frame, frame_length, hello_frame, parse_response, result_of
-from ._spawn import start_daemon
-from .client import Client, connect_attempt, queue_full, _closed_by_peer
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
-from .paths import daemon_paths, socket_candidates
-from .protocol import HEADER, RequestFrame, Session, Welcome
+from . import _calls
+from ._async_connection import AsyncConnection
+from .protocol import (
+    Appended,
+    CleanupResult,
+    ContextEvent,
+    DaemonStatus,
+    Deleted,
+    Empty,
+    GetOrCreateResult,
+    ImportResult,
+    Interaction,
+    Memory,
+    MemoryHistory,
+    MessagePage,
+    MessagesAdded,
+    NewMessage,
+    Project,
+    ProjectPage,
+    ReapResult,
+    Record,
+    RetentionResult,
+    Role,
+    SearchHit,
+    SearchKind,
+    ServiceStats,
+    Session,
+    SessionContext,
+    SessionMemory,
+    SessionPage,
+    SessionStatus,
+    SessionSummary,
+    Task,
+    TaskPage,
+    TaskStatus,
+)
 
-log = logging.getLogger("omnid_client")
 
-
-class AsyncClient(Methods):
+class AsyncClient(AsyncConnection):
     """Like ``Client``, but every call is a coroutine; safe to share between tasks."""
 
-    def _init_connection(self) -> None:
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task | None = None
-        self._pending: dict[int, tuple[asyncio.Future, Call]] = {}
-        self._connect_lock = asyncio.Lock()
-
-    async def connect(self) -> Welcome:
-        async with self._connect_lock:
-            if self._writer is not None and self.welcome is not None:
-                if self._pending or not _closed_by_peer(self._writer.get_extra_info("socket")):
-                    return self.welcome
-                # Closed by the daemon (idle) before our reader task saw the EOF: start afresh.
-                self._reset(Unavailable("omnid closed the connection"))
-            candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
-            for path, _ in candidates:
-                if await self._try_connect(path):
-                    break
-            else:
-                if not self.autostart:
-                    tried = ", ".join(str(p) for p, _ in candidates)
-                    raise Unavailable(f"omnid is not running (tried {tried})")
-                paths = daemon_paths()
-                if self.socket_path:
-                    paths = dataclasses.replace(paths, socket=self.socket_path)
-                probe = Client(connect_timeout=self.connect_timeout, autostart=False)
-                try:
-                    target = await asyncio.to_thread(
-                        start_daemon, paths, probe._try_connect, self.start_timeout, use_service=not self.socket_path
-                    )
-                finally:
-                    probe.close()
-                if not await self._try_connect(target):
-                    raise Unavailable(f"omnid started but {target} does not accept connections")
-            assert self.welcome is not None
-            return self.welcome
-
-    async def _try_connect(self, path: Path) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
-        try:
-            sock = await _connect_unix(path, deadline)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(sock=sock, limit=2**16), max(deadline - loop.time(), 0.001)
-            )
-        except asyncio.TimeoutError:
-            raise Timeout(f"omnid at {path} did not accept within {self.connect_timeout}s") from None
-        except OSError:
-            return False
-        try:
-            writer.write(hello_frame(self.client_name))
-            payload = await asyncio.wait_for(_read_frame(reader), self.connect_timeout)
-            self.welcome = check_welcome(payload)
-            self.version_note = note_versions(self.welcome)
-        except asyncio.TimeoutError:
-            writer.close()
-            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
-            return False
-        except OmnidError:
-            writer.close()
-            raise
-        self._writer = writer
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
-        return True
-
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        error: Exception = Unavailable("omnid closed the connection")
-        try:
-            while True:
-                resp = parse_response(await _read_frame(reader))
-                entry = self._pending.pop(resp.id, None)
-                if entry is None:  # its caller timed out and stopped waiting
-                    continue
-                fut, call = entry
-                if fut.done():
-                    continue
-                try:
-                    fut.set_result(call.finish(result_of(resp, call.result_type)))
-                except OmnidError as e:
-                    fut.set_exception(e)
-        except (OSError, asyncio.IncompleteReadError) as e:
-            error = _ConnectionLost(str(e) or type(e).__name__)
-        except ProtocolError as e:
-            error = e
-        finally:
-            # Only for its own connection: a reader of a replaced one must not reset the new one.
-            if self._reader_task is asyncio.current_task():
-                self._reset(error)
-
-    def _reset(self, error: Exception) -> None:
-        writer, self._writer = self._writer, None
-        task, self._reader_task = self._reader_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        self.welcome = None
-        if writer is not None:
-            writer.close()
-        pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(error)
-
-    async def close(self) -> None:
-        task = self._reader_task
-        self._reset(Unavailable("client closed"))
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def _call(self, call: Call) -> Any:
-        try:
-            return await self._call_with_retry(call)
-        except OmnidError:
-            if self.fail_open:
-                log.debug("omnid call %s failed open", call.method, exc_info=True)
-                return None
-            raise
-
-    async def _call_with_retry(self, call: Call) -> Any:
-        for attempt in (1, 2):
-            await self.connect()
-            try:
-                return await self._roundtrip(call)
-            except _ConnectionLost as lost:
-                if attempt == 2 or not call.idempotent:
-                    raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
-        raise AssertionError("unreachable")
-
-    async def _roundtrip(self, call: Call) -> Any:
-        writer = self._writer
-        assert writer is not None
-        request_id = self._next_id
-        self._next_id += 1
-        frame = encode_frame(RequestFrame(request_id, call.method, call.params))
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (fut, call)
-        try:
-            writer.write(frame)
-            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except asyncio.TimeoutError:
-            self._pending.pop(request_id, None)
-            raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
-        except (ConnectionError, OSError) as e:
-            self._reset(Unavailable(str(e)))
-            raise _ConnectionLost(str(e)) from None
 
     @contextlib.asynccontextmanager
     async def session(self, tool_id: str, **kwargs: Any) -> AsyncIterator[Session | None]:
         """A session for the block, ended on exit (None when failing open)."""
-        got = await self.get_or_create(tool_id, **kwargs)
+        got: GetOrCreateResult | None = await self.get_or_create(tool_id, **kwargs)
         session = got.session if got is not None else None
         try:
             yield session
@@ -189,24 +65,251 @@ class AsyncClient(Methods):
             if session is not None:
                 await self.end(session.session_id)
 
+    # -- the calls (built in _calls.py; Client has the same, blocking) ---------------------
 
-class _ConnectionLost(TransportError):
-    pass
+    async def get_or_create(
+        self,
+        tool_id: str,
+        *,
+        pid: int | None = None,
+        tool_version: str | None = None,
+        workspace: str | None = None,
+        session_type: str = "default",
+        metadata: dict[str, Any] | None = None,
+        dedup: bool = True,
+        owner_must_be_ancestor: bool = False,
+    ) -> GetOrCreateResult:
+        """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
+        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors."""
+        return await self._call(_calls.get_or_create(
+            tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
+            metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor
+        ))
 
+    async def find(self, tool_id: str, *, pid: int | None = None) -> Session | None:
+        """The live session of ``tool_id`` for ``pid`` (default: the caller), or None. Never creates."""
+        return await self._call(_calls.find(tool_id, pid=pid))
 
-async def _connect_unix(path: Path, deadline: float) -> socket.socket:
-    """A connected socket; a full accept queue is waited out until ``deadline`` (asyncio's
-    own connect would take it for a connection)."""
-    loop = asyncio.get_running_loop()
-    delay = 0.001
-    while (sock := connect_attempt(path)) is None:
-        if loop.time() + delay > deadline:
-            raise queue_full(path)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return sock
+    async def heartbeat(self, session_id: str) -> Session:
+        return await self._call(_calls.heartbeat(session_id))
 
+    async def end(self, session_id: str) -> Session:
+        """End a session (idempotent: an already-ended session is returned as it is)."""
+        return await self._call(_calls.end(session_id))
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(HEADER.size)
-    return await reader.readexactly(frame_length(header))
+    async def get(self, session_id: str) -> Session:
+        return await self._call(_calls.get(session_id))
+
+    async def list_sessions(
+        self,
+        *,
+        tool_id: str | None = None,
+        session_type: str | None = None,
+        status: SessionStatus = "all",
+        workspace: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        return await self._call(_calls.list_sessions(
+            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor
+        ))
+
+    async def status(self) -> DaemonStatus:
+        return await self._call(_calls.status())
+
+    async def reap(self, *, dry_run: bool = False) -> ReapResult:
+        """Check every live session's owner now and end those whose process is gone."""
+        return await self._call(_calls.reap(dry_run=dry_run))
+
+    async def stats(self) -> ServiceStats:
+        """Totals and averages over every session, message, memory and task."""
+        return await self._call(_calls.stats())
+
+    async def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
+        """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing
+        (no tasks, messages, context or memories); returns their ids."""
+        return await self._call(_calls.cleanup_orphans(older_than, dry_run=dry_run))
+
+    async def session_summary(self, session_id: str) -> SessionSummary:
+        """Counts, tokens, cost and times of one session."""
+        return await self._call(_calls.session_summary(session_id))
+
+    async def list_projects(self, *, limit: int = 50, cursor: str | None = None) -> ProjectPage:
+        """Projects, most recently active first."""
+        return await self._call(_calls.list_projects(limit=limit, cursor=cursor))
+
+    async def get_project(self, project_id: str | None = None, *, workspace: str | None = None) -> Project:
+        """A project by id, or the one containing ``workspace`` (default: the current directory)."""
+        return await self._call(_calls.get_project(project_id, workspace=workspace))
+
+    async def append_context(self, session_id: str, events: list[ContextEvent]) -> Appended:
+        """Record what happened in a session: file accesses, searches, decisions, memory
+        references, file changes. All events are stored, or none."""
+        return await self._call(_calls.append_context(session_id, events))
+
+    async def get_context(
+        self,
+        session_id: str,
+        *,
+        max_files: int = 100,
+        max_searches: int = 20,
+        max_decisions: int = 50,
+        max_memories: int = 50,
+        max_changes: int = 100,
+    ) -> SessionContext:
+        """The session's context: files by importance, recent searches and decisions, memories,
+        changed files, and its size. ``caps`` (max_files=…, max_searches=…) bound each list."""
+        return await self._call(_calls.get_context(
+            session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
+            max_memories=max_memories, max_changes=max_changes
+        ))
+
+    async def put_memory(
+        self,
+        key: str,
+        value: Any,
+        *,
+        project_id: str | None = None,
+        workspace: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: float | None = None,
+    ) -> Memory:
+        """Store ``value`` under ``key`` in a project (default: the one containing the current
+        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
+        return await self._call(_calls.put_memory(
+            key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
+        ))
+
+    async def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
+        return await self._call(_calls.get_memory(key, project_id=project_id, workspace=workspace))
+
+    async def list_memories(
+        self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
+    ) -> list[Memory]:
+        """Live memories, most recently accessed first."""
+        return await self._call(_calls.list_memories(project_id=project_id, workspace=workspace, limit=limit))
+
+    async def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
+        return await self._call(_calls.delete_memory(key, project_id=project_id, workspace=workspace))
+
+    async def memory_history(
+        self, key: str, *, project_id: str | None = None, workspace: str | None = None
+    ) -> MemoryHistory:
+        """Every version of a memory, oldest first."""
+        return await self._call(_calls.memory_history(key, project_id=project_id, workspace=workspace))
+
+    async def add_session_memory(
+        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
+    ) -> SessionMemory:
+        return await self._call(_calls.add_session_memory(
+            session_id, content, memory_type=memory_type, metadata=metadata
+        ))
+
+    async def list_session_memories(self, session_id: str) -> list[SessionMemory]:
+        return await self._call(_calls.list_session_memories(session_id))
+
+    async def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
+        """Append messages in order, all or none; returns their ids and the session's totals."""
+        return await self._call(_calls.add_messages(session_id, messages))
+
+    async def add_message(
+        self,
+        session_id: str,
+        role: Role,
+        content: str,
+        *,
+        message_type: str = "text",
+        metadata: dict[str, Any] | None = None,
+        tokens_used: int = 0,
+        cost_usd: float = 0.0,
+    ) -> MessagesAdded:
+        return await self._call(_calls.add_message(
+            session_id, role, content, message_type=message_type, metadata=metadata, tokens_used=tokens_used,
+            cost_usd=cost_usd
+        ))
+
+    async def list_messages(self, session_id: str, *, limit: int = 100, after_seq: int = 0) -> MessagePage:
+        """Messages in order; pass ``next_after_seq`` back as ``after_seq`` for the next page."""
+        return await self._call(_calls.list_messages(session_id, limit=limit, after_seq=after_seq))
+
+    async def create_task(
+        self, session_id: str, title: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Task:
+        """A task in a live session; ``external_id`` (e.g. an agent CLI's own conversation id)
+        is unique among open tasks."""
+        return await self._call(_calls.create_task(session_id, title, external_id=external_id, metadata=metadata))
+
+    async def update_task(
+        self,
+        task_id: str,
+        *,
+        status: TaskStatus | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Task:
+        return await self._call(_calls.update_task(task_id, status=status, title=title, metadata=metadata))
+
+    async def get_task(self, task_id: str, *, max_interactions: int = 200) -> Task:
+        """A task with its interactions."""
+        return await self._call(_calls.get_task(task_id, max_interactions=max_interactions))
+
+    async def list_tasks(
+        self,
+        *,
+        session_id: str | None = None,
+        status: TaskStatus | None = None,
+        external_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return await self._call(_calls.list_tasks(
+            session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor
+        ))
+
+    async def add_interaction(
+        self, task_id: str, content: str, *, kind: str = "note", metadata: dict[str, Any] | None = None
+    ) -> Interaction:
+        return await self._call(_calls.add_interaction(task_id, content, kind=kind, metadata=metadata))
+
+    async def search(
+        self,
+        query: str,
+        *,
+        project_id: str | None = None,
+        session_id: str | None = None,
+        kinds: list[SearchKind] | None = None,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        """Ranked full-text search over messages, memories and decisions (all words must match)."""
+        return await self._call(_calls.search(
+            query, project_id=project_id, session_id=session_id, kinds=kinds, limit=limit
+        ))
+
+    async def import_records(
+        self, records: list[Record], *, lines: list[int] | None = None, dry_run: bool = False
+    ) -> ImportResult:
+        """Import one batch of export records, all or nothing, keeping their ids; records
+        already present are counted as existing (importing twice adds nothing). ``lines``
+        (one per record) are named in errors. The batch must fit one frame."""
+        return await self._call(_calls.import_records(records, lines=lines, dry_run=dry_run))
+
+    async def run_retention(
+        self,
+        *,
+        older_than: float | None = None,
+        archive: str | None = None,
+        purge: bool = False,
+        dry_run: bool = False,
+        limit: int = 500,
+    ) -> RetentionResult:
+        """Archive (to ``archive``, default the daemon's archive file) or ``purge``, then delete,
+        up to ``limit`` ended sessions that ended over ``older_than`` seconds ago (default:
+        the configured retention). ``remaining`` says how many more are due."""
+        return await self._call(_calls.run_retention(
+            older_than=older_than, archive=archive, purge=purge, dry_run=dry_run, limit=limit
+        ))
+
+    async def shutdown(self) -> Empty:
+        """Ask the daemon to stop gracefully (it replies first)."""
+        return await self._call(_calls.shutdown())

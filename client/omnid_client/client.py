@@ -1,225 +1,62 @@
-"""The blocking client: one Unix-socket connection, explicit deadlines, fork-safe."""
+"""The blocking client: every omnid call as a typed method, over one fork-safe connection."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import logging
-import os
-import select
-import socket
-import struct
-import sys
-import time
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from ._core import Call, Methods, check_welcome, decode_reply, encode_frame, frame_length, hello_frame, note_versions, result_or_raise
-from ._spawn import start_daemon
-from .errors import OmnidError, ProtocolError, Timeout, TransportError, Unavailable
-from .paths import daemon_paths, socket_candidates
-from .protocol import HEADER, RequestFrame, Session, Welcome
+from . import _calls
+from ._connection import Connection
+from .protocol import (
+    Appended,
+    CleanupResult,
+    ContextEvent,
+    DaemonStatus,
+    Deleted,
+    Empty,
+    GetOrCreateResult,
+    ImportResult,
+    Interaction,
+    Memory,
+    MemoryHistory,
+    MessagePage,
+    MessagesAdded,
+    NewMessage,
+    Project,
+    ProjectPage,
+    ReapResult,
+    Record,
+    RetentionResult,
+    Role,
+    SearchHit,
+    SearchKind,
+    ServiceStats,
+    Session,
+    SessionContext,
+    SessionMemory,
+    SessionPage,
+    SessionStatus,
+    SessionSummary,
+    Task,
+    TaskPage,
+    TaskStatus,
+)
 
-log = logging.getLogger("omnid_client")
 
-_UNREACHABLE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
-REPLY_BUFFER = 64 * 1024
-"""Bytes of the buffer each client receives replies into; larger ones get their own."""
-# A send to a connection the daemon closed must fail with EPIPE, not kill a tool that set
-# SIGPIPE back to the default: MSG_NOSIGNAL per send, or SO_NOSIGPIPE (macOS) per socket.
-_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
-_SO_NOSIGPIPE = getattr(socket, "SO_NOSIGPIPE", 0x1022) if sys.platform == "darwin" else None
+class Client(Connection):
+    """A blocking connection to the omnid daemon (options: see ``BaseClient``)."""
 
-_process = os.getpid()
-"""This process's pid, renewed in a forked child: a connection made under another pid is the
-parent's and is never touched. Kept by a fork hook, so a call costs no getpid()."""
-
-
-def _renew_process() -> None:
-    global _process
-    _process = os.getpid()
-
-
-os.register_at_fork(after_in_child=_renew_process)
-
-
-class Client(Methods):
-    """A blocking connection to the omnid daemon (options: see ``Methods``)."""
-
-    def _init_connection(self) -> None:
-        self.connected_path: Path | None = None
-        self._sock: socket.socket | None = None
-        self._pid = _process
-        self._buffer = memoryview(bytearray(REPLY_BUFFER))
-        self._request = bytearray(HEADER.size)
-
-    # -- connection ------------------------------------------------------------
-
-    def connect(self) -> Welcome:
-        """Connect now (calls connect lazily anyway); returns the daemon's handshake."""
-        if self._sock is not None and self._pid == _process:
-            if not _closed_by_peer(self._sock):
-                assert self.welcome is not None
-                return self.welcome
-            log.debug("omnid closed the connection (idle or restarted); reconnecting")
-        return self._open()
-
-    def _open(self) -> Welcome:
-        """A new connection (after dropping any old one), starting the daemon if allowed."""
-        self._drop()
-        self._pid = _process
-        candidates = [(self.socket_path, "argument")] if self.socket_path else socket_candidates()
-        for path, _source in candidates:
-            if self._try_connect(path):
-                break
-        else:
-            if not self.autostart:
-                tried = ", ".join(str(p) for p, _ in candidates)
-                raise Unavailable(f"omnid is not running (tried {tried})")
-            paths = daemon_paths()
-            if self.socket_path:
-                paths = dataclasses.replace(paths, socket=self.socket_path)
-            target = start_daemon(paths, self._try_connect, self.start_timeout, use_service=not self.socket_path)
-            if self._sock is None and not self._try_connect(target):
-                raise Unavailable(f"omnid started but {target} does not accept connections")
-        assert self.welcome is not None
-        return self.welcome
-
-    def _try_connect(self, path: Path) -> bool:
-        if self._sock is not None:
-            return True
-        deadline = time.monotonic() + self.connect_timeout
-        try:
-            sock = connect_unix(path, deadline)
-        except OSError as e:
-            if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
-                return False
-            raise Unavailable(f"cannot connect to {path}: {e}") from e
-        try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(hello_frame(self.client_name), _NO_SIGPIPE)
-            self.welcome = check_welcome(self._receive(sock))
-            self.version_note = note_versions(self.welcome)
-        except socket.timeout:
-            sock.close()
-            raise Timeout(f"omnid at {path} did not answer within {self.connect_timeout}s") from None
-        except OSError as e:
-            sock.close()
-            if e.errno in _UNREACHABLE or isinstance(e, (ConnectionError, FileNotFoundError)):
-                return False
-            raise Unavailable(f"cannot connect to {path}: {e}") from e
-        except OmnidError:
-            sock.close()
-            raise
-        _bound_each_transfer(sock, self.timeout)
-        self._sock = sock
-        self.connected_path = path
-        return True
-
-    def close(self) -> None:
-        self._drop()
-
-    def _drop(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None and self._pid == _process:
-            sock.close()
-        self.welcome = None
-
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- calls -------------------------------------------------------------------
-
-    def _call(self, call: Call) -> Any:
-        try:
-            return self._call_with_retry(call)
-        except OmnidError:
-            if self.fail_open:
-                log.debug("omnid call %s failed open", call.method, exc_info=True)
-                return None
-            raise
-
-    def _call_with_retry(self, call: Call) -> Any:
-        retried = False
-        while True:
-            # No check that the connection is still open: a send to one the daemon closed
-            # fails, and then the request provably never left (below).
-            reused = self._sock is not None and self._pid == _process
-            if not reused:
-                self._open()
-            try:
-                return self._roundtrip(call)
-            except _ConnectionLost as lost:
-                if reused and not lost.delivered:
-                    log.debug("omnid closed the connection (idle or restarted); reconnecting")
-                    continue
-                if retried or (lost.delivered and not call.idempotent):
-                    raise Unavailable(f"connection to omnid lost during {call.method}: {lost}") from None
-                retried = True
-
-    def _roundtrip(self, call: Call) -> Any:
-        sock = self._sock
-        assert sock is not None
-        request_id = self._next_id
-        self._next_id = request_id + 1
-        frame = encode_frame(RequestFrame(request_id, call.method, call.params), self._request)
-        delivered = False
-        try:
-            sock.sendall(frame, _NO_SIGPIPE)
-            delivered = True
-            reply = decode_reply(self._receive(sock), call.result_type)
-        except _TIMED_OUT:
-            self._drop()
-            raise Timeout(f"omnid did not answer {call.method} within {self.timeout}s") from None
-        except OSError as e:
-            # A send that fails left at most part of the frame, which the daemon never
-            # acts on: only a request sent whole may have been processed.
-            self._drop()
-            raise _ConnectionLost(str(e) or type(e).__name__, delivered) from None
-        except BaseException:
-            # Cut short (a signal handler raised, a malformed reply): whatever comes next
-            # on this connection would be taken for the next call's reply.
-            self._drop()
-            raise
-        if reply.id != request_id:
-            self._drop()
-            raise ProtocolError(f"reply for request {reply.id} while waiting for {request_id}")
-        try:
-            result = result_or_raise(reply)
-        except TransportError:
-            self._drop()
-            raise
-        return call.finish(result)
-
-    def _receive(self, sock: socket.socket) -> memoryview:
-        """The payload of the next frame, valid until the next call. Header and body
-        usually arrive together: one recv into the client's buffer."""
-        view = self._buffer
-        got = sock.recv_into(view)
-        if got < HEADER.size:
-            got = _fill(sock, view, got, HEADER.size)
-        end = HEADER.size + frame_length(view)
-        if got < end:
-            if end > len(view):  # a reply larger than the buffer gets one of its own
-                view = memoryview(bytearray(end))
-                view[:got] = self._buffer[:got]
-            _fill(sock, view, got, end)
-        elif got > end:
-            # Bytes after the reply that nobody asked for: the stream is out of step. The
-            # reply stands; the connection is finished, and the next call finds it closed.
-            log.debug("omnid sent %d bytes more than its reply; the connection is dropped", got - end)
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return view[HEADER.size : end]
 
     @contextlib.contextmanager
     def session(self, tool_id: str, **kwargs: Any) -> Iterator[Session | None]:
         """A session for the block, ended on exit (None when failing open)."""
-        got = self.get_or_create(tool_id, **kwargs)
+        got: GetOrCreateResult | None = self.get_or_create(tool_id, **kwargs)
         session = got.session if got is not None else None
         try:
             yield session
@@ -227,90 +64,247 @@ class Client(Methods):
             if session is not None:
                 self.end(session.session_id)
 
+    # -- the calls (built in _calls.py; AsyncClient has the same, as coroutines) -------
 
-class _ConnectionLost(Exception):
-    def __init__(self, why: str, delivered: bool):
-        super().__init__(why)
-        self.delivered = delivered
-        """Whether the whole request was sent (and so may have been processed)."""
+    def get_or_create(
+        self,
+        tool_id: str,
+        *,
+        pid: int | None = None,
+        tool_version: str | None = None,
+        workspace: str | None = None,
+        session_type: str = "default",
+        metadata: dict[str, Any] | None = None,
+        dedup: bool = True,
+        owner_must_be_ancestor: bool = False,
+    ) -> GetOrCreateResult:
+        """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
+        With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors."""
+        return self._call(_calls.get_or_create(
+            tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
+            metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor
+        ))
 
+    def find(self, tool_id: str, *, pid: int | None = None) -> Session | None:
+        """The live session of ``tool_id`` for ``pid`` (default: the caller), or None. Never creates."""
+        return self._call(_calls.find(tool_id, pid=pid))
 
-def connect_attempt(path: Path) -> socket.socket | None:
-    """One non-blocking connect: the connected socket, or None if the daemon's accept
-    queue is full (``EAGAIN``: it is there but busy). Other failures raise."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if _SO_NOSIGPIPE is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
-    sock.setblocking(False)
-    try:
-        sock.connect(os.fspath(path))
-        return sock
-    except BlockingIOError as e:
-        sock.close()
-        if e.errno != errno.EAGAIN:
-            raise
-        return None
-    except BaseException:
-        sock.close()
-        raise
+    def heartbeat(self, session_id: str) -> Session:
+        return self._call(_calls.heartbeat(session_id))
 
+    def end(self, session_id: str) -> Session:
+        """End a session (idempotent: an already-ended session is returned as it is)."""
+        return self._call(_calls.end(session_id))
 
-def queue_full(path: Path) -> Timeout:
-    return Timeout(f"omnid at {path} is not accepting connections (its queue is full)")
+    def get(self, session_id: str) -> Session:
+        return self._call(_calls.get(session_id))
 
+    def list_sessions(
+        self,
+        *,
+        tool_id: str | None = None,
+        session_type: str | None = None,
+        status: SessionStatus = "all",
+        workspace: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        return self._call(_calls.list_sessions(
+            tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor
+        ))
 
-def connect_unix(path: Path, deadline: float) -> socket.socket:
-    """A connected, blocking socket. A full accept queue is waited out until ``deadline``,
-    then reported as a Timeout, never as "not running"."""
-    delay = 0.001
-    while (sock := connect_attempt(path)) is None:
-        if time.monotonic() + delay > deadline:
-            raise queue_full(path)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    sock.setblocking(True)
-    return sock
+    def status(self) -> DaemonStatus:
+        return self._call(_calls.status())
 
+    def reap(self, *, dry_run: bool = False) -> ReapResult:
+        """Check every live session's owner now and end those whose process is gone."""
+        return self._call(_calls.reap(dry_run=dry_run))
 
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: on macOS its int tv_usec is padded to a long
-_TIMED_OUT = (BlockingIOError, socket.timeout)
-"""How an expired deadline surfaces: EAGAIN from a kernel timeout, or socket.timeout."""
+    def stats(self) -> ServiceStats:
+        """Totals and averages over every session, message, memory and task."""
+        return self._call(_calls.stats())
 
+    def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
+        """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing
+        (no tasks, messages, context or memories); returns their ids."""
+        return self._call(_calls.cleanup_orphans(older_than, dry_run=dry_run))
 
-def _bound_each_transfer(sock: socket.socket, seconds: float | None) -> None:
-    """Leave ``sock`` blocking and have the kernel bound each send and receive by ``seconds``
-    (SO_SNDTIMEO/SO_RCVTIMEO; an expired one fails with EAGAIN). A Python-level timeout
-    would cost a poll before every send and receive. (Unlike it, a wait interrupted by a
-    signal that a Python handler takes starts over with the full timeout.)"""
-    sock.settimeout(None)
-    if seconds is None:
-        return
-    usec = min(max(round(seconds * 1e6), 1), (2**31 - 1) * 1_000_000)  # a zero timeval means "forever"
-    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-    except OSError:  # a platform whose timeval we got wrong: the portable, slower way
-        sock.settimeout(seconds)
+    def session_summary(self, session_id: str) -> SessionSummary:
+        """Counts, tokens, cost and times of one session."""
+        return self._call(_calls.session_summary(session_id))
 
+    def list_projects(self, *, limit: int = 50, cursor: str | None = None) -> ProjectPage:
+        """Projects, most recently active first."""
+        return self._call(_calls.list_projects(limit=limit, cursor=cursor))
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the daemon closed this connection (as it does idle ones) or sent bytes nobody
-    asked for: either way it is unusable. For ``connect()``, which promises a live
-    connection, and the async client; the blocking client's calls learn it from the send.
-    (poll, not recv: a socket with a timeout would wait.)"""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    def get_project(self, project_id: str | None = None, *, workspace: str | None = None) -> Project:
+        """A project by id, or the one containing ``workspace`` (default: the current directory)."""
+        return self._call(_calls.get_project(project_id, workspace=workspace))
 
+    def append_context(self, session_id: str, events: list[ContextEvent]) -> Appended:
+        """Record what happened in a session: file accesses, searches, decisions, memory
+        references, file changes. All events are stored, or none."""
+        return self._call(_calls.append_context(session_id, events))
 
-def _fill(sock: socket.socket, view: memoryview, got: int, want: int) -> int:
-    """Receive into ``view`` until it holds ``want`` bytes (``got`` already there)."""
-    while got < want:
-        n = sock.recv_into(view[got:want])
-        if n == 0:
-            raise ConnectionResetError("daemon closed the connection")
-        got += n
-    return got
+    def get_context(
+        self,
+        session_id: str,
+        *,
+        max_files: int = 100,
+        max_searches: int = 20,
+        max_decisions: int = 50,
+        max_memories: int = 50,
+        max_changes: int = 100,
+    ) -> SessionContext:
+        """The session's context: files by importance, recent searches and decisions, memories,
+        changed files, and its size. ``caps`` (max_files=…, max_searches=…) bound each list."""
+        return self._call(_calls.get_context(
+            session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
+            max_memories=max_memories, max_changes=max_changes
+        ))
 
+    def put_memory(
+        self,
+        key: str,
+        value: Any,
+        *,
+        project_id: str | None = None,
+        workspace: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: float | None = None,
+    ) -> Memory:
+        """Store ``value`` under ``key`` in a project (default: the one containing the current
+        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
+        return self._call(_calls.put_memory(
+            key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
+        ))
+
+    def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
+        return self._call(_calls.get_memory(key, project_id=project_id, workspace=workspace))
+
+    def list_memories(
+        self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
+    ) -> list[Memory]:
+        """Live memories, most recently accessed first."""
+        return self._call(_calls.list_memories(project_id=project_id, workspace=workspace, limit=limit))
+
+    def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
+        return self._call(_calls.delete_memory(key, project_id=project_id, workspace=workspace))
+
+    def memory_history(
+        self, key: str, *, project_id: str | None = None, workspace: str | None = None
+    ) -> MemoryHistory:
+        """Every version of a memory, oldest first."""
+        return self._call(_calls.memory_history(key, project_id=project_id, workspace=workspace))
+
+    def add_session_memory(
+        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
+    ) -> SessionMemory:
+        return self._call(_calls.add_session_memory(session_id, content, memory_type=memory_type, metadata=metadata))
+
+    def list_session_memories(self, session_id: str) -> list[SessionMemory]:
+        return self._call(_calls.list_session_memories(session_id))
+
+    def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
+        """Append messages in order, all or none; returns their ids and the session's totals."""
+        return self._call(_calls.add_messages(session_id, messages))
+
+    def add_message(
+        self,
+        session_id: str,
+        role: Role,
+        content: str,
+        *,
+        message_type: str = "text",
+        metadata: dict[str, Any] | None = None,
+        tokens_used: int = 0,
+        cost_usd: float = 0.0,
+    ) -> MessagesAdded:
+        return self._call(_calls.add_message(
+            session_id, role, content, message_type=message_type, metadata=metadata, tokens_used=tokens_used,
+            cost_usd=cost_usd
+        ))
+
+    def list_messages(self, session_id: str, *, limit: int = 100, after_seq: int = 0) -> MessagePage:
+        """Messages in order; pass ``next_after_seq`` back as ``after_seq`` for the next page."""
+        return self._call(_calls.list_messages(session_id, limit=limit, after_seq=after_seq))
+
+    def create_task(
+        self, session_id: str, title: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Task:
+        """A task in a live session; ``external_id`` (e.g. an agent CLI's own conversation id)
+        is unique among open tasks."""
+        return self._call(_calls.create_task(session_id, title, external_id=external_id, metadata=metadata))
+
+    def update_task(
+        self,
+        task_id: str,
+        *,
+        status: TaskStatus | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Task:
+        return self._call(_calls.update_task(task_id, status=status, title=title, metadata=metadata))
+
+    def get_task(self, task_id: str, *, max_interactions: int = 200) -> Task:
+        """A task with its interactions."""
+        return self._call(_calls.get_task(task_id, max_interactions=max_interactions))
+
+    def list_tasks(
+        self,
+        *,
+        session_id: str | None = None,
+        status: TaskStatus | None = None,
+        external_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return self._call(_calls.list_tasks(
+            session_id=session_id, status=status, external_id=external_id, limit=limit, cursor=cursor
+        ))
+
+    def add_interaction(
+        self, task_id: str, content: str, *, kind: str = "note", metadata: dict[str, Any] | None = None
+    ) -> Interaction:
+        return self._call(_calls.add_interaction(task_id, content, kind=kind, metadata=metadata))
+
+    def search(
+        self,
+        query: str,
+        *,
+        project_id: str | None = None,
+        session_id: str | None = None,
+        kinds: list[SearchKind] | None = None,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        """Ranked full-text search over messages, memories and decisions (all words must match)."""
+        return self._call(_calls.search(query, project_id=project_id, session_id=session_id, kinds=kinds, limit=limit))
+
+    def import_records(
+        self, records: list[Record], *, lines: list[int] | None = None, dry_run: bool = False
+    ) -> ImportResult:
+        """Import one batch of export records, all or nothing, keeping their ids; records
+        already present are counted as existing (importing twice adds nothing). ``lines``
+        (one per record) are named in errors. The batch must fit one frame."""
+        return self._call(_calls.import_records(records, lines=lines, dry_run=dry_run))
+
+    def run_retention(
+        self,
+        *,
+        older_than: float | None = None,
+        archive: str | None = None,
+        purge: bool = False,
+        dry_run: bool = False,
+        limit: int = 500,
+    ) -> RetentionResult:
+        """Archive (to ``archive``, default the daemon's archive file) or ``purge``, then delete,
+        up to ``limit`` ended sessions that ended over ``older_than`` seconds ago (default:
+        the configured retention). ``remaining`` says how many more are due."""
+        return self._call(_calls.run_retention(
+            older_than=older_than, archive=archive, purge=purge, dry_run=dry_run, limit=limit
+        ))
+
+    def shutdown(self) -> Empty:
+        """Ask the daemon to stop gracefully (it replies first)."""
+        return self._call(_calls.shutdown())

@@ -19,7 +19,13 @@ from typing import Any
 
 
 class OmnidError(Exception):
-    """Base class of every omnid error."""
+    """Base class of every omnid error: ``message`` says what went wrong, ``details`` (often
+    empty) holds machine-readable context such as the offending field or size."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
 
 
 class TransportError(OmnidError):
@@ -37,10 +43,6 @@ class Timeout(TransportError):
 class ProtocolError(TransportError):
     code = "protocol"
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.details = details or {}
-
 
 class VersionMismatch(ProtocolError):
     code = "version_mismatch"
@@ -50,11 +52,6 @@ class RemoteError(OmnidError):
     """An error reply from the daemon; ``code`` is its stable, machine-readable kind."""
 
     code = "error"
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
 
 
 class Invalid(RemoteError):
@@ -84,7 +81,16 @@ class TooLarge(Invalid):
 
 
 class StorageError(RemoteError):
+    """The daemon could not store a write. ``reason`` says why where it is known:
+    ``"quota"`` (the database reached its configured maximum size), ``"database_gone"``
+    (the database file was deleted or replaced under the daemon), or None (a disk error)."""
+
     code = "storage"
+
+    @property
+    def reason(self) -> str | None:
+        reason = self.details.get("reason")
+        return reason if isinstance(reason, str) else None
 
 
 class InternalError(RemoteError):

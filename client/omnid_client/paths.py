@@ -17,6 +17,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SOCKET_NAME = "omnid.sock"
 SYSTEMD_UNITS = ("omnid.socket", "omnid.service")
@@ -36,10 +37,6 @@ class Paths:
     state_dir: Path
     socket: Path
     socket_source: str
-
-    @property
-    def runtime_dir(self) -> Path:
-        return self.socket.parent
 
     @property
     def database(self) -> Path:
@@ -102,7 +99,7 @@ def daemon_paths() -> Paths:
     return Paths(state, fallback_socket_path(), "fallback")
 
 
-def read_status_file(state_dir: Path | None = None) -> dict:
+def read_status_file(state_dir: Path | None = None) -> dict[str, Any]:
     """The daemon's last published status (pid, version, socket), or {} if none."""
     path = (state_dir or default_state_dir()) / "status.json"
     try:
@@ -157,14 +154,6 @@ def ensure_private_dir(path: Path) -> None:
         )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # --- service manager units ----------------------------------------------------------

@@ -5,13 +5,15 @@ from __future__ import annotations
 from omnid_client.protocol import AppendContext, Appended, GetContext, SessionContext
 
 from ..store import context as context_store
-from . import Caller, existing_session, handles, live_totals
+from ._common import existing_session, live_totals
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
 @handles("context.append")
-def append(caller: Caller, p: AppendContext) -> Appended:
-    session = live_totals(caller, p.session_id)
-    store = caller.daemon.store
+def append(ctx: Context, caller: Caller, p: AppendContext) -> Appended:
+    session = live_totals(ctx, p.session_id)
+    store = ctx.store
     now = store.now()
     context_store.append(store.db, p.session_id, session.project_id, p.events, now)
     store.note_project_activity(session.project_id, now)
@@ -19,6 +21,6 @@ def append(caller: Caller, p: AppendContext) -> Appended:
 
 
 @handles("context.get")
-def get(caller: Caller, p: GetContext) -> SessionContext:
-    existing_session(caller, p.session_id)
-    return context_store.materialize(caller.daemon.store.db, p)
+def get(ctx: Context, caller: Caller, p: GetContext) -> SessionContext:
+    existing_session(ctx, p.session_id)
+    return context_store.materialize(ctx.store.db, p)

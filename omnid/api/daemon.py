@@ -1,35 +1,34 @@
-"""Daemon methods: status, reap, shutdown, stats, orphan cleanup."""
+"""Daemon methods: status, reap, shutdown, stats."""
 
 from __future__ import annotations
 
-from omnid_client.protocol import CleanupOrphans, CleanupResult, DaemonStatus, Empty, Reap, ReapResult, ServiceStats
+from omnid_client.protocol import DaemonStatus, Empty, Reap, ReapResult, ServiceStats
 
 from ..store import memories as memory_store
-from ..store import search as search_store
-from ..store import tasks as task_store
 from ..store.codec import from_nanos
-from . import Caller, handles
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
 @handles("daemon.status")
-def status(caller: Caller, _: Empty) -> DaemonStatus:
-    return caller.daemon.status()
+def status(ctx: Context, caller: Caller, _: Empty) -> DaemonStatus:
+    return ctx.status()
 
 
 @handles("daemon.reap")
-def reap(caller: Caller, p: Reap) -> ReapResult:
-    return caller.daemon.reaper.sweep(trigger="manual", dry_run=p.dry_run)
+def reap(ctx: Context, caller: Caller, p: Reap) -> ReapResult:
+    return ctx.reaper.sweep(trigger="manual", dry_run=p.dry_run)
 
 
 @handles("daemon.shutdown")
-def shutdown(caller: Caller, _: Empty) -> Empty:
-    caller.daemon.request_stop(f"shutdown requested by pid {caller.pid}")
+def shutdown(ctx: Context, caller: Caller, _: Empty) -> Empty:
+    ctx.stop(f"shutdown requested by pid {caller.pid}")
     return Empty()
 
 
 @handles("daemon.stats")
-def stats(caller: Caller, _: Empty) -> ServiceStats:
-    store = caller.daemon.store
+def stats(ctx: Context, caller: Caller, _: Empty) -> ServiceStats:
+    store = ctx.store
     db = store.db
     now = store.now()
     sessions, live, messages, tokens, nanos, avg_seconds = db.execute(
@@ -56,14 +55,3 @@ def stats(caller: Caller, _: Empty) -> ServiceStats:
         avg_session_seconds=avg_seconds,
         sessions_by_tool=by_tool,
     )
-
-
-@handles("maintenance.cleanup_orphans")
-def cleanup_orphans(caller: Caller, p: CleanupOrphans) -> CleanupResult:
-    """Delete ended sessions older than ``older_than`` seconds that hold nothing at all."""
-    store = caller.daemon.store
-    orphans = task_store.orphan_sessions(store.db, store.now() - p.older_than)
-    if not p.dry_run and orphans:
-        search_store.unindex_sessions(store.db, orphans)
-        task_store.delete_sessions(store.db, orphans)
-    return CleanupResult(p.dry_run, orphans)

@@ -20,12 +20,14 @@ from omnid_client.protocol import (
 
 from ..store import memories as memory_store
 from ..store import sessions as session_store
-from . import Caller, check_size, existing_session, handles, live_session, project_of
+from ._common import check_size, existing_session, live_session, project_of
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
-def _current(caller: Caller, p: MemoryKeyRef) -> Memory:
-    store = caller.daemon.store
-    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+def _current(ctx: Context, p: MemoryKeyRef) -> Memory:
+    store = ctx.store
+    project_id = project_of(ctx, p.project_id, p.workspace, create=False)
     memory = memory_store.get(store.db, project_id, p.key, store.now())
     if memory is None:
         raise NotFound(f"no memory {p.key!r} in project {project_id}", {"key": p.key, "project_id": project_id})
@@ -33,49 +35,49 @@ def _current(caller: Caller, p: MemoryKeyRef) -> Memory:
 
 
 @handles("memory.put")
-def put(caller: Caller, p: PutMemory) -> Memory:
+def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory:
     check_size(p.metadata)
     check_size(p.value, MAX_VALUE_BYTES, "value")
-    store = caller.daemon.store
-    project_id = project_of(caller, p.project_id, p.workspace, create=True)
+    store = ctx.store
+    project_id = project_of(ctx, p.project_id, p.workspace, create=True)
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
     store.note_project_activity(project_id, now)
     if expires_at is not None:
-        caller.daemon.expirer.expect(expires_at)
+        ctx.expirer.expect(expires_at)
     return memory
 
 
 @handles("memory.get")
-def get(caller: Caller, p: MemoryKeyRef) -> Memory:
+def get(ctx: Context, caller: Caller, p: MemoryKeyRef) -> Memory:
     """Reading counts as an access (accessed_count, last_accessed)."""
-    return memory_store.record_access(caller.daemon.store.db, _current(caller, p), caller.daemon.store.now())
+    return memory_store.record_access(ctx.store.db, _current(ctx, p), ctx.store.now())
 
 
 @handles("memory.list")
-def list_memories(caller: Caller, p: ListMemories) -> MemoryList:
-    store = caller.daemon.store
-    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+def list_memories(ctx: Context, caller: Caller, p: ListMemories) -> MemoryList:
+    store = ctx.store
+    project_id = project_of(ctx, p.project_id, p.workspace, create=False)
     return MemoryList(memory_store.recent(store.db, project_id, p.limit, store.now()))
 
 
 @handles("memory.delete")
-def delete(caller: Caller, p: MemoryKeyRef) -> Deleted:
-    return Deleted(memory_store.delete_ids(caller.daemon.store.db, [_current(caller, p).memory_id]))
+def delete(ctx: Context, caller: Caller, p: MemoryKeyRef) -> Deleted:
+    return Deleted(memory_store.delete_ids(ctx.store.db, [_current(ctx, p).memory_id]))
 
 
 @handles("memory.history")
-def history(caller: Caller, p: MemoryKeyRef) -> MemoryHistory:
-    memory = _current(caller, p)
-    return MemoryHistory(memory.memory_id, memory.key, memory_store.history(caller.daemon.store.db, memory.memory_id))
+def history(ctx: Context, caller: Caller, p: MemoryKeyRef) -> MemoryHistory:
+    memory = _current(ctx, p)
+    return MemoryHistory(memory.memory_id, memory.key, memory_store.history(ctx.store.db, memory.memory_id))
 
 
 @handles("session_memory.add")
-def add_session_memory(caller: Caller, p: AddSessionMemory) -> SessionMemory:
+def add_session_memory(ctx: Context, caller: Caller, p: AddSessionMemory) -> SessionMemory:
     check_size(p.metadata)
-    session = live_session(caller, p.session_id)
-    store = caller.daemon.store
+    session = live_session(ctx, p.session_id)
+    store = ctx.store
     now = store.now()
     memory = memory_store.add_session_memory(
         store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now
@@ -85,6 +87,6 @@ def add_session_memory(caller: Caller, p: AddSessionMemory) -> SessionMemory:
 
 
 @handles("session_memory.list")
-def list_session_memories(caller: Caller, p: SessionRef) -> SessionMemoryList:
-    existing_session(caller, p.session_id)
-    return SessionMemoryList(memory_store.session_memories(caller.daemon.store.db, p.session_id))
+def list_session_memories(ctx: Context, caller: Caller, p: SessionRef) -> SessionMemoryList:
+    existing_session(ctx, p.session_id)
+    return SessionMemoryList(memory_store.session_memories(ctx.store.db, p.session_id))

@@ -6,15 +6,17 @@ from omnid_client.protocol import AddMessages, ListMessages, MessagePage, Messag
 
 from ..store import messages as message_store
 from ..store.codec import from_nanos
-from . import Caller, check_size, existing_session, handles, live_totals
+from ._common import check_size, existing_session, live_totals
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
 @handles("message.add")
-def add(caller: Caller, p: AddMessages) -> MessagesAdded:
+def add(ctx: Context, caller: Caller, p: AddMessages) -> MessagesAdded:
     for message in p.messages:
         check_size(message.metadata)
-    session = live_totals(caller, p.session_id)
-    store = caller.daemon.store
+    session = live_totals(ctx, p.session_id)
+    store = ctx.store
     now = store.now()
     ids, count, tokens, nanos = message_store.add(store.db, p.session_id, session, p.messages, now)
     store.note_project_activity(session.project_id, now)
@@ -22,7 +24,7 @@ def add(caller: Caller, p: AddMessages) -> MessagesAdded:
 
 
 @handles("message.list")
-def list_messages(caller: Caller, p: ListMessages) -> MessagePage:
-    existing_session(caller, p.session_id)
-    messages, after = message_store.page(caller.daemon.store.db, p.session_id, p.after_seq, p.limit)
+def list_messages(ctx: Context, caller: Caller, p: ListMessages) -> MessagePage:
+    existing_session(ctx, p.session_id)
+    messages, after = message_store.page(ctx.store.db, p.session_id, p.after_seq, p.limit)
     return MessagePage(messages, after)

@@ -7,21 +7,23 @@ from omnid_client.protocol import ListProjects, Project, ProjectPage, ProjectRef
 
 from ..store import projects as project_store
 from ..store import search as search_store
-from . import Caller, existing_session, handles, project_of
+from ._common import existing_session, project_of
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
 @handles("project.list")
-def list_projects(caller: Caller, p: ListProjects) -> ProjectPage:
-    store = caller.daemon.store
+def list_projects(ctx: Context, caller: Caller, p: ListProjects) -> ProjectPage:
+    store = ctx.store
     store.settle_project_activity()
     projects, cursor = project_store.page(store.db, limit=p.limit, cursor=p.cursor, now=store.now())
     return ProjectPage(projects, cursor)
 
 
 @handles("project.get")
-def get(caller: Caller, p: ProjectRef) -> Project:
-    store = caller.daemon.store
-    project_id = project_of(caller, p.project_id, p.workspace, create=False)
+def get(ctx: Context, caller: Caller, p: ProjectRef) -> Project:
+    store = ctx.store
+    project_id = project_of(ctx, p.project_id, p.workspace, create=False)
     store.settle_project_activity()
     project = project_store.get(store.db, project_id, store.now())
     if project is None:
@@ -30,12 +32,12 @@ def get(caller: Caller, p: ProjectRef) -> Project:
 
 
 @handles("search")
-def search(caller: Caller, p: Search) -> SearchResult:
+def search(ctx: Context, caller: Caller, p: Search) -> SearchResult:
     if p.session_id is not None:
-        existing_session(caller, p.session_id)
+        existing_session(ctx, p.session_id)
     if p.project_id is not None:
-        project_of(caller, p.project_id, None, create=False)
-    store = caller.daemon.store
+        project_of(ctx, p.project_id, None, create=False)
+    store = ctx.store
     hits = search_store.query(
         store.db,
         p.query,

@@ -23,34 +23,38 @@ from ..store import context as context_store
 from ..store import memories as memory_store
 from ..store import messages as message_store
 from ..store import projects as project_store
-from ..store import sessions as q
+from ..store import sessions as session_store
 from ..store import tasks as task_store
-from . import Caller, check_size, current, existing_session, handles, live_session
+from ._common import check_size, current, existing_session, live_session
+from ._context import Caller, Context
+from ._dispatch import handles
+
+SESSION_BYTES = 4096
+"""About what a new session adds to the database (for the storage quota's estimate)."""
 
 
 @handles("session.get_or_create")
-def get_or_create(caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
+def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
-    daemon = caller.daemon
     pid = caller.pid if p.pid is None else p.pid
-    owner = owner_process(pid, caller.uid, daemon.reaper.known_owner(pid)).identity
+    owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
     if p.owner_must_be_ancestor:
         check_ancestor(pid, caller.pid)
-    store = daemon.store
+    store = ctx.store
     now = store.now()
     if p.dedup:
-        existing = daemon.live_sessions.find_live(p.tool_id, owner)
+        existing = ctx.live_sessions.find_live(p.tool_id, owner)
         if existing is not None:
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
             return GetOrCreateResult("existing", existing)
+    ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write():
-        return GetOrCreateResult("created", _create(caller, p, owner, now))
+        return GetOrCreateResult("created", _create(ctx, p, owner, now))
 
 
-def _create(caller: Caller, p: GetOrCreate, owner: ProcessIdentity, now: float) -> Session:
-    daemon = caller.daemon
-    db = daemon.store.db
+def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) -> Session:
+    db = ctx.store.db
     workspace = p.workspace if p.workspace is not None else cwd_of(owner.pid)
     project_id = None
     if workspace is not None:
@@ -71,53 +75,53 @@ def _create(caller: Caller, p: GetOrCreate, owner: ProcessIdentity, now: float) 
         last_activity=now,
         project_id=project_id,
     )
-    q.insert(db, session, dedup=p.dedup)
-    daemon.reaper.track(session.session_id, owner)
+    session_store.insert(db, session, dedup=p.dedup, owner_ino=owner.ino)
+    ctx.reaper.track(session.session_id, owner)
     return session
 
 
 @handles("session.find")
-def find(caller: Caller, p: Find) -> FindResult:
+def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
     pid = caller.pid if p.pid is None else p.pid
     try:
-        owner = owner_process(pid, caller.uid, caller.daemon.reaper.known_owner(pid)).identity
+        owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
     except NotFound:
         return FindResult(None)
-    found = caller.daemon.live_sessions.find_live(p.tool_id, owner)
-    return FindResult(current(caller, found) if found else None)
+    found = ctx.live_sessions.find_live(p.tool_id, owner)
+    return FindResult(current(ctx, found) if found else None)
 
 
 @handles("session.heartbeat")
-def heartbeat(caller: Caller, p: SessionRef) -> Session:
-    session = live_session(caller, p.session_id)
-    session.last_activity = caller.daemon.store.now()
-    q.touch(caller.daemon.store.db, session.session_id, session.last_activity)
+def heartbeat(ctx: Context, caller: Caller, p: SessionRef) -> Session:
+    session = live_session(ctx, p.session_id)
+    session.last_activity = ctx.store.now()
+    session_store.touch(ctx.store.db, session.session_id, session.last_activity)
     return session
 
 
 @handles("session.end")
-def end(caller: Caller, p: SessionRef) -> Session:
+def end(ctx: Context, caller: Caller, p: SessionRef) -> Session:
     """Idempotent: an ended session is returned as it is."""
-    store = caller.daemon.store
-    session = existing_session(caller, p.session_id)
+    store = ctx.store
+    session = existing_session(ctx, p.session_id)
     if session.ended_at is None:
-        q.end(store.db, [session.session_id], "ended", store.now())
+        session_store.end(store.db, [session.session_id], "ended", store.now())
         if session.owner_pid is not None:
             owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "")
-            caller.daemon.reaper.untrack(session.session_id, owner)
-        session = existing_session(caller, p.session_id)
+            ctx.reaper.untrack(session.session_id, owner)
+        session = existing_session(ctx, p.session_id)
     return session
 
 
 @handles("session.get")
-def get(caller: Caller, p: SessionRef) -> Session:
-    return existing_session(caller, p.session_id)
+def get(ctx: Context, caller: Caller, p: SessionRef) -> Session:
+    return existing_session(ctx, p.session_id)
 
 
 @handles("session.list")
-def list_sessions(caller: Caller, p: ListSessions) -> SessionPage:
-    sessions, cursor = q.page(
-        caller.daemon.store.db,
+def list_sessions(ctx: Context, caller: Caller, p: ListSessions) -> SessionPage:
+    sessions, cursor = session_store.page(
+        ctx.store.db,
         tool_id=p.tool_id,
         session_type=p.session_type,
         status=p.status,
@@ -125,15 +129,15 @@ def list_sessions(caller: Caller, p: ListSessions) -> SessionPage:
         limit=p.limit,
         cursor=p.cursor,
     )
-    return SessionPage([current(caller, s) for s in sessions], cursor)
+    return SessionPage([current(ctx, s) for s in sessions], cursor)
 
 
 @handles("session.summary")
-def summary(caller: Caller, p: SessionRef) -> SessionSummary:
-    s = existing_session(caller, p.session_id)
-    db = caller.daemon.store.db
+def summary(ctx: Context, caller: Caller, p: SessionRef) -> SessionSummary:
+    s = existing_session(ctx, p.session_id)
+    db = ctx.store.db
     first, last = message_store.time_range(db, s.session_id)
-    end = s.ended_at if s.ended_at is not None else caller.daemon.store.now()
+    end = s.ended_at if s.ended_at is not None else ctx.store.now()
     return SessionSummary(
         session_id=s.session_id,
         tool_id=s.tool_id,

@@ -5,15 +5,26 @@ from __future__ import annotations
 import sqlite3
 
 from omnid_client.errors import Conflict, NotFound
-from omnid_client.protocol import AddInteraction, CreateTask, Interaction, ListTasks, Task, TaskPage, TaskRef, UpdateTask
+from omnid_client.protocol import (
+    AddInteraction,
+    CreateTask,
+    Interaction,
+    ListTasks,
+    Task,
+    TaskPage,
+    TaskRef,
+    UpdateTask,
+)
 
 from ..store import sessions as session_store
 from ..store import tasks as task_store
-from . import Caller, check_size, handles, live_session
+from ._common import check_size, live_session
+from ._context import Caller, Context
+from ._dispatch import handles
 
 
-def _task(caller: Caller, task_id: str) -> Task:
-    task = task_store.get(caller.daemon.store.db, task_id)
+def _task(ctx: Context, task_id: str) -> Task:
+    task = task_store.get(ctx.store.db, task_id)
     if task is None:
         raise NotFound(f"no task {task_id}", {"task_id": task_id})
     return task
@@ -24,10 +35,10 @@ def _external_id_taken(external_id: str) -> Conflict:
 
 
 @handles("task.create")
-def create(caller: Caller, p: CreateTask) -> Task:
+def create(ctx: Context, caller: Caller, p: CreateTask) -> Task:
     check_size(p.metadata)
-    session = live_session(caller, p.session_id)
-    store = caller.daemon.store
+    session = live_session(ctx, p.session_id)
+    store = ctx.store
     now = store.now()
     try:
         task = task_store.create(store.db, session.session_id, p.title, p.external_id, p.metadata, now)
@@ -38,11 +49,11 @@ def create(caller: Caller, p: CreateTask) -> Task:
 
 
 @handles("task.update")
-def update(caller: Caller, p: UpdateTask) -> Task:
+def update(ctx: Context, caller: Caller, p: UpdateTask) -> Task:
     if p.metadata is not None:
         check_size(p.metadata)
-    task = _task(caller, p.task_id)
-    store = caller.daemon.store
+    task = _task(ctx, p.task_id)
+    store = ctx.store
     try:
         task_store.update(store.db, task, status=p.status, title=p.title, metadata=p.metadata, now=store.now())
     except sqlite3.IntegrityError:  # reopening a task whose external id another open task took
@@ -51,16 +62,16 @@ def update(caller: Caller, p: UpdateTask) -> Task:
 
 
 @handles("task.get")
-def get(caller: Caller, p: TaskRef) -> Task:
-    task = _task(caller, p.task_id)
-    task.interactions = task_store.interactions(caller.daemon.store.db, task.task_id, p.max_interactions)
+def get(ctx: Context, caller: Caller, p: TaskRef) -> Task:
+    task = _task(ctx, p.task_id)
+    task.interactions = task_store.interactions(ctx.store.db, task.task_id, p.max_interactions)
     return task
 
 
 @handles("task.list")
-def list_tasks(caller: Caller, p: ListTasks) -> TaskPage:
+def list_tasks(ctx: Context, caller: Caller, p: ListTasks) -> TaskPage:
     tasks, cursor = task_store.page(
-        caller.daemon.store.db,
+        ctx.store.db,
         session_id=p.session_id,
         status=p.status,
         external_id=p.external_id,
@@ -71,7 +82,7 @@ def list_tasks(caller: Caller, p: ListTasks) -> TaskPage:
 
 
 @handles("interaction.add")
-def add_interaction(caller: Caller, p: AddInteraction) -> Interaction:
+def add_interaction(ctx: Context, caller: Caller, p: AddInteraction) -> Interaction:
     check_size(p.metadata)
-    task = _task(caller, p.task_id)
-    return task_store.add_interaction(caller.daemon.store.db, task.task_id, p.kind, p.content, p.metadata, caller.daemon.store.now())
+    task = _task(ctx, p.task_id)
+    return task_store.add_interaction(ctx.store.db, task.task_id, p.kind, p.content, p.metadata, ctx.store.now())

@@ -18,12 +18,18 @@ from typing import Callable, Iterator
 
 from omnid_client.errors import StorageError
 
-from . import search
+from .. import clock
+from ..safefile import check_existing, os_message
+from . import search as search_store
+from .guard import WriteGuard
 from .migrations import LATEST, MIGRATIONS, apply
+from .search import StoreConnection
 
 log = logging.getLogger("omnid.store")
 
-CommitWaiter = Callable[[Exception | None], None]
+CommitWaiter = Callable[[StorageError | None], None]
+CLOCK_STEP_BACK = 1.0
+"""Seconds the wall clock must go back for timestamps to follow it rather than stay ordered."""
 ACTIVITY_DELAY = 1.0
 """Longest a coalesced last_activity bump waits for a commit, in seconds."""
 
@@ -45,15 +51,6 @@ def is_corruption(e: sqlite3.Error) -> bool:
         return code & 0xFF in _CORRUPT_CODES
     text = str(e)
     return "malformed" in text or "not a database" in text
-
-
-class Connection(sqlite3.Connection):
-    """The store's connection, holding the search rows its open transaction will index
-    when it commits (see ``search``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pending_search_rows: list[tuple] = []
 
 
 class Store:
@@ -83,12 +80,20 @@ class Store:
         self._closed = False
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
         self.db = self._open()
+        self.guard = WriteGuard(self.path, self.db)
+        """Whether writes may go on: the file is still the one open, and under the quota."""
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> StoreConnection:
+        try:
+            # SQLite follows links: a planted one must not make it write someone else's file.
+            for suffix in ("-wal", "-shm", ""):
+                check_existing(f"{self.path}{suffix}")
+        except OSError as e:
+            raise StoreError(f"cannot open database: {os_message(e)}") from None
         if self.path.exists():
             self._inspect()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=Connection)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=StoreConnection)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {self.path}: {e}{disk_hint(self.path)}") from e
         try:
@@ -131,9 +136,18 @@ class Store:
     # -- time --------------------------------------------------------------------
 
     def now(self) -> float:
-        """UTC epoch seconds, strictly increasing within this daemon (sub-ms precision)."""
-        self._last_now = max(time.time(), self._last_now + 1e-6)
-        return self._last_now
+        """UTC epoch seconds from the wall clock, strictly increasing within this daemon
+        (sub-ms precision) except across a jump back of ``CLOCK_STEP_BACK`` or more: then
+        timestamps follow the clock again at once, rather than stand still until it
+        catches up."""
+        t = clock.wall()
+        if t <= self._last_now:
+            if self._last_now - t < CLOCK_STEP_BACK:
+                t = self._last_now + 1e-6
+            else:
+                log.warning("the wall clock went back %.3fs; timestamps follow it", self._last_now - t)
+        self._last_now = t
+        return t
 
     # -- transactions ------------------------------------------------------------
 
@@ -142,7 +156,7 @@ class Store:
         return self.db.in_transaction
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[StoreConnection]:
         """One request's writes: joins the open transaction inside its own savepoint, or
         begins one (where it needs none: until it ends, the transaction holds its writes
         alone, so a failure rolls back the whole transaction)."""
@@ -264,44 +278,53 @@ class Store:
             self.db.pending_search_rows = []
             self._release(None)
             return
+        self.guard.check()  # the file may be gone: then this batch must not be acknowledged
+        if self.guard.lost is not None:
+            self._log_failure(self.guard.lost)
+            self._abort(StorageError(self.guard.lost, {"reason": "database_gone"}))
+            return
         try:
             if self._activity:
                 self._apply_activity()
-            search.write_pending(self.db)
+            search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            self._log_failure(e)
+            self._log_failure(str(e))
             self._abort(e)
             return
         self._release(None)
 
-    def _log_failure(self, e: sqlite3.Error) -> None:
+    def _log_failure(self, why: str) -> None:
         """Log a failed commit; the same failure again (a full disk fails every batch) at
         most once a minute, with how often it happened meanwhile."""
         text, logged_at, since = self._failure
         now = time.monotonic()
-        if str(e) == text and now - logged_at < 60.0:
+        if why == text and now - logged_at < 60.0:
             self._failure = (text, logged_at, since + 1)
             return
-        if not since:
-            more = ""
-        elif str(e) == text:
+        if since and why == text:
             more = f" (and {since} more time(s) in the last minute)"
-        else:  # the repeats not logged were of the previous failure, not of this one
-            more = f" (after {since} more time(s) of: {text})"
-        log.error("commit failed: %s%s", e, more)
-        self._failure = (str(e), now, 0)
+        else:  # the repeats not logged, if any, were of the previous failure, not of this one
+            more = f" (after {since} more time(s) of: {text})" if since else ""
+        log.error("commit failed: %s%s", why, more)
+        self._failure = (why, now, 0)
 
     def _abort(self, exc: BaseException) -> None:
         self.db.pending_search_rows = []
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-        self._release(storage_error(exc) if isinstance(exc, sqlite3.Error) else StorageError(f"write failed: {exc}"))
+        if isinstance(exc, sqlite3.Error):
+            error = storage_error(exc)
+        elif isinstance(exc, StorageError):
+            error = exc
+        else:
+            error = StorageError(f"write failed: {exc}")
+        self._release(error)
         for callback in self._on_rollback:
             callback()
 
-    def _release(self, error: Exception | None) -> None:
+    def _release(self, error: StorageError | None) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter(error)
@@ -340,6 +363,7 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+        self.guard.close()  # after SQLite's connection (see WriteGuard)
 
 
 def set_aside(path: Path) -> list[Path]:
@@ -377,7 +401,8 @@ def disk_hint(path: Path) -> str:
 
 
 def storage_error(e: sqlite3.Error) -> StorageError:
-    return StorageError(f"database write failed: {e}", {"sqlite_error": getattr(e, "sqlite_errorname", type(e).__name__)})
+    name = getattr(e, "sqlite_errorname", type(e).__name__)
+    return StorageError(f"database write failed: {e}", {"sqlite_error": name})
 
 
 def check_version(db: sqlite3.Connection, path: Path) -> int:

@@ -16,7 +16,7 @@ from omnid_client.protocol import (
     SessionContext,
 )
 
-from . import search
+from . import search as search_store
 
 
 def append(
@@ -31,7 +31,9 @@ def append(
     )
 
 
-def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float) -> None:
+def insert(
+    db: sqlite3.Connection, session_id: str, project_id: str | None, event: ContextEvent, created_at: float
+) -> None:
     """One event row, and a decision in the search index too; the caller keeps the
     session's context_event_count."""
     cur = db.execute(
@@ -40,8 +42,11 @@ def insert(db: sqlite3.Connection, session_id: str, project_id: str | None, even
         (session_id, event.kind, event.subject, event.importance, event.detail, created_at),
     )
     if event.kind == "decision":
+        assert cur.lastrowid is not None  # set by every INSERT
         body = event.subject if event.detail is None else f"{event.subject}\n{event.detail}"
-        search.index(db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at)
+        search_store.index(
+            db, "decision", cur.lastrowid, body, session_id=session_id, project_id=project_id, created_at=created_at
+        )
 
 
 def count(db: sqlite3.Connection, session_id: str) -> int:
@@ -61,8 +66,9 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
             (sid, p.max_files),
         )
     ]
-    searches = [SearchContext(*row) for row in _recent(db, sid, "search", "subject, created_at, detail", p.max_searches)]
-    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", "subject, created_at, detail", p.max_decisions)]
+    fields = "subject, created_at, detail"
+    searches = [SearchContext(*row) for row in _recent(db, sid, "search", fields, p.max_searches)]
+    decisions = [DecisionContext(*row) for row in _recent(db, sid, "decision", fields, p.max_decisions)]
     memories = [
         MemoryContext(ref, at, source, memory_type, content)
         for ref, at, source, memory_type, content in db.execute(

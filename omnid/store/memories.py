@@ -8,7 +8,7 @@ from typing import Any
 
 from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
-from . import search
+from . import search as search_store
 from .codec import dumps, loads, loads_dict
 
 _COLUMNS = (
@@ -47,7 +47,7 @@ def put(
             "WHERE memory_id = ?",
             (value_text, metadata_text, version, now, expires_at, memory_id),
         )
-        search.unindex(db, "memory", [memory_id])
+        search_store.unindex(db, "memory", [memory_id])
     else:
         if row is not None:  # expired but not purged yet: it is gone for every reader
             delete_ids(db, [row[0]])
@@ -57,10 +57,13 @@ def put(
             (memory_id, project_id, key, value_text, metadata_text, version, now, now, expires_at),
         )
     db.execute(
-        "INSERT INTO memory_versions (memory_id, version, value, metadata, created_at, expires_at) VALUES (?,?,?,?,?,?)",
+        "INSERT INTO memory_versions (memory_id, version, value, metadata, created_at, expires_at) "
+        "VALUES (?,?,?,?,?,?)",
         (memory_id, version, value_text, metadata_text, now, expires_at),
     )
-    search.index(db, "memory", memory_id, _body(key, value), session_id=None, project_id=project_id, created_at=now)
+    search_store.index(
+        db, "memory", memory_id, _body(key, value), session_id=None, project_id=project_id, created_at=now
+    )
     memory = get(db, project_id, key, now)
     assert memory is not None
     return memory
@@ -103,7 +106,7 @@ def history(db: sqlite3.Connection, memory_id: str) -> list[MemoryVersion]:
 
 
 def delete_ids(db: sqlite3.Connection, memory_ids: list[str]) -> int:
-    search.unindex(db, "memory", memory_ids)
+    search_store.unindex(db, "memory", memory_ids)
     deleted = 0
     for memory_id in memory_ids:
         deleted += db.execute("DELETE FROM memories WHERE memory_id = ?", (memory_id,)).rowcount
@@ -141,7 +144,9 @@ def add_session_memory(
         "VALUES (?,?,?,?,?,?)",
         (memory.memory_id, session_id, memory_type, content, dumps(metadata), now),
     )
-    search.index(db, "session_memory", memory.memory_id, content, session_id=session_id, project_id=project_id, created_at=now)
+    search_store.index(
+        db, "session_memory", memory.memory_id, content, session_id=session_id, project_id=project_id, created_at=now
+    )
     return memory
 
 
@@ -151,8 +156,9 @@ def session_memories(db: sqlite3.Connection, session_id: str) -> list[SessionMem
         "WHERE session_id = ? ORDER BY created_at",
         (session_id,),
     ).fetchall()
-    return [SessionMemory(*r[:4], loads_dict(r[4]), r[5]) for r in rows]
+    return [SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows]
 
 
 def has_session_memory(db: sqlite3.Connection, session_id: str) -> bool:
-    return db.execute("SELECT 1 FROM session_memories WHERE session_id = ? LIMIT 1", (session_id,)).fetchone() is not None
+    row = db.execute("SELECT 1 FROM session_memories WHERE session_id = ? LIMIT 1", (session_id,)).fetchone()
+    return row is not None

@@ -189,6 +189,12 @@ MIGRATIONS: list[list[Step]] = [
         "(SELECT count(*) FROM context_events c WHERE c.session_id = sessions.session_id) "
         "WHERE session_id IN (SELECT session_id FROM context_events)",
     ],
+    # 4: the owner process's pidfd inode where the kernel makes it unique (Linux 6.9+):
+    # it tells apart two processes given the same pid within one start-time tick. NULL
+    # for sessions recorded before, or where the kernel has no such identity.
+    [
+        "ALTER TABLE sessions ADD COLUMN owner_ino INTEGER",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

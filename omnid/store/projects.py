@@ -39,7 +39,8 @@ def exists(db: sqlite3.Connection, project_id: str) -> bool:
 
 def page(db: sqlite3.Connection, *, limit: int, cursor: str | None, now: float) -> tuple[list[Project], str | None]:
     """Projects, most recently active first."""
-    sql, args = _SELECT, [now]
+    sql = _SELECT
+    args: list[object] = [now]
     if cursor is not None:
         sql += " WHERE (p.last_activity, p.project_id) < (?, ?)"
         args += decode_cursor(cursor)

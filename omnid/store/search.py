@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from omnid_client.protocol import SearchHit
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _INSERT = "INSERT INTO search_index (body, kind, ref_id, session_id, project_id, created_at) VALUES (?,?,?,?,?,?)"
+
+Row = tuple[object, ...]
+
+
+class StoreConnection(sqlite3.Connection):
+    """The store's connection, holding the search rows its open transaction will index
+    when it commits. Any other connection indexes each row as it is written."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending_search_rows: list[Row] = []
 
 
 def index(
@@ -30,19 +41,17 @@ def index(
     created_at: float,
 ) -> None:
     row = (body, kind, str(ref_id), session_id, project_id, created_at)
-    pending = getattr(db, "pending_search_rows", None)
-    if pending is None or not db.in_transaction:
-        db.execute(_INSERT, row)
+    if isinstance(db, StoreConnection) and db.in_transaction:
+        db.pending_search_rows.append(row)
     else:
-        pending.append(row)
+        db.execute(_INSERT, row)
 
 
 def write_pending(db: sqlite3.Connection) -> None:
     """Index the rows waiting on ``db`` now; if that fails they are still waiting."""
-    pending = getattr(db, "pending_search_rows", None)
-    if pending:
-        db.executemany(_INSERT, pending)
-        db.pending_search_rows = []  # type: ignore[attr-defined]  # a new list: see Store.write
+    if isinstance(db, StoreConnection) and db.pending_search_rows:
+        db.executemany(_INSERT, db.pending_search_rows)
+        db.pending_search_rows = []  # a new list: see Store.write
 
 
 def unindex(db: sqlite3.Connection, kind: str, ref_ids: list[str]) -> None:
@@ -59,10 +68,12 @@ def unindex_sessions(db: sqlite3.Connection, session_ids: list[str]) -> None:
     _drop_pending(db, lambda row: row[3] in ids)
 
 
-def _drop_pending(db: sqlite3.Connection, matches: Callable[[tuple], bool]) -> None:
-    pending = getattr(db, "pending_search_rows", None)
+def _drop_pending(db: sqlite3.Connection, matches: Callable[[Row], bool]) -> None:
+    if not isinstance(db, StoreConnection):
+        return
+    pending = db.pending_search_rows
     if pending and any(matches(row) for row in pending):
-        db.pending_search_rows = [row for row in pending if not matches(row)]  # type: ignore[attr-defined]
+        db.pending_search_rows = [row for row in pending if not matches(row)]
 
 
 def match_expression(text: str) -> str | None:
@@ -82,14 +93,15 @@ def query(
     *,
     project_id: str | None,
     session_id: str | None,
-    kinds: list[str] | None,
+    kinds: Sequence[str] | None,
     limit: int,
     now: float,
 ) -> list[SearchHit]:
     expression = match_expression(text)
     if expression is None:
         return []
-    if getattr(db, "pending_search_rows", None):  # rows added earlier in the open transaction are found too
+    # Rows added earlier in the open transaction are found too.
+    if isinstance(db, StoreConnection) and db.pending_search_rows:
         db.execute("SAVEPOINT search_rows")
         try:
             write_pending(db)

@@ -22,16 +22,16 @@ _INSERTED = COLUMNS.rsplit(", message_count", 1)[0]
 
 
 def _session(row: tuple) -> Session:
-    return Session(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16]))
+    return Session(*(*row[:8], loads_dict(row[8]), *row[9:16], from_nanos(row[16])))
 
 
-def insert(db: sqlite3.Connection, s: Session, *, dedup: bool) -> None:
+def insert(db: sqlite3.Connection, s: Session, *, dedup: bool, owner_ino: int | None = None) -> None:
     db.execute(
-        f"INSERT INTO sessions ({_INSERTED}, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO sessions ({_INSERTED}, dedup, owner_ino) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             s.session_id, s.tool_id, s.tool_version, s.session_type, s.owner_pid, s.owner_start,
             s.boot_id, s.workspace, dumps(s.metadata), s.started_at, s.last_activity,
-            s.ended_at, s.end_reason, s.project_id, int(dedup),
+            s.ended_at, s.end_reason, s.project_id, int(dedup), owner_ino,
         ),
     )
 
@@ -63,10 +63,12 @@ def totals(db: sqlite3.Connection, session_id: str) -> Totals | None:
 
 
 def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> Session | None:
+    """The live deduplicated session of this tool and process (a session recorded with
+    another pidfd inode was another process's, which had the same pid and start tick)."""
     row = db.execute(
         f"SELECT {COLUMNS} FROM sessions WHERE tool_id = ? AND owner_pid = ? AND owner_start = ? "
-        "AND boot_id = ? AND ended_at IS NULL AND dedup = 1",
-        (tool_id, owner.pid, owner.start, owner.boot_id),
+        "AND boot_id = ? AND ended_at IS NULL AND dedup = 1 AND (owner_ino IS NULL OR ?5 IS NULL OR owner_ino = ?5)",
+        (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino),
     ).fetchone()
     return _session(row) if row else None
 
@@ -84,14 +86,14 @@ class LiveLookups:
     def __init__(self, store: "Store"):
         self._store = store
         self._writes_seen = -1
-        self._found: dict[tuple[str, int, int, str], Session] = {}
+        self._found: dict[tuple[str, int, int, str, int | None], Session] = {}
 
     def find_live(self, tool_id: str, owner: ProcessIdentity) -> Session | None:
         store = self._store
         if self._writes_seen != store.writes:
             self._found.clear()
             self._writes_seen = store.writes
-        key = (tool_id, owner.pid, owner.start, owner.boot_id)
+        key = (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino)
         session = self._found.get(key)
         if session is None:
             session = find_live(store.db, tool_id, owner)
@@ -125,10 +127,10 @@ def end(db: sqlite3.Connection, session_ids: Iterable[str], reason: str, now: fl
 def live_owned(db: sqlite3.Connection) -> list[tuple[str, str, ProcessIdentity]]:
     """(session_id, tool_id, owner) of every live session with an owner process."""
     rows = db.execute(
-        "SELECT session_id, tool_id, owner_pid, owner_start, boot_id FROM sessions "
+        "SELECT session_id, tool_id, owner_pid, owner_start, boot_id, owner_ino FROM sessions "
         "WHERE ended_at IS NULL AND owner_pid IS NOT NULL"
     ).fetchall()
-    return [(sid, tool, ProcessIdentity(pid, start, boot)) for sid, tool, pid, start, boot in rows]
+    return [(sid, tool, ProcessIdentity(pid, start, boot, ino)) for sid, tool, pid, start, boot, ino in rows]
 
 
 def count_live(db: sqlite3.Connection) -> int:
@@ -146,7 +148,8 @@ def page(
     cursor: str | None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("tool_id", tool_id), ("session_type", session_type), ("workspace", workspace)):
         if value is not None:
             where.append(f"{column} = ?")

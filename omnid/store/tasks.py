@@ -15,7 +15,7 @@ _WITH_COUNT = f"{_COLUMNS}, (SELECT count(*) FROM interactions i WHERE i.task_id
 
 
 def _task(row: tuple) -> Task:
-    return Task(*row[:5], loads_dict(row[5]), *row[6:10])
+    return Task(*(*row[:5], loads_dict(row[5]), *row[6:10]))
 
 
 def create(
@@ -65,7 +65,8 @@ def page(
     cursor: str | None,
 ) -> tuple[list[Task], str | None]:
     """Tasks, newest first."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("session_id", session_id), ("status", status), ("external_id", external_id)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -94,6 +95,7 @@ def add_interaction(
         (task_id, kind, content, dumps(metadata), now),
     )
     db.execute("UPDATE tasks SET updated_at = ? WHERE task_id = ?", (now, task_id))
+    assert cur.lastrowid is not None  # set by every INSERT
     return Interaction(cur.lastrowid, task_id, kind, content, metadata, now)
 
 
@@ -103,7 +105,7 @@ def interactions(db: sqlite3.Connection, task_id: str, limit: int) -> list[Inter
         "WHERE task_id = ? ORDER BY interaction_id LIMIT ?",
         (task_id, limit),
     ).fetchall()
-    return [Interaction(*r[:4], loads_dict(r[4]), r[5]) for r in rows]
+    return [Interaction(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows]
 
 
 def orphan_sessions(db: sqlite3.Connection, started_before: float) -> list[str]:

@@ -1,0 +1,350 @@
+"""Every omnid call as a pure builder of a typed ``Call[T]``; ``Client`` and ``AsyncClient``
+methods of the same name make them (their docstrings say what each call does)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._core import Call
+from .protocol import (
+    AddInteraction,
+    AddMessages,
+    AddSessionMemory,
+    AppendContext,
+    Appended,
+    CleanupOrphans,
+    CleanupResult,
+    ContextEvent,
+    CreateTask,
+    DaemonStatus,
+    Deleted,
+    Empty,
+    Find,
+    FindResult,
+    GetContext,
+    GetOrCreate,
+    GetOrCreateResult,
+    ImportRecords,
+    ImportResult,
+    Interaction,
+    ListMemories,
+    ListMessages,
+    ListProjects,
+    ListSessions,
+    ListTasks,
+    Memory,
+    MemoryHistory,
+    MemoryKeyRef,
+    MemoryList,
+    MessagePage,
+    MessagesAdded,
+    NewMessage,
+    Project,
+    ProjectPage,
+    ProjectRef,
+    PutMemory,
+    Reap,
+    ReapResult,
+    Record,
+    RetentionResult,
+    Role,
+    RunRetention,
+    Search,
+    SearchHit,
+    SearchKind,
+    SearchResult,
+    ServiceStats,
+    Session,
+    SessionContext,
+    SessionMemory,
+    SessionMemoryList,
+    SessionPage,
+    SessionRef,
+    SessionStatus,
+    SessionSummary,
+    Task,
+    TaskPage,
+    TaskRef,
+    TaskStatus,
+    UpdateTask,
+)
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+def get_or_create(
+    tool_id: str,
+    *,
+    pid: int | None = None,
+    tool_version: str | None = None,
+    workspace: str | None = None,
+    session_type: str = "default",
+    metadata: dict[str, Any] | None = None,
+    dedup: bool = True,
+    owner_must_be_ancestor: bool = False,
+) -> Call[GetOrCreateResult]:
+    params = GetOrCreate(
+        tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor
+    )
+    return Call("session.get_or_create", params, GetOrCreateResult, idempotent=dedup)
+
+
+def _found(result: FindResult) -> Session | None:
+    return result.session
+
+
+def find(tool_id: str, *, pid: int | None = None) -> Call[Session | None]:
+    return Call("session.find", Find(tool_id, pid), FindResult, shape=_found)
+
+
+def heartbeat(session_id: str) -> Call[Session]:
+    return Call("session.heartbeat", SessionRef(session_id), Session)
+
+
+def end(session_id: str) -> Call[Session]:
+    return Call("session.end", SessionRef(session_id), Session)
+
+
+def get(session_id: str) -> Call[Session]:
+    return Call("session.get", SessionRef(session_id), Session)
+
+
+def list_sessions(
+    *,
+    tool_id: str | None = None,
+    session_type: str | None = None,
+    status: SessionStatus = "all",
+    workspace: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Call[SessionPage]:
+    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor)
+    return Call("session.list", params, SessionPage)
+
+
+def session_summary(session_id: str) -> Call[SessionSummary]:
+    return Call("session.summary", SessionRef(session_id), SessionSummary)
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+def status() -> Call[DaemonStatus]:
+    return Call("daemon.status", Empty(), DaemonStatus)
+
+
+def reap(*, dry_run: bool = False) -> Call[ReapResult]:
+    return Call("daemon.reap", Reap(dry_run), ReapResult, idempotent=True)
+
+
+def stats() -> Call[ServiceStats]:
+    return Call("daemon.stats", Empty(), ServiceStats)
+
+
+def cleanup_orphans(older_than: float, *, dry_run: bool = False) -> Call[CleanupResult]:
+    return Call("maintenance.cleanup_orphans", CleanupOrphans(older_than, dry_run), CleanupResult)
+
+
+def shutdown() -> Call[Empty]:
+    return Call("daemon.shutdown", Empty(), Empty)
+
+
+# -- projects ------------------------------------------------------------------------------
+
+
+def _project(project_id: str | None, workspace: str | None) -> tuple[str | None, str | None]:
+    """(project_id, workspace) for a call; the current directory's project by default."""
+    if project_id is None and workspace is None:
+        workspace = os.getcwd()
+    return project_id, workspace
+
+
+def list_projects(*, limit: int = 50, cursor: str | None = None) -> Call[ProjectPage]:
+    return Call("project.list", ListProjects(limit, cursor), ProjectPage)
+
+
+def get_project(project_id: str | None = None, *, workspace: str | None = None) -> Call[Project]:
+    return Call("project.get", ProjectRef(*_project(project_id, workspace)), Project)
+
+
+# -- session context -----------------------------------------------------------------------
+
+
+def append_context(session_id: str, events: list[ContextEvent]) -> Call[Appended]:
+    return Call("context.append", AppendContext(session_id, list(events)), Appended)
+
+
+def get_context(
+    session_id: str,
+    *,
+    max_files: int = 100,
+    max_searches: int = 20,
+    max_decisions: int = 50,
+    max_memories: int = 50,
+    max_changes: int = 100,
+) -> Call[SessionContext]:
+    params = GetContext(session_id, max_files, max_searches, max_decisions, max_memories, max_changes)
+    return Call("context.get", params, SessionContext)
+
+
+# -- project memories ----------------------------------------------------------------------
+
+
+def put_memory(
+    key: str,
+    value: Any,
+    *,
+    project_id: str | None = None,
+    workspace: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    ttl: float | None = None,
+) -> Call[Memory]:
+    project = _project(project_id, workspace)
+    return Call("memory.put", PutMemory(key, value, *project, metadata or {}, ttl), Memory)
+
+
+def get_memory(key: str, *, project_id: str | None = None, workspace: str | None = None) -> Call[Memory]:
+    return Call("memory.get", MemoryKeyRef(key, *_project(project_id, workspace)), Memory)
+
+
+def _memories(result: MemoryList) -> list[Memory]:
+    return result.memories
+
+
+def list_memories(
+    *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
+) -> Call[list[Memory]]:
+    project = _project(project_id, workspace)
+    return Call("memory.list", ListMemories(*project, limit), MemoryList, shape=_memories)
+
+
+def delete_memory(key: str, *, project_id: str | None = None, workspace: str | None = None) -> Call[Deleted]:
+    return Call("memory.delete", MemoryKeyRef(key, *_project(project_id, workspace)), Deleted)
+
+
+def memory_history(key: str, *, project_id: str | None = None, workspace: str | None = None) -> Call[MemoryHistory]:
+    return Call("memory.history", MemoryKeyRef(key, *_project(project_id, workspace)), MemoryHistory)
+
+
+# -- session memories ----------------------------------------------------------------------
+
+
+def add_session_memory(
+    session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
+) -> Call[SessionMemory]:
+    params = AddSessionMemory(session_id, content, memory_type, metadata or {})
+    return Call("session_memory.add", params, SessionMemory)
+
+
+def _session_memories(result: SessionMemoryList) -> list[SessionMemory]:
+    return result.memories
+
+
+def list_session_memories(session_id: str) -> Call[list[SessionMemory]]:
+    return Call("session_memory.list", SessionRef(session_id), SessionMemoryList, shape=_session_memories)
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+def add_messages(session_id: str, messages: list[NewMessage]) -> Call[MessagesAdded]:
+    return Call("message.add", AddMessages(session_id, list(messages)), MessagesAdded)
+
+
+def add_message(
+    session_id: str,
+    role: Role,
+    content: str,
+    *,
+    message_type: str = "text",
+    metadata: dict[str, Any] | None = None,
+    tokens_used: int = 0,
+    cost_usd: float = 0.0,
+) -> Call[MessagesAdded]:
+    message = NewMessage(role, content, message_type, metadata or {}, tokens_used, cost_usd)
+    return add_messages(session_id, [message])
+
+
+def list_messages(session_id: str, *, limit: int = 100, after_seq: int = 0) -> Call[MessagePage]:
+    return Call("message.list", ListMessages(session_id, limit, after_seq), MessagePage)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+def create_task(
+    session_id: str, title: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
+) -> Call[Task]:
+    return Call("task.create", CreateTask(session_id, title, external_id, metadata or {}), Task)
+
+
+def update_task(
+    task_id: str,
+    *,
+    status: TaskStatus | None = None,
+    title: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Call[Task]:
+    return Call("task.update", UpdateTask(task_id, status, title, metadata), Task)
+
+
+def get_task(task_id: str, *, max_interactions: int = 200) -> Call[Task]:
+    return Call("task.get", TaskRef(task_id, max_interactions), Task)
+
+
+def list_tasks(
+    *,
+    session_id: str | None = None,
+    status: TaskStatus | None = None,
+    external_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Call[TaskPage]:
+    return Call("task.list", ListTasks(session_id, status, external_id, limit, cursor), TaskPage)
+
+
+def add_interaction(
+    task_id: str, content: str, *, kind: str = "note", metadata: dict[str, Any] | None = None
+) -> Call[Interaction]:
+    return Call("interaction.add", AddInteraction(task_id, content, kind, metadata or {}), Interaction)
+
+
+# -- search --------------------------------------------------------------------------------
+
+
+def _hits(result: SearchResult) -> list[SearchHit]:
+    return result.hits
+
+
+def search(
+    query: str,
+    *,
+    project_id: str | None = None,
+    session_id: str | None = None,
+    kinds: list[SearchKind] | None = None,
+    limit: int = 20,
+) -> Call[list[SearchHit]]:
+    return Call("search", Search(query, project_id, session_id, kinds, limit), SearchResult, shape=_hits)
+
+
+# -- moving data ---------------------------------------------------------------------------
+
+
+def import_records(
+    records: list[Record], *, lines: list[int] | None = None, dry_run: bool = False
+) -> Call[ImportResult]:
+    params = ImportRecords(list(records), list(lines or []), dry_run)
+    return Call("maintenance.import", params, ImportResult)
+
+
+def run_retention(
+    *,
+    older_than: float | None = None,
+    archive: str | None = None,
+    purge: bool = False,
+    dry_run: bool = False,
+    limit: int = 500,
+) -> Call[RetentionResult]:
+    params = RunRetention(older_than, archive, purge, dry_run, limit)
+    return Call("maintenance.retention", params, RetentionResult)

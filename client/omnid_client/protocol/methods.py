@@ -1,0 +1,104 @@
+"""The RPC method table: each method's parameter and result types, and how it may be retried."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from .content import (
+    AddInteraction,
+    AddMessages,
+    AddSessionMemory,
+    AppendContext,
+    Appended,
+    CreateTask,
+    Deleted,
+    GetContext,
+    Interaction,
+    ListMemories,
+    ListMessages,
+    ListTasks,
+    Memory,
+    MemoryHistory,
+    MemoryKeyRef,
+    MemoryList,
+    MessagePage,
+    MessagesAdded,
+    PutMemory,
+    Search,
+    SearchResult,
+    SessionContext,
+    SessionMemory,
+    SessionMemoryList,
+    Task,
+    TaskPage,
+    TaskRef,
+    UpdateTask,
+)
+from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
+from .records import ImportRecords, ImportResult
+from .sessions import (
+    Find,
+    FindResult,
+    GetOrCreate,
+    GetOrCreateResult,
+    ListProjects,
+    ListSessions,
+    Project,
+    ProjectPage,
+    ProjectRef,
+    Reap,
+    ReapResult,
+    Session,
+    SessionPage,
+    SessionRef,
+    SessionSummary,
+)
+from .wire import Empty
+
+
+class Method(Struct, frozen=True):
+    params: type
+    result: type
+    writes: bool
+    idempotent: bool = True
+
+
+METHODS: dict[str, Method] = {
+    # Opens its own write only when it creates: reuse must not wait for a commit.
+    "session.get_or_create": Method(GetOrCreate, GetOrCreateResult, writes=False),
+    "session.find": Method(Find, FindResult, writes=False),
+    "session.heartbeat": Method(SessionRef, Session, writes=True),
+    "session.end": Method(SessionRef, Session, writes=True),
+    "session.get": Method(SessionRef, Session, writes=False),
+    "session.list": Method(ListSessions, SessionPage, writes=False),
+    "daemon.status": Method(Empty, DaemonStatus, writes=False),
+    "daemon.reap": Method(Reap, ReapResult, writes=True),
+    "daemon.shutdown": Method(Empty, Empty, writes=False, idempotent=False),
+    "daemon.stats": Method(Empty, ServiceStats, writes=False),
+    "project.list": Method(ListProjects, ProjectPage, writes=False),
+    "project.get": Method(ProjectRef, Project, writes=False),
+    "context.append": Method(AppendContext, Appended, writes=True, idempotent=False),
+    "context.get": Method(GetContext, SessionContext, writes=False),
+    "memory.put": Method(PutMemory, Memory, writes=True, idempotent=False),
+    "memory.get": Method(MemoryKeyRef, Memory, writes=True),
+    "memory.list": Method(ListMemories, MemoryList, writes=False),
+    "memory.delete": Method(MemoryKeyRef, Deleted, writes=True),
+    "memory.history": Method(MemoryKeyRef, MemoryHistory, writes=False),
+    "session_memory.add": Method(AddSessionMemory, SessionMemory, writes=True, idempotent=False),
+    "session_memory.list": Method(SessionRef, SessionMemoryList, writes=False),
+    "message.add": Method(AddMessages, MessagesAdded, writes=True, idempotent=False),
+    "message.list": Method(ListMessages, MessagePage, writes=False),
+    "session.summary": Method(SessionRef, SessionSummary, writes=False),
+    "task.create": Method(CreateTask, Task, writes=True, idempotent=False),
+    "task.update": Method(UpdateTask, Task, writes=True),
+    "task.get": Method(TaskRef, Task, writes=False),
+    "task.list": Method(ListTasks, TaskPage, writes=False),
+    "interaction.add": Method(AddInteraction, Interaction, writes=True, idempotent=False),
+    "maintenance.cleanup_orphans": Method(CleanupOrphans, CleanupResult, writes=True),
+    "search": Method(Search, SearchResult, writes=False),
+    "maintenance.import": Method(ImportRecords, ImportResult, writes=True),
+    "maintenance.retention": Method(RunRetention, RetentionResult, writes=True, idempotent=False),
+}
+"""Every RPC method: its parameter and result types, whether the daemon runs it inside
+one write transaction (its reply then waits for the commit), and whether a client may
+resend it after a lost connection without changing the outcome."""

@@ -1,0 +1,43 @@
+"""What a request handler may use: the daemon's services (``Context``) and who is calling (``Caller``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from omnid_client.protocol import DaemonStatus
+
+from ..jobs.expiry import Expirer
+from ..jobs.reaper import Reaper
+from ..jobs.retention import Archiver
+from ..store import Store
+from ..store import sessions as session_store
+from ..store.guard import WriteGuard
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The services every handler is given, built once by the daemon (never the daemon itself)."""
+
+    store: Store
+    guard: WriteGuard
+    """The check every write passes first: the database file is still there, and (for
+    writes that add data) under the storage quota."""
+    reaper: Reaper
+    live_sessions: session_store.LiveLookups
+    expirer: Expirer
+    archiver: Archiver
+    status: Callable[[], DaemonStatus]
+    """The daemon's status now."""
+    stop: Callable[[str], None]
+    """Ask the daemon to stop gracefully, saying why."""
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is on the other end of a connection, from the kernel's peer credentials."""
+
+    pid: int
+    uid: int
+    client_version: str = ""
+    proto_minor: int = 0

@@ -1,0 +1,288 @@
+"""Commands about what sessions hold: project memories, context, messages, tasks, and search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence, cast
+
+import click
+
+from omnid_client.protocol import SearchKind, TaskStatus
+
+from ._output import (
+    connect,
+    fail_cleanly,
+    json_option,
+    parse_metadata,
+    print_fields,
+    print_json,
+    print_table,
+    project_options,
+    short,
+    when,
+)
+
+
+@click.group()
+def memories() -> None:
+    """Project memories: versioned key/value notes, optionally expiring."""
+
+
+def print_memories(items: Sequence[Any]) -> None:
+    if not items:
+        click.echo("no memories")
+        return
+    print_table(
+        ["KEY", "VERSION", "READS", "LAST READ", "EXPIRES", "VALUE"],
+        [
+            (m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value))
+            for m in items
+        ],
+    )
+
+
+@memories.command("list")
+@project_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@fail_cleanly
+def memories_list(project_id: str | None, workspace: str | None, limit: int, as_json: bool) -> None:
+    """Live memories, most recently read first."""
+    with connect() as client:
+        items = client.list_memories(project_id=project_id, workspace=workspace, limit=limit)
+    print_json(items) if as_json else print_memories(items)
+
+
+@memories.command("get")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_get(key: str, project_id: str | None, workspace: str | None, as_json: bool) -> None:
+    """Print a memory's value (a read: it counts as an access)."""
+    with connect() as client:
+        m = client.get_memory(key, project_id=project_id, workspace=workspace)
+    if as_json:
+        print_json(m)
+    else:
+        click.echo(m.value if isinstance(m.value, str) else json.dumps(m.value, indent=2, sort_keys=True))
+
+
+@memories.command("put")
+@click.argument("key")
+@click.argument("value")
+@project_options
+@click.option("--json-value", is_flag=True, help="VALUE is JSON, not text.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Expire after this many seconds.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
+@json_option
+@fail_cleanly
+def memories_put(
+    key: str, value: Any, project_id: str | None, workspace: str | None, json_value: bool, ttl: float | None,
+    meta: tuple[str, ...], as_json: bool,
+) -> None:
+    """Store VALUE under KEY; an earlier value is kept in the history."""
+    if json_value:
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise click.BadParameter(f"not JSON: {e}", param_hint="VALUE") from None
+    with connect() as client:
+        m = client.put_memory(
+            key, value, project_id=project_id, workspace=workspace, metadata=parse_metadata(meta), ttl=ttl
+        )
+    if as_json:
+        print_json(m)
+    else:
+        click.echo(f"{m.memory_id} {m.key} v{m.version}")
+
+
+@memories.command("delete")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_delete(key: str, project_id: str | None, workspace: str | None, as_json: bool) -> None:
+    """Delete a memory and its history."""
+    with connect() as client:
+        result = client.delete_memory(key, project_id=project_id, workspace=workspace)
+    print_json(result) if as_json else click.echo(f"deleted {key}")
+
+
+@memories.command("history")
+@click.argument("key")
+@project_options
+@json_option
+@fail_cleanly
+def memories_history(key: str, project_id: str | None, workspace: str | None, as_json: bool) -> None:
+    """Every version of a memory, oldest first."""
+    with connect() as client:
+        h = client.memory_history(key, project_id=project_id, workspace=workspace)
+    if as_json:
+        print_json(h)
+        return
+    print_table(
+        ["VERSION", "WRITTEN", "EXPIRES", "VALUE"],
+        [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions],
+    )
+
+
+@click.command()
+@click.argument("session_id")
+@json_option
+@fail_cleanly
+def context(session_id: str, as_json: bool) -> None:
+    """A session's context: files, searches, decisions, memories, changes."""
+    with connect() as client:
+        ctx = client.get_context(session_id)
+    if as_json:
+        print_json(ctx)
+        return
+    click.echo(f"{ctx.size.events} event(s), {ctx.size.bytes} bytes{' (lists capped)' if ctx.size.truncated else ''}")
+    sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
+        (
+            "files",
+            ["IMPORTANCE", "READS", "LAST", "PATH"],
+            [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files],
+        ),
+        (
+            "changes",
+            ["CHANGE", "TIMES", "LAST", "PATH"],
+            [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes],
+        ),
+        ("searches", ["AT", "QUERY"], [(when(s.at), s.query) for s in ctx.searches]),
+        ("decisions", ["AT", "DECISION"], [(when(d.at), d.text) for d in ctx.decisions]),
+        ("memories", ["AT", "SOURCE", "REF"], [(when(m.at), m.source, m.ref) for m in ctx.memories]),
+    ]
+    for title, headers, rows in sections:
+        if rows:
+            click.echo(f"\n{title}:")
+            print_table(headers, rows)
+
+
+@click.group()
+def messages() -> None:
+    """A session's messages."""
+
+
+@messages.command("list")
+@click.argument("session_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", "after_seq", type=click.IntRange(min=0), default=0, help="Start after this sequence number.")
+@json_option
+@fail_cleanly
+def messages_list(session_id: str, limit: int, after_seq: int, as_json: bool) -> None:
+    """Messages in order."""
+    with connect() as client:
+        page = client.list_messages(session_id, limit=limit, after_seq=after_seq)
+    if as_json:
+        print_json(page)
+        return
+    if not page.messages:
+        click.echo("no messages")
+    for m in page.messages:
+        click.echo(f"#{m.seq} {when(m.created_at)} {m.role} ({m.tokens_used} tokens): {short(m.content, 200)}")
+    if page.next_after_seq is not None:
+        click.echo(f"more: --after {page.next_after_seq}", err=True)
+
+
+@click.group()
+def tasks() -> None:
+    """Tasks and their interactions."""
+
+
+@tasks.command("list")
+@click.option("--session", "session_id")
+@click.option("--status", type=click.Choice(["open", "done", "failed", "cancelled"]))
+@click.option("--external-id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@json_option
+@fail_cleanly
+def tasks_list(
+    session_id: str | None, status: str | None, external_id: str | None, limit: int, cursor: str | None, as_json: bool
+) -> None:
+    """Tasks, newest first."""
+    with connect() as client:
+        page = client.list_tasks(
+            session_id=session_id,
+            status=cast("TaskStatus | None", status),  # click.Choice allows no other
+            external_id=external_id,
+            limit=limit,
+            cursor=cursor,
+        )
+    if as_json:
+        print_json(page)
+        return
+    if not page.tasks:
+        click.echo("no tasks")
+    else:
+        print_table(
+            ["TASK", "STATUS", "SESSION", "EXTERNAL ID", "STEPS", "UPDATED", "TITLE"],
+            [
+                (t.task_id, t.status, t.session_id, t.external_id, t.interaction_count,
+                 when(t.updated_at), short(t.title))
+                for t in page.tasks
+            ],
+        )
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@tasks.command("show")
+@click.argument("task_id")
+@json_option
+@fail_cleanly
+def tasks_show(task_id: str, as_json: bool) -> None:
+    """A task with its interactions."""
+    with connect() as client:
+        t = client.get_task(task_id)
+    if as_json:
+        print_json(t)
+        return
+    print_fields(
+        [
+            ("task", t.task_id),
+            ("title", t.title),
+            ("status", t.status),
+            ("session", t.session_id),
+            ("external id", t.external_id),
+            ("created", when(t.created_at)),
+            ("updated", when(t.updated_at)),
+            ("ended", when(t.ended_at) if t.ended_at else None),
+        ]
+    )
+    for i in t.interactions or []:
+        click.echo(f"  {when(i.created_at)} {i.kind}: {short(i.content, 200)}")
+
+
+@click.command()
+@click.argument("query")
+@click.option("--project", "project_id")
+@click.option("--session", "session_id")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["message", "memory", "session_memory", "decision"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+@fail_cleanly
+def search(
+    query: str, project_id: str | None, session_id: str | None, kinds: tuple[str, ...], limit: int, as_json: bool
+) -> None:
+    """Full-text search over messages, memories and decisions, best match first."""
+    with connect() as client:
+        hits = client.search(
+            query,
+            project_id=project_id,
+            session_id=session_id,
+            kinds=cast("list[SearchKind]", list(kinds)) or None,  # click.Choice allows no other
+            limit=limit,
+        )
+    if as_json:
+        print_json(hits)
+        return
+    if not hits:
+        click.echo("no matches")
+        return
+    print_table(
+        ["KIND", "REF", "SESSION", "WHEN", "MATCH"],
+        [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits],
+    )
