@@ -52,8 +52,16 @@ PF_KTHREAD = 0x00200000
 """The ``flags`` bit of /proc/PID/stat (field 9) that marks a kernel thread."""
 
 
+BOOT_ID_FILE_ENV = "OMNID_BOOT_ID_FILE"
+"""Test seam: the path of a file whose text stands in for the kernel's boot id, so a test
+can simulate a reboot by changing it between two daemon runs. Not for real use."""
+
+
 @functools.cache
 def boot_id() -> str:
+    seam = os.environ.get(BOOT_ID_FILE_ENV)
+    if seam:
+        return _boot_id_from(seam)
     if LINUX:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -62,6 +70,21 @@ def boot_id() -> str:
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     return f"boot-{int(psutil.boot_time())}"
+
+
+def _boot_id_from(path: str) -> str:
+    """The first line of ``path``, opened without following a link or blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuntimeError(f"{BOOT_ID_FILE_ENV}={path}: {e.strerror}") from None
+    try:
+        text = os.read(fd, 256).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not text:
+        raise RuntimeError(f"{BOOT_ID_FILE_ENV}={path}: the file is empty")
+    return text
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -13,11 +14,19 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
+from omnid.identity import ProcessIdentity, boot_id
 from omnid_client import Client
 from tests.helpers import (
+    EXITED,
+    REBOOTED,
+    REUSED,
+    RUNNING,
     DaemonProcess,
+    ForkedOwner,
     gone,
+    identity_of,
     omnid_daemons,
+    start_ticks,
     started_daemons,
     wait_for,
 )
@@ -87,3 +96,75 @@ def _never_touch_the_real_home(monkeypatch) -> None:
     """Tests that forget the ``home`` fixture still must not reach a user's real daemon."""
     if "OMNID_HOME" not in os.environ:
         monkeypatch.setenv("OMNID_HOME", "/nonexistent/omnid-test-home")
+
+
+# --- in-process code: an event loop and a store of its own ------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop for code run in the test process (reaper, watches)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A Store (committing every write at once) on a fresh database file; closed at the end."""
+    from omnid.store import Store
+
+    s = Store(tmp_path / "omnid.db")
+    yield s
+    s.close()
+
+
+# --- owner processes that are children of the test process -------------------------------
+
+
+@pytest.fixture
+def forked_owner() -> Iterator[Callable[[], ForkedOwner]]:
+    """``forked_owner()`` forks a child that lives until its ``exit()``; all are reaped at the end."""
+    owners: list[ForkedOwner] = []
+
+    def fork() -> ForkedOwner:
+        owners.append(ForkedOwner())
+        return owners[-1]
+
+    yield fork
+    for owner in owners:
+        owner.reap()
+
+
+@pytest.fixture
+def zombie(forked_owner) -> Callable[[], int]:
+    """``zombie()``: the pid of a child of the test process that has exited but is not reaped."""
+
+    def make() -> int:
+        owner = forked_owner()
+        owner.exit()
+        return owner.pid
+
+    return make
+
+
+@pytest.fixture
+def owners(spawn_owner, zombie):
+    """``owners()``: one owner process in each state a liveness check tells apart, with the
+    cause it must give: {state: (identity as recorded, cause)}."""
+
+    def make() -> dict[str, tuple[ProcessIdentity, str]]:
+        exited = spawn_owner()
+        exited_identity = identity_of(exited.pid)
+        exited.kill()
+        exited.wait()
+        zombie_pid = zombie()
+        return {
+            "running": (identity_of(spawn_owner().pid), RUNNING),
+            "exited": (exited_identity, EXITED),
+            "zombie": (ProcessIdentity(zombie_pid, start_ticks(zombie_pid), boot_id()), EXITED),
+            "reused": (identity_of(spawn_owner().pid, shift=1), REUSED),
+            "rebooted": (identity_of(spawn_owner().pid, boot="a-previous-boot"), REBOOTED),
+        }
+
+    return make

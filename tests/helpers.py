@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import array
+import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -14,6 +17,7 @@ import stat
 import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,6 +26,7 @@ import msgspec
 import psutil
 import pytest
 
+from omnid.identity import ProcessIdentity, boot_id
 from omnid_client import Client, Session
 from omnid_client._core import Call, parse_response
 from omnid_client.paths import daemon_paths
@@ -49,6 +54,19 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         time.sleep(interval)
 
 
+def run_loop_until(loop: asyncio.AbstractEventLoop, predicate, timeout: float = 10.0) -> None:
+    """Run ``loop`` until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+
+    async def poll() -> None:
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out after {timeout}s")
+            await asyncio.sleep(0.005)
+
+    loop.run_until_complete(poll())
+
+
 def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:
     """Rows from a database file (a daemon's, a backup), opened read-only."""
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
@@ -56,6 +74,13 @@ def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:
         return db.execute(sql, args).fetchall()
     finally:
         db.close()
+
+
+def unread_by_peer(sock: socket.socket) -> int:
+    """Bytes sent on a Unix stream socket that its peer has not read yet (SIOCOUTQ)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+    return buf[0]
 
 
 def accepts(path: Path) -> bool:
@@ -170,6 +195,77 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+# --- owner processes as the kernel sees them -------------------------------------------
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] is the state (field 3)."""
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return raw[raw.rindex(b")") + 2 :].decode().split()
+
+
+def start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks after boot: field 22 of /proc/PID/stat."""
+    return int(proc_stat(pid)[22 - 3])
+
+
+def process_state(pid: int) -> str:
+    return proc_stat(pid)[0]
+
+
+class ForkedOwner:
+    """A child of the test process that runs until ``exit()``, and then stays an unreaped
+    zombie until the fixture's teardown waits for it."""
+
+    def __init__(self) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: block until the parent writes or goes away, then exit
+            os.close(w)
+            try:
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+        os.close(r)
+        self.pid = pid
+        self._w = w
+        self.reaped = False
+
+    def exit(self) -> None:
+        """Make it exit and wait until it is a zombie (not reaped)."""
+        if self._w >= 0:
+            os.write(self._w, b"x")
+            os.close(self._w)
+            self._w = -1
+        wait_for(lambda: process_state(self.pid) == "Z", what=f"child {self.pid} to become a zombie")
+
+    def reap(self) -> None:
+        if not self.reaped:
+            if self._w >= 0:
+                os.close(self._w)
+                self._w = -1
+            os.waitpid(self.pid, 0)
+            self.reaped = True
+
+
+RUNNING = "running"
+EXITED = "process exited"
+REUSED = "pid reused by another process"
+REBOOTED = "machine rebooted"
+"""The causes ``omnid.identity.is_alive`` gives for an owner in each state."""
+
+
+def identity_of(pid: int, *, shift: int = 0, boot: str | None = None) -> ProcessIdentity:
+    """``pid`` as recorded: its real start ticks moved by ``shift`` (a reused pid), and
+    ``boot`` as the boot id (another boot) instead of this one."""
+    return ProcessIdentity(pid, start_ticks(pid) + shift, boot or boot_id())
+
+
+def open_fds() -> int:
+    """File descriptors this process holds (exit watches hold one per owner)."""
+    return psutil.Process().num_fds()
 
 
 @contextlib.contextmanager

@@ -139,7 +139,10 @@ class Reaper:
 
     def _retry_fired(self) -> None:
         self.resync()
-        self.store.after_commit(self._retried)
+        # A retry that failed before its transaction began (the database locked by another
+        # process) has already scheduled the next one: the backoff must not start afresh.
+        if not self._retry.armed:
+            self.store.after_commit(self._retried)
 
     def _retried(self, error: Exception | None) -> None:
         if error is None:

@@ -304,7 +304,10 @@ class Store:
         if why == text and now - logged_at < 60.0:
             self._failure = (text, logged_at, since + 1)
             return None
-        more = f" (and {since} more time(s) in the last minute)" if since else ""
+        if since and why == text:
+            more = f" (and {since} more time(s) in the last minute)"
+        else:  # the repeats not logged, if any, were of the previous failure, not of this one
+            more = f" (after {since} more time(s) of: {text})" if since else ""
         self._failure = (why, now, 0)
         line = f"commit failed: {why}{more}"
         log.error("%s", line)

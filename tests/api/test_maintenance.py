@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from omnid_client import Invalid, NotFound
+from omnid_client import Client, Invalid, NotFound
 from tests.helpers import (
     count,
     ended,
@@ -13,7 +13,14 @@ from tests.helpers import (
     raw_call,
     start,
     table_counts,
+    wait_for,
 )
+
+
+def daemon_clock(client: Client) -> float:
+    st = client.status()
+    return st.started_at + st.uptime
+
 
 # --- orphan cleanup --------------------------------------------------------------------
 
@@ -31,7 +38,9 @@ def test_cleanup_removes_only_old_ended_empty_sessions(client, home, tmp_path):
     for s in (with_task, with_message, with_context, with_memory):
         client.end(s.session_id)
     live = start(client, tmp_path / "l")
-    time.sleep(0.4)
+    # A margin on the daemon's clock (which judges the ages) between `live` and `young`,
+    # so the cutoff between them stays clear of the latency of the calls below.
+    wait_for(lambda: daemon_clock(client) > live.started_at + 0.4, what="the daemon's clock to move on")
     young = ended(client, tmp_path / "y")
     cutoff = (live.started_at + young.started_at) / 2
     before = table_counts(home)

@@ -32,7 +32,7 @@ from omnid_client import (
 )
 from omnid_client._core import Call
 from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, Session
-from tests.helpers import DaemonProcess, db_rows, wait_for
+from tests.helpers import DaemonProcess, db_rows, process_state, start_ticks, wait_for
 
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
@@ -68,9 +68,8 @@ def reaped(client: Client, session_id: str) -> Session | None:
     return session if session.end_reason == "reaped" else None
 
 
-def process_state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_bytes()
-    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+def ticks_since_boot() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
 def has_sub_ms_part(ts: float) -> bool:
@@ -87,7 +86,7 @@ def test_create_with_pid_binds_the_session_to_that_process(client, spawn_owner):
     assert got.status == "created"
     s = got.session
     assert s.owner_pid == owner.pid
-    assert s.owner_start is not None
+    assert s.owner_start == start_ticks(owner.pid), "the start ticks the kernel records for it"
     assert s.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert s.tool_id == "claude-code" and s.live and s.end_reason is None
     assert client.get(s.session_id) == s
@@ -292,7 +291,7 @@ def test_a_reused_pid_gets_a_new_session(client, spawn_owner):
     a.kill()
     a.wait()
     # Start times have clock-tick (10 ms) resolution: let A's tick pass so B's start differs.
-    time.sleep(0.05)
+    wait_for(lambda: ticks_since_boot() > old.owner_start + 1, what="a clock tick to pass")
     for _ in range(50):
         NS_LAST_PID.write_text(str(a.pid - 1))
         b = spawn_owner()

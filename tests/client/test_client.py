@@ -8,11 +8,11 @@ test_crash.py; the idle close with a non-idempotent call in test_hostile.py.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import msgspec
 import pytest
@@ -75,7 +75,14 @@ def test_a_call_interrupted_while_waiting_does_not_leave_its_reply_for_the_next(
             signal.signal(signal.SIGALRM, previous)
             os.kill(daemon.pid, signal.SIGCONT)
         wait_for(lambda: observer.find("interrupted"), what="the interrupted request to be served")
-        time.sleep(0.1)  # its reply, sent after the commit, is on its way
+        # Its reply, sent after the commit, is out: unread in c's socket if c kept the
+        # connection, or else the daemon has replied and closed it (only the observer's is left).
+        def replied() -> bool:
+            if c._sock is not None:
+                return bool(select.select([c._sock], [], [], 0)[0])
+            return observer.status().connections == 1
+
+        wait_for(replied, what="the interrupted request's reply to be sent")
 
         got = c.get_or_create("after")
         assert (got.status, got.session.tool_id) == ("created", "after")

@@ -168,7 +168,14 @@ def test_a_full_disk_fails_writes_keeps_reads_and_loses_nothing(small_disk, daem
         busy_before = cpu_seconds(d.pid)
         doomed.kill()
         doomed.wait()
-        time.sleep(2)
+        # Its exit was seen (the watch is gone) and ending its session failed to commit ...
+        wait_for(lambda: c.status().watched_processes == 1, what="the doomed owner's exit to be noticed")
+        # ... and the retries that follow back off: over a window holding the first ones
+        # (after 1 s, then 2 s more) the daemon stays far from a second of CPU. The wait
+        # ends early, failing, as soon as a spinning daemon has burnt that second.
+        window_end = time.monotonic() + 2.0
+        wait_for(lambda: time.monotonic() >= window_end or cpu_seconds(d.pid) - busy_before >= 1.0,
+                 what="the retry window to pass")
         assert cpu_seconds(d.pid) - busy_before < 1.0, "the daemon spun on failing commits"
         assert c.get(doomed_sid).live, "the doomed session cannot have been ended without a commit"
 

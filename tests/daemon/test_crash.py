@@ -34,7 +34,10 @@ from omnid_client import AsyncClient, Client, OmnidError, Unavailable
 from omnid_client.protocol import ContextEvent
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.usefixtures("no_stray_daemons")
+pytestmark = [
+    pytest.mark.usefixtures("no_stray_daemons"),
+    pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to see requests queued at the daemon"),
+]
 
 TRIALS = 20
 WRITERS = 16
@@ -138,8 +141,14 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
             wait_for(lambda: all(led.acks >= 3 for led in trial_ledgers) or _failed(trial_ledgers),
                      timeout=60, what=f"trial {trial}: every writer to get replies")
             pid = daemon_pid()
-            time.sleep(rng.uniform(0.1, 0.8))  # a random moment in about a second of load
-            in_flight_at_kill.update(led.in_call for led in trial_ledgers if led.in_call)
+            # A random moment of load (a random number of replies more), then a kill while
+            # every writer's request waits unread: each of them is cut off by the kill.
+            goal = sum(led.acks for led in trial_ledgers) + rng.randint(1, 200)
+            wait_for(lambda: sum(led.acks for led in trial_ledgers) >= goal or _failed(trial_ledgers),
+                     timeout=60, what=f"trial {trial}: more replies")
+            in_flight = freeze_with_every_writer_waiting(pid, trial_ledgers)
+            in_flight_at_kill.update(in_flight)
+            unsure_before = sum(len(led.unsure) for led in trial_ledgers)
             before = [led.acks for led in trial_ledgers]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -157,6 +166,10 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
         assert not any(w.is_alive() for w in writers), "a writer hung"
         failures = [f for led in trial_ledgers for f in led.failures]
         assert not failures, f"trial {trial}: calls failed that the client should have recovered: {failures[:5]}"
+        cut_off = in_flight["message.add"] + in_flight["context.append"]
+        assert sum(len(led.unsure) for led in trial_ledgers) - unsure_before == cut_off, (
+            f"trial {trial}: {cut_off} non-idempotent call(s) cut off by the kill, each must raise Unavailable"
+        )
         ledgers.extend(trial_ledgers)
         assert daemon_pid() not in killed
         assert_nothing_lost(home, ledgers)
@@ -165,9 +178,9 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
     acked = sum(len(led.messages) + len(led.decisions) + len(led.sessions) for led in ledgers)
     print(f"\n{TRIALS} kills; calls in flight at the kills: {dict(in_flight_at_kill)}; "
           f"{acked} acknowledged writes; {len(unsure)} non-idempotent calls cut off (Unavailable)")
-    # The kills did land on calls in flight, so the recoveries above were tested.
-    assert in_flight_at_kill["session.get_or_create"] > 0
-    assert unsure, "no non-idempotent call was ever cut off by a kill"
+    # Every kill cut off both kinds of call (freeze_with_every_writer_waiting sees to it).
+    assert in_flight_at_kill["session.get_or_create"] >= TRIALS
+    assert len(unsure) >= TRIALS
 
     with Client(autostart=False) as c:
         last = c.connect().pid
@@ -182,6 +195,59 @@ def test_twenty_kill_9s_under_sixteen_writers_lose_nothing_acknowledged(home):
 
 def _failed(ledgers: list[Ledger]) -> bool:
     return any(led.failures for led in ledgers)
+
+
+def unix_connections() -> list[tuple[int, str, str, str]]:
+    """(bytes received and not yet read, own inode, peer inode, owner) of every Unix stream
+    connection, from ``ss`` (iproute2)."""
+    out = subprocess.run(["ss", "-xpH"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0] == "u_str":
+            rows.append((int(f[2]), f[5], f[7], " ".join(f[8:])))
+    return rows
+
+
+def queued_connections(pid: int) -> int:
+    """Connections of process ``pid`` holding bytes it has not read yet."""
+    return sum(1 for unread, _, _, owner in unix_connections() if f"pid={pid}," in owner and unread > 0)
+
+
+def replies_unread(daemon_pid: int) -> int:
+    """Bytes the daemon sent that its clients have not read yet."""
+    rows = unix_connections()
+    peers = {peer for _, _, peer, owner in rows if f"pid={daemon_pid}," in owner}
+    return sum(unread for unread, inode, _, _ in rows if inode in peers)
+
+
+def freeze_with_every_writer_waiting(pid: int, ledgers: list[Ledger]) -> Counter[str]:
+    """Stop the daemon (SIGSTOP) at a moment when every writer waits for a reply that cannot
+    come (no reply sent before the stop is left unread, and no writer moves on), among them
+    both an idempotent and a non-idempotent call; returns the calls waiting."""
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        seen: list = []
+
+        def settled() -> bool:
+            state = [(led.in_call, led.acks) for led in ledgers]
+            still = bool(seen) and state == seen[-1] and all(call for call, _ in state)
+            seen.append(state)
+            return _failed(ledgers) or (still and replies_unread(pid) == 0 and state == [
+                (led.in_call, led.acks) for led in ledgers
+            ])
+
+        wait_for(settled, timeout=30, interval=0.02, what="every writer to wait at the stopped daemon")
+        calls = Counter(call for call, _ in seen[-1])
+        if _failed(ledgers) or (calls["session.get_or_create"] and calls["message.add"] + calls["context.append"]):
+            return calls
+        assert time.monotonic() < deadline, f"the calls waiting were always of one kind: {calls}"
+        os.kill(pid, signal.SIGCONT)
+        acks = [led.acks for led in ledgers]
+        wait_for(
+            lambda: all(led.acks > a for led, a in zip(ledgers, acks, strict=True)), what="every writer to move on"
+        )
 
 
 def assert_nothing_lost(home: Path, ledgers: list[Ledger]) -> None:
@@ -305,12 +371,4 @@ def call_async(method, connected: threading.Event, frozen: threading.Event):
 
 def _wait_until_queued(pid: int) -> None:
     """Until the frozen daemon holds unread bytes on a connection: the request just sent."""
-    if shutil.which("ss") is None:  # (iproute2) without it, a pause has to do
-        time.sleep(0.5)
-        return
-
-    def queued() -> bool:
-        out = subprocess.run(["ss", "-xpH"], capture_output=True, text=True, check=True).stdout
-        return any(f"pid={pid}," in line and int(line.split()[2]) > 0 for line in out.splitlines())
-
-    wait_for(queued, what=f"a request queued at the frozen daemon {pid}")
+    wait_for(lambda: queued_connections(pid) > 0, what=f"a request queued at the frozen daemon {pid}")

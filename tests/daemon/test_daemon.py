@@ -22,7 +22,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import msgspec
@@ -51,6 +50,7 @@ from tests.helpers import (
     nested_arrays,
     omnid_daemons,
     request,
+    unread_by_peer,
     wait_for,
 )
 
@@ -493,7 +493,8 @@ def test_frames_split_anywhere_across_reads_are_reassembled(daemon, spawn_owner)
             w.send(data[at : at + sizes[k % len(sizes)]])
             at += sizes[k % len(sizes)]
             k += 1
-            time.sleep(0.002)  # each piece arrives in a read of its own
+            # The daemon has read this piece before the next is sent: each is a read of its own.
+            wait_for(lambda: unread_by_peer(w.sock) == 0, what="the daemon to read the piece")
         replies = [w.reply() for _ in range(6)]
     assert [r.id for r in replies] == list(range(6))
     assert all(r.error is None for r in replies), [r.error for r in replies]

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import psutil
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from omnid_client import TooLarge
@@ -258,13 +258,39 @@ def _nested(depth: int, leaf: bytes, as_map: bool) -> bytes:
     return (b"\x81\xa1k" if as_map else b"\x91") * depth + leaf
 
 
+FRAME_DECODABLE = 500
+"""A frame nested at most this deep is always decoded (the decoder is bound by Python's
+recursion limit, ~1000): deeper ones may be refused whole, as a protocol error."""
+
+
+def _deep_outcome(where: str, depth: int, as_map: bool) -> str:
+    """What a document ``depth`` levels deep must get at ``where``: "ok" (stored), or the
+    code of the typed error that refuses it."""
+    if where == "params":  # session.list's parameters: a map (unknown keys ignored), never an array
+        return "ok" if as_map else "invalid"
+    nesting = depth if where == "memory value" else depth + 1  # metadata wraps it in {"d": ...}
+    return "ok" if nesting <= MAX_NESTING else "too_large"
+
+
 def test_deep_nesting(target):
     """Metadata, memory values and parameters nested up to far past any recursion limit:
-    stored and read back, or refused with a typed error; never a crash or a lost reply."""
+    stored and read back when within MAX_NESTING, refused with the right typed error past
+    it (or, past any decoder's reach, as a protocol error); never a crash or a lost reply."""
 
     @settings(FUZZ, max_examples=300)
+    @example(depth=1, as_map=True, where="session metadata", n=1)
+    @example(depth=MAX_NESTING - 1, as_map=False, where="session metadata", n=2)
+    @example(depth=MAX_NESTING, as_map=False, where="session metadata", n=3)
+    @example(depth=MAX_NESTING, as_map=True, where="memory value", n=4)
+    @example(depth=MAX_NESTING + 1, as_map=False, where="memory value", n=5)
+    @example(depth=MAX_NESTING - 1, as_map=True, where="message metadata", n=6)
+    @example(depth=MAX_NESTING, as_map=True, where="message metadata", n=7)
+    @example(depth=FRAME_DECODABLE, as_map=True, where="params", n=8)
+    @example(depth=2, as_map=False, where="params", n=9)
     @given(
-        depth=st.integers(1, 600) | st.integers(600, 1100) | st.integers(1100, 20_000),
+        depth=(
+            st.integers(1, MAX_NESTING + 1) | st.integers(1, 600) | st.integers(600, 1100) | st.integers(1100, 20_000)
+        ),
         as_map=st.booleans(),
         where=st.sampled_from(["session metadata", "memory value", "message metadata", "params"]),
         n=st.integers(0, 2**31),
@@ -282,7 +308,13 @@ def test_deep_nesting(target):
         else:
             method, params = "session.list", deep
         resp = target.ask(1, envelope(1, method, params))
-        if resp is None or resp.error is not None:
+        outcome = "closed" if resp is None else "ok" if resp.error is None else resp.error.code
+        expected = _deep_outcome(where, depth, as_map)
+        if depth > FRAME_DECODABLE:
+            assert outcome in (expected, "closed"), f"{where} {depth} deep: {outcome}, not {expected}"
+        else:
+            assert outcome == expected, f"{where} {depth} deep: {outcome}, not {expected}"
+        if outcome != "ok":
             return
         # Stored: it must also come back out, through every reply that carries it.
         if where == "session metadata":

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from omnid.daemon import upgrade
 from omnid_client import Client
 from tests.helpers import accepts, wait_for
 
@@ -98,6 +99,27 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def client_connections(pid: int, socket_path) -> int:
+    """The process's accepted connections on ``socket_path``: connected (state 03 in
+    /proc/net/unix) and named by that path, as accepted sockets are; the listener is not."""
+    connected = set()
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[5] == "03" and fields[7:] == [str(socket_path)]:
+                connected.add(fields[6])
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in connected:
+            count += 1
+    return count
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc to count context switches")
 def test_an_idle_daemon_does_not_wake_up(home, spawn_owner):
     (home / "config.toml").write_text("idle_expiry = 3600\n")  # the config watch is armed too
@@ -109,7 +131,20 @@ def test_an_idle_daemon_does_not_wake_up(home, spawn_owner):
             for i in range(3):  # watched owner processes (pidfds) must not cost wake-ups either
                 c.get_or_create(f"idle-{i}", pid=spawn_owner().pid)
             assert c.status().config_state == "loaded"
-        time.sleep(0.5)  # let the last connection's close settle
+        # The daemon has closed its end of every client connection (handling a close is work),
+        # and kept its copy of the running code (file work in a thread, once after starting).
+        wait_for(lambda: client_connections(d.pid, d.socket) == 0, what="the daemon to close its client connections")
+        snapshot = d.paths.state_dir / upgrade.SNAPSHOT / upgrade.SNAPSHOT_MARK
+        wait_for(snapshot.exists, timeout=60, what="the daemon's copy of its running code")
+        # ...and has handled that copy's completion: no thread switched between two looks.
+        last = [-1]
+
+        def quiet() -> bool:
+            now = context_switches(d.pid)
+            was, last[0] = last[0], now
+            return now == was
+
+        wait_for(quiet, interval=0.2, what="the daemon to go quiet after its startup work")
         before = context_switches(d.pid)
         time.sleep(5)
         woke = context_switches(d.pid) - before
