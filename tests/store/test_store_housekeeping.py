@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import omnid.store
-from omnid.store import Store, disk_hint, is_corruption, set_aside, storage_error
+from omnid.store import Store, disk_hint, is_corruption, storage_error
+from omnid.store.failures import set_aside
 
 
 def sqlite_error(make) -> sqlite3.Error:
