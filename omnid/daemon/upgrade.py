@@ -173,14 +173,30 @@ def take_failure() -> str | None:
     return os.environ.pop(FAILED_ENV, None)
 
 
+# What runs in the CLI process (click, the MCP SDK, the HTTP compat server): the daemon
+# never imports it, so an optional extra stays optional and the daemon starts lean.
+NOT_DAEMON = frozenset({"omnid.cli", "omnid.offline", "omnid.mcp", "omnid.compat", "omnid.__main__"})
+
+
 def import_everything() -> list[str]:
-    """Import every module of the daemon now, so that a package replaced on disk later
+    """Import every module the daemon runs now, so that a package replaced on disk later
     cannot leave a running daemon half old and half new (or failing to import)."""
     names = []
-    for package in (omnid, omnid_client):
-        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            if info.name.endswith(".__main__"):
-                continue
+    for info in pkgutil.iter_modules(omnid.__path__, "omnid."):
+        if info.name in NOT_DAEMON:
+            continue
+        names.append(info.name)
+        module = importlib.import_module(info.name)
+        if info.ispkg:
+            names += _import_all(module)
+    names += _import_all(omnid_client)
+    return names
+
+
+def _import_all(package: object) -> list[str]:
+    names = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not info.name.endswith(".__main__"):
             importlib.import_module(info.name)
             names.append(info.name)
     return names
