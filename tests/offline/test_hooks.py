@@ -136,8 +136,13 @@ def test_the_agent_is_found_past_shell_wrappers_and_launchers(spawn_owner):
         def leaf():
             import psutil
 
-            kids = psutil.Process(outer.pid).children(recursive=True)
-            return next((k for k in kids if k.name().startswith("python")), None)
+            for kid in psutil.Process(outer.pid).children(recursive=True):
+                try:  # a wrapper may exec or exit between the listing and this read
+                    if kid.name().startswith("python"):
+                        return kid
+                except psutil.NoSuchProcess:
+                    continue
+            return None
 
         python = wait_for(leaf, what="the wrapped python")
         # python's parents: sh -c (skipped), env (skipped), bash -c (skipped), then this test.

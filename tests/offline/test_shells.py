@@ -64,7 +64,7 @@ def test_an_interactive_shell_gets_one_session_that_follows_its_directory(shell,
     files = {f.path: f.accesses for f in client.get_context(session.session_id).files}
     assert files == {str(tmp_path): 1, str(a): 1, str(b): 1}
     [rows] = [line.split() for line in omnid_ok("sessions", "list", "--type", "shell").splitlines()[1:]]
-    assert rows[0] == session.session_id and rows[-2] == duration(session.ended_at - session.started_at)
+    assert rows[0] == session.session_id and duration(session.ended_at - session.started_at) in rows
 
 
 def test_bash_keeps_an_exit_trap_of_its_own(daemon, client, tmp_path):
