@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import omnid
@@ -193,7 +194,7 @@ def import_everything() -> list[str]:
     return names
 
 
-def _import_all(package: object) -> list[str]:
+def _import_all(package: types.ModuleType) -> list[str]:
     names = []
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         if not info.name.endswith(".__main__"):
