@@ -134,6 +134,11 @@ def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, no
         "WHERE session_id = ?",
         (owner.pid, owner.start, owner.boot_id, owner.ino, now, now, previous.session_id),
     )
+    stage(
+        db, "session.resumed", session_id=sid, tool_id=previous.tool_id, project_id=previous.project_id,
+        owner_pid=owner.pid, previous_owner_pid=previous.owner_pid, released=previous.end_reason or "died",
+        resume_key=previous.resume_key,
+    )
 
 
 def owners(db: sqlite3.Connection, s: Session) -> list[SessionOwner]:
