@@ -141,6 +141,16 @@ def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, no
     )
 
 
+def set_tracked(db: sqlite3.Connection, session_id: str) -> bool:
+    """Mark a live session as wanting its workspace's file changes recorded; False if it
+    already did (or is not live)."""
+    cur = db.execute(
+        "UPDATE sessions SET track_workspace = 1 WHERE session_id = ? AND ended_at IS NULL AND track_workspace = 0",
+        (session_id,),
+    )
+    return cur.rowcount == 1
+
+
 def owners(db: sqlite3.Connection, s: Session) -> list[SessionOwner]:
     """Every owner ``s`` has had, oldest first, its current (or last) one included."""
     rows = db.execute(
