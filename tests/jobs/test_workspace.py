@@ -177,6 +177,17 @@ def test_sessions_of_a_tracking_config_are_tracked_and_the_flag_survives_a_resta
     assert "Traceback" not in d.log_text()
 
 
+def test_turning_the_config_on_and_off_applies_to_live_sessions(home, client, repo):
+    sid = client.get_or_create(TOOL, workspace=str(repo)).session.session_id
+    assert client.status().tracked_roots == []
+    (home / "config.toml").write_text("track_workspace = true\n")
+    tracking(client, repo)
+    (repo / "src" / "e.py").write_text("x")
+    recorded(client, sid, **{"src/e.py": "added"})
+    (home / "config.toml").write_text("track_workspace = false\n")
+    tracking(client)
+
+
 def test_session_start_track(daemon, client, repo):
     sid = omnid_ok("session", "start", "--tool", TOOL, "--workspace", str(repo), "--track").strip()
     tracking(client, repo)
