@@ -200,6 +200,7 @@ def print_status(st: DaemonStatus) -> None:
         ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("events", f"{st.event_seq} so far, {st.subscribers} subscriber(s)"),
+        ("tracking", ", ".join(st.tracked_roots) or None),
         ("last reap", last),
     ]
     if st.set_aside:

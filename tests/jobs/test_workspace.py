@@ -191,6 +191,7 @@ def test_turning_the_config_on_and_off_applies_to_live_sessions(home, client, re
 def test_session_start_track(daemon, client, repo):
     sid = omnid_ok("session", "start", "--tool", TOOL, "--workspace", str(repo), "--track").strip()
     tracking(client, repo)
+    assert f"tracking:       {repo}" in omnid_ok("status")
     (repo / "src" / "cli.py").write_text("x")
     recorded(client, sid, **{"src/cli.py": "added"})
 
