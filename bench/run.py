@@ -27,6 +27,7 @@ from typing import Iterator
 import agent
 import msgspec
 import psutil
+import wakeups
 
 HERE = Path(__file__).resolve().parent
 LOAD = HERE / "load.py"
@@ -338,17 +339,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load run")
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
-    parser.add_argument("--only", choices=["agent"], help="run only this group (context pack, compaction)")
+    parser.add_argument(
+        "--only", choices=["agent", "wakeups"],
+        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking)",
+    )
     args = parser.parse_args()
-    if args.only == "agent":
+    if args.only:
+        group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
         try:
-            results = {"agent": agent.run(work, omnid_daemon, quick=args.quick)}
+            if args.only == "agent":
+                results = {"agent": agent.run(work, omnid_daemon, quick=args.quick)}
+            else:
+                results = {"wakeups": wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)}
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        agent.report(results)
+        group.report(results)
         ops = {"<=": float.__le__, ">=": float.__ge__}
-        for name, value, op, goal in agent.targets(results):
+        for name, value, op, goal in group.targets(results):
             verdict = "met" if ops[op](float(value), float(goal)) else "MISSED"
             print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
         return 0
@@ -403,6 +411,7 @@ def main() -> int:
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
+        results["wakeups"] = wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)
 
         rss_home = work / "rss"
         rss_home.mkdir()
@@ -460,6 +469,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
         *agent.targets(r),
+        *wakeups.targets(r),
         (
             "import omnid_client over a bare interpreter (ms)",
             r["startup"]["import_omnid_client_ms"] - r["startup"]["python_pass_ms"], "<=", 15,
@@ -504,6 +514,7 @@ def print_report(r: dict) -> None:
         f"in one holding {cx['events']:,} events"
     )
     agent.report(r)
+    wakeups.report(r)
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "

@@ -110,10 +110,11 @@ def get_or_create(
     owner_must_be_ancestor: bool = False,
     resume_key: str | None = None,
     resume_ended: bool = False,
+    track_workspace: bool = False,
 ) -> Call[GetOrCreateResult]:
     params = GetOrCreate(
         tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor,
-        resume_key, resume_ended,
+        resume_key, resume_ended, track_workspace,
     )
     if resume_key is None:
         return Call("session.get_or_create", params, GetOrCreateResult, idempotent=dedup)

@@ -108,12 +108,13 @@ class AsyncClient(AsyncConnection):
         owner_must_be_ancestor: bool = False,
         resume_key: str | None = None,
         resume_ended: bool = False,
+        track_workspace: bool = False,
     ) -> GetOrCreateResult:
         """As ``Client.get_or_create``."""
         return await self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
-            resume_key=resume_key, resume_ended=resume_ended,
+            resume_key=resume_key, resume_ended=resume_ended, track_workspace=track_workspace,
         ))
 
     async def find(

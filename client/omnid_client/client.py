@@ -109,17 +109,18 @@ class Client(Connection):
         owner_must_be_ancestor: bool = False,
         resume_key: str | None = None,
         resume_ended: bool = False,
+        track_workspace: bool = False,
     ) -> GetOrCreateResult:
         """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
         With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors. With
         ``resume_key`` (the tool's name for a session that outlives its process): ``existing`` if ``pid``
         owns it, ``resumed`` (rebound to ``pid`` with all it holds) if its owner died or it was reaped or
         expired within ``resume_window``, Conflict if another live process owns it; ``end``ed ones only
-        with ``resume_ended``."""
+        with ``resume_ended``. ``track_workspace``: record its project root's file changes (see README)."""
         return self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
-            resume_key=resume_key, resume_ended=resume_ended,
+            resume_key=resume_key, resume_ended=resume_ended, track_workspace=track_workspace,
         ))
 
     def find(

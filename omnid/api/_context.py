@@ -11,6 +11,7 @@ from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
+from ..jobs.workspace import Workspaces
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
@@ -35,6 +36,8 @@ class Context:
     settings: Callable[[], Settings] = Settings
     """The settings in force now."""
     compactor: Compactor = field(default_factory=Compactor)
+    workspaces: Workspaces | None = None
+    """Workspace change tracking (None where nothing watches files, as in offline tools)."""
 
 
 @dataclass(slots=True)

@@ -206,16 +206,17 @@ def session() -> None:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
 @click.option("--resume-key", help="Continue the tool's session with this key if its owner is gone (see README).")
 @click.option("--resume-ended", is_flag=True, help="With --resume-key: resume it even if it was ended explicitly.")
+@click.option("--track", is_flag=True, help="Record file changes under the project root while it is live (see README).")
 @json_option
 @fail_cleanly
 def session_start(
     tool_id: str, pid: int | None, session_type: str, tool_version: str | None, workspace: str | None,
-    meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, as_json: bool,
+    meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, track: bool, as_json: bool,
 ) -> None:
     """Print the id of the live session for TOOL and PID, creating (or resuming) it if needed."""
     fast.session_start(
         tool_id, pid, session_type, tool_version, workspace, parse_metadata(meta), as_json,
-        resume_key=resume_key, resume_ended=resume_ended,
+        resume_key=resume_key, resume_ended=resume_ended, track_workspace=track,
     )
 
 

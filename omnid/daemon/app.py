@@ -22,10 +22,12 @@ from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, 
 from .. import __version__, api, clock
 from ..config import Config, config_path, describe
 from ..events import Hub
+from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
+from ..jobs.workspace import Workspaces
 from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
@@ -64,6 +66,7 @@ class App:
     context: api.Context
     state: ServerState
     events: Hub
+    workspaces: Workspaces
 
     def __init__(
         self,
@@ -150,7 +153,7 @@ class App:
         self.housekeeping.watch()
         settings = self.settings
         self.events = Hub(self.loop, self.paths.state_dir, settings)
-        self.housekeeping.config_reloaded = self.events.config_reloaded
+        self.housekeeping.config_reloaded = self._config_reloaded
         self.store = self.open_store()
         self.events.attach(self.store)
         self.live_sessions = session_store.LiveLookups(self.store)
@@ -173,10 +176,15 @@ class App:
         self.store.flush()
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
+        compactor = Compactor()
+        self.workspaces = Workspaces(self.store, self.loop, lambda: self.settings, compactor)
         self.context = api.Context(
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
             self.status, self.request_stop, lambda: self.settings,
+            compactor=compactor, workspaces=self.workspaces,
         )
+        self.events.listeners.append(self.workspaces.committed)
+        self.workspaces.start()
         self.store.on_rollback(self.context.compactor.forget)
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
         if self.instance.listening_socket is None:
@@ -229,6 +237,12 @@ class App:
         log.warning("received %s: stopping", signal.Signals(sig).name)
         self.request_stop(f"signal {signal.Signals(sig).name}")
 
+    def _config_reloaded(self, before: Settings, config: Config) -> None:
+        self.events.config_reloaded(before, config)
+        after = config.settings
+        if (after.track_workspace, after.workspace_max_dirs) != (before.track_workspace, before.workspace_max_dirs):
+            self.workspaces.configure()
+
     def _reload_signal(self) -> None:
         """SIGHUP, as for most daemons: read the config file again (never stop)."""
         log.info("received SIGHUP: rereading the config file %s", self.config.path)
@@ -267,6 +281,7 @@ class App:
         self.expirer.stop()
         self.archiver.stop()
         self.idle.stop()
+        self.workspaces.stop()
         self.store.close()
         self.events.close()
         if not self.restart_requested:
@@ -349,6 +364,7 @@ class App:
             set_aside=self.set_aside,
             subscribers=len(self.events.subscribers),
             event_seq=self.events.head,
+            tracked_roots=self.workspaces.watching,
         )
 
 

@@ -293,6 +293,12 @@ MIGRATIONS: list[list[Step]] = [
         # Counting a project's live memories reads this index alone.
         "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
     ],
+    # 7: sessions that asked for their workspace's file changes to be recorded; the daemon
+    # finds the live ones at start through the partial index.
+    [
+        "ALTER TABLE sessions ADD COLUMN track_workspace INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX sessions_tracked ON sessions (session_id) WHERE track_workspace = 1 AND ended_at IS NULL",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -134,6 +134,21 @@ def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, no
         "WHERE session_id = ?",
         (owner.pid, owner.start, owner.boot_id, owner.ino, now, now, previous.session_id),
     )
+    stage(
+        db, "session.resumed", session_id=sid, tool_id=previous.tool_id, project_id=previous.project_id,
+        owner_pid=owner.pid, previous_owner_pid=previous.owner_pid, released=previous.end_reason or "died",
+        resume_key=previous.resume_key,
+    )
+
+
+def set_tracked(db: sqlite3.Connection, session_id: str) -> bool:
+    """Mark a live session as wanting its workspace's file changes recorded; False if it
+    already did (or is not live)."""
+    cur = db.execute(
+        "UPDATE sessions SET track_workspace = 1 WHERE session_id = ? AND ended_at IS NULL AND track_workspace = 0",
+        (session_id,),
+    )
+    return cur.rowcount == 1
 
 
 def owners(db: sqlite3.Connection, s: Session) -> list[SessionOwner]:
