@@ -1,0 +1,115 @@
+"""Following the daemon for ``omnid top`` from a thread: lists once, then events, and lists again after a gap or a restart.
+
+The thread never starts a daemon. It hands what it learns to the view's thread as messages on
+a queue and wakes it through a pipe, so the view sleeps until there is something to show.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from omnid_client import Client, OmnidError
+from omnid_client.protocol import Event, Session
+
+from .._output import connect
+from .model import Board
+
+LIVE_LIMIT = 5000
+"""Live sessions listed at most (in pages of a thousand)."""
+ENDED_LIMIT = 200
+"""Ended sessions listed for the endings strip and the last hour's totals."""
+RETRY = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class Snapshot:
+    head: int
+    live: list[Session]
+    ended: list[Session]
+
+
+@dataclass
+class Down:
+    reason: str
+
+
+def client() -> Client:
+    """A client that never starts the daemon: top only watches one."""
+    c = connect(autostart=False)
+    c.client_name = "omnid-top"
+    return c
+
+
+def snapshot(c: Client) -> Snapshot:
+    """The event head first, then the lists: events after the head may repeat what the lists
+    show (applying them again changes nothing), but none can fall between the two."""
+    head = c.status().event_seq
+    live: list[Session] = []
+    cursor: str | None = None
+    while len(live) < LIVE_LIMIT:
+        page = c.list_sessions(status="live", limit=1000, cursor=cursor, archived="include")
+        live.extend(page.sessions)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    ended = c.list_sessions(status="ended", limit=ENDED_LIMIT, archived="include").sessions
+    return Snapshot(head, live, ended)
+
+
+class Feed(threading.Thread):
+    """Puts ``Snapshot``, ``Event`` and ``Down`` messages on ``messages``, starting from ``head``."""
+
+    def __init__(self, head: int, wake: int | None):
+        super().__init__(name="omnid-top-feed", daemon=True)
+        self.head = head
+        self.wake = wake
+        self.messages: queue.SimpleQueue[Snapshot | Event | Down] = queue.SimpleQueue()
+
+    def put(self, message: Snapshot | Event | Down) -> None:
+        self.messages.put(message)
+        if self.wake is not None:
+            try:
+                os.write(self.wake, b"x")
+            except (BlockingIOError, OSError):
+                pass  # already awake (the pipe is full), or the view is gone
+
+    def run(self) -> None:
+        head: int | None = self.head
+        failures = 0
+        while True:
+            try:
+                with client() as c:
+                    if head is None:
+                        snap = snapshot(c)
+                        head = snap.head
+                        self.put(snap)
+                    failures = 0
+                    for event in c.events(since=head, reconnect=False):
+                        head = event.seq
+                        self.put(event)
+                        if event.kind == "gap":
+                            break
+                    else:
+                        raise OSError("the daemon closed the event stream")
+                head = None  # a gap: list again, then follow on from there
+            except (OmnidError, OSError) as e:
+                if failures == 0:
+                    self.put(Down(str(e)))
+                head = None
+                time.sleep(RETRY[min(failures, len(RETRY) - 1)])
+                failures += 1
+
+
+def take(board: Board, message: Snapshot | Event | Down, now: float) -> None:
+    """Apply one message of the feed to ``board``."""
+    if isinstance(message, Snapshot):
+        board.load(message.head, message.live, message.ended, now)
+    elif isinstance(message, Down):
+        board.down = message.reason
+        board.version += 1
+    else:
+        board.apply(message, now)
