@@ -45,7 +45,8 @@ def top(once: bool, filter_text: str, interval: float, as_json: bool) -> None:
         if as_json:
             sys.exit(report_error(e, True))
         echo(f"omnid top: {e}.", err=True)
-        echo("omnid top only watches and never starts it; start it with `omnid serve` (or any omnid command).", err=True)
+        echo("omnid top only watches and never starts it: start it with `omnid serve` (or any omnid command).",
+             err=True)
         sys.exit(EXIT_NOT_RUNNING)
     except (OmnidError, OSError) as e:
         sys.exit(report_error(e, as_json))

@@ -1,4 +1,4 @@
-"""Following the daemon for ``omnid top`` from a thread: lists once, then events, and lists again after a gap or a restart.
+"""Following the daemon for ``omnid top`` from a thread: one list, then events; a gap or a restart lists again.
 
 The thread never starts a daemon. It hands what it learns to the view's thread as messages on
 a queue and wakes it through a pipe, so the view sleeps until there is something to show.

@@ -1,4 +1,4 @@
-"""What ``omnid top`` shows, kept up to date: live sessions and recent endings, loaded by one list and then fed by events.
+"""What ``omnid top`` shows: live sessions and recent endings, loaded by one list and then kept up by events.
 
 Nothing here talks to the daemon or the terminal: ``Board.load`` takes what the lists returned,
 ``Board.apply`` one event, and the views read ``visible``, ``totals`` and ``endings``.
@@ -112,6 +112,8 @@ class Board:
     """Why the daemon cannot be reached right now (None: following it)."""
     version: int = 0
     """Bumped on every change, so views know when to draw again."""
+    changed: set[str] = field(default_factory=set)
+    """Sessions events were about since the view last cleared this."""
 
     def load(self, head: int, live: Iterable[Session], ended: Iterable[Session], now: float) -> None:
         """Start over from the lists: the live sessions, and the recently ended ones."""
@@ -130,6 +132,8 @@ class Board:
             return False
         sid, data = event.session_id, event.data
         row = self.rows.get(sid) if sid else None
+        if sid:
+            self.changed.add(sid)
         if event.kind == "session.created" and sid:
             self.rows[sid] = Row(
                 sid, event.tool_id or "?", data.get("owner_pid"), event.project_id, data.get("workspace"),

@@ -1,4 +1,4 @@
-"""The loops of ``omnid top``: full screen with raw keys on a terminal, plain frames on a pipe; both wake only for events, keys and ticks.
+"""The loops of ``omnid top``: full screen on a terminal, plain frames on a pipe, waking for events, keys and ticks.
 
 On a terminal the keyboard is read in raw mode (termios) and the view drawn on the
 alternate screen; the terminal's mode and screen are put back on every way out: q, Ctrl-C,
@@ -30,6 +30,8 @@ from .view import frame
 MIN_FRAME = 0.05
 """Seconds between two frames at least, however fast events come."""
 DETAIL_MESSAGES = 8
+DETAIL_EVERY = 0.5
+"""Seconds between two reads of the open session's detail, at least, while events come."""
 
 
 class Stop(Exception):
@@ -126,18 +128,20 @@ def run_screen(board: Board, ui: Ui, console: Console, head: int) -> int:
 def _loop(board: Board, ui: Ui, console: Console, live: Live, feed: Feed, fd: int, wake: int) -> None:
     drawn_at = 0.0
     drawn: tuple[Any, ...] = ()
-    seen = board.version
     while True:
         now = time.time()
         board.expire(now)
-        if ui.view == "detail" and board.version != seen and time.monotonic() - ui.detail.get("at", 0) >= 1:
-            load_detail(ui)  # something happened: perhaps to this session
-        seen = board.version
+        if ui.view == "detail" and ui.selected in board.changed:
+            ui.detail["stale"] = True
+        board.changed.clear()
+        if ui.detail.get("stale") and time.monotonic() - ui.detail.get("at", 0) >= DETAIL_EVERY:
+            load_detail(ui)  # something happened to this session
         rows = board.visible(ui.sort, ui.reverse, ui.filter)
         order = [r.session_id for r in rows]
         if ui.selected not in order:
             ui.selected = order[0] if order else None
-        width, height = console.size
+        # The terminal's size now, whatever COLUMNS and LINES said when top started.
+        width, height = console.size = os.get_terminal_size(fd)
         state = (board.version, int(now), width, height, repr(ui))
         wait: float | None = None
         if state != drawn:
@@ -149,6 +153,8 @@ def _loop(board: Board, ui: Ui, console: Console, live: Live, feed: Feed, fd: in
                 wait = due
         if wait is None and (board.rows or board.recent_endings(now) or ui.view == "detail"):
             wait = 1.0 - now % 1.0  # ages and "ago"s move on each second
+            if ui.detail.get("stale"):
+                wait = min(wait, DETAIL_EVERY)
         ready, _, _ = select.select([fd, wake], [], [], wait)
         if wake in ready:
             with contextlib.suppress(BlockingIOError):

@@ -127,15 +127,18 @@ def header(board: Board, ui: Ui, now: float) -> list[Text]:
     t = board.totals(now)
     tools = ", ".join(f"{tool} {n}" for tool, n in t.by_tool[:4]) + (" …" if len(t.by_tool) > 4 else "")
     first = Text.assemble(
-        ("omnid top", "bold"), time.strftime(" %H:%M:%S", time.localtime(now)), f"  {t.live} live", (f" ({tools})" if tools else ""),
+        ("omnid top", "bold"), time.strftime(" %H:%M:%S", time.localtime(now)),
+        f"  {t.live} live", (f" ({tools})" if tools else ""),
         "  last hour: ", (f"{t.reaped_hour} reaped", "yellow" if t.reaped_hour else ""), f", {t.ended_hour} ended",
     )
     if board.down is not None:
-        second = line(f" reconnecting: the daemon is not answering ({board.down}); showing the last state", "bold white on red")
+        second = line(f" reconnecting: the daemon is not answering ({board.down}); showing the last state",
+                      "bold white on red")
     else:
         order = f"{ui.sort} {'reversed' if ui.reverse else ''}".strip()
         filt = f"  filter: {ui.filter}" if ui.filter else ""
-        second = line(f"msgs {count(t.messages)}  tokens {count(t.tokens)}  cost {money(t.cost)}  sort: {order}{filt}")
+        second = line(f"msgs {count(t.messages)}  tokens {count(t.tokens)}  cost {money(t.cost)}  sort: {order}"
+                      + filt)
     return [line(first), second]
 
 
@@ -153,7 +156,8 @@ def endings(board: Board, ui: Ui, now: float) -> Text:
 
 def keyline(ui: Ui) -> Text:
     if ui.editing is not None:
-        return line(Text.assemble(("filter: ", "bold"), ui.editing, ("█", "blink"), ("  Enter apply, Esc cancel", "dim")))
+        prompt = Text.assemble(("filter: ", "bold"), ui.editing, ("█", "blink"), ("  Enter apply, Esc cancel", "dim"))
+        return line(prompt)
     if ui.view == "detail":
         return line("Esc/q back  ?: help", "reverse")
     return line("q quit  ↑↓ select  Enter open  s sort  r reverse  / filter  ? help", "reverse")
