@@ -80,8 +80,9 @@ def layout(width: int) -> list[tuple[Column, int]]:
     their widths: PROJECT takes what is left over, up to PROJECT_MAX."""
     kept: list[Column] = []
     for col in COLUMNS:
-        if sum(c.width for c in kept) + col.width + len(kept) <= width:
-            kept.append(col)
+        if sum(c.width for c in kept) + col.width + len(kept) > width:
+            break
+        kept.append(col)
     spare = width - sum(c.width for c in kept) - (len(kept) - 1)
     shown = sorted(kept, key=lambda c: ORDER.index(c.header))
     return [(c, c.width + min(spare, PROJECT_MAX - c.width) if c.header == "PROJECT" else c.width) for c in shown]
@@ -205,17 +206,23 @@ def detail(data: dict[str, Any], width: int, height: int, now: float) -> list[Te
              f"tokens {s.total_tokens}  cost {money(s.total_cost)}"),
     ]
     ctx = data.get("context")
+    context: list[Text] = []
+    if ctx is not None:
+        context += [line(f"  file     {f.path}  ×{f.accesses}") for f in ctx.files[:5]]
+        context += [line(f"  change   {c.change or '?'} {c.path}") for c in ctx.changes[:3]]
+        context += [line(f"  decided  {d.text}") for d in ctx.decisions[-3:]]
+        context += [line(f"  searched {q.query}") for q in ctx.searches[-3:]]
+    messages = []
+    for m in data.get("messages") or []:
+        first = m.content.strip().splitlines()[0] if m.content.strip() else ""
+        messages.append(line(Text.assemble((f"  {m.seq:>4} {m.role:<9}", "cyan"), first)))
+    # The last messages matter most: context gives way first, then the oldest messages.
+    room = max(height - len(out) - 2, 0)
+    messages = messages[max(len(messages) - room, 0):]
+    context = context[: room - len(messages)]
     if ctx is not None:
         out.append(line(f"context: {ctx.size.events} events, {len(ctx.files)} files", "bold"))
-        out += [line(f"  file     {f.path}  ×{f.accesses}") for f in ctx.files[:5]]
-        out += [line(f"  change   {c.change or '?'} {c.path}") for c in ctx.changes[:3]]
-        out += [line(f"  decided  {d.text}") for d in ctx.decisions[-3:]]
-        out += [line(f"  searched {q.query}") for q in ctx.searches[-3:]]
-    messages = data.get("messages") or []
+    out += context
     out.append(line(f"recent messages ({len(messages)} of {s.message_count}):", "bold"))
-    for m in messages:
-        first = m.content.strip().splitlines()[0] if m.content.strip() else ""
-        out.append(line(Text.assemble((f"  {m.seq:>4} {m.role:<9}", "cyan"), first)))
-    if len(out) > height:
-        out = out[: height - 1] + [line("  …", "dim")]
-    return out + [line("")] * (height - len(out))
+    out += messages
+    return out[:height] + [line("")] * (height - len(out))
