@@ -32,8 +32,8 @@ def test_events_make_rows_move_their_counters_and_end_them_into_the_endings():
     assert [r.session_id for r in board.visible("msgs", False, "")] == ["s1", "s2"]
     assert [r.session_id for r in board.visible("msgs", True, "")] == ["s2", "s1"]
 
-    board.apply(Event(5, "session.ended", T + 10, "s1", "claude", "prj_1", {"end_reason": "reaped", "ended_at": T + 10}),
-                T + 10)
+    ended = Event(5, "session.ended", T + 10, "s1", "claude", "prj_1", {"end_reason": "reaped", "ended_at": T + 10})
+    board.apply(ended, T + 10)
     assert board.rows["s1"].end_reason == "reaped" and board.lingering()
     t = board.totals(T + 10)
     assert (t.live, t.by_tool, t.reaped_hour, t.ended_hour, t.messages) == (1, [("codex", 1)], 1, 1, 1)
