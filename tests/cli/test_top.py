@@ -105,12 +105,14 @@ def test_keys_sort_filter_and_open_a_session_with_its_context_and_messages(daemo
     assert "the beta question" in detail and "with a second line" not in detail and "the beta answer" in detail
     client.add_message(made["beta"].session_id, "user", "a follow-up")
     wait_for(lambda: "a follow-up" in term.screen(), what="the detail view to follow the session")
+    client.end(made["beta"].session_id)
+    wait_for(lambda: f"{made['beta'].session_id}  beta  ended" in term.screen(), what="the session shown ended")
     term.keys("Escape")
-    wait_for(lambda: len(rows(term)) == 3, what="back to the list")
+    wait_for(lambda: len(rows(term)) == 2, timeout=LINGER + 10, what="back to the list, the ended session gone")
     term.keys("?")
     wait_for(lambda: "omnid top: keys" in term.screen(), what="the help")
     term.keys("x")
-    wait_for(lambda: len(rows(term)) == 3, what="back from the help")
+    wait_for(lambda: len(rows(term)) == 2, what="back from the help")
     term.keys("q")
     quit_and_check_restored(term, tmp_path)
 

@@ -138,7 +138,7 @@ def _loop(board: Board, ui: Ui, console: Console, live: Live, feed: Feed, fd: in
             load_detail(ui)  # something happened to this session
         rows = board.visible(ui.sort, ui.reverse, ui.filter)
         order = [r.session_id for r in rows]
-        if ui.selected not in order:
+        if ui.view == "list" and ui.selected not in order:
             ui.selected = order[0] if order else None
         # The terminal's size now, whatever COLUMNS and LINES said when top started.
         width, height = console.size = os.get_terminal_size(fd)
