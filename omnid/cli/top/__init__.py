@@ -53,6 +53,7 @@ def top(once: bool, filter_text: str, interval: float, as_json: bool) -> None:
     board = Board()
     now = time.time()
     board.load(snap.head, snap.live, snap.ended, now)
+    board.metrics = snap.metrics
     ui = Ui(filter=filter_text.strip())
     if as_json:
         print_json(snapshot_json(board, ui, now))
@@ -73,6 +74,7 @@ def snapshot_json(board: Board, ui: Ui, now: float) -> dict:
     return {
         "at": now,
         "event_seq": board.seq,
+        "metrics": asdict(board.metrics) if board.metrics is not None else None,
         "totals": asdict(board.totals(now)) | {"by_tool": dict(board.totals(now).by_tool)},
         "sessions": [r.as_dict() for r in rows],
         "recent_endings": [r.as_dict() for r in board.recent_endings(now, ui.filter)],

@@ -16,13 +16,15 @@ from omnid_client import Client, OmnidError
 from omnid_client.protocol import Event, Session
 
 from .._output import connect
-from .model import Board
+from .model import Board, Metrics
 
 LIVE_LIMIT = 5000
 """Live sessions listed at most (in pages of a thousand)."""
 ENDED_LIMIT = 200
 """Ended sessions listed for the endings strip and the last hour's totals."""
 RETRY = (0.1, 0.25, 0.5, 1.0)
+METRICS_EVERY = 2.0
+"""Seconds between two reads of the daemon's metrics at least (only as sessions start and end)."""
 
 
 @dataclass
@@ -30,11 +32,15 @@ class Snapshot:
     head: int
     live: list[Session]
     ended: list[Session]
+    metrics: Metrics | None = None
 
 
 @dataclass
 class Down:
     reason: str
+
+
+Message = Snapshot | Event | Down | Metrics
 
 
 def client() -> Client:
@@ -57,19 +63,35 @@ def snapshot(c: Client) -> Snapshot:
         if cursor is None:
             break
     ended = c.list_sessions(status="ended", limit=ENDED_LIMIT, archived="include").sessions
-    return Snapshot(head, live, ended)
+    return Snapshot(head, live, ended, metrics(c))
+
+
+def metrics(c: Client) -> Metrics | None:
+    """The reuse rate and get_or_create's latency, where the client and the daemon both know
+    ``daemon.metrics`` (issue 18); None where either does not."""
+    read = getattr(c, "metrics", None)
+    if read is None:
+        return None
+    try:
+        m = read()
+    except (OmnidError, OSError):
+        return None
+    calls = m.methods.get("session.get_or_create")
+    if calls is None:
+        return Metrics(m.reuse_rate, None, None)
+    return Metrics(m.reuse_rate, calls.latency.quantile(0.5), calls.latency.quantile(0.99))
 
 
 class Feed(threading.Thread):
-    """Puts ``Snapshot``, ``Event`` and ``Down`` messages on ``messages``, starting from ``head``."""
+    """Puts ``Snapshot``, ``Event``, ``Metrics`` and ``Down`` messages on ``messages``, starting from ``head``."""
 
     def __init__(self, head: int, wake: int | None):
         super().__init__(name="omnid-top-feed", daemon=True)
         self.head = head
         self.wake = wake
-        self.messages: queue.SimpleQueue[Snapshot | Event | Down] = queue.SimpleQueue()
+        self.messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
 
-    def put(self, message: Snapshot | Event | Down) -> None:
+    def put(self, message: Message) -> None:
         self.messages.put(message)
         if self.wake is not None:
             try:
@@ -88,9 +110,17 @@ class Feed(threading.Thread):
                         head = snap.head
                         self.put(snap)
                     failures = 0
+                    read_at = time.monotonic()
                     for event in c.events(since=head, reconnect=False):
                         head = event.seq
                         self.put(event)
+                        if event.kind in ("session.created", "session.ended") and (
+                            time.monotonic() - read_at >= METRICS_EVERY
+                        ):
+                            read_at = time.monotonic()
+                            numbers = metrics(c)
+                            if numbers is not None:
+                                self.put(numbers)
                         if event.kind == "gap":
                             break
                     else:
@@ -104,10 +134,14 @@ class Feed(threading.Thread):
                 failures += 1
 
 
-def take(board: Board, message: Snapshot | Event | Down, now: float) -> None:
+def take(board: Board, message: Message, now: float) -> None:
     """Apply one message of the feed to ``board``."""
     if isinstance(message, Snapshot):
         board.load(message.head, message.live, message.ended, now)
+        board.metrics = message.metrics
+    elif isinstance(message, Metrics):
+        board.metrics = message
+        board.version += 1
     elif isinstance(message, Down):
         board.down = message.reason
         board.version += 1

@@ -101,6 +101,16 @@ class Totals:
 
 
 @dataclass
+class Metrics:
+    """What the daemon's metrics say about reuse (None: it has not counted any yet)."""
+
+    reuse_rate: float | None
+    p50: float | None
+    """get_or_create's median latency, in seconds."""
+    p99: float | None
+
+
+@dataclass
 class Board:
     rows: dict[str, Row] = field(default_factory=dict)
     """Live sessions, and ended ones for LINGER seconds after their end."""
@@ -112,6 +122,8 @@ class Board:
     """Why the daemon cannot be reached right now (None: following it)."""
     version: int = 0
     """Bumped on every change, so views know when to draw again."""
+    metrics: Metrics | None = None
+    """None where the daemon keeps no metrics."""
     changed: set[str] = field(default_factory=set)
     """Sessions events were about since the view last cleared this."""
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from rich.text import Text
 
 from .keys import HELP, Ui
-from .model import LINGER, SORTS, Board, Row
+from .model import LINGER, SORTS, Board, Metrics, Row
 
 NEW = 3.0
 """Seconds a new session is highlighted."""
@@ -138,9 +138,20 @@ def header(board: Board, ui: Ui, now: float) -> list[Text]:
     else:
         order = f"{ui.sort} {'reversed' if ui.reverse else ''}".strip()
         filt = f"  filter: {ui.filter}" if ui.filter else ""
+        filt = reuse(board.metrics) + filt
         second = line(f"msgs {count(t.messages)}  tokens {count(t.tokens)}  cost {money(t.cost)}  sort: {order}"
                       + filt)
     return [line(first), second]
+
+
+def reuse(m: Metrics | None) -> str:
+    """The reuse rate and get_or_create's latency, for the header, when the daemon counts them."""
+    if m is None or m.reuse_rate is None:
+        return ""
+    text = f"  reuse {m.reuse_rate:.0%}"
+    if m.p50 is not None and m.p99 is not None:
+        text += f" (p50 {m.p50 * 1000:.2g}ms p99 {m.p99 * 1000:.2g}ms)"
+    return text
 
 
 def endings(board: Board, ui: Ui, now: float) -> Text:
