@@ -207,6 +207,8 @@ def test_once_and_json_print_one_snapshot(daemon, client, spawn_owner, tmp_path)
     assert lines[0].startswith("omnid top") and "1 live (alpha 1)" in lines[0] and "1 ended" in lines[0]
     assert [line for line in lines if ROW.match(line)][0].split()[:2] == [a.session_id[:8], "alpha"]
     assert f"beta {b.session_id[:8]} ended" in r.stdout
+    # The reuse rate shows where the daemon counts it (daemon.metrics, issue 18): here 0 of 2 calls reused.
+    assert ("reuse 0%" in lines[1]) == hasattr(Client, "metrics"), lines[1]
     r = run_omnid("top", "--json", "--filter", "tool:alpha")
     snap = json.loads(r.stdout)
     assert [s["session_id"] for s in snap["sessions"]] == [a.session_id]

@@ -138,9 +138,8 @@ def header(board: Board, ui: Ui, now: float) -> list[Text]:
     else:
         order = f"{ui.sort} {'reversed' if ui.reverse else ''}".strip()
         filt = f"  filter: {ui.filter}" if ui.filter else ""
-        filt = reuse(board.metrics) + filt
-        second = line(f"msgs {count(t.messages)}  tokens {count(t.tokens)}  cost {money(t.cost)}  sort: {order}"
-                      + filt)
+        second = line(f"sort: {order}{filt}  msgs {count(t.messages)}  tokens {count(t.tokens)}  cost {money(t.cost)}"
+                      + reuse(board.metrics))
     return [line(first), second]
 
 
