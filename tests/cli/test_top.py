@@ -14,8 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from omnid.cli.top.feed import Feed, Snapshot
 from omnid.cli.top.model import LINGER
 from omnid_client import Client, Session
+from omnid_client.protocol import Event
 from tests.helpers import Tmux, ev, run_omnid, wait_for
 
 TOP = f"{sys.executable} -m omnid top"
@@ -227,3 +229,20 @@ def test_without_rich_top_says_how_to_install_it(daemon):
     hide = "import sys; sys.modules['rich'] = None; sys.argv = ['omnid', 'top']; from omnid.cli import run; run()"
     r = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "pip install 'omnid[top]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_gap_makes_the_feed_list_the_sessions_again_then_follow_on(daemon, client, spawn_owner, tmp_path):
+    a, _ = own(client, spawn_owner, "alpha", tmp_path)
+    feed = Feed(10**9, None)  # a sequence number this daemon never reached: as if its event log was lost
+    feed.start()
+    try:
+        gap = feed.messages.get(timeout=10)
+        assert isinstance(gap, Event) and gap.kind == "gap" and gap.data["reason"] == "reset", gap
+        snap = feed.messages.get(timeout=10)
+        assert isinstance(snap, Snapshot) and [s.session_id for s in snap.live] == [a.session_id]
+        b, _ = own(client, spawn_owner, "beta", tmp_path)
+        created = feed.messages.get(timeout=10)
+        assert isinstance(created, Event) and (created.kind, created.session_id) == ("session.created", b.session_id)
+        assert created.seq == snap.head + 1
+    finally:
+        feed.stopped = True

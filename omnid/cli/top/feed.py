@@ -90,6 +90,8 @@ class Feed(threading.Thread):
         self.head = head
         self.wake = wake
         self.messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.stopped = False
+        """Set to end the thread: at its next event or failure (a blocked read is left alone)."""
 
     def put(self, message: Message) -> None:
         self.messages.put(message)
@@ -102,7 +104,7 @@ class Feed(threading.Thread):
     def run(self) -> None:
         head: int | None = self.head
         failures = 0
-        while True:
+        while not self.stopped:
             try:
                 with client() as c:
                     if head is None:
@@ -112,6 +114,8 @@ class Feed(threading.Thread):
                     failures = 0
                     read_at = time.monotonic()
                     for event in c.events(since=head, reconnect=False):
+                        if self.stopped:
+                            return
                         head = event.seq
                         self.put(event)
                         if event.kind in ("session.created", "session.ended") and (
@@ -126,7 +130,7 @@ class Feed(threading.Thread):
                     else:
                         raise OSError("the daemon closed the event stream")
                 head = None  # a gap: list again, then follow on from there
-            except (OmnidError, OSError) as e:
+            except Exception as e:  # whatever it was, the view keeps its last state and says why
                 if failures == 0:
                     self.put(Down(str(e)))
                 head = None

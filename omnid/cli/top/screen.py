@@ -120,8 +120,7 @@ def run_screen(board: Board, ui: Ui, console: Console, head: int) -> int:
     except (Stop, KeyboardInterrupt):
         pass
     finally:
-        os.close(wake_r)
-        os.close(wake_w)
+        feed.wake = None  # the pipe stays open until the process exits: a late write finds it
     return 0
 
 
@@ -195,6 +194,7 @@ def run_plain(board: Board, console: Console, ui: Ui, head: int, interval: float
                 else:
                     block = 1.0 if board.lingering() else None
                 drain(board, feed, block)
+                board.changed.clear()  # only a detail view reads it
     except (Stop, KeyboardInterrupt):
         pass
     except BrokenPipeError:
