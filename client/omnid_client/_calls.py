@@ -168,8 +168,9 @@ def list_sessions(
     tag: str | None = None,
     archived: ArchivedFilter = "exclude",
     pinned: bool | None = None,
+    project_id: str | None = None,
 ) -> Call[SessionPage]:
-    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor, tag, archived, pinned)
+    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor, tag, archived, pinned, project_id)
     return Call("session.list", params, SessionPage)
 
 

@@ -144,11 +144,12 @@ class AsyncClient(AsyncConnection):
         tag: str | None = None,
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
+        project_id: str | None = None,
     ) -> SessionPage:
         """As ``Client.list_sessions``."""
         return await self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
-            tag=tag, archived=archived, pinned=pinned,
+            tag=tag, archived=archived, pinned=pinned, project_id=project_id,
         ))
 
     async def update_session(

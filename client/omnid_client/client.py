@@ -151,12 +151,13 @@ class Client(Connection):
         tag: str | None = None,
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
+        project_id: str | None = None,
     ) -> SessionPage:
         """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
         Archived sessions are left out unless ``archived`` is ``include`` (or ``only``)."""
         return self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
-            tag=tag, archived=archived, pinned=pinned,
+            tag=tag, archived=archived, pinned=pinned, project_id=project_id,
         ))
 
     def update_session(

@@ -199,21 +199,13 @@ async def session_summary(agent: Agent, a: SummaryArgs) -> Any:
     return await agent.client.session_summary(a.session_id or (await agent.session()).session_id)
 
 
-SCAN_PAGES = 5
-"""Pages of 1,000 sessions ``recent_sessions`` reads at most (session.list has no project filter)."""
-
-
 async def recent_sessions(agent: Agent, a: RecentSessionsArgs) -> Any:
     s = await agent.session()
-    found: list[Session] = []
-    cursor = None
-    for _ in range(SCAN_PAGES):
-        page = await agent.client.list_sessions(status=a.status, limit=1000, cursor=cursor)
-        found += [x for x in page.sessions if x.project_id == s.project_id and x.session_id != s.session_id]
-        cursor = page.next_cursor
-        if len(found) >= a.limit or cursor is None:
-            break
-    return {"project_id": s.project_id, "sessions": found[: a.limit]}
+    if s.project_id is None:
+        return {"project_id": None, "sessions": []}
+    # One more than asked for: the agent's own session is left out.
+    page = await agent.client.list_sessions(status=a.status, limit=a.limit + 1, project_id=s.project_id)
+    return {"project_id": s.project_id, "sessions": [x for x in page.sessions if x.session_id != s.session_id][: a.limit]}
 
 
 Handler = Callable[[Agent, Any], Awaitable[Any]]
