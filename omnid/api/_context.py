@@ -14,6 +14,7 @@ from ..jobs.retention import Archiver
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
+from ..store.similar import SimilarSearch
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Context:
     settings: Callable[[], Settings] = Settings
     """The settings in force now."""
     compactor: Compactor = field(default_factory=Compactor)
+    similar: SimilarSearch | None = None
+    """The similarity search thread (None: memories.search_similar is Unsupported)."""
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
 from ..store.failures import set_aside
+from ..store.similar import SimilarSearch
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
@@ -176,6 +177,7 @@ class App:
         self.context = api.Context(
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
             self.status, self.request_stop, lambda: self.settings,
+            similar=SimilarSearch(self.paths.database, lambda: self.settings.vector_engine),
         )
         self.store.on_rollback(self.context.compactor.forget)
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
@@ -267,6 +269,8 @@ class App:
         self.expirer.stop()
         self.archiver.stop()
         self.idle.stop()
+        if self.context.similar is not None:
+            self.context.similar.close()
         self.store.close()
         self.events.close()
         if not self.restart_requested:

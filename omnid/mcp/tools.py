@@ -205,7 +205,8 @@ async def recent_sessions(agent: Agent, a: RecentSessionsArgs) -> Any:
         return {"project_id": None, "sessions": []}
     # One more than asked for: the agent's own session is left out.
     page = await agent.client.list_sessions(status=a.status, limit=a.limit + 1, project_id=s.project_id)
-    return {"project_id": s.project_id, "sessions": [x for x in page.sessions if x.session_id != s.session_id][: a.limit]}
+    others = [x for x in page.sessions if x.session_id != s.session_id]
+    return {"project_id": s.project_id, "sessions": others[: a.limit]}
 
 
 Handler = Callable[[Agent, Any], Awaitable[Any]]

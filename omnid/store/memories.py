@@ -78,6 +78,12 @@ def get(db: sqlite3.Connection, project_id: str, key: str, now: float) -> Memory
     return _memory(row) if row else None
 
 
+def live_by_ids(db: sqlite3.Connection, memory_ids: list[str], now: float) -> dict[str, Memory]:
+    marks = ",".join("?" * len(memory_ids))
+    rows = db.execute(f"SELECT {_COLUMNS} FROM memories WHERE memory_id IN ({marks}) AND {_LIVE}", (*memory_ids, now))
+    return {row[0]: _memory(row) for row in rows}
+
+
 def record_access(db: sqlite3.Connection, memory: Memory, now: float) -> Memory:
     db.execute(
         "UPDATE memories SET accessed_count = accessed_count + 1, last_accessed = ? WHERE memory_id = ?",
@@ -163,6 +169,16 @@ def session_memories(db: sqlite3.Connection, session_id: str) -> list[SessionMem
         (session_id,),
     ).fetchall()
     return [SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows]
+
+
+def session_memories_by_ids(db: sqlite3.Connection, memory_ids: list[str]) -> dict[str, SessionMemory]:
+    marks = ",".join("?" * len(memory_ids))
+    rows = db.execute(
+        "SELECT memory_id, session_id, memory_type, content, metadata, created_at FROM session_memories "
+        f"WHERE memory_id IN ({marks})",
+        memory_ids,
+    )
+    return {r[0]: SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows}
 
 
 def has_session_memory(db: sqlite3.Connection, session_id: str) -> bool:

@@ -314,7 +314,7 @@ MIGRATIONS: list[list[Step]] = [
             vector     BLOB NOT NULL
         )
         """,
-        "CREATE INDEX memory_vectors_by_project ON memory_vectors (project_id, kind)",
+        "CREATE INDEX memory_vectors_by_project ON memory_vectors (project_id, kind, expires_at)",
         "CREATE TRIGGER memory_vectors_memory_gone AFTER DELETE ON memories "
         "BEGIN DELETE FROM memory_vectors WHERE ref_id = old.memory_id; END",
         "CREATE TRIGGER memory_vectors_session_memory_gone AFTER DELETE ON session_memories "

@@ -38,6 +38,9 @@ class Settings(Struct, kw_only=True):
     (only the few in memory)."""
     event_buffer: Annotated[int, Meta(ge=16 << 10, le=1 << 30)] = 1 << 20
     """Bytes of events waiting for one slow subscriber before it gets a gap instead."""
+    vector_engine: Literal["auto", "python", "sqlite-vec"] = "auto"
+    """What computes memories.search_similar: "auto" uses sqlite-vec when the ``vec`` extra
+    loads and pure Python otherwise; "sqlite-vec" fails searches when it cannot load."""
 
 
 class RunRetention(Struct):
