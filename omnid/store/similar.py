@@ -84,13 +84,13 @@ def python_top_k(rows: Iterable[tuple[str, str, bytes]], q: Query) -> tuple[list
 def vec_top_k(db: Any, q: Query) -> list[tuple[float, str, str]]:
     """The same best ``q.k``, computed by sqlite-vec inside SQLite."""
     where, args = _where(q)
-    limit = "" if q.min_score is None else " WHERE d <= ?"
+    # A few more than k, so that the ones equal after rounding are ordered by id as Python
+    # orders them; min_score is applied after, as the rows come nearest first.
     rows = db.execute(
-        f"SELECT ref_id, kind, d FROM (SELECT ref_id, kind, vec_distance_cosine(vector, ?) AS d "
-        f"FROM memory_vectors WHERE {where}){limit} ORDER BY d, ref_id LIMIT ?",
-        [to_blob(q.vector), *args, *([1.0 - q.min_score + 1e-6] if q.min_score is not None else []), q.k * 2 + 8],
+        f"SELECT ref_id, kind, vec_distance_cosine(vector, ?) AS d FROM memory_vectors WHERE {where} "
+        "ORDER BY d, ref_id LIMIT ?",
+        [to_blob(q.vector), *args, q.k * 2 + 8],
     ).fetchall()
-    # A few more than k, so that the ones equal after rounding are ordered by id like Python's.
     scored = [(round(1.0 - d, SCORE_DIGITS), ref_id, kind) for ref_id, kind, d in rows]
     if q.min_score is not None:
         scored = [s for s in scored if s[0] >= q.min_score]
