@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _calls, _events
 from ._async_connection import AsyncConnection
-from ._memory_methods import AsyncMemoryMethods
+from ._async_memory_methods import AsyncMemoryMethods
 from .packing import Counter
 from .protocol import (
     Appended,
