@@ -46,10 +46,8 @@ def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory:
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
-    if unit is not None:
+    if unit is not None:  # (the put dropped the vector of the value it replaced)
         vector_store.attach(store.db, memory.memory_id, "memory", project_id, unit, expires_at=expires_at)
-    else:  # the vector of an earlier version describes a value that is gone
-        vector_store.detach(store.db, memory.memory_id)
     store.note_project_activity(project_id, now)
     if expires_at is not None:
         ctx.expirer.expect(expires_at)

@@ -9,6 +9,7 @@ from typing import Any
 from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
 from . import search as search_store
+from . import vectors as vector_store
 from .codec import dumps, loads, loads_dict
 from .events import stage
 
@@ -49,6 +50,7 @@ def put(
             (value_text, metadata_text, version, now, expires_at, memory_id),
         )
         search_store.unindex(db, "memory", [memory_id])
+        vector_store.detach(db, memory_id)  # it described the value replaced
     else:
         if row is not None:  # expired but not purged yet: it is gone for every reader
             delete_ids(db, [row[0]])

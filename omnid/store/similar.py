@@ -62,7 +62,13 @@ def _where(q: Query) -> tuple[str, list[Any]]:
     )
 
 
-def python_top_k(rows: Iterable[tuple[str, str, bytes]], q: Query) -> tuple[list[tuple[float, str, str]], int]:
+class Stopped(Exception):
+    """The daemon is stopping: the search was abandoned."""
+
+
+def python_top_k(
+    rows: Iterable[tuple[str, str, bytes]], q: Query, stopping: Callable[[], bool] = lambda: False
+) -> tuple[list[tuple[float, str, str]], int]:
     """The best ``q.k`` of (ref_id, kind, blob) rows by dot product with the unit query (the
     cosine: stored vectors are unit vectors), and how many rows were scored."""
     query = q.vector
@@ -73,6 +79,8 @@ def python_top_k(rows: Iterable[tuple[str, str, bytes]], q: Query) -> tuple[list
         nonlocal scanned
         for ref_id, kind, blob in rows:
             scanned += 1
+            if not scanned % 4096 and stopping():
+                raise Stopped("the daemon is stopping")
             score = round(sum(map(mul, from_blob(blob), query)), SCORE_DIGITS)
             if q.min_score is None or score >= q.min_score:
                 yield score, ref_id, kind
@@ -136,6 +144,7 @@ class SimilarSearch:
         self._connections: dict[str, Any] = {}
         self._vec_error: str | None = None
         self._lock = threading.Lock()
+        self._closing = False
 
     def plan(self, requested: str) -> tuple[str, bool]:
         """The engine a search asking for ``requested`` runs on ("auto": the setting's), and
@@ -187,13 +196,18 @@ class SimilarSearch:
             scanned = db.execute(f"SELECT count(*) FROM memory_vectors WHERE {where}", args).fetchone()[0]
         else:
             rows = db.execute(f"SELECT ref_id, kind, vector FROM memory_vectors WHERE {where}", args)
-            best, scanned = python_top_k(rows, q)
+            best, scanned = python_top_k(rows, q, lambda: self._closing)
         used: Literal["python", "sqlite-vec"] = "sqlite-vec" if engine == "sqlite-vec" else "python"
         return SimilarMemories(_hits(db, best, q.now), q.dim, used, scanned)
 
     def close(self) -> None:
+        """Abandon a search under way (its reply is never sent: the daemon is stopping)."""
+        self._closing = True
         with self._lock:
             executor, self._executor = self._executor, None
+        for db in list(self._connections.values()):
+            with contextlib.suppress(Exception):
+                db.interrupt()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         for db in self._connections.values():
