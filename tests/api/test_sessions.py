@@ -32,7 +32,7 @@ from omnid_client import (
 )
 from omnid_client._core import Call
 from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, Session
-from tests.helpers import DaemonProcess, db_rows, process_state, start_ticks, wait_for
+from tests.helpers import DaemonProcess, db_rows, omnid_json, process_state, start_ticks, wait_for
 
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
@@ -592,6 +592,8 @@ def test_list_by_project_pages_through_that_projects_sessions_only(client, home,
     assert [s.session_id for s in ended] == [s.session_id for s in reversed(mine) if s.session_id in
                                              {m.session_id for i, m in enumerate(mine) if i % 2}]
     assert client.list_sessions(project_id="prj_000000000000").sessions == []
+    cli = omnid_json("sessions", "list", "--project", project_id, "--limit", "1000")
+    assert [s["session_id"] for s in cli["sessions"]] == [s.session_id for s in reversed(mine)]
     plan = db_rows(
         home / "omnid.db",
         "EXPLAIN QUERY PLAN SELECT session_id FROM sessions WHERE project_id = ? "
