@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from omnid_client.errors import Unsupported
+from omnid_client.errors import Conflict, Unsupported
 from omnid_client.protocol import SimilarHit, SimilarMemories
 
 from . import memories as memory_store
@@ -62,8 +62,8 @@ def _where(q: Query) -> tuple[str, list[Any]]:
     )
 
 
-class Stopped(Exception):
-    """The daemon is stopping: the search was abandoned."""
+class Stopped(Conflict):
+    """The daemon is stopping: the search was abandoned (a typed reply, should one still go out)."""
 
 
 def python_top_k(
@@ -160,6 +160,8 @@ class SimilarSearch:
     def submit(self, q: Query, fallback: bool) -> concurrent.futures.Future[SimilarMemories]:
         """Start the search; with ``fallback``, a sqlite-vec that cannot load means python."""
         with self._lock:
+            if self._closing:
+                raise Stopped("the daemon is stopping")
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omnid-similar")
             return self._executor.submit(self._search, q, fallback)
