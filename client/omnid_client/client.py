@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _calls, _events
 from ._connection import Connection
+from ._memory_methods import MemoryMethods
 from .packing import Counter
 from .protocol import (
     Appended,
@@ -18,14 +19,11 @@ from .protocol import (
     ContextEvent,
     ContextPack,
     DaemonStatus,
-    Deleted,
     Empty,
     Event,
     GetOrCreateResult,
     ImportResult,
     Interaction,
-    Memory,
-    MemoryHistory,
     MessagePage,
     MessagesAdded,
     NewMessage,
@@ -42,7 +40,6 @@ from .protocol import (
     Session,
     SessionContext,
     SessionDeleted,
-    SessionMemory,
     SessionOwners,
     SessionPage,
     SessionStatus,
@@ -53,7 +50,7 @@ from .protocol import (
 )
 
 
-class Client(Connection):
+class Client(MemoryMethods):
     """A blocking connection to the omnid daemon (options: see ``BaseClient``)."""
 
     def __enter__(self) -> Client:
@@ -152,12 +149,13 @@ class Client(Connection):
         tag: str | None = None,
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
+        project_id: str | None = None,
     ) -> SessionPage:
         """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
         Archived sessions are left out unless ``archived`` is ``include`` (or ``only``)."""
         return self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
-            tag=tag, archived=archived, pinned=pinned,
+            tag=tag, archived=archived, pinned=pinned, project_id=project_id,
         ))
 
     def update_session(
@@ -240,48 +238,6 @@ class Client(Connection):
             session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
             max_memories=max_memories, max_changes=max_changes
         ))
-
-    def put_memory(
-        self,
-        key: str,
-        value: Any,
-        *,
-        project_id: str | None = None,
-        workspace: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: float | None = None,
-    ) -> Memory:
-        """Store ``value`` under ``key`` in a project (default: the one containing the current
-        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
-        return self._call(_calls.put_memory(
-            key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
-        ))
-
-    def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
-        return self._call(_calls.get_memory(key, project_id=project_id, workspace=workspace))
-
-    def list_memories(
-        self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
-    ) -> list[Memory]:
-        """Live memories, most recently accessed first."""
-        return self._call(_calls.list_memories(project_id=project_id, workspace=workspace, limit=limit))
-
-    def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
-        return self._call(_calls.delete_memory(key, project_id=project_id, workspace=workspace))
-
-    def memory_history(
-        self, key: str, *, project_id: str | None = None, workspace: str | None = None
-    ) -> MemoryHistory:
-        """Every version of a memory, oldest first."""
-        return self._call(_calls.memory_history(key, project_id=project_id, workspace=workspace))
-
-    def add_session_memory(
-        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
-    ) -> SessionMemory:
-        return self._call(_calls.add_session_memory(session_id, content, memory_type=memory_type, metadata=metadata))
-
-    def list_session_memories(self, session_id: str) -> list[SessionMemory]:
-        return self._call(_calls.list_session_memories(session_id))
 
     def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
         """Append messages in order, all or none; returns their ids and the session's totals."""

@@ -15,6 +15,7 @@ from ..jobs.workspace import Workspaces
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
+from ..store.similar import SimilarSearch
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class Context:
     compactor: Compactor = field(default_factory=Compactor)
     workspaces: Workspaces | None = None
     """Workspace change tracking (None where nothing watches files, as in offline tools)."""
+    similar: SimilarSearch | None = None
+    """The similarity search thread (None: memories.search_similar is Unsupported)."""
 
 
 @dataclass(slots=True)

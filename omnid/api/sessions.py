@@ -279,6 +279,7 @@ def list_sessions(ctx: Context, caller: Caller, p: ListSessions) -> SessionPage:
         tag=p.tag,
         archived=p.archived,
         pinned=p.pinned,
+        project_id=p.project_id,
     )
     return SessionPage([current(ctx, s) for s in sessions], cursor)
 

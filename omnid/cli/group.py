@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import checkpoints, compat, content, daemon, data, events, hooks, sessions
+from . import checkpoints, compat, content, daemon, data, events, hooks, sessions, similar  # noqa: F401  (similar adds to memories)
 from .top import top
 
 

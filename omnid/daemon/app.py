@@ -32,6 +32,7 @@ from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
 from ..store.failures import set_aside
+from ..store.similar import SimilarSearch
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
@@ -182,6 +183,7 @@ class App:
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
             self.status, self.request_stop, lambda: self.settings,
             compactor=compactor, workspaces=self.workspaces,
+            similar=SimilarSearch(self.paths.database, lambda: self.settings.vector_engine),
         )
         self.events.listeners.append(self.workspaces.committed)
         self.workspaces.start()
@@ -282,6 +284,8 @@ class App:
         self.archiver.stop()
         self.idle.stop()
         self.workspaces.stop()
+        if self.context.similar is not None:
+            self.context.similar.close()
         self.store.close()
         self.events.close()
         if not self.restart_requested:

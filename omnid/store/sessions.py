@@ -299,6 +299,7 @@ def page(
     tag: str | None = None,
     archived: ArchivedFilter = "exclude",
     pinned: bool | None = None,
+    project_id: str | None = None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
     where = [c for c in (_BY_STATUS[status], _BY_ARCHIVED[archived]) if c]
@@ -306,7 +307,7 @@ def page(
     for condition, value in (
         ("tool_id = ?", tool_id), ("session_type = ?", session_type), ("workspace = ?", workspace),
         ("session_id IN (SELECT session_id FROM session_tags WHERE tag = ?)", tag),
-        ("pinned = ?", None if pinned is None else int(pinned)),
+        ("pinned = ?", None if pinned is None else int(pinned)), ("project_id = ?", project_id),
     ):
         if value is not None:
             where.append(condition)

@@ -44,6 +44,9 @@ class Settings(Struct, kw_only=True):
     workspace_max_dirs: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     """A tracked project root with more directories than this (not counting ignored ones)
     is refused: each costs an inotify watch."""
+    vector_engine: Literal["auto", "python", "sqlite-vec"] = "auto"
+    """What computes memories.search_similar: "auto" uses sqlite-vec when the ``vec`` extra
+    loads and pure Python otherwise; "sqlite-vec" fails searches when it cannot load."""
 
 
 class RunRetention(Struct):

@@ -116,6 +116,8 @@ class ListSessions(Struct):
     archived: ArchivedFilter = "exclude"
     """Archived sessions are left out unless ``include``d (or ``only`` they are wanted)."""
     pinned: bool | None = None
+    project_id: ProjectId | None = None
+    """Only the sessions of this project."""
 
 
 class SessionPage(Struct):
