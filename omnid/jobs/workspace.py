@@ -171,6 +171,9 @@ class Workspaces:
         log.warning("no longer recording file changes under %s: %s", root, why)
         self.dropped[root] = why
         self.sessions = {sid: v for sid, v in self.sessions.items() if v[0] != root}
+        # The watcher has let the root go already and goes on with the others: restarting it
+        # would only open a moment in which their changes are missed.
+        self._watching = self._watching - {root}
         self._apply()
 
     def record(self, changes: list[Change]) -> None:

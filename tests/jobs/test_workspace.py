@@ -240,7 +240,7 @@ def test_a_root_removed_while_tracked_does_not_hurt_the_daemon(client, daemon, r
     tracking(client, repo, other)
     shutil.rmtree(repo)
     tracking(client, other)
-    assert "no longer recording file changes under" in daemon.log_text()
+    wait_for(lambda: "no longer recording file changes under" in daemon.log_text(), what="the drop logged")
     (other / "ok.txt").write_text("x")
     recorded(client, kept, **{"ok.txt": "added"})
     assert client.get(gone).live
