@@ -12,7 +12,11 @@ from typing import Any
 def run() -> None:
     from .fast import dispatch
 
-    status = dispatch(sys.argv[1:])
+    try:
+        status = dispatch(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        sys.exit(130)  # exits.EXIT_INTERRUPTED, as the click group's commands
     if status is not None:
         sys.exit(status)
     from .group import main
