@@ -21,7 +21,9 @@ def run() -> None:
         sys.exit(status)
     from .group import main
 
-    main()
+    # The same variable whatever the program is called (python -m omnid, a wrapper script):
+    # what `omnid completion SHELL` prints sets it.
+    main(complete_var="_OMNID_COMPLETE")
 
 
 def __getattr__(name: str) -> Any:

@@ -94,7 +94,7 @@ def logs(follow: bool, count: int, level: str | None, since: str | None, source:
     Never starts the daemon. --json prints one object per record and line."""
     from ..offline import logread
 
-    start = parse_since(since)
+    after = parse_since(since)
 
     def emit(record: logread.LogRecord) -> None:
         import msgspec
@@ -105,17 +105,20 @@ def logs(follow: bool, count: int, level: str | None, since: str | None, source:
     kind, path = log_source(source)
     try:
         if kind == "journal":
-            status = logread.journal(emit, count, follow, level, start)
+            status = logread.journal(emit, count, follow, level, after)
             sys.exit(0 if status in (0, -2, 130) or follow else status)
         assert path is not None
+        end: logread.Position | None = None
         try:
-            for record in logread.tail_file(path, count, level, start):
+            found, end = logread.tail_file(path, count, level, after)
+            for record in found:
                 emit(record)
         except FileNotFoundError:
             if not follow:
                 raise click.ClickException(f"no log file at {path} (has omnid run with this OMNID_HOME?)") from None
+            end = (0, 0, 0)  # whatever file appears: from its start
         if follow:
-            logread.follow_file(path, emit, level, start)
+            logread.follow_file(path, emit, level, after, start=end)
     except KeyboardInterrupt:
         sys.exit(0)  # the way to stop following: not an error
     except BrokenPipeError:

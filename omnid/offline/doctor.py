@@ -251,7 +251,7 @@ def check_log(ctx: Context) -> Check:
     if st is not None and not st.log:
         return Check("log", "skip", f"the daemon logs to {target or 'stderr'}, which doctor cannot read")
     try:
-        errors = tail_file(log, 3, "error", time.time() - ERROR_WINDOW)
+        errors, _ = tail_file(log, 3, "error", time.time() - ERROR_WINDOW)
     except FileNotFoundError:
         return Check("log", "ok", f"{log}: no log yet")
     except OSError as e:

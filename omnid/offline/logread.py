@@ -79,42 +79,57 @@ def wanted(record: LogRecord, level: str | None, since: float | None) -> bool:
     return since is None or record.time is None or record.time >= since
 
 
-def _read_text(path: Path) -> str:
+Position = tuple[int, int, int]
+"""(device, inode, byte offset): where in which file reading stopped."""
+
+
+def _read_text(path: Path) -> tuple[str, Position]:
     fd = open_private(path, os.O_RDONLY, owned=False)
-    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as f:
-        return f.read()
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+        st = os.fstat(fd)
+    return data.decode("utf-8", errors="replace"), (st.st_dev, st.st_ino, len(data))
 
 
-def tail_file(path: Path, n: int | None, level: str | None = None, since: float | None = None) -> list[LogRecord]:
+def tail_file(
+    path: Path, n: int | None, level: str | None = None, since: float | None = None
+) -> tuple[list[LogRecord], Position]:
     """The last ``n`` wanted records (all if None) of the log file and, when it holds fewer,
-    of the rotated files before it (``path.1`` is the newest of those)."""
+    of the rotated files before it (``path.1`` is the newest of those), and where the log
+    file ends (for ``follow_file``). FileNotFoundError if there is no log file."""
     found: deque[LogRecord] = deque()
+    end: Position = (0, 0, 0)
     for index in range(10):
         part = path if index == 0 else Path(f"{path}.{index}")
         try:
-            text = _read_text(part)
+            text, position = _read_text(part)
         except FileNotFoundError:
+            if index == 0:
+                raise
             break
+        if index == 0:
+            end = position
         older = [r for r in records(iter(text.splitlines())) if wanted(r, level, since)]
         found.extendleft(reversed(older))
         if n is not None and len(found) >= n:
             break
     items = list(found)
-    return items[-n:] if n is not None else items
+    return (items[-n:] if n is not None else items), end
 
 
 def follow_file(
     path: Path, emit: Callable[[LogRecord], None], level: str | None = None, since: float | None = None,
-    *, stop: Callable[[], bool] = lambda: False,
+    *, start: Position | None = None, stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Print records appended to the log file from its current end on, until ``stop()``
-    (or Ctrl-C). A rotation (the file renamed, a new one created) is followed: the old
-    file is read to its end, then the new one from its start."""
+    """Print records appended to the log file from ``start`` (where ``tail_file`` stopped;
+    default: its current end) on, until ``stop()`` (or Ctrl-C). A rotation (the file renamed,
+    a new one created) is followed: the old file is read to its end, then the new one from
+    its start."""
     f = None
     ident: tuple[int, int] | None = None
     pending = ""
 
-    def reopen(at_end: bool) -> None:
+    def reopen(at: Position | None) -> None:
         nonlocal f, ident
         try:
             fd = open_private(path, os.O_RDONLY, owned=False)
@@ -122,9 +137,14 @@ def follow_file(
             f, ident = None, None
             return
         st = os.fstat(fd)
-        f, ident = os.fdopen(fd, "r", encoding="utf-8", errors="replace"), (st.st_dev, st.st_ino)
-        if at_end:
-            f.seek(0, os.SEEK_END)
+        ident = (st.st_dev, st.st_ino)
+        offset = 0
+        if at is None:
+            offset = st.st_size
+        elif at[:2] == ident:
+            offset = at[2]  # else it rotated since: the new file from its start
+        os.lseek(fd, offset, os.SEEK_SET)
+        f = os.fdopen(fd, "r", encoding="utf-8", errors="replace")
 
     def drain() -> None:
         nonlocal pending
@@ -136,21 +156,21 @@ def follow_file(
             if wanted(record, level, since):
                 emit(record)
 
-    reopen(at_end=True)
+    reopen(start)
     try:
         while not stop():
             drain()
             try:
                 st = os.stat(path)
                 now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-                truncated = f is not None and st.st_size < f.tell()
+                truncated = f is not None and st.st_size < os.lseek(f.fileno(), 0, os.SEEK_CUR)
             except FileNotFoundError:
                 now, truncated = None, False
             if now is not None and (now != ident or truncated):
                 drain()  # the rest of the rotated file first
                 if f is not None:
                     f.close()
-                reopen(at_end=False)
+                reopen((*now, 0))
                 pending = ""
                 continue
             time.sleep(FOLLOW_INTERVAL)
