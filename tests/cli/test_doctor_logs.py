@@ -73,7 +73,8 @@ def test_doctor_never_starts_a_daemon_and_finds_what_is_wrong(home, daemon, clie
         os.chmod(home / "run", 0o700)
     assert checks["config"]["state"] == "fail" and "omnid config check" in checks["config"]["fix"]
     assert checks["database"]["state"] == "fail"
-    assert checks["socket directory"]["state"] == "fail" and "writable by others" in checks["socket directory"]["message"]
+    socket_dir = checks["socket directory"]
+    assert socket_dir["state"] == "fail" and "writable by others" in socket_dir["message"]
     assert checks["daemon"]["state"] == "fail"  # a refusal is no "not running"
     text = run_omnid("doctor").stdout
     assert "[FAIL] config:" in text and "fix: omnid config check" in text

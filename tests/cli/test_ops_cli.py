@@ -8,10 +8,8 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
