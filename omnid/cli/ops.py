@@ -140,11 +140,10 @@ def completion(shell: str, as_json: bool) -> None:
     Completing ids asks a running daemon (never starts one) and offers nothing when none runs."""
     from click.shell_completion import get_completion_class
 
-    from .group import main
-
     cls = get_completion_class(shell)
     assert cls is not None  # click knows all three
-    script = cls(main, {}, "omnid", "_OMNID_COMPLETE").source()
+    root = click.get_current_context().find_root().command  # the omnid group
+    script = cls(root, {}, "omnid", "_OMNID_COMPLETE").source()
     if as_json:
         click.echo(json.dumps({"shell": shell, "script": script}))
     else:

@@ -1,6 +1,8 @@
-"""``omnid doctor``'s checks: each looks at one thing (the daemon, its socket directory,
-versions, the service unit, the database, the config, fd limits, clocks, the log), says
-what it found and, for a problem, how to fix it. Nothing here starts the daemon or writes."""
+"""``omnid doctor``'s checks, each looking at one thing (the daemon, its socket directory,
+versions, the service unit, the database, the config, fd limits, clocks, the log) and saying
+what it found and, for a problem, how to fix it.
+
+Nothing here starts the daemon or writes."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def test_the_exit_status_table_is_in_help_and_in_the_readme():
     for code, meaning in EXIT_CODES:
         assert re.search(rf"^\s+{code}\s+{re.escape(meaning)}$", helped, re.M), code
         assert re.search(rf"^\| `{code}` \|", readme, re.M), f"exit status {code} missing from the README's table"
-    status_help = run_omnid("status", "--help").stdout
+    status_help = " ".join(run_omnid("status", "--help").stdout.split())
     assert "3 if not" in status_help and "1 if it cannot be asked" in status_help
 
 
