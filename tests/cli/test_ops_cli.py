@@ -110,6 +110,22 @@ def test_serve_detach_human_output_and_a_failed_start(home):
     wait_for(lambda: gone(pid), what="the daemon to exit")
 
 
+@pytest.mark.timeout(120)  # readline() below waits for the daemon's readiness
+def test_serve_in_the_foreground_prints_its_pid_once_ready_with_json(home):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnid", "serve", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert json.loads("".join(lines)) == {"pid": proc.pid}
+        assert json.loads(run_omnid("status", "--json").stdout)["pid"] == proc.pid  # printed once it answers
+        assert run_omnid("stop").returncode == 0
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 # --- exit statuses and JSON shapes -----------------------------------------------------------
 
 
