@@ -3,7 +3,7 @@ PYTHON ?= python3
 .PHONY: install test lint typecheck bench soak mutate
 
 install:
-	$(PYTHON) -m pip install -e '.[test]'
+	$(PYTHON) -m pip install -e ./client -e '.[test]'
 
 test:
 	$(PYTHON) -m pytest
@@ -19,7 +19,7 @@ typecheck:
 
 # Latency, throughput, reaping and scale against baselines measured in the same run.
 bench:
-	$(PYTHON) -m pip install --quiet -e '.[bench]'
+	$(PYTHON) -m pip install --quiet -e ./client -e '.[bench]'
 	$(PYTHON) bench/run.py --out bench-results.json
 
 # Mixed load on a real daemon for MINUTES (default 10), sampling its RSS and fds; not part of `test`.
@@ -29,5 +29,5 @@ soak:
 # Mutation testing of the core promises (modules and tests: [tool.mutmut] in pyproject.toml);
 # fails below a 90% kill rate. Up to half an hour on 2 cores; not part of `test`.
 mutate:
-	$(PYTHON) -m pip install --quiet -e '.[test,mutate]'
+	$(PYTHON) -m pip install --quiet -e ./client -e '.[test,mutate]'
 	$(PYTHON) bench/mutate.py

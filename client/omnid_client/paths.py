@@ -27,6 +27,8 @@ except ImportError:  # Windows: no accounts database (and no Unix sockets: see _
 SOCKET_NAME = "omnid.sock"
 SYSTEMD_UNITS = ("omnid.socket", "omnid.service")
 LAUNCHD_LABEL = "dev.omnid.daemon"
+LAUNCHD_SOCKET_KEY = "omnid"
+"""The LaunchAgent's socket, by its name under the plist's ``Sockets`` key."""
 SERVICE_ENV = ("OMNID_HOME", "OMNID_SOCKET")
 """The variables a service unit carries over from the shell that installed it."""
 MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108

@@ -12,12 +12,18 @@ from typing import Any
 def run() -> None:
     from .fast import dispatch
 
-    status = dispatch(sys.argv[1:])
+    try:
+        status = dispatch(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        sys.exit(130)  # exits.EXIT_INTERRUPTED, as the click group's commands
     if status is not None:
         sys.exit(status)
     from .group import main
 
-    main()
+    # The same variable whatever the program is called (python -m omnid, a wrapper script):
+    # what `omnid completion SHELL` prints sets it.
+    main(complete_var="_OMNID_COMPLETE")
 
 
 def __getattr__(name: str) -> Any:

@@ -44,9 +44,9 @@ def connect(autostart: bool = True) -> Client:
     return Client(autostart=autostart, client_name="omnid-cli")
 
 
-def transfer_client() -> Client:
+def transfer_client(autostart: bool = True) -> Client:
     """A client for calls that move many records: a generous deadline per batch."""
-    return Client(client_name="omnid-cli", timeout=120.0)
+    return Client(autostart=autostart, client_name="omnid-cli", timeout=120.0)
 
 
 def parse_age(text: str) -> float:

@@ -47,7 +47,7 @@ def checkpoint_list(
     session_id: str | None, project_id: str | None, workspace: str | None, limit: int, as_json: bool
 ) -> None:
     """Checkpoints of a session or of the project (default: the current directory's), newest first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         items = client.list_checkpoints(session_id, project_id=project_id, workspace=workspace, limit=limit)
     if as_json:
         print_json(items)
@@ -69,7 +69,7 @@ def checkpoint_show(
     ref: str, version: int | None, project_id: str | None, workspace: str | None, as_json: bool
 ) -> None:
     """One checkpoint: what it holds."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         cp = client.show_checkpoint(_key(ref), project_id=project_id, workspace=workspace, version=version)
     if as_json:
         print_json(cp)

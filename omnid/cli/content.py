@@ -49,7 +49,7 @@ def print_memories(items: Sequence[Any]) -> None:
 @fail_cleanly
 def memories_list(project_id: str | None, workspace: str | None, limit: int, as_json: bool) -> None:
     """Live memories, most recently read first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         items = client.list_memories(project_id=project_id, workspace=workspace, limit=limit)
     print_json(items) if as_json else print_memories(items)
 
@@ -61,7 +61,7 @@ def memories_list(project_id: str | None, workspace: str | None, limit: int, as_
 @fail_cleanly
 def memories_get(key: str, project_id: str | None, workspace: str | None, as_json: bool) -> None:
     """Print a memory's value (a read: it counts as an access)."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         m = client.get_memory(key, project_id=project_id, workspace=workspace)
     if as_json:
         print_json(m)
@@ -120,7 +120,7 @@ def memories_delete(key: str, project_id: str | None, workspace: str | None, as_
 @fail_cleanly
 def memories_history(key: str, project_id: str | None, workspace: str | None, as_json: bool) -> None:
     """Every version of a memory, oldest first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         h = client.memory_history(key, project_id=project_id, workspace=workspace)
     if as_json:
         print_json(h)
@@ -152,7 +152,7 @@ def context() -> None:
 @fail_cleanly
 def context_show(session_id: str, as_json: bool) -> None:
     """A session's context: files, searches, decisions, memories, changes."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         ctx = client.get_context(session_id)
     if as_json:
         print_json(ctx)
@@ -196,7 +196,7 @@ def context_pack(
     """The most useful context that fits the budget, ready to give an agent."""
     if as_markdown and as_json:
         raise click.UsageError("choose one of --markdown and --json")
-    with connect() as client:
+    with connect(autostart=False) as client:
         pack = client.pack_context(session_id, project_id=project_id, workspace=workspace, budget_tokens=budget_tokens)
     if as_json:
         print_json(pack)
@@ -217,7 +217,7 @@ def messages() -> None:
 @fail_cleanly
 def messages_list(session_id: str, limit: int, after_seq: int, as_json: bool) -> None:
     """Messages in order."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         page = client.list_messages(session_id, limit=limit, after_seq=after_seq)
     if as_json:
         print_json(page)
@@ -247,7 +247,7 @@ def tasks_list(
     session_id: str | None, status: str | None, external_id: str | None, limit: int, cursor: str | None, as_json: bool
 ) -> None:
     """Tasks, newest first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         page = client.list_tasks(
             session_id=session_id,
             status=cast("TaskStatus | None", status),  # click.Choice allows no other
@@ -279,7 +279,7 @@ def tasks_list(
 @fail_cleanly
 def tasks_show(task_id: str, as_json: bool) -> None:
     """A task with its interactions."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         t = client.get_task(task_id)
     if as_json:
         print_json(t)
@@ -312,7 +312,7 @@ def search(
     query: str, project_id: str | None, session_id: str | None, kinds: tuple[str, ...], limit: int, as_json: bool
 ) -> None:
     """Full-text search over messages, memories and decisions, best match first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         hits = client.search(
             query,
             project_id=project_id,

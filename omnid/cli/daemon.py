@@ -4,9 +4,11 @@ the per-user service that runs it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
@@ -28,6 +30,11 @@ from ._output import (
     print_json,
     print_table,
 )
+from .exits import EXIT_ALREADY_RUNNING
+
+SERVE_READY_TIMEOUT = 60.0
+"""How long ``serve --detach`` waits for the daemon it started to answer (a big database's
+first open and migration included)."""
 
 if TYPE_CHECKING:
     from ..offline.service import Manager, Report
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
 @click.command()
 @click.option(
     "--log-file", type=click.Path(dir_okay=False, path_type=Path),
-    help="Log to this file (rotated) instead of stderr or the journal.",
+    help="Log to this file (rotated) instead of stderr or the journal (--detach: omnid.log in the state dir).",
 )
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -44,26 +51,41 @@ if TYPE_CHECKING:
 )
 @click.option("--detach", is_flag=True, help="Run in the background, detached from this terminal.")
 @click.option("--ready-fd", type=int, hidden=True, help="Write one readiness line to this inherited fd.")
-def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: int | None) -> None:
-    """Run the daemon (in the foreground unless --detach)."""
+@json_option
+def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: int | None, as_json: bool) -> None:
+    """Run the daemon (in the foreground unless --detach). With --detach, prints the pid of
+    the daemon it started once that answers. Exit status 4 (and its pid) if a daemon already
+    serves this OMNID_HOME; --json prints {"pid": N} once ready (or the error)."""
     from ..daemon import logs, run
     from ..offline.detach import daemonize
 
     os.umask(0o077)  # the database, WAL, log and status file are the user's alone
     paths = daemon_paths()
+    if log_file is None and detach:
+        log_file = paths.log  # a detached daemon has no stderr worth writing to; `omnid logs` reads this
     if log_file is not None:
         log_file = log_file.absolute()
+    announce: Callable[[str], object] | None = None
+    if ready_fd is None:
+        announce = functools.partial(announced, as_json=as_json, detached=detach)
     try:
         if detach:
-            daemonize(log_file)
+            if ready_fd is None:  # tell this command's caller the pid, through a pipe across the forks
+                read_end, ready_fd = os.pipe()
+                daemonize(log_file, parent=lambda: announced(_read_ready(read_end, ready_fd), as_json, True))
+                os.close(read_end)
+                announce = None
+            else:
+                daemonize(log_file)
         target = logs.configure(log_file, log_level or "info")
     except OSError as e:
         why = f"cannot use the log file {log_file}: {os_message(e)}"
-        click.echo(f"omnid: cannot start: {why}", err=True)
+        if not as_json:
+            click.echo(f"omnid: cannot start: {why}", err=True)
         if ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(ready_fd, f"error {why}\n".encode())
-        sys.exit(1)
+        sys.exit(announced(f"error {why}", as_json, False))
     restart = [sys.executable, "-m", "omnid", "serve"]
     if log_file is not None:
         restart += ["--log-file", str(log_file)]
@@ -72,15 +94,50 @@ def serve(log_file: Path | None, log_level: str | None, detach: bool, ready_fd: 
     sys.exit(
         run(
             paths, log_path=log_file, ready_fd=ready_fd, log_target=target,
-            restart_argv=restart, log_level_fixed=log_level is not None,
+            restart_argv=restart, log_level_fixed=log_level is not None, announce=announce,
         )
     )
+
+
+def announced(line: str, as_json: bool, detached: bool) -> int:
+    """Tell the user what became of ``serve`` from the daemon's readiness line, and return the
+    exit status. In the foreground the daemon has said it on stderr already (human output)."""
+    kind, _, rest = line.partition(" ")
+    if kind == "ready":
+        if as_json:
+            print_json({"pid": int(rest)})
+        elif detached:
+            click.echo(f"omnid started (pid {rest})")
+        return 0
+    if kind == "running":
+        code, status, why = "already_running", EXIT_ALREADY_RUNNING, f"omnid is already running (pid {rest})"
+    else:
+        code, status = "cannot_start", 1
+        why = f"cannot start: {rest}" if kind == "error" else "the daemon exited before it was ready"
+    if as_json:
+        error: dict[str, Any] = {"code": code, "message": why}
+        if kind == "running":
+            error["pid"] = int(rest)
+        click.echo(json.dumps({"error": error}))
+    elif detached:
+        click.echo(f"omnid: {why}; see {daemon_paths().log}" if code == "cannot_start" else f"omnid: {why}", err=True)
+    return status
+
+
+def _read_ready(read_end: int, write_end: int) -> str:
+    """The detached daemon's readiness line ("ready PID", "running PID", "error WHY"), or ""
+    if it exited first."""
+    from omnid_client._spawn import _read_line
+
+    os.close(write_end)
+    return _read_line(read_end, time.monotonic() + SERVE_READY_TIMEOUT)
 
 
 @click.command()
 @json_option
 def status(as_json: bool) -> None:
-    """Is the daemon running? Exit status 0 if so, 3 if not."""
+    """Is the daemon running? Exit status 0 if so, 3 if not, 1 if it cannot be asked (a refusal:
+    another user's daemon, an unsafe socket directory), with the reason."""
     sys.exit(fast.status(as_json))
 
 
@@ -90,7 +147,7 @@ def status(as_json: bool) -> None:
 @fail_cleanly
 def reap(dry_run: bool, as_json: bool) -> None:
     """Check every live session's owner now; end those whose process is gone."""
-    with connect() as client:
+    with connect(autostart=not dry_run) as client:
         result: ReapResult = client.reap(dry_run=dry_run)
     if as_json:
         print_json(result)
@@ -105,13 +162,18 @@ def reap(dry_run: bool, as_json: bool) -> None:
 
 
 @click.command()
+@json_option
 @fail_cleanly
-def stop() -> None:
-    """Stop the daemon gracefully (clients start it again when they need it)."""
+def stop(as_json: bool) -> None:
+    """Stop the daemon gracefully (clients start it again when they need it).
+    Exit status 3 if it is not running."""
     with connect(autostart=False) as client:
         pid = client.connect().pid
         client.shutdown()
-    click.echo(f"omnid (pid {pid}) is stopping")
+    if as_json:
+        print_json({"pid": pid, "stopping": True})
+    else:
+        click.echo(f"omnid (pid {pid}) is stopping")
 
 
 @click.command()
@@ -119,7 +181,7 @@ def stop() -> None:
 @fail_cleanly
 def stats(as_json: bool) -> None:
     """Totals and averages over everything omnid holds."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         st = client.stats()
     if as_json:
         print_json(st)
@@ -274,14 +336,15 @@ def service_status(manager: str, as_json: bool) -> None:
 @service.command("show")
 @manager_option
 @click.option("--python", "python", help="Interpreter to name (default: this one).")
-def service_show(manager: str, python: str | None) -> None:
+@json_option
+def service_show(manager: str, python: str | None, as_json: bool) -> None:
     """Print the files `omnid service install` would write, without writing them."""
-    from ..offline.service import ServiceError, wanted_files
+    from ..offline.service import ServiceFile, wanted_files
 
-    try:
-        files = wanted_files(_manager(manager), python=python)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from None
+    files = _service_call(wanted_files, _manager(manager), python=python)
+    if as_json:
+        print_json([ServiceFile(str(path), content.decode()) for path, content in files.items()])
+        return
     for path, content in files.items():
         click.echo(f"# {path}")
         click.echo(content.decode(), nl=False)

@@ -102,7 +102,7 @@ def import_command(file: Path, dry_run: bool, as_json: bool) -> None:
     file again adds nothing."""
     from ..offline import transfer
 
-    with transfer_client() as client:
+    with transfer_client(autostart=not dry_run) as client:
         result = transfer.import_file(client, file, dry_run=dry_run)
     print_json(result) if as_json else print_import(result)
 
@@ -121,7 +121,7 @@ def import_omnimemory(path: Path, dry_run: bool, as_json: bool) -> None:
     from ..offline.omnimemory_owners import settle_live
 
     records, report = omnimemory.read(path)
-    with transfer_client() as client:
+    with transfer_client(autostart=not dry_run) as client:
         result = transfer.send(client, enumerate(settle_live(records, report, client), 1), dry_run=dry_run)
     source = report.as_dict()
     for warning in source["warnings"]:
@@ -183,7 +183,7 @@ def retention_run(older_than: str | None, archive: Path | None, purge: bool, dry
     seconds = parse_age(older_than) if older_than is not None else None
     target = str(archive.absolute()) if archive is not None else None
     session_ids: list[str] = []
-    with transfer_client() as client:
+    with transfer_client(autostart=not dry_run) as client:
         while True:
             result = client.run_retention(older_than=seconds, archive=target, purge=purge, dry_run=dry_run)
             session_ids += result.session_ids
@@ -205,7 +205,7 @@ def retention_run(older_than: str | None, archive: Path | None, purge: bool, dry
 @fail_cleanly
 def retention_status(as_json: bool) -> None:
     """The daemon's retention age, archive file, and what its runs did."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         st = client.status().retention
     if as_json:
         print_json(st)
@@ -243,7 +243,7 @@ def cleanup() -> None:
 def cleanup_orphans(older_than: str, dry_run: bool, as_json: bool) -> None:
     """Delete ended sessions older than --older-than that hold no tasks, messages, context or memories."""
     seconds = parse_age(older_than)
-    with connect() as client:
+    with connect(autostart=not dry_run) as client:
         result = client.cleanup_orphans(seconds, dry_run=dry_run)
     if as_json:
         print_json(result)

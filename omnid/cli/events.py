@@ -49,7 +49,7 @@ def events(
     """Print each event as the daemon commits it, until interrupted (or --count). If the
     daemon restarts, the stream picks up where it left off."""
     encoder = msgspec.json.Encoder()
-    stream = connect().events(
+    stream = connect(autostart=False).events(
         kinds=kinds, tools=tools, projects=projects, sessions=sessions, since=since, include_content=content
     )
     printed = 0

@@ -181,7 +181,8 @@ def print_status(st: DaemonStatus) -> None:
             f"retention {_seconds(s.retention, 'forever')}, durability {s.durability} "
             f"(synchronous={st.synchronous}), log level {s.log_level}"
         )
-    socket_line = st.socket + (" (inherited from systemd)" if st.socket_source == "systemd" else "")
+    inherited = st.socket_source in ("systemd", "launchd")
+    socket_line = st.socket + (f" (inherited from {st.socket_source})" if inherited else "")
     lines = [
         ("omnid", f"running, pid {st.pid}, version {st.version}, protocol {st.protocol}"),
         ("uptime", duration(st.uptime)),

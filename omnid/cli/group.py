@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from .. import __version__
-from . import checkpoints, compat, content, daemon, data, events, hooks, sessions, similar  # noqa: F401  (similar adds to memories)
+from . import checkpoints, compat, content, daemon, data, events, hooks, ops, sessions, similar  # noqa: F401  (similar adds to memories)
+from .exits import EXIT_INTERRUPTED, epilog
 from .top import top
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OmnidGroup(click.Group):
+    """Ctrl-C ends any command with exit status 130 and no traceback (click's own says
+    "Aborted!" and exits 1, like any error)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=OmnidGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=epilog())
 @click.version_option(__version__, prog_name="omnid")
 def main() -> None:
     """omnid: one local daemon that tells every AI tool process which session it is in."""
@@ -23,5 +39,7 @@ for command in (
     data.backup, data.export_command, data.import_command, data.import_omnimemory, data.retention, data.cleanup,
     hooks.init, hooks.hook, hooks.shell, hooks.mcp,
     compat.compat,
+    ops.doctor, ops.logs, ops.completion, ops.schema,
 ):
     main.add_command(command)
+ops.add_completions(main)

@@ -113,7 +113,7 @@ def sessions_list(
     """Sessions, newest first; archived ones only with --archived or --all."""
     if only_archived and with_archived:
         raise click.UsageError("--archived and --all exclude each other")
-    with connect() as client:
+    with connect(autostart=False) as client:
         page = client.list_sessions(
             tool_id=tool_id,
             session_type=session_type,
@@ -140,7 +140,7 @@ def sessions_list(
 @fail_cleanly
 def sessions_show(session_id: str, as_json: bool) -> None:
     """One session in full, with every process that owned it."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         session = client.get(session_id)
         owners = client.session_owners(session_id).owners
     if as_json:
@@ -170,7 +170,7 @@ def sessions_end(session_ids: tuple[str, ...], as_json: bool) -> None:
 @fail_cleanly
 def sessions_summary(session_id: str, as_json: bool) -> None:
     """Counts, tokens, cost and times of one session."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         s = client.session_summary(session_id)
     if as_json:
         print_json(s)
@@ -232,7 +232,7 @@ def session_start(
 @fail_cleanly
 def session_find(tool_id: str, pid: int | None, resume_key: str | None, resume_ended: bool, as_json: bool) -> None:
     """Print the live session id for TOOL and PID; exit 1 if there is none. Never creates."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         found = client.find(
             tool_id, pid=pid if pid is not None else os.getppid(), resume_key=resume_key, resume_ended=resume_ended
         )
@@ -334,7 +334,7 @@ def projects() -> None:
 @fail_cleanly
 def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
     """Projects, most recently active first."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         page = client.list_projects(limit=limit, cursor=cursor)
     if as_json:
         print_json(page)
@@ -360,7 +360,7 @@ def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
 @fail_cleanly
 def projects_show(project_id: str | None, workspace: str | None, as_json: bool) -> None:
     """One project (default: the one containing the current directory)."""
-    with connect() as client:
+    with connect(autostart=False) as client:
         p = client.get_project(project_id, workspace=workspace)
     if as_json:
         print_json(p)

@@ -11,12 +11,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from omnid_client.paths import PathError, Paths, read_status_file
 
 from ..config import Config, config_path
 from ..store import StoreError
-from . import logs, systemd, upgrade
+from . import launchd, logs, systemd, upgrade
 from .app import App
 from .connection import Timeouts
 from .instance import AlreadyRunning, Instance, StartupError
@@ -24,6 +25,9 @@ from .instance import AlreadyRunning, Instance, StartupError
 log = logging.getLogger("omnid.server")
 
 TAKEOVER_TIMEOUT = 10.0
+EXIT_ALREADY_RUNNING = 4
+"""``omnid serve`` run by hand while a daemon already serves this home (under a service
+manager it exits 0 instead, so that ``Restart=on-failure`` or ``KeepAlive`` leaves it be)."""
 
 
 def run(
@@ -34,12 +38,17 @@ def run(
     log_target: str | None = None,
     restart_argv: list[str] | None = None,
     log_level_fixed: bool = False,
+    announce: Callable[[str], object] | None = None,
 ) -> int:
     """Run a daemon until it is told to stop; the exit status for ``omnid serve``. After
-    an upgrade it does not return: the process becomes the new daemon."""
+    an upgrade it does not return: the process becomes the new daemon. ``announce`` gets
+    the one readiness line (``ready PID``, ``running PID`` or ``error WHY``) the ready fd gets."""
 
     def report(line: str) -> None:
-        nonlocal ready_fd
+        nonlocal ready_fd, announce
+        if announce is not None:
+            announce(line)
+            announce = None
         if ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(ready_fd, (line + "\n").encode())
@@ -57,7 +66,9 @@ def run(
         # daemon silently; the file is read during startup anyway.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handover = upgrade.take_handover()
-    inherited = systemd.listen_fds()
+    inherited, manager = systemd.listen_fds(), "systemd"
+    if not inherited:
+        inherited, manager = launchd.listen_fds(), "launchd"
     config = Config(config_path())
     config.load()
     if not log_level_fixed:
@@ -71,7 +82,7 @@ def run(
         if len(inherited) > 1:
             raise StartupError(f"{len(inherited)} sockets were passed in; omnid.socket must have one ListenStream=")
         if inherited:
-            instance.adopt_socket(inherited[0], owner=handover[1] if handover else "systemd")
+            instance.adopt_socket(inherited[0], owner=handover[1] if handover else manager)
         else:
             instance.check_paths()
         if handover:
@@ -83,7 +94,7 @@ def run(
     except AlreadyRunning as e:
         print(f"omnid: {e}; not starting a second one", file=sys.stderr)
         report(f"running {e.pid or 0}")
-        return 0
+        return 0 if systemd.started_by_systemd() or launchd.started_by_launchd() else EXIT_ALREADY_RUNNING
     except (OSError, ValueError, PathError, StartupError) as e:
         print(f"omnid: cannot start: {e}", file=sys.stderr)
         report(f"error {e}")
@@ -98,7 +109,7 @@ def run(
         instance.release()
         return 1
     if app.restart_requested and app.handover_socket is not None:
-        owner = "systemd" if instance.socket_inherited else "own"
+        owner = instance.socket_source if instance.socket_inherited else "own"
         upgrade.exec_handover(instance.lock_fd, app.handover_socket, owner, app.restart_argv, app.snapshot)
     return 0
 

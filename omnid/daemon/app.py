@@ -201,7 +201,8 @@ class App:
         self.write_status_file()
         log.info(
             "omnid %s serving %s%s (pid %d, database %s, watcher %s, %d live session(s), config %s: %s)",
-            __version__, self.paths.socket, " (inherited from systemd)" if self.socket_inherited else "",
+            __version__, self.paths.socket,
+            f" (inherited from {self.instance.socket_source})" if self.socket_inherited else "",
             os.getpid(), self.paths.database, self.reaper.mode, session_store.count_live(self.store.db),
             self.config.path, self.config.state,
         )
@@ -305,6 +306,8 @@ class App:
 
     @property
     def managed_by(self) -> Literal["systemd", "launchd"] | None:
+        if self.instance.socket_source == "launchd":
+            return "launchd"
         if self.socket_inherited or os.environ.get("NOTIFY_SOCKET") or systemd.started_by_systemd():
             return "systemd"
         if os.environ.get("XPC_SERVICE_NAME") == LAUNCHD_LABEL:

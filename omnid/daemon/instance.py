@@ -24,6 +24,10 @@ LISTEN_BACKLOG = 4096
 """Connections the kernel queues for us: a crowd of clients waits, not ``EAGAIN``."""
 
 
+SERVICE_MANAGERS = ("systemd", "launchd")
+"""Who may pass us a listening socket they own (socket activation)."""
+
+
 class AlreadyRunning(Exception):
     def __init__(self, pid: int | None, lock: Path):
         super().__init__(f"omnid is already running (pid {pid or '?'}, lock {lock})")
@@ -48,7 +52,7 @@ class Instance:
     @property
     def socket_inherited(self) -> bool:
         """The listening socket is the service manager's: never re-bound or removed by us."""
-        return self.socket_source == "systemd"
+        return self.socket_source in SERVICE_MANAGERS
 
     def acquire_lock(self) -> None:
         ensure_private_dir(self.paths.state_dir)
@@ -79,8 +83,8 @@ class Instance:
         self.lock_fd = fd
 
     def adopt_socket(self, fd: int, *, owner: str) -> None:
-        """Serve on an inherited listening socket: systemd's (``owner="systemd"``), or our own
-        passed across an upgrade re-exec (``owner="own"``)."""
+        """Serve on an inherited listening socket: the service manager's (``owner`` "systemd"
+        or "launchd"), or our own passed across an upgrade re-exec (``owner="own"``)."""
         try:
             sock = systemd.adopt_listener(fd)
         except ValueError as e:
@@ -89,8 +93,8 @@ class Instance:
         if path != self.paths.socket:
             self.paths = dataclasses.replace(self.paths, socket=path, socket_source="inherited")
         self.listening_socket = sock
-        if owner == "systemd":
-            self.socket_source = "systemd"
+        if owner in SERVICE_MANAGERS:
+            self.socket_source = owner
             return
         with contextlib.suppress(OSError):
             st = os.lstat(path)

@@ -15,6 +15,8 @@ import msgspec
 
 from omnid_client.paths import (
     LAUNCHD_LABEL,
+    LAUNCHD_SOCKET_KEY,
+    MAX_SOCKET_PATH,
     SOCKET_NAME,
     SYSTEMD_UNITS,
     PathError,
@@ -60,6 +62,13 @@ class Report(msgspec.Struct):
     commands: list[CommandRun]
     ok: bool
     message: str
+
+
+class ServiceFile(msgspec.Struct):
+    """A file `omnid service install` would write (``omnid service show --json``)."""
+
+    path: str
+    content: str
 
 
 class ServiceStatus(msgspec.Struct):
@@ -162,19 +171,39 @@ def launchd_state_dir(env: dict[str, str], home: Path) -> Path:
     return home / "Library" / "Application Support" / "omnid"
 
 
+def launchd_socket(env: dict[str, str], home: Path) -> Path:
+    """Where the LaunchAgent's socket goes: where a client of this environment looks
+    (omnid_client.paths.daemon_paths on macOS)."""
+    if env.get("OMNID_SOCKET"):
+        return Path(env["OMNID_SOCKET"])
+    if env.get("OMNID_HOME"):
+        return Path(env["OMNID_HOME"]) / "run" / SOCKET_NAME
+    return launchd_state_dir(env, home) / SOCKET_NAME
+
+
 def render_launchd(python: str, env: dict[str, str], home: Path) -> bytes:
-    """The LaunchAgent property list."""
+    """The LaunchAgent property list: launchd holds the socket (``Sockets``, handed to the
+    daemon by launch_activate_socket, see omnid/daemon/launchd.py) and starts omnid on login
+    and on the first connection after it stopped."""
     state = launchd_state_dir(env, home)
     plist: dict = {
         "Label": LAUNCHD_LABEL,
         "ProgramArguments": [python, "-m", "omnid", "serve", "--log-file", str(state / "omnid.log")],
         "RunAtLoad": True,
-        # Restart after a crash, not after `omnid stop` (clients start it again on demand).
+        # Restart after a crash, not after `omnid stop` (a connection to the socket starts it again).
         "KeepAlive": {"SuccessfulExit": False},
-        "ProcessType": "Background",
+        # Clients wait on its answers: never Background, which throttles CPU and I/O.
+        "ProcessType": "Interactive",
         "StandardOutPath": str(state / "omnid.launchd.log"),
         "StandardErrorPath": str(state / "omnid.launchd.log"),
     }
+    socket = launchd_socket(env, home)
+    if len(os.fsencode(socket)) < MAX_SOCKET_PATH:  # else the daemon binds a short directory of its own
+        plist["Sockets"] = {
+            LAUNCHD_SOCKET_KEY: {
+                "SockPathName": str(socket), "SockPathMode": 0o600, "SockType": "stream", "SockFamily": "Unix",
+            }
+        }
     if env:
         plist["EnvironmentVariables"] = dict(sorted(env.items()))
     return plistlib.dumps(plist, sort_keys=False)
@@ -252,6 +281,7 @@ def install(manager: Manager, *, start: bool = True) -> Report:
                 commands.append(_run("systemctl", "--user", "enable", *SYSTEMD_UNITS))
     else:
         ensure_private_dir(launchd_state_dir(service_environment(), Path.home()))
+        ensure_private_dir(launchd_socket(service_environment(), Path.home()).parent)  # launchd binds, not mkdirs
         if start:
             loaded = _run("launchctl", "print", _launchd_target()).ok
             if loaded and changed:

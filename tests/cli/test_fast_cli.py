@@ -126,5 +126,6 @@ def test_a_stranger_refused_by_the_daemon_gets_the_same_answer_from_both(daemon,
 def test_anything_else_goes_to_click(home, args):
     r, c = fast(*args), clicked(*args)
     assert r.returncode == c.returncode != 0 or "--help" in args
-    assert r.stdout == c.stdout and c.stderr.strip() in r.stderr
+    # (Help text wraps at 78 columns in a child without a terminal, 80 in click's runner.)
+    assert r.stdout.split() == c.stdout.split() and c.stderr.strip() in r.stderr
     assert "click" in loaded(r)

@@ -87,7 +87,7 @@ def test_second_daemon_refuses_to_start_and_first_keeps_serving(daemon, client):
 
     second = subprocess.run(SERVE, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 4, second.stderr  # EXIT_ALREADY_RUNNING: run by hand, not by a service manager
     assert "already running" in second.stderr
     assert f"pid {daemon.pid}" in second.stderr
     assert "Traceback" not in second.stderr

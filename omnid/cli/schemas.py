@@ -1,0 +1,207 @@
+"""What each command prints with --json, as a type ``omnid schema COMMAND`` turns into a JSON
+Schema (msgspec.json.schema): the client's wire structs where a command prints one as is,
+and the structs below where it adds to one or prints its own object."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union, get_args, get_origin
+
+import msgspec
+from msgspec import Struct
+
+from omnid_client.protocol import (
+    CleanupResult,
+    DaemonStatus,
+    ReapResult,
+    RetentionResult,
+    RetentionStatus,
+    ServiceStats,
+    Settings,
+)
+from omnid_client.protocol.agent import Checkpoint, CheckpointInfo, ContextPack, Restored
+from omnid_client.protocol.content import (
+    Deleted,
+    Memory,
+    MemoryHistory,
+    MessagePage,
+    SearchHit,
+    SessionContext,
+    Task,
+    TaskPage,
+)
+from omnid_client.protocol.events import Event
+from omnid_client.protocol.records import ImportResult
+from omnid_client.protocol.sessions import (
+    GetOrCreateResult,
+    Project,
+    ProjectPage,
+    Session,
+    SessionDeleted,
+    SessionOwner,
+    SessionPage,
+    SessionSummary,
+)
+
+from ..offline.doctor import Report as DoctorReport
+from ..offline.logread import LogRecord
+from ..offline.service import Report as ServiceReport
+from ..offline.service import ServiceFile, ServiceStatus
+
+
+class ErrorDetail(Struct):
+    code: str
+    """Machine-readable: "unavailable" (exit 3), "not_found", "invalid", "permission_denied", ..."""
+    message: str
+    pid: int | None = None
+    """``serve``'s "already_running" only: the running daemon's pid."""
+
+
+class Error(Struct):
+    """What any command prints with --json when it fails (exit status 1, 3 or 4)."""
+
+    error: ErrorDetail
+
+
+class Running(DaemonStatus, kw_only=True):
+    running: Literal[True]
+    client_version: str
+    version_note: str | None
+
+
+class NotRunning(Struct):
+    running: Literal[False]
+    reason: str
+    sockets_tried: list[str]
+
+
+class Pid(Struct):
+    pid: int
+
+
+class Stopping(Struct):
+    pid: int
+    stopping: bool
+
+
+class ConfigCheck(Struct):
+    path: str
+    exists: bool
+    settings: Settings
+
+
+class ConfigInvalid(Struct):
+    path: str
+    error: str
+
+
+class SessionWithOwners(Session, kw_only=True):
+    owners: list[SessionOwner]
+
+
+class Found(Struct):
+    session: Session | None
+
+
+class Backup(Struct):
+    path: str
+    schema_version: int
+    pages: int
+    sessions: int
+    memories: int
+    integrity: Literal["ok"]
+    bytes: int
+
+
+class Exported(Struct):
+    path: str
+    records: dict[str, int]
+
+
+class OmniMemoryImport(Struct):
+    source: dict[str, Any]
+    """What was read from the OmniMemory database: tables, sessions, context, memories, warnings."""
+    import_: ImportResult = msgspec.field(name="import")
+
+
+class RetentionRun(RetentionResult, kw_only=True):
+    session_ids: list[str]
+
+
+class Completion(Struct):
+    shell: str
+    script: str
+
+
+SCHEMAS: dict[str, Any] = {
+    "serve": Pid,
+    "status": Union[Running, NotRunning],
+    "stop": Stopping,
+    "reap": ReapResult,
+    "stats": ServiceStats,
+    "doctor": DoctorReport,
+    "logs": LogRecord,  # one object per line
+    "completion": Completion,
+    "config check": Union[ConfigCheck, ConfigInvalid],
+    "service install": ServiceReport,
+    "service uninstall": ServiceReport,
+    "service status": ServiceStatus,
+    "service show": list[ServiceFile],
+    "sessions list": SessionPage,
+    "sessions show": SessionWithOwners,
+    "sessions end": list[Session],
+    "sessions summary": SessionSummary,
+    "session start": GetOrCreateResult,
+    "session find": Found,
+    "session update": Session,
+    **{f"session {flag}": Session for flag in ("pin", "unpin", "star", "unstar", "archive", "unarchive")},
+    "session delete": SessionDeleted,
+    "projects list": ProjectPage,
+    "projects show": Project,
+    "memories list": list[Memory],
+    "memories get": Memory,
+    "memories put": Memory,
+    "memories delete": Deleted,
+    "memories history": MemoryHistory,
+    "context show": SessionContext,
+    "context pack": ContextPack,
+    "messages list": MessagePage,
+    "tasks list": TaskPage,
+    "tasks show": Task,
+    "search": list[SearchHit],
+    "checkpoint create": CheckpointInfo,
+    "checkpoint list": list[CheckpointInfo],
+    "checkpoint show": Checkpoint,
+    "checkpoint restore": Restored,
+    "events": Event,  # one object per line
+    "backup": Backup,
+    "export": Exported,
+    "import": ImportResult,
+    "import-omnimemory": OmniMemoryImport,
+    "retention run": RetentionRun,
+    "retention status": Union[RetentionStatus, None],
+    "cleanup orphans": CleanupResult,
+    "error": Error,
+}
+"""Every command with --json, by its words. ``error`` is the failure shape all of them share."""
+
+NO_JSON = {
+    "init": "prints shell code to source",
+    "hook": "speaks the agent's hook protocol (JSON on stdin, exit status)",
+    "shell start": "internal to the code `omnid init` prints; prints a session id",
+    "shell cd": "internal to the code `omnid init` prints",
+    "shell end": "internal to the code `omnid init` prints",
+    "mcp": "a stdio MCP server (JSON-RPC on stdin/stdout)",
+    "compat omnimemory": "an HTTP server",
+    "schema": "prints a JSON Schema already",
+}
+"""Commands without --json, and why."""
+
+
+def schema(command: str) -> dict[str, Any]:
+    """The JSON Schema of what ``omnid COMMAND --json`` prints; KeyError for another command.
+    A union of untagged structs (which msgspec cannot decode, so will not describe) is an anyOf."""
+    kind = SCHEMAS[command]
+    if get_origin(kind) is Union and sum(isinstance(t, type) and issubclass(t, Struct) for t in get_args(kind)) > 1:
+        parts, defs = msgspec.json.schema_components(get_args(kind))
+        return {"anyOf": list(parts), "$defs": defs}
+    return msgspec.json.schema(kind)
