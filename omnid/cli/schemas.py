@@ -31,6 +31,7 @@ from omnid_client.protocol.content import (
 )
 from omnid_client.protocol.events import Event
 from omnid_client.protocol.records import ImportResult
+from omnid_client.protocol.vectors import SimilarMemories
 from omnid_client.protocol.sessions import (
     GetOrCreateResult,
     Project,
@@ -127,6 +128,49 @@ class RetentionRun(RetentionResult, kw_only=True):
     session_ids: list[str]
 
 
+class TopRow(Struct):
+    session_id: str
+    tool_id: str
+    owner_pid: int | None
+    project_id: str | None
+    project: str
+    workspace: str | None
+    started_at: float
+    last_activity: float
+    message_count: int
+    total_tokens: int
+    total_cost: float
+    ended_at: float | None
+    end_reason: str | None
+
+
+class TopTotals(Struct):
+    live: int
+    by_tool: dict[str, int]
+    ended_hour: int
+    reaped_hour: int
+    messages: int
+    tokens: int
+    cost: float
+
+
+class TopMetrics(Struct):
+    reuse_rate: float | None
+    p50: float | None
+    p99: float | None
+
+
+class TopSnapshot(Struct):
+    """``omnid top --json``: one snapshot of what the live view shows."""
+
+    at: float
+    event_seq: int
+    metrics: TopMetrics | None
+    totals: TopTotals
+    sessions: list[TopRow]
+    recent_endings: list[TopRow]
+
+
 class Completion(Struct):
     shell: str
     script: str
@@ -162,6 +206,7 @@ SCHEMAS: dict[str, Any] = {
     "memories put": Memory,
     "memories delete": Deleted,
     "memories history": MemoryHistory,
+    "memories similar": SimilarMemories,
     "context show": SessionContext,
     "context pack": ContextPack,
     "messages list": MessagePage,
@@ -173,6 +218,7 @@ SCHEMAS: dict[str, Any] = {
     "checkpoint show": Checkpoint,
     "checkpoint restore": Restored,
     "events": Event,  # one object per line
+    "top": TopSnapshot,
     "backup": Backup,
     "export": Exported,
     "import": ImportResult,

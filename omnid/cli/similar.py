@@ -31,7 +31,7 @@ def memories_similar(
     """The K project and session memories whose embeddings are nearest the query vector (a
     JSON array in VECTOR_FILE, or on stdin), best first by cosine similarity."""
     query = read_vector(vector, "VECTOR_FILE")
-    with connect() as client:
+    with connect(autostart=False) as client:
         found = client.search_similar(
             query, k=k, project_id=project_id, workspace=workspace, min_score=min_score,
             kinds=cast("list[VectorKind]", list(kinds)) or None, engine=cast(VectorEngine, engine),

@@ -59,7 +59,9 @@ READ_ONLY = [
 
 
 def test_read_only_commands_say_the_daemon_is_not_running_and_start_none(home):
-    for command in READ_ONLY:
+    vector = home / "vector.json"
+    vector.write_text("[1, 0, 0]")
+    for command in [*READ_ONLY, f"memories similar {vector}"]:
         result = inproc(*command.split())
         assert result.exit_code == NOT_RUNNING, f"omnid {command}: {result.exit_code} {result.output}"
         assert "not running" in result.output, command
