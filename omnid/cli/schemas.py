@@ -31,7 +31,6 @@ from omnid_client.protocol.content import (
 )
 from omnid_client.protocol.events import Event
 from omnid_client.protocol.records import ImportResult
-from omnid_client.protocol.vectors import SimilarMemories
 from omnid_client.protocol.sessions import (
     GetOrCreateResult,
     Project,
@@ -42,6 +41,7 @@ from omnid_client.protocol.sessions import (
     SessionPage,
     SessionSummary,
 )
+from omnid_client.protocol.vectors import SimilarMemories
 
 from ..offline.doctor import Report as DoctorReport
 from ..offline.logread import LogRecord
