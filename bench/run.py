@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import agent
+import floor
 import msgspec
 import psutil
 import wakeups
@@ -70,11 +71,12 @@ def omnid_daemon(home: Path) -> Iterator[psutil.Process]:
 
 
 @contextmanager
-def echo_server(path: Path) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(path)], stdout=subprocess.DEVNULL)
+def echo_server(path: Path, script: str = "echo_server.py") -> Iterator[int]:
+    """The echo floor (or, with ``script="floor.py"``, the raw echo floor); yields its pid."""
+    proc = subprocess.Popen([sys.executable, str(HERE / script), str(path)], stdout=subprocess.DEVNULL)
     try:
         wait_for_socket(path, proc)
-        yield
+        yield proc.pid
     finally:
         proc.kill()
         proc.wait()
@@ -166,13 +168,113 @@ def run_load(target: str, op: str, clients: int, seconds: float, arg: str, env: 
     return summary(target, op, clients, seconds, run_clients(target, op, clients, seconds, arg, env, workdir))
 
 
-def run_paired(op: str, seconds: float, echo_path: Path, env: dict, workdir: Path) -> dict:
-    """One client calling omnid's ``op`` and the echo floor in turn (see load.py)."""
-    (both,) = run_clients("paired", op, 1, seconds, str(echo_path), env, workdir)
-    omnid, echo = (
-        summary(name, op if name == "omnid" else "echo", 1, seconds, [both[name]]) for name in ("omnid", "echo")
+@contextmanager
+def pinned(pids: list[int], env: dict) -> Iterator[dict]:
+    """Servers on CPU 0 and the one latency client (given the env yielded) on CPU 1, so the
+    scheduler's placement does not move a p50 from run to run; all CPUs again after."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        yield env
+        return
+    for pid in pids:
+        os.sched_setaffinity(pid, {cpus[0]})
+    try:
+        yield {**env, "OMNID_BENCH_CPU": str(cpus[1])}
+    finally:
+        for pid in pids:
+            with suppress_gone():
+                os.sched_setaffinity(pid, set(cpus))
+
+
+@contextmanager
+def suppress_gone() -> Iterator[None]:
+    try:
+        yield
+    except ProcessLookupError:
+        pass
+
+
+def run_paired(op: str, seconds: float, echo_path: Path, raw_path: Path, env: dict, workdir: Path) -> dict:
+    """One client calling omnid's ``op``, the echo floor and the raw echo floor in turn (see load.py)."""
+    (both,) = run_clients("paired", op, 1, seconds, f"{echo_path}{os.pathsep}{raw_path}", env, workdir)
+    omnid, echo, raw = (
+        summary(name, op if name == "omnid" else name, 1, seconds, [both[name]]) for name in ("omnid", "echo", "raw")
     )
-    return {"op": op, "omnid": omnid, "echo": echo, "ratio": omnid["p50_us"] / echo["p50_us"]}
+    return {
+        "op": op, "omnid": omnid, "echo": echo, "raw": raw,
+        "ratio": omnid["p50_us"] / echo["p50_us"], "ratio_raw": omnid["p50_us"] / raw["p50_us"],
+    }
+
+
+def hot_path(
+    work: Path, daemon: psutil.Process, sec: float, env: dict, loads: list[dict], counts: tuple[int, ...], calls: int
+) -> dict:
+    """omnid's hot calls beside the echo floor and the raw echo floor, in the same run: one
+    pinned client calling all three in turn, the daemon's CPU per call, and 1..64 clients
+    of each (reuse and message.add for omnid) one after the other at each count."""
+    echo_path, raw_path = work / "echo.sock", work / "raw.sock"
+    out: dict = {}
+    with echo_server(echo_path) as echo_pid, echo_server(raw_path, "floor.py") as raw_pid:
+        with pinned([daemon.pid, echo_pid, raw_pid], env) as penv:
+            out["paired"] = run_paired("reuse", 2 * sec, echo_path, raw_path, penv, work)
+        out["cpu_us"] = floor.daemon_cpu(daemon.pid, raw_pid, str(raw_path), calls)
+        for clients in counts:
+            loads.append(run_load("echo", "echo", clients, sec, str(echo_path), dict(os.environ), work))
+            loads.append(run_load("raw", "echo", clients, sec, str(raw_path), dict(os.environ), work))
+            for op in ("reuse", "message"):
+                loads.append(run_load("omnid", op, clients, sec, "", env, work))
+    return out
+
+
+def floor_targets(r: dict) -> list[tuple[str, float, str, float]]:
+    """The issue 16 goals: omnid against the raw echo floor measured in the same run."""
+    loads, cpu = r["loads"], r["cpu_us"]
+    raw16, reuse16, msg16 = (
+        find(loads, t, op, 16) for t, op in (("raw", "echo"), ("omnid", "reuse"), ("omnid", "message"))
+    )
+    return [
+        ("reuse p50 over the raw echo floor's (paired)", r["paired"]["ratio_raw"], "<=", 1.3),
+        ("daemon CPU per reuse/get/find (worst, us)", max(cpu["reuse"], cpu["get"], cpu["find"]), "<=", 40),
+        ("16-client reuse throughput over the raw floor's", reuse16["throughput"] / raw16["throughput"], ">=", 0.8),
+        ("16-client reuse p99 over the raw floor's", reuse16["p99_us"] / raw16["p99_us"], "<=", 1.5),
+        ("daemon CPU per message.add / context.append (worst, us)",
+         max(cpu["message.add"], cpu["context.append"]), "<=", 100),
+        ("16-client message.add throughput over the raw floor's reuse",
+         msg16["throughput"] / raw16["throughput"], ">=", 0.35),
+        ("16-client message.add p99 over the raw floor's", msg16["p99_us"] / raw16["p99_us"], "<=", 4),
+    ]
+
+
+def floor_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    loads: list[dict] = []
+    try:
+        home = work / "home"
+        home.mkdir()
+        env = {**os.environ, "OMNID_HOME": str(home)}
+        os.environ["OMNID_HOME"] = str(home)
+        with omnid_daemon(home) as daemon:
+            results.update(hot_path(work, daemon, args.seconds, env, loads, (1, 16), args.calls))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["loads"] = loads
+    print_loads(results)
+    print_floor(results)
+    report_targets(floor_targets(results))
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def report_targets(targets: list[tuple[str, float, str, float]]) -> list[dict]:
+    ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
+    judged = [
+        {"target": name, "value": float(value), "goal": f"{op} {goal}", "met": ops[op](float(value), float(goal))}
+        for name, value, op, goal in targets
+    ]
+    for t in judged:
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.2f} (goal {t['goal']})")
+    return judged
 
 
 # --- individual figures --------------------------------------------------------------
@@ -340,10 +442,14 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
     parser.add_argument(
-        "--only", choices=["agent", "wakeups"],
-        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking)",
+        "--only", choices=["agent", "wakeups", "floor"],
+        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking; "
+        "floor: omnid beside the echo floors, daemon CPU per call)",
     )
+    parser.add_argument("--calls", type=int, default=5000, help="calls per round when counting daemon CPU per call")
     args = parser.parse_args()
+    if args.only == "floor":
+        return floor_only(args)
     if args.only:
         group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -370,10 +476,6 @@ def main() -> int:
     loads: list[dict] = []
     sec = args.seconds
     try:
-        echo_path = work / "echo.sock"
-        with echo_server(echo_path):
-            for clients in (1, 16, 64):
-                loads.append(run_load("echo", "echo", clients, sec, str(echo_path), dict(os.environ), work))
         with baseline_server(work) as port:
             loads.append(run_load("baseline", "get_or_create", 1, sec, port, dict(os.environ), work))
             loads.append(run_load("baseline", "get_or_create", 16, sec, port, dict(os.environ), work))
@@ -381,13 +483,10 @@ def main() -> int:
         home = work / "home"
         home.mkdir()
         env = {**os.environ, "OMNID_HOME": str(home)}
-        with omnid_daemon(home):
-            with echo_server(echo_path):
-                results["paired"] = run_paired("reuse", 2 * sec, echo_path, env, work)
-            for op in ("reuse", "create", "context", "message"):
-                for clients in (1, 16, 64):
-                    if op == "create" and clients > 1:
-                        continue
+        with omnid_daemon(home) as daemon:
+            results.update(hot_path(work, daemon, sec, env, loads, (1, 16, 64), args.calls))
+            for op, counts in (("create", (1,)), ("context", (1, 16, 64))):
+                for clients in counts:
                     loads.append(run_load("omnid", op, clients, sec, "", env, work))
             os.environ["OMNID_HOME"] = str(home)
             results["reap"] = reap_latency(home, 50)
@@ -444,6 +543,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
     reuse1, reuse16 = find(loads, "omnid", "reuse", 1), find(loads, "omnid", "reuse", 16)
     ratios = {
         "omnid_p50_over_echo_p50_paired": r["paired"]["ratio"],
+        "omnid_p50_over_raw_echo_p50_paired": r["paired"]["ratio_raw"],
         "omnid_p50_over_echo_p50_separate": reuse1["p50_us"] / echo1["p50_us"],
         "baseline_p50_over_omnid_p50": base1["p50_us"] / reuse1["p50_us"],
         "omnid_over_baseline_throughput_16": reuse16["throughput"] / base16["throughput"],
@@ -468,6 +568,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
             max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2,
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
+        *floor_targets(r),
         *agent.targets(r),
         *wakeups.targets(r),
         (
@@ -485,21 +586,34 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
     ]
 
 
-def print_report(r: dict) -> None:
-    m = r["machine"]
-    print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
+def print_loads(r: dict) -> None:
     print(f"{'target':9} {'op':14} {'clients':>7} {'ops':>8} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9}")
     for x in r["loads"]:
         print(
             f"{x['target']:9} {x['op']:14} {x['clients']:>7} {x['ops']:>8} {x['throughput']:>9.0f} "
             f"{x['p50_us']:>9.1f} {x['p99_us']:>9.1f}"
         )
+
+
+def print_floor(r: dict) -> None:
     pr = r["paired"]
     print(
-        f"\npaired, one client calling both in turn: {pr['op']} p50 {pr['omnid']['p50_us']:.1f} us "
+        f"\npaired, one pinned client calling all three in turn: {pr['op']} p50 {pr['omnid']['p50_us']:.1f} us "
         f"(p99 {pr['omnid']['p99_us']:.1f}), echo floor p50 {pr['echo']['p50_us']:.1f} us "
-        f"(p99 {pr['echo']['p99_us']:.1f}): {pr['ratio']:.2f}x over {pr['omnid']['ops']} calls each"
+        f"(p99 {pr['echo']['p99_us']:.1f}), raw echo floor p50 {pr['raw']['p50_us']:.1f} us "
+        f"(p99 {pr['raw']['p99_us']:.1f}): {pr['ratio']:.2f}x the echo, {pr['ratio_raw']:.2f}x the raw floor "
+        f"over {pr['omnid']['ops']} calls each"
     )
+    print("daemon CPU per call (us, median of alternating rounds): " + ", ".join(
+        f"{name} {us:.0f}" for name, us in r["cpu_us"].items()
+    ))
+
+
+def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
+    print_loads(r)
+    print_floor(r)
     rp = r["reap"]
     print(f"reap latency over {rp['kills']} kill -9: median {rp['median_ms']:.1f} ms, max {rp['max_ms']:.1f} ms")
     sc = r["scale"]
