@@ -328,6 +328,11 @@ MIGRATIONS: list[list[Step]] = [
         "DROP INDEX sessions_project",
         "CREATE INDEX sessions_project ON sessions (project_id, started_at DESC, session_id DESC)",
     ],
+    # 9: search rows committed but not yet in the full-text index (the daemon moves them in
+    # batches: an FTS5 segment per batch instead of one per commit; see store.search).
+    [
+        "CREATE TABLE search_pending (id INTEGER PRIMARY KEY, body, kind, ref_id, session_id, project_id, created_at)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
