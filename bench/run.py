@@ -13,18 +13,17 @@ import platform
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import agent
+import bigdb
 import floor
 import msgspec
 import psutil
@@ -245,6 +244,53 @@ def floor_targets(r: dict) -> list[tuple[str, float, str, float]]:
     ]
 
 
+def big_reads(work: Path, args: argparse.Namespace, sessions: int) -> dict:
+    """context.get / sessions list and search on big databases against fresh ones."""
+    rounds = 10 if args.quick else 30
+    return {
+        "reads": bigdb.reads_at_scale(work, omnid_daemon, sessions, args.events, rounds),
+        "search": bigdb.search_at_scale(work, omnid_daemon, args.messages, args.memories, rounds),
+    }
+
+
+def scale_targets(r: dict) -> list[tuple[str, float, str, float]]:
+    rd, se = r["reads"], r["search"]
+    return [
+        (f"search p50 with {se['messages']:,} messages and {se['memories']:,} memories (ms)",
+         se["full_p50_ms"], "<=", 10),
+        (f"context.get at {rd['events']:,} events over fresh", rd["context_get_ratio"], "<=", 1.2),
+        (f"sessions list at {rd['sessions']:,} sessions over fresh", rd["sessions_list_ratio"], "<=", 1.2),
+    ]
+
+
+def print_scale(r: dict) -> None:
+    rd, se = r["reads"], r["search"]
+    print(
+        f"reads (p50, alternating rounds): context.get {rd['context_get_fresh_ms']:.2f} ms fresh vs "
+        f"{rd['context_get_full_ms']:.2f} ms at {rd['events']:,} events ({rd['context_get_ratio']:.2f}x); "
+        f"sessions list {rd['sessions_list_fresh_ms']:.2f} vs {rd['sessions_list_full_ms']:.2f} ms at "
+        f"{rd['sessions']:,} sessions ({rd['sessions_list_ratio']:.2f}x)"
+    )
+    print(
+        f"search (p50 over {', '.join(repr(q) for q in bigdb.COMMON)}): {se['empty_p50_ms']:.2f} ms empty vs "
+        f"{se['full_p50_ms']:.2f} ms with {se['messages']:,} messages and {se['memories']:,} memories "
+        f"(built in {se['build_s']:.0f} s); per query: "
+        + ", ".join(f"{q!r} {se[q]['full']:.1f}" for q in bigdb.COMMON)
+    )
+
+
+def scale_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+    try:
+        results = big_reads(work, args, args.sessions)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_scale(results)
+    report_targets(scale_targets(results))
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def floor_only(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
@@ -299,46 +345,6 @@ def reap_latency(home: Path, kills: int) -> dict:
     return {"kills": kills, "median_ms": statistics.median(delays), "max_ms": max(delays)}
 
 
-def fill_sessions(home: Path, count: int) -> None:
-    """Put ``count`` ended sessions straight into a stopped daemon's database."""
-    db = sqlite3.connect(home / "omnid.db")
-    boot = "00000000-0000-0000-0000-000000000000"
-    now = time.time() - 86400
-    rows = (
-        (str(uuid.UUID(int=i + 1)), f"tool-{i % 50}", "default", 1000 + i % 30000, i, boot, "/w", "{}",
-         now + i * 1e-3, now + i * 1e-3, now + i * 1e-3 + 1, "ended")
-        for i in range(count)
-    )
-    with db:
-        db.executemany(
-            "INSERT INTO sessions (session_id, tool_id, session_type, owner_pid, owner_start, boot_id, workspace, "
-            "metadata, started_at, last_activity, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
-    db.close()
-
-
-def fill_context(home: Path, session_id: str, count: int) -> None:
-    """Put ``count`` context events of one session straight into a stopped daemon's database."""
-    db = sqlite3.connect(home / "omnid.db")
-    now = time.time() - 3600
-    kinds = ("file_access", "search", "file_change", "decision")
-    rows = ((session_id, kinds[i % 4], f"src/module_{i % 997}.py", now + i * 1e-3) for i in range(count))
-    with db:
-        db.executemany("INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)", rows)
-        db.execute(  # the per-subject rollup the daemon keeps beside the rows
-            "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance) "
-            "SELECT session_id, kind, subject, count(*), sum(length(subject)), min(created_at), max(created_at), 0.5 "
-            "FROM context_events WHERE session_id = ? AND kind != 'decision' GROUP BY kind, subject",
-            (session_id,),
-        )
-        db.execute(
-            "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?",
-            (count, session_id),
-        )
-    db.close()
-
-
 def context_at_scale(work: Path, seconds: float, events: int) -> dict:
     """context.append p50 (one client) in a fresh session and in one already holding
     ``events`` events, both owned by this process and in the same database."""
@@ -349,7 +355,7 @@ def context_at_scale(work: Path, seconds: float, events: int) -> dict:
     env = {**os.environ, "OMNID_HOME": str(home)}
     with omnid_daemon(home), Client(home / "run" / "omnid.sock", autostart=False) as client:
         fresh, full = (client.get_or_create(f"bench-scale-{n}", dedup=False).session.session_id for n in (1, 2))
-    fill_context(home, full, events)
+    bigdb.fill_context(home, full, events)
     with omnid_daemon(home):
         fresh_p50 = run_load("omnid", "context", 1, seconds, fresh, env, work)["p50_us"]
         full_p50 = run_load("omnid", "context", 1, seconds, full, env, work)["p50_us"]
@@ -371,13 +377,15 @@ def watched_rss(home: Path, sessions: int, owners: int) -> dict:
                     client.get_or_create(f"tool-{t}", pid=proc.pid)
             st = client.status()
             after = daemon.memory_info().rss
-            idle = idle_cpu(daemon, IDLE_SECONDS)
+            idle, wakeups = idle_cpu(daemon, IDLE_SECONDS)
             return {
                 "live_sessions": st.live_sessions,
                 "watched_processes": st.watched_processes,
                 "rss_empty_mb": before / 2**20,
                 "rss_mb": after / 2**20,
                 "idle_cpu_s_per_min": idle,
+                "idle_wakeups_per_min": wakeups,
+                "sweeps_per_min": 60 / st.settings.sweep_interval,
             }
     finally:
         for proc in procs:
@@ -388,12 +396,25 @@ def watched_rss(home: Path, sessions: int, owners: int) -> dict:
 IDLE_SECONDS = 60.0
 
 
-def idle_cpu(daemon: psutil.Process, seconds: float) -> float:
+def idle_cpu(daemon: psutil.Process, seconds: float) -> tuple[float, float]:
+    """CPU seconds per minute and wakeups per minute (context switches of all the daemon's
+    threads, from /proc/PID/task/*/status) of an idle daemon."""
     time.sleep(2)  # let the last replies and commits settle
-    t0 = sum(daemon.cpu_times()[:2])
+    t0, s0 = sum(daemon.cpu_times()[:2]), context_switches(daemon.pid)
     time.sleep(seconds)
-    used = sum(daemon.cpu_times()[:2]) - t0
-    return used * 60 / seconds
+    used, switches = sum(daemon.cpu_times()[:2]) - t0, context_switches(daemon.pid) - s0
+    return used * 60 / seconds, switches * 60 / seconds
+
+
+def context_switches(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        total += sum(int(line.split()[1]) for line in text.splitlines() if "ctxt_switches:" in line)
+    return total
 
 
 HOOK_EVENT = json.dumps(
@@ -442,14 +463,20 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
     parser.add_argument(
-        "--only", choices=["agent", "wakeups", "floor"],
+        "--only", choices=["agent", "wakeups", "floor", "scale"],
         help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking; "
-        "floor: omnid beside the echo floors, daemon CPU per call)",
+        "floor: omnid beside the echo floors, daemon CPU per call; scale: reads and search on big databases)",
     )
+    parser.add_argument("--sessions", type=int, default=1_000_000, help="ended sessions in the big database")
+    parser.add_argument("--events", type=int, default=100_000, help="context events of one session, ditto")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="messages in the big search database")
+    parser.add_argument("--memories", type=int, default=100_000, help="memories in the big search database")
     parser.add_argument("--calls", type=int, default=5000, help="calls per round when counting daemon CPU per call")
     args = parser.parse_args()
     if args.only == "floor":
         return floor_only(args)
+    if args.only == "scale":
+        return scale_only(args)
     if args.only:
         group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -467,7 +494,7 @@ def main() -> int:
             print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
         return 0
     global IDLE_SECONDS
-    scale_sessions = 100_000 if args.quick else 1_000_000
+    scale_sessions = 100_000 if args.quick else args.sessions
     IDLE_SECONDS = 10.0 if args.quick else 60.0
 
     work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -501,7 +528,7 @@ def main() -> int:
             with omnid_daemon(shome):
                 pass  # creates the schema
             if count:
-                fill_sessions(shome, count)
+                bigdb.fill_sessions(shome, count)
             with omnid_daemon(shome):
                 scale[label] = {
                     op: run_load("omnid", op, 1, sec, "", senv, work)["p50_us"] for op in ("reuse", "create")
@@ -509,6 +536,7 @@ def main() -> int:
             scale[label]["sessions"] = count
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
+        results.update(big_reads(work, args, scale_sessions))
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
         results["wakeups"] = wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)
 
@@ -569,6 +597,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
         *floor_targets(r),
+        *scale_targets(r),
         *agent.targets(r),
         *wakeups.targets(r),
         (
@@ -627,13 +656,15 @@ def print_report(r: dict) -> None:
         f"scale: p50 context.append {cx['fresh_p50_us']:.1f} us in a fresh session vs {cx['full_p50_us']:.1f} us "
         f"in one holding {cx['events']:,} events"
     )
+    print_scale(r)
     agent.report(r)
     wakeups.report(r)
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "
         f"RSS {w['rss_mb']:.1f} MiB "
-        f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min"
+        f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min, "
+        f"{w['idle_wakeups_per_min']:.1f} wakeups/min (sweeps {w['sweeps_per_min']:.1f}/min)"
     )
     s = r["startup"]
     print(f"startup (median of alternating rounds): python -c pass {s['python_pass_ms']:.0f} ms; " + ", ".join(
