@@ -38,8 +38,6 @@ def search(ctx: Context, caller: Caller, p: Search) -> SearchResult:
     if p.project_id is not None:
         project_of(ctx, p.project_id, None, create=False)
     store = ctx.store
-    if store.search is not None:
-        store.search.settle()
     hits = search_store.query(
         store.db,
         p.query,

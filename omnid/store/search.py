@@ -120,12 +120,8 @@ class Deferral:
 
     def _timer(self) -> None:
         self._due = False
-        if not self.closed and self.waiting:
-            self.settle()
-
-    def settle(self) -> None:
-        """Move every deferred row into the index now (joining the open transaction, or in
-        a write of its own), so a search finds all that was written before it."""
+        if self.closed or not self.waiting:
+            return
         if not deferred(self._db):
             self.waiting = 0
             return
@@ -133,7 +129,7 @@ class Deferral:
             with self._write() as db:
                 move_deferred(db)
             self.waiting = 0
-        except sqlite3.Error as e:  # they stay deferred: the next commit or search moves them
+        except sqlite3.Error as e:  # they stay deferred (and found by searches): the next commit moves them
             log.warning("indexing deferred search rows failed: %s", e)
 
 
@@ -185,17 +181,60 @@ def query(
     expression = match_expression(text)
     if expression is None:
         return []
-    # Rows added earlier in the open transaction are found too.
-    if isinstance(db, StoreConnection) and db.pending_search_rows:
-        db.execute("SAVEPOINT search_rows")
-        try:
-            write_pending(db)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK TO search_rows")
-                db.execute("RELEASE search_rows")
-            raise
+    # Rows written before the search are found too: those of the open transaction, and
+    # those deferred, are indexed just for this query (in a savepoint undone after it), so
+    # a search never writes, and never fails for a disk that cannot take a commit.
+    joined = db.in_transaction
+    transient = _index_waiting(db)
+    try:
+        return _ranked(db, expression, project_id, session_id, kinds, limit, now)
+    finally:
+        if transient:
+            _undo(db, joined)
+
+
+def _index_waiting(db: sqlite3.Connection) -> bool:
+    """Index the rows not in the index yet inside the savepoint ``search_rows``, if any wait."""
+    if not isinstance(db, StoreConnection):
+        return False
+    pending = db.pending_search_rows
+    waiting = deferred(db)
+    if not waiting and not pending:
+        return False
+    joined = db.in_transaction
+    db.execute("SAVEPOINT search_rows")
+    try:
+        if waiting:
+            move_deferred(db)
+        if pending:
+            db.executemany(_INSERT, pending)
+    except BaseException:
+        _undo(db, joined)
+        raise
+    return True
+
+
+def _undo(db: sqlite3.Connection, joined: bool) -> None:
+    """Undo the savepoint ``search_rows``; and end the transaction it began, if it began one
+    (a read must never leave one open: nothing would commit it)."""
+    if not db.in_transaction:
+        return
+    if joined:
+        db.execute("ROLLBACK TO search_rows")
         db.execute("RELEASE search_rows")
+    else:
+        db.execute("ROLLBACK")
+
+
+def _ranked(
+    db: sqlite3.Connection,
+    expression: str,
+    project_id: str | None,
+    session_id: str | None,
+    kinds: Sequence[str] | None,
+    limit: int,
+    now: float,
+) -> list[SearchHit]:
     # Expired memories wait for the purge in the index, but are never returned.
     where = [
         "search_index MATCH ?",

@@ -1,5 +1,5 @@
 """The daemon's store defers search rows: committed to ``search_pending`` with their
-batch, moved into the full-text index in batches, and always before a search."""
+batch, moved into the full-text index in batches, and found by searches meanwhile."""
 
 from __future__ import annotations
 
@@ -77,17 +77,20 @@ def test_enough_waiting_rows_move_at_the_commit_oldest_first(tmp_path: Path):
         store.close()
 
 
-def test_a_search_moves_every_waiting_row_first(tmp_path: Path):
+def test_a_search_finds_waiting_rows_without_writing_them(tmp_path: Path):
     loop, path = Loop(), tmp_path / "omnid.db"
     store = open_store(path, loop)
     try:
-        add(store, loop, 1, 2)
-        assert store.search is not None
-        store.search.settle()
+        add(store, loop, 1, 2)  # committed, deferred
+        with store.write() as db:  # and one in the open transaction
+            search.index(db, "message", "3", "word3 common", session_id="s", project_id=None, created_at=1.0)
         hits = search.query(store.db, "common", project_id=None, session_id=None, kinds=None, limit=10, now=2.0)
-        assert sorted(h.ref_id for h in hits) == ["1", "2"]
+        assert sorted(h.ref_id for h in hits) == ["1", "2", "3"]
         loop.run_soon()
-        assert rows(path, "search_pending") == []
+        assert rows(path, "search_index") == [], "the search indexed them for itself only"
+        assert rows(path, "search_pending") == ["1", "2", "3"]
+        loop.run_timers()
+        assert rows(path, "search_index") == ["1", "2", "3"]
     finally:
         store.close()
 
