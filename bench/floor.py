@@ -112,14 +112,15 @@ def daemon_cpu(daemon_pid: int, raw_pid: int, raw_path: str, calls: int, rounds:
     return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
 
 
-async def _serve(path: str) -> None:
+async def serve(path: str, protocol: Callable[[], asyncio.Protocol]) -> None:
+    """Serve ``protocol`` on the Unix socket ``path`` until killed."""
     if os.path.exists(path):
         os.unlink(path)
-    server = await asyncio.get_running_loop().create_unix_server(RawEcho, path)
+    server = await asyncio.get_running_loop().create_unix_server(protocol, path)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(sys.argv[1]))
+    asyncio.run(serve(sys.argv[1], RawEcho))

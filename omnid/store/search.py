@@ -184,10 +184,11 @@ def query(
     # Rows written before the search are found too: those of the open transaction, and
     # those deferred, are indexed just for this query (in a savepoint undone after it), so
     # a search never writes, and never fails for a disk that cannot take a commit.
+    where, args = _conditions(expression, project_id, session_id, kinds, now)
     joined = db.in_transaction
     transient = _index_waiting(db)
     try:
-        return _ranked(db, expression, project_id, session_id, kinds, limit, now)
+        return _top(db, where, args, limit)
     finally:
         if transient:
             _undo(db, joined)
@@ -226,21 +227,15 @@ def _undo(db: sqlite3.Connection, joined: bool) -> None:
         db.execute("ROLLBACK")
 
 
-def _ranked(
-    db: sqlite3.Connection,
-    expression: str,
-    project_id: str | None,
-    session_id: str | None,
-    kinds: Sequence[str] | None,
-    limit: int,
-    now: float,
-) -> list[SearchHit]:
+def _conditions(
+    expression: str, project_id: str | None, session_id: str | None, kinds: Sequence[str] | None, now: float
+) -> tuple[list[str], list[Any]]:
     # Expired memories wait for the purge in the index, but are never returned.
     where = [
         "search_index MATCH ?",
         "NOT (kind = 'memory' AND ref_id IN (SELECT memory_id FROM memories WHERE expires_at <= ?))",
     ]
-    args: list = [expression, now]
+    args: list[Any] = [expression, now]
     if project_id is not None:
         where.append("project_id = ?")
         args.append(project_id)
@@ -250,6 +245,10 @@ def _ranked(
     if kinds:
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         args += kinds
+    return where, args
+
+
+def _top(db: sqlite3.Connection, where: list[str], args: list[Any], limit: int) -> list[SearchHit]:
     # Bounded top-k: FTS5 walks the matches newest first and stops after CANDIDATES, which
     # are ranked here (a heap, not a sort of every match), so a query matching most of a big
     # index costs about what one matching CANDIDATES rows does.

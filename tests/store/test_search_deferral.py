@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import pytest
 
 from omnid.store import Store, search
 
@@ -39,6 +41,15 @@ def add(store: Store, loop: Loop, first: int, count: int) -> None:
     loop.run_soon()
 
 
+@pytest.fixture
+def deferring(tmp_path: Path) -> Iterator[tuple[Store, Loop, Path]]:
+    """A store as the daemon opens it (so it defers search rows), its loop and its file."""
+    loop, path = Loop(), tmp_path / "omnid.db"
+    store = open_store(path, loop)
+    yield store, loop, path
+    store.close()
+
+
 def rows(path: Path, table: str) -> list[str]:
     db = sqlite3.connect(path)
     try:
@@ -47,65 +58,49 @@ def rows(path: Path, table: str) -> list[str]:
         db.close()
 
 
-def test_rows_wait_in_the_pending_table_until_the_timer_moves_them(tmp_path: Path):
-    loop, path = Loop(), tmp_path / "omnid.db"
-    store = open_store(path, loop)
-    try:
-        add(store, loop, 1, 3)
-        assert rows(path, "search_pending") == ["1", "2", "3"], "committed with their batch"
-        assert rows(path, "search_index") == []
-        assert [d for d, _ in loop.later] == [search.INDEX_LAG]
+def test_rows_wait_in_the_pending_table_until_the_timer_moves_them(deferring):
+    store, loop, path = deferring
+    add(store, loop, 1, 3)
+    assert rows(path, "search_pending") == ["1", "2", "3"], "committed with their batch"
+    assert rows(path, "search_index") == []
+    assert [d for d, _ in loop.later] == [search.INDEX_LAG]
 
-        loop.run_timers()
+    loop.run_timers()
 
-        assert rows(path, "search_index") == ["1", "2", "3"]
-        assert rows(path, "search_pending") == []
-        assert loop.later == [], "no timer while nothing waits"
-    finally:
-        store.close()
+    assert rows(path, "search_index") == ["1", "2", "3"]
+    assert rows(path, "search_pending") == []
+    assert loop.later == [], "no timer while nothing waits"
 
 
-def test_enough_waiting_rows_move_at_the_commit_oldest_first(tmp_path: Path):
-    loop, path = Loop(), tmp_path / "omnid.db"
-    store = open_store(path, loop)
-    try:
-        add(store, loop, 1, search.INDEX_ROWS - 1)
-        add(store, loop, search.INDEX_ROWS, 1)
-        assert rows(path, "search_index") == [str(n) for n in range(1, search.INDEX_ROWS + 1)]
-        assert rows(path, "search_pending") == []
-    finally:
-        store.close()
+def test_enough_waiting_rows_move_at_the_commit_oldest_first(deferring):
+    store, loop, path = deferring
+    add(store, loop, 1, search.INDEX_ROWS - 1)
+    add(store, loop, search.INDEX_ROWS, 1)
+    assert rows(path, "search_index") == [str(n) for n in range(1, search.INDEX_ROWS + 1)]
+    assert rows(path, "search_pending") == []
 
 
-def test_a_search_finds_waiting_rows_without_writing_them(tmp_path: Path):
-    loop, path = Loop(), tmp_path / "omnid.db"
-    store = open_store(path, loop)
-    try:
-        add(store, loop, 1, 2)  # committed, deferred
-        with store.write() as db:  # and one in the open transaction
-            search.index(db, "message", "3", "word3 common", session_id="s", project_id=None, created_at=1.0)
-        hits = search.query(store.db, "common", project_id=None, session_id=None, kinds=None, limit=10, now=2.0)
-        assert sorted(h.ref_id for h in hits) == ["1", "2", "3"]
-        loop.run_soon()
-        assert rows(path, "search_index") == [], "the search indexed them for itself only"
-        assert rows(path, "search_pending") == ["1", "2", "3"]
-        loop.run_timers()
-        assert rows(path, "search_index") == ["1", "2", "3"]
-    finally:
-        store.close()
+def test_a_search_finds_waiting_rows_without_writing_them(deferring):
+    store, loop, path = deferring
+    add(store, loop, 1, 2)  # committed, deferred
+    with store.write() as db:  # and one in the open transaction
+        search.index(db, "message", "3", "word3 common", session_id="s", project_id=None, created_at=1.0)
+    hits = search.query(store.db, "common", project_id=None, session_id=None, kinds=None, limit=10, now=2.0)
+    assert sorted(h.ref_id for h in hits) == ["1", "2", "3"]
+    loop.run_soon()
+    assert rows(path, "search_index") == [], "the search indexed them for itself only"
+    assert rows(path, "search_pending") == ["1", "2", "3"]
+    loop.run_timers()
+    assert rows(path, "search_index") == ["1", "2", "3"]
 
 
-def test_unindexing_drops_deferred_rows_too(tmp_path: Path):
-    loop, path = Loop(), tmp_path / "omnid.db"
-    store = open_store(path, loop)
-    try:
-        add(store, loop, 1, 2)
-        with store.write() as db:
-            search.unindex(db, "message", ["1"])
-        loop.run_soon()
-        assert rows(path, "search_pending") == ["2"]
-    finally:
-        store.close()
+def test_unindexing_drops_deferred_rows_too(deferring):
+    store, loop, path = deferring
+    add(store, loop, 1, 2)
+    with store.write() as db:
+        search.unindex(db, "message", ["1"])
+    loop.run_soon()
+    assert rows(path, "search_pending") == ["2"]
 
 
 def test_rows_left_by_a_daemon_that_died_are_indexed_on_the_next_start_and_at_close(tmp_path: Path):
