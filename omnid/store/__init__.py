@@ -364,13 +364,23 @@ class Store:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
-        if self.search is not None and search_store.deferred(self.db):
-            if not self.db.in_transaction:
-                self.db.execute("BEGIN IMMEDIATE")
-            search_store.move_deferred(self.db)  # before the rows still waiting: oldest first
         if self.search is not None:
             self.search.closed = True
             self.search = None  # from here on rows go straight into the index
+            try:  # the deferred ones first (they are older); if that fails, the next start moves them
+                if search_store.deferred(self.db):
+                    if not self.db.in_transaction:
+                        self.db.execute("BEGIN IMMEDIATE")  # not write(): the loop may be gone
+                    self.db.execute("SAVEPOINT close_search")
+                    try:
+                        search_store.move_deferred(self.db)
+                    except sqlite3.Error:
+                        self.db.execute("ROLLBACK TO close_search")
+                        raise
+                    finally:
+                        self.db.execute("RELEASE close_search")
+            except sqlite3.Error as e:
+                log.warning("indexing deferred search rows failed: %s", e)
         if (self._activity or self._project_activity) and not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
         if self._project_activity:
