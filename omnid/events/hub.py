@@ -41,9 +41,9 @@ log = logging.getLogger("omnid.events")
 
 RING = 8192
 """Recent events kept in memory: most resumes are served from here, not the disk."""
-RING_BYTES = 512 * 1024
+RING_BYTES = 256 * 1024
 """At most this many bytes of them (encoded; kept only so): older ones are read from the log."""
-KNOWN_SESSIONS = 4096
+KNOWN_SESSIONS = 2048
 """Sessions whose tool and project are remembered for their events (others are read from
 the database once): bounded so that many live sessions do not grow the daemon."""
 REPLAY_CHUNK = 2000
