@@ -4,10 +4,10 @@ the same asyncio event loop design, doing no work. ``python bench/echo_server.py
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import msgspec
+from floor import serve
 
 from omnid_client.protocol import HEADER, IncomingRequest, ResponseFrame
 
@@ -35,14 +35,5 @@ class Echo(asyncio.Protocol):
             self.transport.write(out)
 
 
-async def main(path: str) -> None:
-    if os.path.exists(path):
-        os.unlink(path)
-    server = await asyncio.get_running_loop().create_unix_server(Echo, path)
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(serve(sys.argv[1], Echo))

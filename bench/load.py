@@ -2,8 +2,9 @@
 loop for a fixed time, and writes its latencies (ns) to a file.
 
 ``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo,
-baseline or paired (omnid and the echo floor in turn); the socket or port comes from ARG
-or the environment. For omnid's context and message ops, ARG may name the (live)
+raw (the raw echo floor, bench/floor.py), baseline or paired (omnid, the echo and the raw
+echo floor in turn; ARG is their two sockets joined by os.pathsep); the socket or port
+comes from ARG or the environment. For omnid's context and message ops, ARG may name the (live)
 session to write to.
 """
 
@@ -14,6 +15,7 @@ import socket
 import sys
 import time
 
+import floor
 import msgspec
 
 
@@ -79,12 +81,16 @@ def baseline_op(op: str, port: str):
 def main() -> None:
     target, op, seconds, go_fd, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     arg = sys.argv[6] if len(sys.argv) > 6 else ""
+    if os.environ.get("OMNID_BENCH_CPU"):  # the latency client on its own CPU (see run.pinned)
+        os.sched_setaffinity(0, {int(os.environ["OMNID_BENCH_CPU"])})
     if target == "paired":
         # omnid and the echo floor called in turn from one process: both see the same
         # moments of a noisy machine. Writes {"omnid": [...], "echo": [...]}.
-        calls = {"omnid": omnid_op(op, ""), "echo": echo_op("echo", arg)}
+        echo_path, raw_path = arg.split(os.pathsep)
+        calls = {"omnid": omnid_op(op, ""), "echo": echo_op("echo", echo_path), "raw": floor.raw_op(raw_path)}
     else:
-        calls = {target: {"omnid": omnid_op, "echo": echo_op, "baseline": baseline_op}[target](op, arg)}
+        ops = {"omnid": omnid_op, "echo": echo_op, "raw": lambda op, arg: floor.raw_op(arg), "baseline": baseline_op}
+        calls = {target: ops[target](op, arg)}
     for call in calls.values():
         call()  # warm up: connection made, code paths loaded
     print("ready", flush=True)

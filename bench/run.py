@@ -13,18 +13,18 @@ import platform
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import agent
+import bigdb
+import floor
 import msgspec
 import psutil
 import wakeups
@@ -70,11 +70,12 @@ def omnid_daemon(home: Path) -> Iterator[psutil.Process]:
 
 
 @contextmanager
-def echo_server(path: Path) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), str(path)], stdout=subprocess.DEVNULL)
+def echo_server(path: Path, script: str = "echo_server.py") -> Iterator[int]:
+    """The echo floor (or, with ``script="floor.py"``, the raw echo floor); yields its pid."""
+    proc = subprocess.Popen([sys.executable, str(HERE / script), str(path)], stdout=subprocess.DEVNULL)
     try:
         wait_for_socket(path, proc)
-        yield
+        yield proc.pid
     finally:
         proc.kill()
         proc.wait()
@@ -166,13 +167,163 @@ def run_load(target: str, op: str, clients: int, seconds: float, arg: str, env: 
     return summary(target, op, clients, seconds, run_clients(target, op, clients, seconds, arg, env, workdir))
 
 
-def run_paired(op: str, seconds: float, echo_path: Path, env: dict, workdir: Path) -> dict:
-    """One client calling omnid's ``op`` and the echo floor in turn (see load.py)."""
-    (both,) = run_clients("paired", op, 1, seconds, str(echo_path), env, workdir)
-    omnid, echo = (
-        summary(name, op if name == "omnid" else "echo", 1, seconds, [both[name]]) for name in ("omnid", "echo")
+@contextmanager
+def pinned(pids: list[int], env: dict) -> Iterator[dict]:
+    """Servers on CPU 0 and the one latency client (given the env yielded) on CPU 1, so the
+    scheduler's placement does not move a p50 from run to run; all CPUs again after."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        yield env
+        return
+    for pid in pids:
+        os.sched_setaffinity(pid, {cpus[0]})
+    try:
+        yield {**env, "OMNID_BENCH_CPU": str(cpus[1])}
+    finally:
+        for pid in pids:
+            with suppress_gone():
+                os.sched_setaffinity(pid, set(cpus))
+
+
+@contextmanager
+def suppress_gone() -> Iterator[None]:
+    try:
+        yield
+    except ProcessLookupError:
+        pass
+
+
+def run_paired(op: str, seconds: float, echo_path: Path, raw_path: Path, env: dict, workdir: Path) -> dict:
+    """One client calling omnid's ``op``, the echo floor and the raw echo floor in turn (see load.py)."""
+    (both,) = run_clients("paired", op, 1, seconds, f"{echo_path}{os.pathsep}{raw_path}", env, workdir)
+    omnid, echo, raw = (
+        summary(name, op if name == "omnid" else name, 1, seconds, [both[name]]) for name in ("omnid", "echo", "raw")
     )
-    return {"op": op, "omnid": omnid, "echo": echo, "ratio": omnid["p50_us"] / echo["p50_us"]}
+    return {
+        "op": op, "omnid": omnid, "echo": echo, "raw": raw,
+        "ratio": omnid["p50_us"] / echo["p50_us"], "ratio_raw": omnid["p50_us"] / raw["p50_us"],
+    }
+
+
+def hot_path(
+    work: Path, daemon: psutil.Process, sec: float, env: dict, loads: list[dict], counts: tuple[int, ...], calls: int
+) -> dict:
+    """omnid's hot calls beside the echo floor and the raw echo floor, in the same run: one
+    pinned client calling all three in turn, the daemon's CPU per call, and 1..64 clients
+    of each (reuse and message.add for omnid) one after the other at each count."""
+    echo_path, raw_path = work / "echo.sock", work / "raw.sock"
+    out: dict = {}
+    with echo_server(echo_path) as echo_pid, echo_server(raw_path, "floor.py") as raw_pid:
+        with pinned([daemon.pid, echo_pid, raw_pid], env) as penv:
+            out["paired"] = run_paired("reuse", 2 * sec, echo_path, raw_path, penv, work)
+        out["cpu_us"] = floor.daemon_cpu(daemon.pid, raw_pid, str(raw_path), calls)
+        for clients in counts:
+            loads.append(run_load("echo", "echo", clients, sec, str(echo_path), dict(os.environ), work))
+            loads.append(run_load("raw", "echo", clients, sec, str(raw_path), dict(os.environ), work))
+            for op in ("reuse", "message"):
+                loads.append(run_load("omnid", op, clients, sec, "", env, work))
+    return out
+
+
+def floor_targets(r: dict) -> list[tuple[str, float, str, float]]:
+    """The issue 16 goals: omnid against the raw echo floor measured in the same run."""
+    loads, cpu = r["loads"], r["cpu_us"]
+    raw16, reuse16, msg16 = (
+        find(loads, t, op, 16) for t, op in (("raw", "echo"), ("omnid", "reuse"), ("omnid", "message"))
+    )
+    return [
+        ("reuse p50 over the raw echo floor's (paired)", r["paired"]["ratio_raw"], "<=", 1.3),
+        ("daemon CPU per reuse/get/find (worst, us)", max(cpu["reuse"], cpu["get"], cpu["find"]), "<=", 40),
+        ("16-client reuse throughput over the raw floor's", reuse16["throughput"] / raw16["throughput"], ">=", 0.8),
+        ("16-client reuse p99 over the raw floor's", reuse16["p99_us"] / raw16["p99_us"], "<=", 1.5),
+        ("daemon CPU per message.add / context.append (worst, us)",
+         max(cpu["message.add"], cpu["context.append"]), "<=", 100),
+        ("16-client message.add throughput over the raw floor's reuse",
+         msg16["throughput"] / raw16["throughput"], ">=", 0.35),
+        ("16-client message.add p99 over the raw floor's", msg16["p99_us"] / raw16["p99_us"], "<=", 4),
+    ]
+
+
+def big_reads(work: Path, args: argparse.Namespace, sessions: int) -> dict:
+    """context.get / sessions list and search on big databases against fresh ones."""
+    rounds = 10 if args.quick else 30
+    shrink = 10 if args.quick else 1
+    return {
+        "reads": bigdb.reads_at_scale(work, omnid_daemon, sessions, args.events, rounds),
+        "search": bigdb.search_at_scale(
+            work, omnid_daemon, args.messages // shrink, args.memories // shrink, rounds
+        ),
+    }
+
+
+def scale_targets(r: dict) -> list[tuple[str, float, str, float]]:
+    rd, se = r["reads"], r["search"]
+    return [
+        (f"search p50 with {se['messages']:,} messages and {se['memories']:,} memories (ms)",
+         se["full_p50_ms"], "<=", 10),
+        (f"context.get at {rd['events']:,} events over fresh", rd["context_get_ratio"], "<=", 1.2),
+        (f"sessions list at {rd['sessions']:,} sessions over fresh", rd["sessions_list_ratio"], "<=", 1.2),
+    ]
+
+
+def print_scale(r: dict) -> None:
+    rd, se = r["reads"], r["search"]
+    print(
+        f"reads (p50, alternating rounds): context.get {rd['context_get_fresh_ms']:.2f} ms fresh vs "
+        f"{rd['context_get_full_ms']:.2f} ms at {rd['events']:,} events ({rd['context_get_ratio']:.2f}x); "
+        f"sessions list {rd['sessions_list_fresh_ms']:.2f} vs {rd['sessions_list_full_ms']:.2f} ms at "
+        f"{rd['sessions']:,} sessions ({rd['sessions_list_ratio']:.2f}x)"
+    )
+    print(
+        f"search (p50 over {', '.join(repr(q) for q in bigdb.COMMON)}): {se['empty_p50_ms']:.2f} ms empty vs "
+        f"{se['full_p50_ms']:.2f} ms with {se['messages']:,} messages and {se['memories']:,} memories "
+        f"(built in {se['build_s']:.0f} s); per query: "
+        + ", ".join(f"{q!r} {se[q]['full']:.1f}" for q in bigdb.COMMON)
+    )
+
+
+def scale_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+    try:
+        results = big_reads(work, args, args.sessions)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_scale(results)
+    report_targets(scale_targets(results))
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def floor_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    loads: list[dict] = []
+    try:
+        home = work / "home"
+        home.mkdir()
+        env = {**os.environ, "OMNID_HOME": str(home)}
+        os.environ["OMNID_HOME"] = str(home)
+        with omnid_daemon(home) as daemon:
+            results.update(hot_path(work, daemon, args.seconds, env, loads, (1, 16), args.calls))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["loads"] = loads
+    print_loads(results)
+    print_floor(results)
+    report_targets(floor_targets(results))
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def report_targets(targets: list[tuple[str, float, str, float]]) -> list[dict]:
+    ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
+    judged = [
+        {"target": name, "value": float(value), "goal": f"{op} {goal}", "met": ops[op](float(value), float(goal))}
+        for name, value, op, goal in targets
+    ]
+    for t in judged:
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.2f} (goal {t['goal']})")
+    return judged
 
 
 # --- individual figures --------------------------------------------------------------
@@ -197,46 +348,6 @@ def reap_latency(home: Path, kills: int) -> dict:
     return {"kills": kills, "median_ms": statistics.median(delays), "max_ms": max(delays)}
 
 
-def fill_sessions(home: Path, count: int) -> None:
-    """Put ``count`` ended sessions straight into a stopped daemon's database."""
-    db = sqlite3.connect(home / "omnid.db")
-    boot = "00000000-0000-0000-0000-000000000000"
-    now = time.time() - 86400
-    rows = (
-        (str(uuid.UUID(int=i + 1)), f"tool-{i % 50}", "default", 1000 + i % 30000, i, boot, "/w", "{}",
-         now + i * 1e-3, now + i * 1e-3, now + i * 1e-3 + 1, "ended")
-        for i in range(count)
-    )
-    with db:
-        db.executemany(
-            "INSERT INTO sessions (session_id, tool_id, session_type, owner_pid, owner_start, boot_id, workspace, "
-            "metadata, started_at, last_activity, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
-    db.close()
-
-
-def fill_context(home: Path, session_id: str, count: int) -> None:
-    """Put ``count`` context events of one session straight into a stopped daemon's database."""
-    db = sqlite3.connect(home / "omnid.db")
-    now = time.time() - 3600
-    kinds = ("file_access", "search", "file_change", "decision")
-    rows = ((session_id, kinds[i % 4], f"src/module_{i % 997}.py", now + i * 1e-3) for i in range(count))
-    with db:
-        db.executemany("INSERT INTO context_events (session_id, kind, subject, created_at) VALUES (?,?,?,?)", rows)
-        db.execute(  # the per-subject rollup the daemon keeps beside the rows
-            "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, max_importance) "
-            "SELECT session_id, kind, subject, count(*), sum(length(subject)), min(created_at), max(created_at), 0.5 "
-            "FROM context_events WHERE session_id = ? AND kind != 'decision' GROUP BY kind, subject",
-            (session_id,),
-        )
-        db.execute(
-            "UPDATE sessions SET context_event_count = context_event_count + ? WHERE session_id = ?",
-            (count, session_id),
-        )
-    db.close()
-
-
 def context_at_scale(work: Path, seconds: float, events: int) -> dict:
     """context.append p50 (one client) in a fresh session and in one already holding
     ``events`` events, both owned by this process and in the same database."""
@@ -247,7 +358,7 @@ def context_at_scale(work: Path, seconds: float, events: int) -> dict:
     env = {**os.environ, "OMNID_HOME": str(home)}
     with omnid_daemon(home), Client(home / "run" / "omnid.sock", autostart=False) as client:
         fresh, full = (client.get_or_create(f"bench-scale-{n}", dedup=False).session.session_id for n in (1, 2))
-    fill_context(home, full, events)
+    bigdb.fill_context(home, full, events)
     with omnid_daemon(home):
         fresh_p50 = run_load("omnid", "context", 1, seconds, fresh, env, work)["p50_us"]
         full_p50 = run_load("omnid", "context", 1, seconds, full, env, work)["p50_us"]
@@ -269,13 +380,15 @@ def watched_rss(home: Path, sessions: int, owners: int) -> dict:
                     client.get_or_create(f"tool-{t}", pid=proc.pid)
             st = client.status()
             after = daemon.memory_info().rss
-            idle = idle_cpu(daemon, IDLE_SECONDS)
+            idle, wakeups = idle_cpu(daemon, IDLE_SECONDS)
             return {
                 "live_sessions": st.live_sessions,
                 "watched_processes": st.watched_processes,
                 "rss_empty_mb": before / 2**20,
                 "rss_mb": after / 2**20,
                 "idle_cpu_s_per_min": idle,
+                "idle_wakeups_per_min": wakeups,
+                "sweeps_per_min": 60 / st.settings.sweep_interval,
             }
     finally:
         for proc in procs:
@@ -286,12 +399,25 @@ def watched_rss(home: Path, sessions: int, owners: int) -> dict:
 IDLE_SECONDS = 60.0
 
 
-def idle_cpu(daemon: psutil.Process, seconds: float) -> float:
+def idle_cpu(daemon: psutil.Process, seconds: float) -> tuple[float, float]:
+    """CPU seconds per minute and wakeups per minute (context switches of all the daemon's
+    threads, from /proc/PID/task/*/status) of an idle daemon."""
     time.sleep(2)  # let the last replies and commits settle
-    t0 = sum(daemon.cpu_times()[:2])
+    t0, s0 = sum(daemon.cpu_times()[:2]), context_switches(daemon.pid)
     time.sleep(seconds)
-    used = sum(daemon.cpu_times()[:2]) - t0
-    return used * 60 / seconds
+    used, switches = sum(daemon.cpu_times()[:2]) - t0, context_switches(daemon.pid) - s0
+    return used * 60 / seconds, switches * 60 / seconds
+
+
+def context_switches(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        total += sum(int(line.split()[1]) for line in text.splitlines() if "ctxt_switches:" in line)
+    return total
 
 
 HOOK_EVENT = json.dumps(
@@ -340,10 +466,20 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
     parser.add_argument(
-        "--only", choices=["agent", "wakeups"],
-        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking)",
+        "--only", choices=["agent", "wakeups", "floor", "scale"],
+        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking; "
+        "floor: omnid beside the echo floors, daemon CPU per call; scale: reads and search on big databases)",
     )
+    parser.add_argument("--sessions", type=int, default=1_000_000, help="ended sessions in the big database")
+    parser.add_argument("--events", type=int, default=100_000, help="context events of one session, ditto")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="messages in the big search database")
+    parser.add_argument("--memories", type=int, default=100_000, help="memories in the big search database")
+    parser.add_argument("--calls", type=int, default=5000, help="calls per round when counting daemon CPU per call")
     args = parser.parse_args()
+    if args.only == "floor":
+        return floor_only(args)
+    if args.only == "scale":
+        return scale_only(args)
     if args.only:
         group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -361,7 +497,7 @@ def main() -> int:
             print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
         return 0
     global IDLE_SECONDS
-    scale_sessions = 100_000 if args.quick else 1_000_000
+    scale_sessions = 100_000 if args.quick else args.sessions
     IDLE_SECONDS = 10.0 if args.quick else 60.0
 
     work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -370,10 +506,6 @@ def main() -> int:
     loads: list[dict] = []
     sec = args.seconds
     try:
-        echo_path = work / "echo.sock"
-        with echo_server(echo_path):
-            for clients in (1, 16, 64):
-                loads.append(run_load("echo", "echo", clients, sec, str(echo_path), dict(os.environ), work))
         with baseline_server(work) as port:
             loads.append(run_load("baseline", "get_or_create", 1, sec, port, dict(os.environ), work))
             loads.append(run_load("baseline", "get_or_create", 16, sec, port, dict(os.environ), work))
@@ -381,15 +513,12 @@ def main() -> int:
         home = work / "home"
         home.mkdir()
         env = {**os.environ, "OMNID_HOME": str(home)}
-        with omnid_daemon(home):
-            with echo_server(echo_path):
-                results["paired"] = run_paired("reuse", 2 * sec, echo_path, env, work)
-            for op in ("reuse", "create", "context", "message"):
-                for clients in (1, 16, 64):
-                    if op == "create" and clients > 1:
-                        continue
+        os.environ["OMNID_HOME"] = str(home)  # for the clients in this process
+        with omnid_daemon(home) as daemon:
+            results.update(hot_path(work, daemon, sec, env, loads, (1, 16, 64), args.calls))
+            for op, counts in (("create", (1,)), ("context", (1, 16, 64))):
+                for clients in counts:
                     loads.append(run_load("omnid", op, clients, sec, "", env, work))
-            os.environ["OMNID_HOME"] = str(home)
             results["reap"] = reap_latency(home, 50)
         results["loads"] = loads
 
@@ -402,7 +531,7 @@ def main() -> int:
             with omnid_daemon(shome):
                 pass  # creates the schema
             if count:
-                fill_sessions(shome, count)
+                bigdb.fill_sessions(shome, count)
             with omnid_daemon(shome):
                 scale[label] = {
                     op: run_load("omnid", op, 1, sec, "", senv, work)["p50_us"] for op in ("reuse", "create")
@@ -410,6 +539,7 @@ def main() -> int:
             scale[label]["sessions"] = count
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
+        results.update(big_reads(work, args, scale_sessions))
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
         results["wakeups"] = wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)
 
@@ -444,6 +574,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
     reuse1, reuse16 = find(loads, "omnid", "reuse", 1), find(loads, "omnid", "reuse", 16)
     ratios = {
         "omnid_p50_over_echo_p50_paired": r["paired"]["ratio"],
+        "omnid_p50_over_raw_echo_p50_paired": r["paired"]["ratio_raw"],
         "omnid_p50_over_echo_p50_separate": reuse1["p50_us"] / echo1["p50_us"],
         "baseline_p50_over_omnid_p50": base1["p50_us"] / reuse1["p50_us"],
         "omnid_over_baseline_throughput_16": reuse16["throughput"] / base16["throughput"],
@@ -468,6 +599,8 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
             max(ratios["full_over_empty_p50_reuse"], ratios["full_over_empty_p50_create"]), "<=", 1.2,
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
+        *floor_targets(r),
+        *scale_targets(r),
         *agent.targets(r),
         *wakeups.targets(r),
         (
@@ -485,21 +618,34 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
     ]
 
 
-def print_report(r: dict) -> None:
-    m = r["machine"]
-    print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
+def print_loads(r: dict) -> None:
     print(f"{'target':9} {'op':14} {'clients':>7} {'ops':>8} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9}")
     for x in r["loads"]:
         print(
             f"{x['target']:9} {x['op']:14} {x['clients']:>7} {x['ops']:>8} {x['throughput']:>9.0f} "
             f"{x['p50_us']:>9.1f} {x['p99_us']:>9.1f}"
         )
+
+
+def print_floor(r: dict) -> None:
     pr = r["paired"]
     print(
-        f"\npaired, one client calling both in turn: {pr['op']} p50 {pr['omnid']['p50_us']:.1f} us "
+        f"\npaired, one pinned client calling all three in turn: {pr['op']} p50 {pr['omnid']['p50_us']:.1f} us "
         f"(p99 {pr['omnid']['p99_us']:.1f}), echo floor p50 {pr['echo']['p50_us']:.1f} us "
-        f"(p99 {pr['echo']['p99_us']:.1f}): {pr['ratio']:.2f}x over {pr['omnid']['ops']} calls each"
+        f"(p99 {pr['echo']['p99_us']:.1f}), raw echo floor p50 {pr['raw']['p50_us']:.1f} us "
+        f"(p99 {pr['raw']['p99_us']:.1f}): {pr['ratio']:.2f}x the echo, {pr['ratio_raw']:.2f}x the raw floor "
+        f"over {pr['omnid']['ops']} calls each"
     )
+    print("daemon CPU per call (us, median of alternating rounds): " + ", ".join(
+        f"{name} {us:.0f}" for name, us in r["cpu_us"].items()
+    ))
+
+
+def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(f"omnid benchmarks — {m['cpus']} CPUs, Python {m['python']}, {m['platform']}\n")
+    print_loads(r)
+    print_floor(r)
     rp = r["reap"]
     print(f"reap latency over {rp['kills']} kill -9: median {rp['median_ms']:.1f} ms, max {rp['max_ms']:.1f} ms")
     sc = r["scale"]
@@ -513,13 +659,15 @@ def print_report(r: dict) -> None:
         f"scale: p50 context.append {cx['fresh_p50_us']:.1f} us in a fresh session vs {cx['full_p50_us']:.1f} us "
         f"in one holding {cx['events']:,} events"
     )
+    print_scale(r)
     agent.report(r)
     wakeups.report(r)
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "
         f"RSS {w['rss_mb']:.1f} MiB "
-        f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min"
+        f"(empty {w['rss_empty_mb']:.1f} MiB); idle CPU {w['idle_cpu_s_per_min']:.3f} s/min, "
+        f"{w['idle_wakeups_per_min']:.1f} wakeups/min (sweeps {w['sweeps_per_min']:.1f}/min)"
     )
     s = r["startup"]
     print(f"startup (median of alternating rounds): python -c pass {s['python_pass_ms']:.0f} ms; " + ", ".join(

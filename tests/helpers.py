@@ -391,8 +391,18 @@ def ended(client: Client, workspace: Path) -> Session:
     return client.end(start(client, workspace).session_id)
 
 
+SEARCH_ROWS = (
+    "(SELECT kind, ref_id, session_id, project_id FROM search_index "
+    "UNION ALL SELECT kind, ref_id, session_id, project_id FROM search_pending)"
+)
+"""Every search row: those in the full-text index, and those a running daemon has committed
+but not yet moved into it (see ``store.search``)."""
+
+
 def count(home: Path, table: str, where: str = "1", *args: Any) -> int:
-    return db_rows(home / "omnid.db", f"SELECT count(*) FROM {table} WHERE {where}", *args)[0][0]
+    """Rows of ``table`` (for search_index: every search row, ``SEARCH_ROWS``)."""
+    source = SEARCH_ROWS if table == "search_index" else table
+    return db_rows(home / "omnid.db", f"SELECT count(*) FROM {source} WHERE {where}", *args)[0][0]
 
 
 def table_counts(home: Path) -> dict[str, int]:

@@ -10,7 +10,7 @@ from typing import Protocol
 import msgspec
 
 from omnid_client.errors import StorageError, TooLarge
-from omnid_client.protocol import HEADER, MAX_FRAME, IncomingRequest, ResponseFrame
+from omnid_client.protocol import HEADER, MAX_FRAME, ErrorInfo, IncomingRequest, ResponseFrame
 
 from .. import api
 
@@ -52,6 +52,13 @@ def encode(response: ResponseFrame) -> bytearray:
     return buf
 
 
+def completed(out: Outbox, method: str, error: ErrorInfo | None, frame: bytearray) -> None:
+    """Every reply to a request leaves through here, once that request is done (and its
+    commit, if it joined one): the one place that knows its method, its outcome (``error``,
+    None on success) and that it has finished. ``frame``: the reply, encoded."""
+    out.write(frame)
+
+
 def respond(
     ctx: api.Context,
     caller: api.Caller,
@@ -63,23 +70,24 @@ def respond(
     handler went on in the background, once that is done."""
     store = ctx.store
     writes_before = store.writes
+    request_id, method = request.id, request.method  # not the request: it points into the read buffer
     response = api.dispatch(ctx, caller, request)
     if isinstance(response, asyncio.Future):
 
         def finished(done: asyncio.Future[ResponseFrame]) -> None:
             if not done.cancelled():
-                out.write(encode(done.result()))
+                reply = done.result()
+                completed(out, method, reply.error, encode(reply))
 
         response.add_done_callback(finished)
         return
     if not store.in_transaction:
-        out.write(encode(response))
+        completed(out, method, response.error, encode(response))
         return
     wrote = store.writes != writes_before
     # What waits is held as bytes, and counted: the reply, and a read's request (for the
     # retry below), copied out of the read buffer it points into.
-    frame = encode(response)
-    request_id, method = request.id, request.method
+    frame, error = encode(response), response.error
     retry = None if wrote or retries == 0 else msgspec.Raw(bytes(request.params))
     held = len(frame) + (len(retry) if retry is not None else 0)
     out.in_flight += 1
@@ -89,9 +97,10 @@ def respond(
         out.in_flight -= 1
         out.waiting_bytes -= held
         if err is None:
-            out.write(frame)
+            completed(out, method, error, frame)
         elif retry is None:
-            out.write(encode(ResponseFrame(request_id, error=api.error_info(err))))
+            info = api.error_info(err)
+            completed(out, method, info, encode(ResponseFrame(request_id, error=info)))
         else:
             # A read in a batch that could not be committed may have seen writes that
             # are now undone: run it again (once; it may write this time, and then its

@@ -41,6 +41,11 @@ log = logging.getLogger("omnid.events")
 
 RING = 8192
 """Recent events kept in memory: most resumes are served from here, not the disk."""
+RING_BYTES = 256 * 1024
+"""At most this many bytes of them (encoded; kept only so): older ones are read from the log."""
+KNOWN_SESSIONS = 2048
+"""Sessions whose tool and project are remembered for their events (others are read from
+the database once): bounded so that many live sessions do not grow the daemon."""
 REPLAY_CHUNK = 2000
 """Events read from disk at a time for a subscriber catching up."""
 SUMMARY_INTERVAL = 1.0
@@ -51,6 +56,7 @@ _KIND_FILTERS = frozenset(EVENT_KINDS) | {k.split(".")[0] for k in EVENT_KINDS}
 
 _subscribe_decoder = msgspec.msgpack.Decoder(Subscribe)
 _encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
 Item = tuple[str, str | None, str | None, str | None, dict[str, Any], list[str] | None]
 """(kind, session_id, tool_id, project_id, data, contents) of an event about to be numbered."""
 
@@ -62,7 +68,9 @@ class Hub:
         self.log.open()
         self.head = self.log.head
         self.buffer_limit = settings.event_buffer
-        self.ring: deque[tuple[Event, bytes]] = deque(maxlen=RING)
+        self.ring: deque[tuple[int, bytes]] = deque()
+        """(seq, encoded event) of the newest events, at most RING of them and RING_BYTES."""
+        self._ring_bytes = 0
         self.subscribers: set[Subscription] = set()
         self.store: Store | None = None
         self._sessions: dict[str, tuple[str | None, str | None]] = {}
@@ -76,7 +84,7 @@ class Hub:
     @property
     def oldest(self) -> int:
         """The oldest sequence number still kept (on disk or in memory)."""
-        ring_first = self.ring[0][0].seq if self.ring else self.head + 1
+        ring_first = self.ring[0][0] if self.ring else self.head + 1
         return min(self.log.oldest, ring_first) if self.log.max_bytes else ring_first
 
     def attach(self, store: Store) -> None:
@@ -156,12 +164,19 @@ class Hub:
         self.log.append([e for e, _ in batch])
         for event, contents in batch:
             raw = _encoder.encode(event)
-            self.ring.append((event, raw))
+            self._keep(event.seq, raw)
             for sub in list(self.subscribers):
                 sub.offer(event, raw, contents)
 
+    def _keep(self, seq: int, raw: bytes) -> None:
+        ring = self.ring
+        ring.append((seq, raw))
+        self._ring_bytes += len(raw)
+        while len(ring) > RING or self._ring_bytes > RING_BYTES:
+            self._ring_bytes -= len(ring.popleft()[1])
+
     def _remember(self, sid: str, tool: str | None, project: str | None) -> None:
-        if len(self._sessions) >= 4 * RING:
+        if len(self._sessions) >= KNOWN_SESSIONS:
             self._sessions.clear()
         self._sessions[sid] = (tool, project)
 
@@ -299,9 +314,9 @@ class Hub:
             if sub.position >= self.head:
                 sub.catching_up = False
                 return
-            ring_first = self.ring[0][0].seq if self.ring else self.head + 1
+            ring_first = self.ring[0][0] if self.ring else self.head + 1
             if ring_first <= sub.position + 1:
-                sub.pending.extend(item for item in self.ring if item[0].seq > sub.position)
+                sub.pending.extend((_event_decoder.decode(raw), raw) for seq, raw in self.ring if seq > sub.position)
             elif self.log.max_bytes:
                 sub.reading = True
                 fds = self.log.readers()

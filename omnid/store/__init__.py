@@ -70,6 +70,8 @@ class Store:
         self.db = self._open()
         self.guard = WriteGuard(self.path, self.db)
         """Whether writes may go on: the file is still the one open, and under the quota."""
+        self.search = search_store.Deferral(self.db, schedule_later, self.write) if schedule_later else None
+        """Search rows indexed in batches (where a timer can move them: the daemon's store)."""
 
     def _open(self) -> StoreConnection:
         try:
@@ -280,7 +282,10 @@ class Store:
         try:
             if self._activity:
                 self._apply_activity()
-            search_store.write_pending(self.db)
+            if self.search is not None:
+                self.search.at_commit()
+            else:
+                search_store.write_pending(self.db)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             logged = self._log_failure(str(e))
@@ -359,6 +364,23 @@ class Store:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
+        if self.search is not None:
+            self.search.closed = True
+            self.search = None  # from here on rows go straight into the index
+            try:  # the deferred ones first (they are older); if that fails, the next start moves them
+                if search_store.deferred(self.db):
+                    if not self.db.in_transaction:
+                        self.db.execute("BEGIN IMMEDIATE")  # not write(): the loop may be gone
+                    self.db.execute("SAVEPOINT close_search")
+                    try:
+                        search_store.move_deferred(self.db)
+                    except sqlite3.Error:
+                        self.db.execute("ROLLBACK TO close_search")
+                        raise
+                    finally:
+                        self.db.execute("RELEASE close_search")
+            except sqlite3.Error as e:
+                log.warning("indexing deferred search rows failed: %s", e)
         if (self._activity or self._project_activity) and not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
         if self._project_activity:

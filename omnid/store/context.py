@@ -144,8 +144,9 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
         "SELECT kind, count(*), sum(events), sum(bytes) FROM context_rollup WHERE session_id = ? GROUP BY kind", (sid,)
     )}
     decisions_n, decision_bytes = db.execute(
+        # The planner prefers context_by_session, which reads every decision row for its size.
         "SELECT count(*), coalesce(sum(length(subject) + coalesce(length(detail), 0)), 0) FROM context_events "
-        "WHERE session_id = ? AND kind = 'decision'",
+        "INDEXED BY context_decision_bytes WHERE session_id = ? AND kind = 'decision'",
         (sid,),
     ).fetchone()
     row = db.execute("SELECT context_event_count, context_folded FROM sessions WHERE session_id = ?", (sid,)).fetchone()

@@ -328,6 +328,15 @@ MIGRATIONS: list[list[Step]] = [
         "DROP INDEX sessions_project",
         "CREATE INDEX sessions_project ON sessions (project_id, started_at DESC, session_id DESC)",
     ],
+    # 9: search rows committed but not yet in the full-text index (the daemon moves them in
+    # batches: an FTS5 segment per batch instead of one per commit; see store.search), and
+    # each decision's size by session, so the context view counts a session's decisions
+    # and their bytes from this index alone instead of reading every decision row.
+    [
+        "CREATE TABLE search_pending (id INTEGER PRIMARY KEY, body, kind, ref_id, session_id, project_id, created_at)",
+        "CREATE INDEX context_decision_bytes ON context_events "
+        "(session_id, length(subject) + coalesce(length(detail), 0)) WHERE kind = 'decision'",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

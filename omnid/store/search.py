@@ -3,22 +3,38 @@
 On the store's connection, rows to index wait in ``pending_search_rows`` and are written
 together just before the transaction commits: FTS5 writes a new index segment (and later
 merges it) whenever a savepoint ends, and each request runs in its own savepoint, so rows
-written as they came cost a segment per request instead of one per commit. Unindexing
-drops waiting rows too, and a search writes them first, so no reader can tell.
+written as they came cost a segment per request instead of one per commit. In the daemon
+(``defer``) they are committed to the plain table ``search_pending`` instead, which costs
+a fraction of an FTS5 segment, and moved into the index in batches (``move_deferred``):
+once ``INDEX_ROWS`` wait, or ``INDEX_LAG`` seconds after the first. Unindexing drops
+waiting rows too, and a search indexes every waiting row first, so no reader can tell.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import re
 import sqlite3
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from omnid_client.protocol import SearchHit
 
+log = logging.getLogger("omnid.store")
+
 _TOKEN = re.compile(r"\w+", re.UNICODE)
-_INSERT = "INSERT INTO search_index (body, kind, ref_id, session_id, project_id, created_at) VALUES (?,?,?,?,?,?)"
+_COLUMNS = "body, kind, ref_id, session_id, project_id, created_at"
+_INSERT = f"INSERT INTO search_index ({_COLUMNS}) VALUES (?,?,?,?,?,?)"
+_DEFER = f"INSERT INTO search_pending ({_COLUMNS}) VALUES (?,?,?,?,?,?)"
+INDEX_ROWS = 256
+"""Deferred rows that are moved into the index at the next commit."""
+INDEX_LAG = 0.25
+"""Seconds a deferred row waits at most before it is moved into the index."""
 
 Row = tuple[object, ...]
+CANDIDATES = 1000
+"""Most matches a search ranks: when a query matches more, the newest this many are
+ranked (by bm25) and older ones are not returned."""
 
 
 class StoreConnection(sqlite3.Connection):
@@ -49,16 +65,78 @@ def index(
         db.execute(_INSERT, row)
 
 
-def write_pending(db: sqlite3.Connection) -> None:
-    """Index the rows waiting on ``db`` now; if that fails they are still waiting."""
+def write_pending(db: sqlite3.Connection, *, defer: bool = False) -> None:
+    """Index the rows waiting on ``db`` now (``defer``: put them in ``search_pending``); if
+    that fails they are still waiting."""
     if isinstance(db, StoreConnection) and db.pending_search_rows:
-        db.executemany(_INSERT, db.pending_search_rows)
+        db.executemany(_DEFER if defer else _INSERT, db.pending_search_rows)
         db.pending_search_rows = []  # a new list: see Store.write
+
+
+def deferred(db: sqlite3.Connection) -> int:
+    """Rows committed to ``search_pending`` (or written there in the open transaction)."""
+    count: int = db.execute("SELECT count(*) FROM search_pending").fetchone()[0]
+    return count
+
+
+def move_deferred(db: sqlite3.Connection) -> None:
+    """Move the deferred rows into the index, oldest first (in the open transaction)."""
+    db.execute(f"INSERT INTO search_index ({_COLUMNS}) SELECT {_COLUMNS} FROM search_pending ORDER BY id")
+    db.execute("DELETE FROM search_pending")
+
+
+class Deferral:
+    """The daemon's deferred indexing: at each commit the batch's rows join the deferred
+    ones, which move into the index then if ``INDEX_ROWS`` wait, else ``INDEX_LAG``
+    seconds later (a timer set only while rows wait, so an idle daemon never wakes)."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        schedule_later: Callable[[float, Callable[[], None]], object],
+        write: Callable[[], ContextManager[sqlite3.Connection]],
+    ):
+        self._db = db
+        self._schedule_later = schedule_later
+        self._write = write
+        self.waiting = INDEX_ROWS if deferred(db) else 0
+        """Rows deferred since the last move (a hint: a lost batch leaves it high); rows
+        left by a daemon that crashed move at the first commit."""
+        self._due = False
+        self.closed = False
+
+    def at_commit(self) -> None:
+        """In the transaction about to commit: defer its rows, and move them all if enough wait."""
+        db = self._db
+        assert isinstance(db, StoreConnection)
+        self.waiting += len(db.pending_search_rows)
+        write_pending(db, defer=True)
+        if self.waiting >= INDEX_ROWS:
+            move_deferred(db)
+            self.waiting = 0
+        elif self.waiting and not self._due:
+            self._due = True
+            self._schedule_later(INDEX_LAG, self._timer)
+
+    def _timer(self) -> None:
+        self._due = False
+        if self.closed or not self.waiting:
+            return
+        if not deferred(self._db):
+            self.waiting = 0
+            return
+        try:
+            with self._write() as db:
+                move_deferred(db)
+            self.waiting = 0
+        except sqlite3.Error as e:  # they stay deferred (and found by searches): the next commit moves them
+            log.warning("indexing deferred search rows failed: %s", e)
 
 
 def unindex(db: sqlite3.Connection, kind: str, ref_ids: list[str]) -> None:
     for ref_id in ref_ids:
         db.execute("DELETE FROM search_index WHERE kind = ? AND ref_id = ?", (kind, ref_id))
+        db.execute("DELETE FROM search_pending WHERE kind = ? AND ref_id = ?", (kind, ref_id))
     ids = set(ref_ids)
     _drop_pending(db, lambda row: row[1] == kind and row[2] in ids)
 
@@ -66,6 +144,7 @@ def unindex(db: sqlite3.Connection, kind: str, ref_ids: list[str]) -> None:
 def unindex_sessions(db: sqlite3.Connection, session_ids: list[str]) -> None:
     for sid in session_ids:
         db.execute("DELETE FROM search_index WHERE session_id = ?", (sid,))
+        db.execute("DELETE FROM search_pending WHERE session_id = ?", (sid,))
     ids = set(session_ids)
     _drop_pending(db, lambda row: row[3] in ids)
 
@@ -102,23 +181,61 @@ def query(
     expression = match_expression(text)
     if expression is None:
         return []
-    # Rows added earlier in the open transaction are found too.
-    if isinstance(db, StoreConnection) and db.pending_search_rows:
-        db.execute("SAVEPOINT search_rows")
-        try:
-            write_pending(db)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK TO search_rows")
-                db.execute("RELEASE search_rows")
-            raise
+    # Rows written before the search are found too: those of the open transaction, and
+    # those deferred, are indexed just for this query (in a savepoint undone after it), so
+    # a search never writes, and never fails for a disk that cannot take a commit.
+    where, args = _conditions(expression, project_id, session_id, kinds, now)
+    joined = db.in_transaction
+    transient = _index_waiting(db)
+    try:
+        return _top(db, where, args, limit)
+    finally:
+        if transient:
+            _undo(db, joined)
+
+
+def _index_waiting(db: sqlite3.Connection) -> bool:
+    """Index the rows not in the index yet inside the savepoint ``search_rows``, if any wait."""
+    if not isinstance(db, StoreConnection):
+        return False
+    pending = db.pending_search_rows
+    waiting = deferred(db)
+    if not waiting and not pending:
+        return False
+    joined = db.in_transaction
+    db.execute("SAVEPOINT search_rows")
+    try:
+        if waiting:
+            move_deferred(db)
+        if pending:
+            db.executemany(_INSERT, pending)
+    except BaseException:
+        _undo(db, joined)
+        raise
+    return True
+
+
+def _undo(db: sqlite3.Connection, joined: bool) -> None:
+    """Undo the savepoint ``search_rows``; and end the transaction it began, if it began one
+    (a read must never leave one open: nothing would commit it)."""
+    if not db.in_transaction:
+        return
+    if joined:
+        db.execute("ROLLBACK TO search_rows")
         db.execute("RELEASE search_rows")
+    else:
+        db.execute("ROLLBACK")
+
+
+def _conditions(
+    expression: str, project_id: str | None, session_id: str | None, kinds: Sequence[str] | None, now: float
+) -> tuple[list[str], list[Any]]:
     # Expired memories wait for the purge in the index, but are never returned.
     where = [
         "search_index MATCH ?",
         "NOT (kind = 'memory' AND ref_id IN (SELECT memory_id FROM memories WHERE expires_at <= ?))",
     ]
-    args: list = [expression, now]
+    args: list[Any] = [expression, now]
     if project_id is not None:
         where.append("project_id = ?")
         args.append(project_id)
@@ -128,10 +245,23 @@ def query(
     if kinds:
         where.append(f"kind IN ({','.join('?' * len(kinds))})")
         args += kinds
+    return where, args
+
+
+def _top(db: sqlite3.Connection, where: list[str], args: list[Any], limit: int) -> list[SearchHit]:
+    # Bounded top-k: FTS5 walks the matches newest first and stops after CANDIDATES, which
+    # are ranked here (a heap, not a sort of every match), so a query matching most of a big
+    # index costs about what one matching CANDIDATES rows does.
     rows = db.execute(
         "SELECT kind, ref_id, session_id, project_id, snippet(search_index, 0, '[', ']', '…', 16), "
-        f"-bm25(search_index), created_at FROM search_index WHERE {' AND '.join(where)} "
-        "ORDER BY bm25(search_index) LIMIT ?",
-        (*args, limit),
+        f"-bm25(search_index), created_at, rowid FROM search_index WHERE {' AND '.join(where)} "
+        "ORDER BY rowid DESC LIMIT ?",
+        (*args, CANDIDATES),
     ).fetchall()
-    return [SearchHit(*r) for r in rows]
+    best = heapq.nlargest(limit, rows, key=_rank)
+    return [SearchHit(*r[:7]) for r in best]
+
+
+def _rank(row: Row) -> tuple[Any, Any]:
+    """Best bm25 first, then the newest."""
+    return row[5], row[7]

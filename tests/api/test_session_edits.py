@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from omnid.cli import main
 from omnid_client import AsyncClient, Client, Conflict, Invalid, NotFound, StorageError, TooLarge
 from omnid_client.protocol import MAX_METADATA_BYTES, MAX_TAGS, ContextEvent, Session
-from tests.helpers import db_rows, raw_call, wait_for
+from tests.helpers import SEARCH_ROWS, db_rows, raw_call, wait_for
 
 TOOL = "editor"
 OWNED_TABLES = ("context_events", "messages", "session_memories", "tasks", "session_tags", "session_owners")
@@ -164,7 +164,7 @@ def rows_of(home: Path, session_id: str) -> dict[str, int]:
     counts = {t: db_rows(db, f"SELECT count(*) FROM {t} WHERE session_id = ?", session_id)[0][0] for t in OWNED_TABLES}
     counts["sessions"] = db_rows(db, "SELECT count(*) FROM sessions WHERE session_id = ?", session_id)[0][0]
     counts["interactions"] = db_rows(db, "SELECT count(*) FROM interactions")[0][0]
-    counts["search"] = db_rows(db, "SELECT count(*) FROM search_index WHERE session_id = ?", session_id)[0][0]
+    counts["search"] = db_rows(db, f"SELECT count(*) FROM {SEARCH_ROWS} WHERE session_id = ?", session_id)[0][0]
     return counts
 
 

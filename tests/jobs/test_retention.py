@@ -14,7 +14,7 @@ import pytest
 from omnid.jobs.retention import retention_from_env, write_archive
 from omnid_client import Client, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
-from tests.helpers import DaemonProcess, db_rows, omnid_error, omnid_json, run_omnid, wait_for
+from tests.helpers import DaemonProcess, count, db_rows, omnid_error, omnid_json, run_omnid, wait_for
 
 TOOL = "retention-test"
 
@@ -33,7 +33,7 @@ def _no_retention_unless_set(monkeypatch) -> None:
 def held_by(home: Path, session_id: str) -> dict[str, int]:
     """Rows anywhere that belong to the session."""
     return {
-        table: db_rows(home / "omnid.db", f"SELECT count(*) FROM {table} WHERE session_id = ?", session_id)[0][0]
+        table: count(home, table, "session_id = ?", session_id)
         for table in ("sessions", "context_events", "messages", "session_memories", "tasks", "search_index")
     } | {"interactions": db_rows(
         home / "omnid.db",

@@ -27,7 +27,7 @@ import pytest
 from omnid.offline.omnimemory_values import parse_time
 from omnid.projects import project_id_for
 from omnid_client import Client
-from tests.helpers import omnid_error, omnid_json, run_omnid
+from tests.helpers import SEARCH_ROWS, omnid_error, omnid_json, run_omnid
 
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
 """The tests run the command with TZ=Asia/Kolkata, so local times are not UTC."""
@@ -169,7 +169,7 @@ def fingerprint(path: Path) -> tuple:
 def counts(home: Path) -> dict[str, int]:
     db = sqlite3.connect(f"file:{home / 'omnid.db'}?mode=ro", uri=True)
     try:
-        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        return {t: db.execute(f"SELECT count(*) FROM {SEARCH_ROWS if t == 'search_index' else t}").fetchone()[0]
                 for t in ("sessions", "projects", "context_events", "memories", "memory_versions", "search_index")}
     finally:
         db.close()

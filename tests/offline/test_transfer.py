@@ -29,6 +29,7 @@ from omnid_client.protocol import (
     TaskRecord,
 )
 from tests.helpers import (
+    SEARCH_ROWS,
     DaemonProcess,
     db_rows,
     omnid_error,
@@ -60,7 +61,10 @@ def ok(*args: str) -> bytes:
 
 
 def table_counts(db_path: Path) -> dict[str, int]:
-    return {t: db_rows(db_path, f"SELECT count(*) FROM {t}")[0][0] for t in CONTENT_TABLES}
+    return {
+        t: db_rows(db_path, f"SELECT count(*) FROM {SEARCH_ROWS if t == 'search_index' else t}")[0][0]
+        for t in CONTENT_TABLES
+    }
 
 
 def lines_of(path: Path) -> list[bytes]:
