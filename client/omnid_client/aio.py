@@ -18,6 +18,7 @@ from .protocol import (
     CleanupResult,
     ContextEvent,
     ContextPack,
+    DaemonMetrics,
     DaemonStatus,
     Deleted,
     Empty,
@@ -75,15 +76,8 @@ class AsyncClient(AsyncConnection):
                 await self.end(session.session_id)
 
     def events(
-        self,
-        *,
-        kinds: Sequence[str] = (),
-        tools: Sequence[str] = (),
-        projects: Sequence[str] = (),
-        sessions: Sequence[str] = (),
-        since: int | None = None,
-        include_content: bool = False,
-        reconnect: bool = True,
+        self, *, kinds: Sequence[str] = (), tools: Sequence[str] = (), projects: Sequence[str] = (),
+        sessions: Sequence[str] = (), since: int | None = None, include_content: bool = False, reconnect: bool = True,
     ) -> AsyncIterator[Event]:
         """``Client.events``, as an async iterator (``async for event in client.events()``)."""
         stream = AsyncConnection(
@@ -188,6 +182,10 @@ class AsyncClient(AsyncConnection):
     async def stats(self) -> ServiceStats:
         """Totals and averages over every session, message, memory and task."""
         return await self._call(_calls.stats())
+
+    async def metrics(self) -> DaemonMetrics:
+        """The daemon's counters and latency histograms since it started, and totals across restarts."""
+        return await self._call(_calls.metrics())
 
     async def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
         """As ``Client.cleanup_orphans``."""

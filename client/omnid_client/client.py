@@ -17,6 +17,7 @@ from .protocol import (
     CleanupResult,
     ContextEvent,
     ContextPack,
+    DaemonMetrics,
     DaemonStatus,
     Deleted,
     Empty,
@@ -74,15 +75,8 @@ class Client(Connection):
                 self.end(session.session_id)
 
     def events(
-        self,
-        *,
-        kinds: Sequence[str] = (),
-        tools: Sequence[str] = (),
-        projects: Sequence[str] = (),
-        sessions: Sequence[str] = (),
-        since: int | None = None,
-        include_content: bool = False,
-        reconnect: bool = True,
+        self, *, kinds: Sequence[str] = (), tools: Sequence[str] = (), projects: Sequence[str] = (),
+        sessions: Sequence[str] = (), since: int | None = None, include_content: bool = False, reconnect: bool = True,
     ) -> Iterator[Event]:
         """Committed events, oldest first: filters match any of their values (a kind may be its group),
         ``since`` replays kept events after that sequence, a lost connection resumes after the last
@@ -200,6 +194,10 @@ class Client(Connection):
     def stats(self) -> ServiceStats:
         """Totals and averages over every session, message, memory and task."""
         return self._call(_calls.stats())
+
+    def metrics(self) -> DaemonMetrics:
+        """The daemon's counters and latency histograms since it started, and totals across restarts."""
+        return self._call(_calls.metrics())
 
     def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
         """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing

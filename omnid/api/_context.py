@@ -11,6 +11,7 @@ from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
+from ..metrics import Metrics
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
@@ -35,6 +36,8 @@ class Context:
     settings: Callable[[], Settings] = Settings
     """The settings in force now."""
     compactor: Compactor = field(default_factory=Compactor)
+    metrics: Metrics = field(default_factory=Metrics)
+    """What the daemon counts: replies by method, get_or_create outcomes, commits, reaps."""
 
 
 @dataclass(slots=True)

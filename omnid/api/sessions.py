@@ -44,6 +44,12 @@ SESSION_BYTES = 4096
 
 @handles("session.get_or_create")
 def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
+    result = _get_or_create(ctx, caller, p)
+    ctx.metrics.outcome(p.tool_id, result.status)
+    return result
+
+
+def _get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
     pid = caller.pid if p.pid is None else p.pid
     owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity

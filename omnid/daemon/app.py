@@ -26,6 +26,7 @@ from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
+from ..metrics import Metrics, enabled_from_env
 from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
@@ -35,6 +36,7 @@ from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
 from .instance import Instance, StartupError
 from .listener import Listener, pidfd_budget
+from .metrics_files import MetricsFiles, period_from_env
 
 log = logging.getLogger("omnid.server")
 
@@ -64,6 +66,7 @@ class App:
     context: api.Context
     state: ServerState
     events: Hub
+    metrics_files: MetricsFiles
 
     def __init__(
         self,
@@ -95,6 +98,7 @@ class App:
         self.snapshot: Path | None = None
         """A copy of the running code, for a failed upgrade to fall back to."""
         self._snapshotting: asyncio.Future[Path | None] | None = None
+        self.metrics = Metrics(enabled_from_env())
 
     @property
     def paths(self) -> Paths:
@@ -150,13 +154,19 @@ class App:
         self.housekeeping.watch()
         settings = self.settings
         self.events = Hub(self.loop, self.paths.state_dir, settings)
-        self.housekeeping.config_reloaded = self.events.config_reloaded
+        self.housekeeping.config_reloaded = self._config_reloaded
         self.store = self.open_store()
         self.events.attach(self.store)
+        self.store.on_flushed = self.metrics.committed
+        self.metrics_files = MetricsFiles(
+            self.loop, self.metrics, lambda: self.settings, self.paths.state_dir / "metrics.json", period_from_env()
+        )
+        self.metrics_files.load_totals()
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
         self.store.guard.max_bytes = settings.max_database_bytes
         self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=pidfd_budget(fd_limit))
+        self.reaper.on_reaped = self.metrics.reaped
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -175,10 +185,11 @@ class App:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
         self.context = api.Context(
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
-            self.status, self.request_stop, lambda: self.settings,
+            self.status, self.request_stop, lambda: self.settings, metrics=self.metrics,
         )
         self.store.on_rollback(self.context.compactor.forget)
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
+        self.metrics.gauges = lambda: (len(self.state.connections), len(self.reaper.owners), *self.store.file_sizes())
         if self.instance.listening_socket is None:
             self.instance.listening_socket = self.instance.bind()
         self.listener = Listener(self.state, self.reaper, self.instance.listening_socket)
@@ -188,6 +199,8 @@ class App:
         if hasattr(signal, "SIGHUP"):
             self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.housekeeping.start(self.store, self.reaper, self.idle, self.archiver)
+        self.housekeeping.on_tick.append(self.metrics_files.tick)
+        self.metrics_files.configure()
         self.write_status_file()
         log.info(
             "omnid %s serving %s%s (pid %d, database %s, watcher %s, %d live session(s), config %s: %s)",
@@ -268,6 +281,7 @@ class App:
         self.archiver.stop()
         self.idle.stop()
         self.store.close()
+        await self.metrics_files.close()
         self.events.close()
         if not self.restart_requested:
             self.instance.release()
@@ -277,6 +291,10 @@ class App:
         old, self.listener = self.listener, Listener(self.state, self.reaper, sock)
         if old is not None:
             old.close()  # its socket file is gone: nobody new can reach it
+
+    def _config_reloaded(self, before: Settings, config: Config) -> None:
+        self.events.config_reloaded(before, config)
+        self.metrics_files.configure()
 
     def _connection_closed(self) -> None:
         if self.listener is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter_ns
 from typing import Protocol
 
 import msgspec
@@ -61,19 +62,22 @@ def respond(
 ) -> None:
     """Run a request; if it joined a transaction, reply only once that commits; if its
     handler went on in the background, once that is done."""
-    store = ctx.store
+    started = perf_counter_ns()  # the frame was just decoded
+    store, metrics = ctx.store, ctx.metrics
     writes_before = store.writes
     response = api.dispatch(ctx, caller, request)
     if isinstance(response, asyncio.Future):
 
         def finished(done: asyncio.Future[ResponseFrame]) -> None:
             if not done.cancelled():
-                out.write(encode(done.result()))
+                out.write(encode(reply := done.result()))
+                metrics.answered(request.method, started, reply.error)
 
         response.add_done_callback(finished)
         return
     if not store.in_transaction:
         out.write(encode(response))
+        metrics.answered(request.method, started, response.error)
         return
     wrote = store.writes != writes_before
     # What waits is held as bytes, and counted: the reply, and a read's request (for the
@@ -90,8 +94,10 @@ def respond(
         out.waiting_bytes -= held
         if err is None:
             out.write(frame)
+            metrics.answered(method, started, response.error)
         elif retry is None:
-            out.write(encode(ResponseFrame(request_id, error=api.error_info(err))))
+            out.write(encode(ResponseFrame(request_id, error=(info := api.error_info(err)))))
+            metrics.answered(method, started, info)
         else:
             # A read in a batch that could not be committed may have seen writes that
             # are now undone: run it again (once; it may write this time, and then its

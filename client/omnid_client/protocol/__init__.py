@@ -116,6 +116,7 @@ from .methods import (
     METHODS,
     Method,
 )
+from .metrics import Counts, DaemonMetrics, Histogram, MethodMetrics, reuse_rate
 from .records import (
     EXPORT_FORMAT,
     ContextFoldRecord,
@@ -329,6 +330,11 @@ __all__ = [
     "SessionStatus",
     "SessionSummary",
     "Settings",
+    "Counts",
+    "DaemonMetrics",
+    "Histogram",
+    "MethodMetrics",
+    "reuse_rate",
     "ShortText",
     "Tag",
     "Task",

@@ -38,6 +38,10 @@ class Settings(Struct, kw_only=True):
     (only the few in memory)."""
     event_buffer: Annotated[int, Meta(ge=16 << 10, le=1 << 30)] = 1 << 20
     """Bytes of events waiting for one slow subscriber before it gets a gap instead."""
+    metrics_textfile: PathText | None = None
+    """Absolute path of a ``*.prom`` file the daemon keeps its metrics in (Prometheus text,
+    replaced atomically at most every 15 s, only when they changed), for node_exporter's
+    textfile collector. Its directory must exist and belong to this user."""
 
 
 class RunRetention(Struct):
