@@ -208,7 +208,8 @@ def test_the_daemon_imports_its_own_modules_and_never_the_cli_process_ones():
     probe = (
         "import sys; from omnid.daemon.upgrade import import_everything; names = import_everything(); "
         "print(len(names)); "
-        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('click', 'mcp', 'pydantic', 'starlette', 'prometheus_client')"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+        "('click', 'mcp', 'pydantic', 'starlette', 'prometheus_client')"
         " or m.startswith(('omnid.cli', 'omnid.mcp', 'omnid.compat', 'omnid.offline'))))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
