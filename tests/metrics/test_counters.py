@@ -3,6 +3,7 @@ every reply lands in its method's histogram, and totals survive a restart."""
 
 from __future__ import annotations
 
+import resource
 import uuid
 
 import pytest
@@ -127,3 +128,27 @@ def test_with_metrics_off_nothing_is_counted(home, monkeypatch, spawn_owner):
         assert d.stop() == 0, d.log_text()
     assert not m.enabled
     assert m.since_start.requests == {} and m.since_start.get_or_create == {} and m.commit_batch.count == 0
+
+
+def test_owners_past_the_pidfd_budget_are_reaped_by_the_sweep_with_a_bounded_latency(
+    monkeypatch, start_daemon, spawn_owner
+):
+    """Owners with an exit watch are timed from their exit event; those left to the sweep by
+    the fd limit get an upper bound (since the sweep before, which found them alive)."""
+    monkeypatch.setenv("OMNID_SWEEP_INTERVAL", "1")
+    d = start_daemon(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    owners = [spawn_owner() for _ in range(60)]
+    with d.client(timeout=10) as c:
+        for i, p in enumerate(owners):
+            c.get_or_create(f"owned-{i}", pid=p.pid)
+        budget = c.status().pidfd_budget
+        assert budget is not None and 0 < budget < len(owners)
+        for p in owners:
+            p.kill()
+            p.wait()
+        wait_for(lambda: c.status().live_sessions == 0, timeout=30, what="every owner's sessions to be reaped")
+        m = c.metrics()
+    by_event, by_sweep = m.reap_latency["event"], m.reap_latency["sweep"]
+    assert m.since_start.sessions_ended == {"reaped": len(owners)}
+    assert by_event.count + by_sweep.count == len(owners)
+    assert by_sweep.count >= len(owners) - budget - 5 and by_event.count >= 1
