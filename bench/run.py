@@ -52,8 +52,8 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -
 
 
 @contextmanager
-def omnid_daemon(home: Path) -> Iterator[psutil.Process]:
-    env = {**os.environ, "OMNID_HOME": str(home)}
+def omnid_daemon(home: Path, **extra_env: str) -> Iterator[psutil.Process]:
+    env = {**os.environ, "OMNID_HOME": str(home), **extra_env}
     env.pop("OMNID_SOCKET", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "omnid", "serve", "--log-file", str(home / "omnid.log")],
@@ -194,6 +194,25 @@ def reap_latency(home: Path, kills: int) -> dict:
             assert s.end_reason == "reaped"
             delays.append(max(0.0, s.ended_at - killed_at) * 1000)
     return {"kills": kills, "median_ms": statistics.median(delays), "max_ms": max(delays)}
+
+
+def metrics_overhead(work: Path, seconds: float, rounds: int) -> dict:
+    """Reuse p50 of one client against two daemons side by side, one recording metrics and
+    one with OMNID_METRICS=off, in alternating rounds (so drift in the machine's load hits
+    both): the median of each side's per-round p50, and their ratio."""
+    homes = {"on": work / "metrics-on", "off": work / "metrics-off"}
+    p50s: dict[str, list[float]] = {"on": [], "off": []}
+    for home in homes.values():
+        home.mkdir()
+    with omnid_daemon(homes["on"]), omnid_daemon(homes["off"], OMNID_METRICS="off"):
+        for home in homes.values():  # warm up: first connection, first session
+            run_load("omnid", "reuse", 1, min(seconds, 1.0), "", {**os.environ, "OMNID_HOME": str(home)}, work)
+        for i in range(rounds):
+            for side in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                env = {**os.environ, "OMNID_HOME": str(homes[side])}
+                p50s[side].append(run_load("omnid", "reuse", 1, seconds, "", env, work)["p50_us"])
+    on, off = statistics.median(p50s["on"]), statistics.median(p50s["off"])
+    return {"rounds": rounds, "p50_on_us": on, "p50_off_us": off, "ratio": on / off, "per_round": p50s}
 
 
 def fill_sessions(home: Path, count: int) -> None:
@@ -338,8 +357,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load run")
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
-    parser.add_argument("--only", choices=["agent"], help="run only this group (context pack, compaction)")
+    parser.add_argument(
+        "--only", choices=["agent", "metrics"], help="run only this group (agent: context pack, compaction)"
+    )
     args = parser.parse_args()
+    if args.only == "metrics":
+        work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+        try:
+            overhead = metrics_overhead(work, args.seconds, 6 if args.quick else 10)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print_overhead(overhead)
+        return 0
     if args.only == "agent":
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
         try:
@@ -403,6 +432,7 @@ def main() -> int:
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
+        results["metrics"] = metrics_overhead(work, sec, 6 if args.quick else 10)
 
         rss_home = work / "rss"
         rss_home.mkdir()
@@ -460,6 +490,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
         *agent.targets(r),
+        ("reuse p50 with metrics over without (alternating rounds)", r["metrics"]["ratio"], "<=", 1.02),
         (
             "import omnid_client over a bare interpreter (ms)",
             r["startup"]["import_omnid_client_ms"] - r["startup"]["python_pass_ms"], "<=", 15,
@@ -473,6 +504,13 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         {"target": name, "value": float(value), "goal": f"{op} {goal}", "met": ops[op](float(value), float(goal))}
         for name, value, op, goal in targets
     ]
+
+
+def print_overhead(m: dict) -> None:
+    print(
+        f"metrics: reuse p50 {m['p50_on_us']:.1f} us recording vs {m['p50_off_us']:.1f} us with OMNID_METRICS=off "
+        f"(median of {m['rounds']} alternating rounds each): {m['ratio']:.3f}x"
+    )
 
 
 def print_report(r: dict) -> None:
@@ -504,6 +542,7 @@ def print_report(r: dict) -> None:
         f"in one holding {cx['events']:,} events"
     )
     agent.report(r)
+    print_overhead(r["metrics"])
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "

@@ -67,12 +67,17 @@ class Buckets:
 
 
 class MethodSlot:
-    __slots__ = ("requests", "errors", "latency")
+    """One method's replies: their latency histogram (whose count is the replies) and errors."""
+
+    __slots__ = ("errors", "latency")
 
     def __init__(self) -> None:
-        self.requests = 0
         self.errors: dict[str, int] = {}
         self.latency = Buckets(LATENCY_BOUNDS_NS)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.latency.counts)
 
 
 Gauges = Callable[[], tuple[int, int, int, int]]
@@ -103,27 +108,25 @@ class Metrics:
 
     def answered(self, method: str, started_ns: int, error: ErrorInfo | None) -> None:
         """A reply to ``method`` was written, ``started_ns`` (``perf_counter_ns``) after its frame was decoded."""
-        if not self.enabled:
-            return
-        slot = self._methods.get(method, self._unknown)
-        slot.requests += 1
-        elapsed = perf_counter_ns() - started_ns
-        latency = slot.latency
-        latency.counts[bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
-        latency.total += elapsed
-        if error is not None:
-            slot.errors[error.code] = slot.errors.get(error.code, 0) + 1
+        if self.enabled:
+            elapsed = perf_counter_ns() - started_ns
+            slot = self._methods.get(method) or self._unknown
+            latency = slot.latency
+            latency.counts[bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
+            latency.total += elapsed
+            if error is not None:
+                slot.errors[error.code] = slot.errors.get(error.code, 0) + 1
 
     def outcome(self, tool_id: str, outcome: str) -> None:
         """A get_or_create call of ``tool_id`` was answered "created", "existing" or "resumed"."""
-        if not self.enabled:
-            return
-        by_outcome = self.outcomes.get(tool_id)
-        if by_outcome is None:
-            if len(self.outcomes) >= MAX_TOOLS:
-                tool_id = "other"
-            by_outcome = self.outcomes.setdefault(tool_id, {"created": 0, "existing": 0, "resumed": 0})
-        by_outcome[outcome] += 1
+        if self.enabled:
+            by_outcome = self.outcomes.get(tool_id) or self._new_tool(tool_id)
+            by_outcome[outcome] += 1
+
+    def _new_tool(self, tool_id: str) -> dict[str, int]:
+        if len(self.outcomes) >= MAX_TOOLS:
+            tool_id = "other"
+        return self.outcomes.setdefault(tool_id, {"created": 0, "existing": 0, "resumed": 0})
 
     def committed(self, batch: int, nanos: int, events: list[Staged] | None) -> None:
         """A group commit of ``batch`` writes took ``nanos``, with these events staged
@@ -150,15 +153,16 @@ class Metrics:
 
     # -- snapshots ------------------------------------------------------------------------
 
+    def _all_methods(self) -> list[tuple[str, MethodSlot]]:
+        return [*self._methods.items(), (UNKNOWN_METHOD, self._unknown)]
+
     def counts(self) -> Counts:
         """The counters since start (only what moved)."""
-        slots = [(name, slot) for name, slot in self._methods.items() if slot.requests]
-        if self._unknown.requests:
-            slots.append((UNKNOWN_METHOD, self._unknown))
+        slots = [(name, slot, n) for name, slot in self._all_methods() if (n := slot.requests)]
         return Counts(
             get_or_create={tool: dict(by) for tool, by in self.outcomes.items()},
-            requests={name: slot.requests for name, slot in slots},
-            errors={name: dict(slot.errors) for name, slot in slots if slot.errors},
+            requests={name: n for name, _, n in slots},
+            errors={name: dict(slot.errors) for name, slot, _ in slots if slot.errors},
             sessions_ended={reason: n for reason, n in self.sessions_ended.items() if n},
         )
 
@@ -178,7 +182,7 @@ class Metrics:
         totals = self.totals(counts)
         methods = {
             name: MethodMetrics(slot.requests, dict(slot.errors), slot.latency.snapshot(NS))
-            for name, slot in [*self._methods.items(), (UNKNOWN_METHOD, self._unknown)]
+            for name, slot in self._all_methods()
             if slot.requests
         }
         connections, owners, db_bytes, wal_bytes = self.gauges()
