@@ -509,7 +509,8 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
 def print_overhead(m: dict) -> None:
     print(
         f"metrics: reuse p50 {m['p50_on_us']:.1f} us recording vs {m['p50_off_us']:.1f} us with OMNID_METRICS=off "
-        f"(median of {m['rounds']} alternating rounds each): {m['ratio']:.3f}x"
+        f"(median of {m['rounds']} alternating rounds each): {m['ratio']:.3f}x; per-round p50 spread "
+        + ", ".join(f"{side} {min(v):.1f}-{max(v):.1f} us" for side, v in m["per_round"].items())
     )
 
 

@@ -56,19 +56,14 @@ def summary_json(m: DaemonMetrics) -> dict[str, Any]:
 
 def summary_fields(m: DaemonMetrics) -> list[tuple[str, str | None]]:
     """(label, text) lines: the reuse rate since start and in total, and the top methods."""
-    fields: list[tuple[str, str | None]] = [
+    busiest = "; ".join(
+        f"{row['method']} {row['requests']} calls, {row['errors']} errors, p50 {_ms(row['p50_seconds'])}, "
+        f"p99 {_ms(row['p99_seconds'])}"
+        for row in top_methods(m)
+    )
+    return [
         ("reuse rate", _rate(m.reuse_rate, m.since_start.get_or_create) + " since start"),
-        ("  in total", _rate(m.total_reuse_rate, m.totals.get_or_create) + f" since {when(m.totals_since)}"),
+        ("reuse total", _rate(m.total_reuse_rate, m.totals.get_or_create) + f" since {when(m.totals_since)}"),
+        ("busiest", f"{busiest} (p50/p99 estimated from histogram buckets)" if busiest else None),
+        ("metrics", None if m.enabled else "off (OMNID_METRICS=off): nothing is counted"),
     ]
-    if not m.enabled:
-        fields.append(("metrics", "off (OMNID_METRICS=off): nothing is counted"))
-    for row in top_methods(m):
-        fields.append((
-            f"  {row['method']}",
-            f"{row['requests']} calls, {row['errors']} errors, p50 {_ms(row['p50_seconds'])}, "
-            f"p99 {_ms(row['p99_seconds'])}",
-        ))
-    if m.methods:
-        fields.insert(2, ("top methods", "(p50/p99 estimated from histogram buckets)"))
-    return fields
-

@@ -139,7 +139,8 @@ def status(as_json: bool = False) -> int:
         return 0
     print_status(st)
     for name, value in summary_fields(metrics) if metrics is not None else ():
-        echo(f"{name + ':':15} {value}")
+        if value is not None:
+            echo(f"{name + ':':15} {value}")
     if note:
         echo(f"omnid: {note}", err=True)
     if st.config_state == "invalid":

@@ -120,5 +120,5 @@ def test_stats_and_status_show_the_reuse_rate_and_the_busiest_methods(client, sp
     text = omnid_ok("status")
     assert "reuse rate:     75.0% of 4 get_or_create (3 existing, 0 resumed, 1 created) since start" in text
     assert "(p50/p99 estimated from histogram buckets)" in text
-    assert "session.get_or_create: 4 calls, 0 errors, p50 " in text
+    assert "busiest:        session.get_or_create 4 calls, 0 errors, p50 " in text
     assert "reuse rate:" in omnid_ok("stats")
