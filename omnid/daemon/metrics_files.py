@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +19,7 @@ from ..metrics import Metrics
 from ..metrics import totals as saved_totals
 from ..metrics.exposition import render
 from ..safefile import atomic_write, os_message
-from .instance import StartupError
+from .connection import _seconds_from_env
 
 log = logging.getLogger("omnid.server")
 
@@ -29,16 +28,8 @@ TEXTFILE_PERIOD = 15.0
 
 
 def period_from_env() -> float:
-    text = os.environ.get("OMNID_METRICS_TEXTFILE_PERIOD", "").strip()
-    if not text:
-        return TEXTFILE_PERIOD
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise StartupError(f"OMNID_METRICS_TEXTFILE_PERIOD={text!r} is not a positive number of seconds")
-    return value
+    """``OMNID_METRICS_TEXTFILE_PERIOD`` (seconds), for tests; StartupError if it is not a positive number."""
+    return _seconds_from_env("OMNID_METRICS_TEXTFILE_PERIOD", TEXTFILE_PERIOD)
 
 
 def write_textfile(path: str, text: str) -> None:
