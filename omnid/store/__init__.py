@@ -280,6 +280,8 @@ class Store:
         self.guard.check()  # the file may be gone: then this batch must not be acknowledged
         if self.guard.lost is not None:
             self._log_failure(self.guard.lost)
+            if self.on_flushed is not None:
+                self.on_flushed(self.writes - self._batch_from, 0, None)
             self._abort(StorageError(self.guard.lost, {"reason": "database_gone"}))
             return
         started = time.perf_counter_ns()
