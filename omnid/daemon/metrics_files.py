@@ -50,8 +50,6 @@ class MetricsFiles:
         self.settings = settings
         self.totals_path = totals_path
         self.period = period
-        self.writes = 0
-        """Textfiles written so far."""
         self._timer = Timer(loop, self._textfile_due, "writing the metrics textfile", log)
         self._written: tuple[str, str] | None = None  # (path, text) last written
         self._writing: asyncio.Future[None] | None = None
@@ -101,9 +99,10 @@ class MetricsFiles:
 
     def _textfile_written(self, done: asyncio.Future[None], path: str, text: str) -> None:
         self._writing = None
+        if done.cancelled():  # the loop is closing
+            return
         error = done.exception()
         if error is None:
-            self.writes += 1
             self._written, self._error = (path, text), None
             return
         why = os_message(error) if isinstance(error, OSError) else str(error)
@@ -123,6 +122,8 @@ class MetricsFiles:
 
     def _totals_saved(self, done: asyncio.Future[None], counts: Counts) -> None:
         self._saving = None
+        if done.cancelled():
+            return
         error = done.exception()
         if error is None:
             self._saved = counts
