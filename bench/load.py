@@ -2,8 +2,9 @@
 loop for a fixed time, and writes its latencies (ns) to a file.
 
 ``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo,
-baseline or paired (omnid and the echo floor in turn); the socket or port comes from ARG
-or the environment. For omnid's context and message ops, ARG may name the (live)
+baseline, paired (omnid and the echo floor in turn) or metrics (the environment's omnid
+and the one listening on ARG in turn, each first in every other round); the socket or port
+comes from ARG or the environment. For omnid's context and message ops, ARG may name the (live)
 session to write to.
 """
 
@@ -17,11 +18,11 @@ import time
 import msgspec
 
 
-def omnid_op(op: str, arg: str):
+def omnid_op(op: str, arg: str, socket_path: str | None = None):
     from omnid_client import Client
     from omnid_client.protocol import ContextEvent
 
-    client = Client(autostart=False, timeout=30)
+    client = Client(socket_path, autostart=False, timeout=30)
     client.connect()
     pid = os.getpid()
     if op == "create":
@@ -83,6 +84,8 @@ def main() -> None:
         # omnid and the echo floor called in turn from one process: both see the same
         # moments of a noisy machine. Writes {"omnid": [...], "echo": [...]}.
         calls = {"omnid": omnid_op(op, ""), "echo": echo_op("echo", arg)}
+    elif target == "metrics":
+        calls = {"on": omnid_op(op, ""), "off": omnid_op(op, "", arg)}
     else:
         calls = {target: {"omnid": omnid_op, "echo": echo_op, "baseline": baseline_op}[target](op, arg)}
     for call in calls.values():
@@ -92,13 +95,15 @@ def main() -> None:
     latencies: dict[str, list[int]] = {name: [] for name in calls}
     now = time.perf_counter_ns
     end = now() + int(seconds * 1e9)
+    order, flipped = list(calls.items()), list(reversed(calls.items()))
     while now() < end:
-        for name, call in calls.items():
+        order, flipped = flipped, order
+        for name, call in order if target == "metrics" else calls.items():
             t0 = now()
             call()
             latencies[name].append(now() - t0)
     with open(out, "wb") as f:
-        f.write(msgspec.msgpack.encode(latencies if target == "paired" else latencies[target]))
+        f.write(msgspec.msgpack.encode(latencies if target in ("paired", "metrics") else latencies[target]))
 
 
 if __name__ == "__main__":

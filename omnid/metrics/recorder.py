@@ -112,7 +112,7 @@ class Metrics:
             elapsed = perf_counter_ns() - started_ns
             slot = self._methods.get(method) or self._unknown
             latency = slot.latency
-            latency.counts[bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
+            latency.counts[bisect_left(latency.bounds, elapsed)] += 1
             latency.total += elapsed
             if error is not None:
                 slot.errors[error.code] = slot.errors.get(error.code, 0) + 1
