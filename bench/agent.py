@@ -1,9 +1,11 @@
-"""Benchmarks of what agents ask for: context.pack on a big session and project, and
-compaction of a session with a million context events. Run alone with
+"""Benchmarks of what agents ask for: context.pack on a big session and project, compaction
+of a session with a million context events, and memories.search_similar over 100k vectors. Run alone with
 ``python bench/run.py --only agent``; ``make bench`` runs them with the rest."""
 
 from __future__ import annotations
 
+import array
+import math
 import os
 import sqlite3
 import statistics
@@ -133,19 +135,92 @@ def compaction_at_scale(work: Path, events: int = 1_000_000, keep: int = 10_000)
     }
 
 
+def fill_vectors(db: sqlite3.Connection, project_id: str, count: int, dim: int) -> None:
+    """Unit float32 vectors of random directions for the first ``count`` memories of
+    ``fill_memories`` (the tenth of them that expired too), as memory.put stores them."""
+    from omnid.store.vectors import to_blob
+
+    def unit(raw: bytes) -> bytes:
+        v = array.array("b", raw)
+        norm = math.sqrt(sum(x * x for x in v)) or 1.0
+        return to_blob(array.array("f", [x / norm for x in v]))
+
+    expiry = dict(db.execute("SELECT memory_id, expires_at FROM memories WHERE project_id = ?", (project_id,)))
+    db.execute("INSERT INTO project_vector_dims (project_id, dim) VALUES (?, ?)", (project_id, dim))
+    db.executemany(
+        "INSERT INTO memory_vectors (ref_id, kind, project_id, expires_at, vector) VALUES (?, 'memory', ?, ?, ?)",
+        ((f"mem_{i:012x}", project_id, expiry[f"mem_{i:012x}"], unit(os.urandom(dim))) for i in range(count)),
+    )
+
+
+def similar_at_scale(
+    work: Path, omnid_daemon: Callable[[Path], Any], memories: int = 100_000, dim: int = 384, k: int = 10
+) -> dict:
+    """memories.search_similar (k nearest of ``memories`` vectors of ``dim`` dimensions, a
+    tenth expired), timed from the client: with sqlite-vec, and with the pure-Python scan."""
+    from omnid_client import Client, Unsupported
+
+    home = work / "agent-similar"
+    project = work / "agent-similar-project"
+    home.mkdir()
+    project.mkdir()
+    with omnid_daemon(home), Client(home / "run" / "omnid.sock", autostart=False) as client:
+        project_id = client.get_or_create("bench-similar", workspace=str(project), dedup=False).session.project_id
+    assert project_id is not None
+    db = sqlite3.connect(home / "omnid.db")
+    t = time.perf_counter()
+    with db:
+        fill_memories(db, project_id, memories)
+        fill_vectors(db, project_id, memories, dim)
+    fill_s = time.perf_counter() - t
+    db.close()
+    queries = [list(array.array("b", os.urandom(dim))) for _ in range(8)]
+    result: dict[str, Any] = {"memories": memories, "dim": dim, "k": k, "fill_s": fill_s}
+    with omnid_daemon(home), Client(home / "run" / "omnid.sock", autostart=False, timeout=120) as client:
+        turn = iter(range(10**9))
+
+        def search(engine: str, vector: list[int] | None = None) -> Any:
+            vector = vector or queries[next(turn) % len(queries)]
+            return client.search_similar(vector, k=k, project_id=project_id, engine=engine)
+
+        python_top = search("python", queries[0])
+        result["scanned"] = python_top.scanned
+        try:
+            result["vec"] = _timed(lambda: search("sqlite-vec"), 20)
+            vec_top = search("sqlite-vec", queries[0])
+            result["vec"]["same_top_k"] = [h.memory_id for h in vec_top.hits] == [h.memory_id for h in python_top.hits]
+        except Unsupported as e:
+            result["vec"] = {"unavailable": str(e)}
+        result["python"] = _timed(lambda: search("python"), 3)
+    # The floor under any exact scan: SQLite reading every vector once, nothing computed.
+    db = sqlite3.connect(f"file:{home / 'omnid.db'}?mode=ro", uri=True)
+    result["read_floor"] = _timed(lambda: db.execute("SELECT max(length(vector)) FROM memory_vectors").fetchone(), 10)
+    db.close()
+    return result
+
+
 def run(work: Path, omnid_daemon: Callable[[Path], Any], *, quick: bool = False) -> dict:
     return {
         "pack": pack_at_scale(work, omnid_daemon),
         "compaction": compaction_at_scale(work, 200_000 if quick else 1_000_000),
+        "similar": similar_at_scale(work, omnid_daemon, 20_000 if quick else 100_000),
     }
 
 
 def targets(r: dict) -> list[tuple[str, float, str, float]]:
     a = r["agent"]
-    return [
+    found = [
         ("context.pack p50 on 100k events and 10k memories (ms)", a["pack"]["p50_ms"], "<=", 20),
         ("context view unchanged by compaction (1 = yes)", float(a["compaction"]["view_unchanged"]), ">=", 1),
     ]
+    sim = a["similar"]
+    if "p50_ms" in sim["vec"]:
+        found.append((
+            f"search_similar p50, sqlite-vec, k={sim['k']} of {sim['memories']:,} x {sim['dim']} (ms)",
+            sim["vec"]["p50_ms"], "<=", 50,
+        ))
+        found.append(("sqlite-vec top-k same as Python's (1 = yes)", float(sim["vec"]["same_top_k"]), ">=", 1))
+    return found
 
 
 def report(r: dict) -> None:
@@ -158,4 +233,13 @@ def report(r: dict) -> None:
         f"agent: compaction of {c['events']:,} events to {c['keep']:,} per kind: folded {c['folded']:,} in "
         f"{c['fold_s']:.2f} s ({c['rows_left']:,} rows left); view {c['view_ms_before']:.1f} ms before, "
         f"{c['view_ms_after']:.1f} ms after, unchanged: {c['view_unchanged']}"
+    )
+    sim = r["agent"]["similar"]
+    vec = sim["vec"]
+    print(
+        f"agent: search_similar k={sim['k']} of {sim['memories']:,} vectors x {sim['dim']} ({sim['scanned']:,} live): "
+        + (f"sqlite-vec p50 {vec['p50_ms']:.1f} ms (max {vec['max_ms']:.1f}, same top-k as Python: {vec['same_top_k']})"
+           if "p50_ms" in vec else f"sqlite-vec unavailable ({vec['unavailable']})")
+        + f"; pure Python p50 {sim['python']['p50_ms']:.0f} ms; reading the vectors alone p50 "
+        f"{sim['read_floor']['p50_ms']:.1f} ms"
     )

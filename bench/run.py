@@ -27,6 +27,7 @@ from typing import Iterator
 import agent
 import msgspec
 import psutil
+import wakeups
 
 HERE = Path(__file__).resolve().parent
 LOAD = HERE / "load.py"
@@ -358,7 +359,9 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
     parser.add_argument(
-        "--only", choices=["agent", "metrics"], help="run only this group (agent: context pack, compaction)"
+        "--only", choices=["agent", "wakeups", "metrics"],
+        help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking;"
+        " metrics: what recording metrics costs)",
     )
     args = parser.parse_args()
     if args.only == "metrics":
@@ -369,15 +372,19 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         print_overhead(overhead)
         return 0
-    if args.only == "agent":
+    if args.only:
+        group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
         try:
-            results = {"agent": agent.run(work, omnid_daemon, quick=args.quick)}
+            if args.only == "agent":
+                results = {"agent": agent.run(work, omnid_daemon, quick=args.quick)}
+            else:
+                results = {"wakeups": wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)}
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        agent.report(results)
+        group.report(results)
         ops = {"<=": float.__le__, ">=": float.__ge__}
-        for name, value, op, goal in agent.targets(results):
+        for name, value, op, goal in group.targets(results):
             verdict = "met" if ops[op](float(value), float(goal)) else "MISSED"
             print(f"  [{verdict}] {name}: {value:.2f} (goal {op} {goal})")
         return 0
@@ -432,6 +439,7 @@ def main() -> int:
         scale["context"] = context_at_scale(work, sec, 100_000)
         results["scale"] = scale
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
+        results["wakeups"] = wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)
         results["metrics"] = metrics_overhead(work, sec, 6 if args.quick else 10)
 
         rss_home = work / "rss"
@@ -490,6 +498,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         ),
         ("idle CPU under 0.1 s per minute (10k sessions)", r["watched"]["idle_cpu_s_per_min"], "<", 0.1),
         *agent.targets(r),
+        *wakeups.targets(r),
         ("reuse p50 with metrics over without (calls in turn)", r["metrics"]["ratio"], "<=", 1.02),
         (
             "import omnid_client over a bare interpreter (ms)",
@@ -543,6 +552,7 @@ def print_report(r: dict) -> None:
         f"in one holding {cx['events']:,} events"
     )
     agent.report(r)
+    wakeups.report(r)
     print_overhead(r["metrics"])
     w = r["watched"]
     print(

@@ -23,6 +23,7 @@ from tests.helpers import (
     RUNNING,
     DaemonProcess,
     ForkedOwner,
+    Tmux,
     gone,
     identity_of,
     omnid_daemons,
@@ -89,6 +90,22 @@ def spawn_owner() -> Iterator:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def tmux(tmp_path) -> Iterator[Callable[..., Tmux]]:
+    """``start(command, width=, height=)``: a real terminal (tmux) running ``command`` in tmp_path."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    made: list[Tmux] = []
+
+    def start(command: list[str], **size: int) -> Tmux:
+        made.append(Tmux(command, tmp_path, **size))
+        return made[-1]
+
+    yield start
+    for t in made:
+        t.close()
 
 
 @pytest.fixture(autouse=True)

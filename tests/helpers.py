@@ -19,6 +19,7 @@ import subprocess
 import sys
 import termios
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -284,6 +285,41 @@ def started_daemons(make: Callable[[int], DaemonProcess]) -> Iterator[Callable[.
         if d.running:
             assert d.stop() == 0, d.log_text()
         assert "Traceback" not in d.log_text(), d.log_text()
+
+
+class Tmux:
+    """A private tmux server (its own socket) running one command in a real terminal."""
+
+    def __init__(self, command: list[str], cwd: Path, width: int = 200, height: int = 50):
+        self.name = f"omnid-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.run("new-session", "-d", "-x", str(width), "-y", str(height), "-c", str(cwd), *command)
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.name, *args], check=True, capture_output=True, text=True, timeout=30
+        ).stdout
+
+    def type(self, line: str) -> None:
+        self.run("send-keys", "-l", line)
+        self.run("send-keys", "Enter")
+
+    def keys(self, *keys: str) -> None:
+        """Press keys by tmux's names (Enter, Escape, Up) or as literal text (-l)."""
+        for key in keys:
+            self.run("send-keys", *(["-l", key] if len(key) == 1 else [key]))
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-J", "-S", "-200")
+
+    def visible(self) -> list[str]:
+        """The lines on screen now, as shown (no scrollback, wrapped lines not joined)."""
+        return self.run("capture-pane", "-p").split("\n")[:-1]
+
+    def pane_pid(self) -> int:
+        return int(self.run("display-message", "-p", "#{pane_pid}"))
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=30)
 
 
 # --- the omnid command, as a user runs it ----------------------------------------------

@@ -3,8 +3,8 @@ methods of the same name make them (their docstrings say what each call does).""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 from ._context_calls import (
     _project,
@@ -78,6 +78,7 @@ from .protocol import (
     SearchHit,
     SearchKind,
     SearchResult,
+    SearchSimilar,
     ServiceStats,
     Session,
     SessionDeleted,
@@ -88,12 +89,15 @@ from .protocol import (
     SessionRef,
     SessionStatus,
     SessionSummary,
+    SimilarMemories,
     Task,
     TaskPage,
     TaskRef,
     TaskStatus,
     UpdateSession,
     UpdateTask,
+    VectorEngine,
+    VectorKind,
 )
 
 # -- sessions ------------------------------------------------------------------------------
@@ -111,10 +115,11 @@ def get_or_create(
     owner_must_be_ancestor: bool = False,
     resume_key: str | None = None,
     resume_ended: bool = False,
+    track_workspace: bool = False,
 ) -> Call[GetOrCreateResult]:
     params = GetOrCreate(
         tool_id, pid, tool_version, workspace, session_type, metadata or {}, dedup, owner_must_be_ancestor,
-        resume_key, resume_ended,
+        resume_key, resume_ended, track_workspace,
     )
     if resume_key is None:
         return Call("session.get_or_create", params, GetOrCreateResult, idempotent=dedup)
@@ -169,8 +174,9 @@ def list_sessions(
     tag: str | None = None,
     archived: ArchivedFilter = "exclude",
     pinned: bool | None = None,
+    project_id: str | None = None,
 ) -> Call[SessionPage]:
-    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor, tag, archived, pinned)
+    params = ListSessions(tool_id, session_type, status, workspace, limit, cursor, tag, archived, pinned, project_id)
     return Call("session.list", params, SessionPage)
 
 
@@ -254,9 +260,11 @@ def put_memory(
     workspace: str | None = None,
     metadata: dict[str, Any] | None = None,
     ttl: float | None = None,
+    embedding: EmbeddingLike | None = None,
 ) -> Call[Memory]:
     project = _project(project_id, workspace)
-    return Call("memory.put", PutMemory(key, value, *project, metadata or {}, ttl), Memory)
+    params = PutMemory(key, value, *project, metadata or {}, ttl, _embedding(embedding))
+    return Call("memory.put", params, Memory)
 
 
 def get_memory(key: str, *, project_id: str | None = None, workspace: str | None = None) -> Call[Memory]:
@@ -282,13 +290,46 @@ def memory_history(key: str, *, project_id: str | None = None, workspace: str | 
     return Call("memory.history", MemoryKeyRef(key, *_project(project_id, workspace)), MemoryHistory)
 
 
+EmbeddingLike = Union[Sequence[float], bytes, bytearray, memoryview]
+"""A vector as floats (a list, an ``array.array``), or packed little-endian float32 bytes."""
+
+
+def _embedding(vector: EmbeddingLike | None) -> list[float] | bytes | None:
+    if vector is None or isinstance(vector, bytes):
+        return vector
+    if isinstance(vector, (bytearray, memoryview)):
+        return bytes(vector)
+    return [float(x) for x in vector]
+
+
+def search_similar(
+    vector: EmbeddingLike,
+    *,
+    k: int = 10,
+    project_id: str | None = None,
+    workspace: str | None = None,
+    min_score: float | None = None,
+    kinds: list[VectorKind] | None = None,
+    engine: VectorEngine = "auto",
+) -> Call[SimilarMemories]:
+    embedded = _embedding(vector)
+    assert embedded is not None
+    params = SearchSimilar(embedded, k, *_project(project_id, workspace), min_score, kinds, engine)
+    return Call("memories.search_similar", params, SimilarMemories)
+
+
 # -- session memories ----------------------------------------------------------------------
 
 
 def add_session_memory(
-    session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
+    session_id: str,
+    content: str,
+    *,
+    memory_type: str = "note",
+    metadata: dict[str, Any] | None = None,
+    embedding: EmbeddingLike | None = None,
 ) -> Call[SessionMemory]:
-    params = AddSessionMemory(session_id, content, memory_type, metadata or {})
+    params = AddSessionMemory(session_id, content, memory_type, metadata or {}, _embedding(embedding))
     return Call("session_memory.add", params, SessionMemory)
 
 

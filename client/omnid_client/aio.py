@@ -9,6 +9,7 @@ from typing import Any
 
 from . import _calls, _events
 from ._async_connection import AsyncConnection
+from ._async_memory_methods import AsyncMemoryMethods
 from .packing import Counter
 from .protocol import (
     Appended,
@@ -20,14 +21,11 @@ from .protocol import (
     ContextPack,
     DaemonMetrics,
     DaemonStatus,
-    Deleted,
     Empty,
     Event,
     GetOrCreateResult,
     ImportResult,
     Interaction,
-    Memory,
-    MemoryHistory,
     MessagePage,
     MessagesAdded,
     NewMessage,
@@ -44,7 +42,6 @@ from .protocol import (
     Session,
     SessionContext,
     SessionDeleted,
-    SessionMemory,
     SessionOwners,
     SessionPage,
     SessionStatus,
@@ -55,7 +52,7 @@ from .protocol import (
 )
 
 
-class AsyncClient(AsyncConnection):
+class AsyncClient(AsyncMemoryMethods):
     """Like ``Client``, but every call is a coroutine; safe to share between tasks."""
 
     async def __aenter__(self) -> AsyncClient:
@@ -76,8 +73,15 @@ class AsyncClient(AsyncConnection):
                 await self.end(session.session_id)
 
     def events(
-        self, *, kinds: Sequence[str] = (), tools: Sequence[str] = (), projects: Sequence[str] = (),
-        sessions: Sequence[str] = (), since: int | None = None, include_content: bool = False, reconnect: bool = True,
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        tools: Sequence[str] = (),
+        projects: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+        since: int | None = None,
+        include_content: bool = False,
+        reconnect: bool = True,
     ) -> AsyncIterator[Event]:
         """``Client.events``, as an async iterator (``async for event in client.events()``)."""
         stream = AsyncConnection(
@@ -102,12 +106,13 @@ class AsyncClient(AsyncConnection):
         owner_must_be_ancestor: bool = False,
         resume_key: str | None = None,
         resume_ended: bool = False,
+        track_workspace: bool = False,
     ) -> GetOrCreateResult:
         """As ``Client.get_or_create``."""
         return await self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
-            resume_key=resume_key, resume_ended=resume_ended,
+            resume_key=resume_key, resume_ended=resume_ended, track_workspace=track_workspace,
         ))
 
     async def find(
@@ -138,11 +143,12 @@ class AsyncClient(AsyncConnection):
         tag: str | None = None,
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
+        project_id: str | None = None,
     ) -> SessionPage:
         """As ``Client.list_sessions``."""
         return await self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
-            tag=tag, archived=archived, pinned=pinned,
+            tag=tag, archived=archived, pinned=pinned, project_id=project_id,
         ))
 
     async def update_session(
@@ -222,49 +228,6 @@ class AsyncClient(AsyncConnection):
             session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
             max_memories=max_memories, max_changes=max_changes
         ))
-
-    async def put_memory(
-        self,
-        key: str,
-        value: Any,
-        *,
-        project_id: str | None = None,
-        workspace: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: float | None = None,
-    ) -> Memory:
-        """As ``Client.put_memory``."""
-        return await self._call(_calls.put_memory(
-            key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
-        ))
-
-    async def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
-        return await self._call(_calls.get_memory(key, project_id=project_id, workspace=workspace))
-
-    async def list_memories(
-        self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
-    ) -> list[Memory]:
-        """Live memories, most recently accessed first."""
-        return await self._call(_calls.list_memories(project_id=project_id, workspace=workspace, limit=limit))
-
-    async def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
-        return await self._call(_calls.delete_memory(key, project_id=project_id, workspace=workspace))
-
-    async def memory_history(
-        self, key: str, *, project_id: str | None = None, workspace: str | None = None
-    ) -> MemoryHistory:
-        """Every version of a memory, oldest first."""
-        return await self._call(_calls.memory_history(key, project_id=project_id, workspace=workspace))
-
-    async def add_session_memory(
-        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
-    ) -> SessionMemory:
-        return await self._call(_calls.add_session_memory(
-            session_id, content, memory_type=memory_type, metadata=metadata
-        ))
-
-    async def list_session_memories(self, session_id: str) -> list[SessionMemory]:
-        return await self._call(_calls.list_session_memories(session_id))
 
     async def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
         """Append messages in order, all or none; returns their ids and the session's totals."""

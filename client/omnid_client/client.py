@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _calls, _events
 from ._connection import Connection
+from ._memory_methods import MemoryMethods
 from .packing import Counter
 from .protocol import (
     Appended,
@@ -19,14 +20,11 @@ from .protocol import (
     ContextPack,
     DaemonMetrics,
     DaemonStatus,
-    Deleted,
     Empty,
     Event,
     GetOrCreateResult,
     ImportResult,
     Interaction,
-    Memory,
-    MemoryHistory,
     MessagePage,
     MessagesAdded,
     NewMessage,
@@ -43,7 +41,6 @@ from .protocol import (
     Session,
     SessionContext,
     SessionDeleted,
-    SessionMemory,
     SessionOwners,
     SessionPage,
     SessionStatus,
@@ -54,7 +51,7 @@ from .protocol import (
 )
 
 
-class Client(Connection):
+class Client(MemoryMethods):
     """A blocking connection to the omnid daemon (options: see ``BaseClient``)."""
 
     def __enter__(self) -> Client:
@@ -75,8 +72,15 @@ class Client(Connection):
                 self.end(session.session_id)
 
     def events(
-        self, *, kinds: Sequence[str] = (), tools: Sequence[str] = (), projects: Sequence[str] = (),
-        sessions: Sequence[str] = (), since: int | None = None, include_content: bool = False, reconnect: bool = True,
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        tools: Sequence[str] = (),
+        projects: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+        since: int | None = None,
+        include_content: bool = False,
+        reconnect: bool = True,
     ) -> Iterator[Event]:
         """Committed events, oldest first: filters match any of their values (a kind may be its group),
         ``since`` replays kept events after that sequence, a lost connection resumes after the last
@@ -103,17 +107,18 @@ class Client(Connection):
         owner_must_be_ancestor: bool = False,
         resume_key: str | None = None,
         resume_ended: bool = False,
+        track_workspace: bool = False,
     ) -> GetOrCreateResult:
         """The live session of ``tool_id`` for process ``pid`` (default: the caller), created if none.
         With ``owner_must_be_ancestor``, ``pid`` must be the caller or one of its ancestors. With
         ``resume_key`` (the tool's name for a session that outlives its process): ``existing`` if ``pid``
         owns it, ``resumed`` (rebound to ``pid`` with all it holds) if its owner died or it was reaped or
         expired within ``resume_window``, Conflict if another live process owns it; ``end``ed ones only
-        with ``resume_ended``."""
+        with ``resume_ended``. ``track_workspace``: record its project root's file changes (see README)."""
         return self._call(_calls.get_or_create(
             tool_id, pid=pid, tool_version=tool_version, workspace=workspace, session_type=session_type,
             metadata=metadata, dedup=dedup, owner_must_be_ancestor=owner_must_be_ancestor,
-            resume_key=resume_key, resume_ended=resume_ended,
+            resume_key=resume_key, resume_ended=resume_ended, track_workspace=track_workspace,
         ))
 
     def find(
@@ -145,12 +150,13 @@ class Client(Connection):
         tag: str | None = None,
         archived: ArchivedFilter = "exclude",
         pinned: bool | None = None,
+        project_id: str | None = None,
     ) -> SessionPage:
         """Sessions newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
         Archived sessions are left out unless ``archived`` is ``include`` (or ``only``)."""
         return self._call(_calls.list_sessions(
             tool_id=tool_id, session_type=session_type, status=status, workspace=workspace, limit=limit, cursor=cursor,
-            tag=tag, archived=archived, pinned=pinned,
+            tag=tag, archived=archived, pinned=pinned, project_id=project_id,
         ))
 
     def update_session(
@@ -237,48 +243,6 @@ class Client(Connection):
             session_id, max_files=max_files, max_searches=max_searches, max_decisions=max_decisions,
             max_memories=max_memories, max_changes=max_changes
         ))
-
-    def put_memory(
-        self,
-        key: str,
-        value: Any,
-        *,
-        project_id: str | None = None,
-        workspace: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: float | None = None,
-    ) -> Memory:
-        """Store ``value`` under ``key`` in a project (default: the one containing the current
-        directory); an earlier value is kept as a version. ``ttl`` is in seconds."""
-        return self._call(_calls.put_memory(
-            key, value, project_id=project_id, workspace=workspace, metadata=metadata, ttl=ttl
-        ))
-
-    def get_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Memory:
-        return self._call(_calls.get_memory(key, project_id=project_id, workspace=workspace))
-
-    def list_memories(
-        self, *, project_id: str | None = None, workspace: str | None = None, limit: int = 50
-    ) -> list[Memory]:
-        """Live memories, most recently accessed first."""
-        return self._call(_calls.list_memories(project_id=project_id, workspace=workspace, limit=limit))
-
-    def delete_memory(self, key: str, *, project_id: str | None = None, workspace: str | None = None) -> Deleted:
-        return self._call(_calls.delete_memory(key, project_id=project_id, workspace=workspace))
-
-    def memory_history(
-        self, key: str, *, project_id: str | None = None, workspace: str | None = None
-    ) -> MemoryHistory:
-        """Every version of a memory, oldest first."""
-        return self._call(_calls.memory_history(key, project_id=project_id, workspace=workspace))
-
-    def add_session_memory(
-        self, session_id: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None
-    ) -> SessionMemory:
-        return self._call(_calls.add_session_memory(session_id, content, memory_type=memory_type, metadata=metadata))
-
-    def list_session_memories(self, session_id: str) -> list[SessionMemory]:
-        return self._call(_calls.list_session_memories(session_id))
 
     def add_messages(self, session_id: str, messages: list[NewMessage]) -> MessagesAdded:
         """Append messages in order, all or none; returns their ids and the session's totals."""

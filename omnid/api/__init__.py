@@ -1,7 +1,19 @@
 """The RPC methods: ``dispatch`` runs one request with a ``Context`` of the daemon's
 services; each submodule holds the handlers of one entity."""
 
-from . import checkpoints, context, daemon, maintenance, memories, messages, pack, projects, sessions, tasks  # noqa: F401  (they register their handlers)
+from . import (  # noqa: F401  (they register their handlers)
+    checkpoints,
+    context,
+    daemon,
+    maintenance,
+    memories,
+    messages,
+    pack,
+    projects,
+    sessions,
+    similar,
+    tasks,
+)
 from ._context import Caller, Context
 from ._dispatch import dispatch, error_info
 

@@ -11,10 +11,12 @@ from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
+from ..jobs.workspace import Workspaces
 from ..metrics import Metrics
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
+from ..store.similar import SimilarSearch
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,10 @@ class Context:
     settings: Callable[[], Settings] = Settings
     """The settings in force now."""
     compactor: Compactor = field(default_factory=Compactor)
+    workspaces: Workspaces | None = None
+    """Workspace change tracking (None where nothing watches files, as in offline tools)."""
+    similar: SimilarSearch | None = None
+    """The similarity search thread (None: memories.search_similar is Unsupported)."""
     metrics: Metrics = field(default_factory=Metrics)
     """What the daemon counts: replies by method, get_or_create outcomes, commits, reaps."""
 

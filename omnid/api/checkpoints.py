@@ -32,10 +32,10 @@ from ..store import pack as pack_store
 from ..store import sessions as session_store
 from ..store import tasks as task_store
 from ..store.codec import dumps
-from ._common import existing_session, live_session, project_of
+from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
-from .sessions import SESSION_BYTES, _create
+from .sessions import SESSION_BYTES, _create, merge_patch
 
 PREFIX = "checkpoint/"
 FORMAT = 1
@@ -72,7 +72,7 @@ def snapshot(ctx: Context, session: Session, name: str, note: str | None, now: f
             "name": name,
             "note": note,
             "created_at": now,
-            **{key: pack_store.metadata_text(session.metadata, key) for key in ("title", "goal", "summary")},
+            **pack_store.described(session),
             "session": {
                 "tool_id": session.tool_id,
                 "workspace": session.workspace,
@@ -193,12 +193,19 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
         raise Invalid(f"{p.key!r} does not hold a checkpoint this omnid can restore", {"field": "key"})
     store = ctx.store
     now = store.now()
-    carried = {key: value.get(key) for key in ("title", "goal", "summary") if value.get(key)}
+    carried = {key: str(value[key]) for key in pack_store.DESCRIBED if value.get(key)}
+    described = {key: text for key, text in carried.items() if key != "title"}
+    title = carried["title"][:1024] if "title" in carried else None
     created = p.into is None
     # What the restore stores is the checkpoint's context (and maybe a session), not the request.
     ctx.guard.ensure_writable(grows=True, adding=len(dumps(value["context"])) + (SESSION_BYTES if created else 0))
     if p.into is not None:
         session = live_session(ctx, p.into)
+        # It takes the checkpoint's title, goal and summary, as session.update would set them.
+        merged = merge_patch(session.metadata, described) if described else None
+        if merged is not None:
+            check_size(merged)
+        session_store.edit(store.db, session.session_id, title=title, metadata=merged)
     else:
         pid = caller.pid if p.pid is None else p.pid
         owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
@@ -210,9 +217,10 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
             "SELECT root FROM projects WHERE project_id = ?", (checkpoint.info.project_id,)
         ).fetchone()
         workspace = old.get("workspace") or (project[0] if project else None)
-        metadata = {**carried, "restored_from": {"key": p.key, "version": checkpoint.info.version}}
+        metadata = {**described, "restored_from": {"key": p.key, "version": checkpoint.info.version}}
         request = GetOrCreate(p.tool_id, pid, workspace=workspace, metadata=metadata, dedup=False)
         session = _create(ctx, request, owner, now)
+        session_store.edit(store.db, session.session_id, title=title)
     events = seed_events(value["context"])
     if events:
         context_store.append(store.db, session.session_id, session.project_id, events, now)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnid_client.errors import NotFound
+from omnid_client.errors import Invalid, NotFound
 from omnid_client.protocol import (
     MAX_VALUE_BYTES,
     AddSessionMemory,
@@ -20,6 +20,7 @@ from omnid_client.protocol import (
 
 from ..store import memories as memory_store
 from ..store import sessions as session_store
+from ..store import vectors as vector_store
 from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
@@ -40,10 +41,13 @@ def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory:
     check_size(p.metadata)
     check_size(p.value, MAX_VALUE_BYTES, "value")
     store = ctx.store
+    unit = vector_store.unit_vector(p.embedding) if p.embedding is not None else None
     project_id = project_of(ctx, p.project_id, p.workspace, create=True)
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
+    if unit is not None:  # (the put dropped the vector of the value it replaced)
+        vector_store.attach(store.db, memory.memory_id, "memory", project_id, unit, expires_at=expires_at)
     store.note_project_activity(project_id, now)
     if expires_at is not None:
         ctx.expirer.expect(expires_at)
@@ -83,12 +87,22 @@ def history(ctx: Context, caller: Caller, p: MemoryKeyRef) -> MemoryHistory:
 @handles("session_memory.add")
 def add_session_memory(ctx: Context, caller: Caller, p: AddSessionMemory) -> SessionMemory:
     check_size(p.metadata)
+    unit = vector_store.unit_vector(p.embedding) if p.embedding is not None else None
     session = live_session(ctx, p.session_id)
+    if unit is not None and session.project_id is None:
+        raise Invalid(
+            f"session {session.session_id} belongs to no project, and embeddings are kept per project",
+            {"field": "embedding", "session_id": session.session_id},
+        )
     store = ctx.store
     now = store.now()
     memory = memory_store.add_session_memory(
         store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now
     )
+    if unit is not None and session.project_id is not None:
+        vector_store.attach(
+            store.db, memory.memory_id, "session_memory", session.project_id, unit, session_id=session.session_id
+        )
     session_store.touch(store.db, session.session_id, now)
     return memory
 

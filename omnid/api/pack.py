@@ -38,7 +38,6 @@ def pack(ctx: Context, caller: Caller, p: PackContext) -> ContextPack:
         session = _latest_session(ctx, project_id)
     store = ctx.store
     sections = pack_store.candidates(store.db, p, session, project_id, store.now())
-    meta = session.metadata if session is not None else {}
     base = ContextPack(
         session.session_id if session is not None else None,
         project_id,
@@ -47,6 +46,6 @@ def pack(ctx: Context, caller: Caller, p: PackContext) -> ContextPack:
         DEFAULT_COUNTER,
         "",
         [],
-        *(pack_store.metadata_text(meta, key) for key in ("title", "goal", "summary")),
+        *pack_store.described(session).values(),
     )
     return assemble(sections, p.budget_tokens, base=base, unlimited=p.candidates)

@@ -3,6 +3,7 @@ summary, and the edits: update, delete, and the owners a session had."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from typing import Any, Literal
@@ -43,7 +44,48 @@ SESSION_BYTES = 4096
 
 
 @handles("session.get_or_create")
-def get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
+def get_or_create(
+    ctx: Context, caller: Caller, p: GetOrCreate
+) -> GetOrCreateResult | asyncio.Future[GetOrCreateResult]:
+    workspaces = ctx.workspaces
+    if not p.track_workspace or workspaces is None:
+        return _get_or_create(ctx, caller, p)
+    root = _root_to_track(caller, p)
+    if root in workspaces.roots:
+        return _tracked(ctx, caller, p)
+    return asyncio.ensure_future(_admitted(ctx, caller, p, root))
+
+
+def _root_to_track(caller: Caller, p: GetOrCreate) -> str:
+    """The project root a get_or_create asking for workspace tracking would track."""
+    workspace = p.workspace if p.workspace is not None else cwd_of(caller.pid if p.pid is None else p.pid)
+    if workspace is None:
+        raise Invalid(
+            "track_workspace needs a workspace: name one, or an owner process whose working directory omnid can read",
+            {"field": "workspace"},
+        )
+    return locate(workspace).root
+
+
+async def _admitted(ctx: Context, caller: Caller, p: GetOrCreate, root: str) -> GetOrCreateResult:
+    """A root not watched yet is walked first (off the event loop): too large a one is
+    refused before any session is created or changed."""
+    assert ctx.workspaces is not None
+    await ctx.workspaces.admit(root)
+    return _tracked(ctx, caller, p)
+
+
+def _tracked(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
+    got = _get_or_create(ctx, caller, p)
+    sid = got.session.session_id
+    with ctx.store.write() as db:
+        marked = session_store.set_tracked(db, sid)
+    if marked and ctx.workspaces is not None:
+        ctx.workspaces.session_live(sid)
+    return got
+
+
+def _get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
     check_size(p.metadata)
     pid = caller.pid if p.pid is None else p.pid
     owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
@@ -242,6 +284,7 @@ def list_sessions(ctx: Context, caller: Caller, p: ListSessions) -> SessionPage:
         tag=p.tag,
         archived=p.archived,
         pinned=p.pinned,
+        project_id=p.project_id,
     )
     return SessionPage([current(ctx, s) for s in sessions], cursor)
 

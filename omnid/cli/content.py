@@ -21,6 +21,7 @@ from ._output import (
     short,
     when,
 )
+from ._vector_input import read_vector
 
 
 @click.group()
@@ -75,13 +76,15 @@ def memories_get(key: str, project_id: str | None, workspace: str | None, as_jso
 @click.option("--json-value", is_flag=True, help="VALUE is JSON, not text.")
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Expire after this many seconds.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
+@click.option("--embedding", metavar="FILE", help="Its embedding: a JSON array of numbers in FILE (- for stdin).")
 @json_option
 @fail_cleanly
 def memories_put(
     key: str, value: Any, project_id: str | None, workspace: str | None, json_value: bool, ttl: float | None,
-    meta: tuple[str, ...], as_json: bool,
+    meta: tuple[str, ...], embedding: str | None, as_json: bool,
 ) -> None:
-    """Store VALUE under KEY; an earlier value is kept in the history."""
+    """Store VALUE under KEY; an earlier value is kept in the history (its embedding is not)."""
+    vector = read_vector(embedding, "--embedding") if embedding is not None else None
     if json_value:
         try:
             value = json.loads(value)
@@ -89,7 +92,8 @@ def memories_put(
             raise click.BadParameter(f"not JSON: {e}", param_hint="VALUE") from None
     with connect() as client:
         m = client.put_memory(
-            key, value, project_id=project_id, workspace=workspace, metadata=parse_metadata(meta), ttl=ttl
+            key, value, project_id=project_id, workspace=workspace, metadata=parse_metadata(meta), ttl=ttl,
+            embedding=vector,
         )
     if as_json:
         print_json(m)

@@ -211,6 +211,7 @@ def print_status(st: DaemonStatus) -> None:
         ("watching", _watching(st)),
         ("connections", str(st.connections)),
         ("events", f"{st.event_seq} so far, {st.subscribers} subscriber(s)"),
+        ("tracking", ", ".join(st.tracked_roots) or None),
         ("last reap", last),
     ]
     if st.set_aside:
@@ -232,6 +233,7 @@ SESSION_START: Spec = {
     "--workspace": ("workspace", TEXT),
     "--meta": ("meta", MANY),
     "--json": ("as_json", FLAG),
+    "--track": ("track_workspace", FLAG),
 }
 
 
@@ -252,7 +254,7 @@ def _session_start(args: list[str]) -> int | None:
 def session_start(
     tool_id: str, pid: int | None = None, session_type: str = "default", tool_version: str | None = None,
     workspace: str | None = None, metadata: dict[str, str] | None = None, as_json: bool = False,
-    *, resume_key: str | None = None, resume_ended: bool = False,
+    *, resume_key: str | None = None, resume_ended: bool = False, track_workspace: bool = False,
 ) -> None:
     """Print the id of the live session for TOOL and PID, creating (or resuming) it if needed."""
     from omnid_client import Client
@@ -269,6 +271,7 @@ def session_start(
             owner_must_be_ancestor=pid is None,
             resume_key=resume_key,
             resume_ended=resume_ended,
+            track_workspace=track_workspace,
         )
     if as_json:
         print_json(got)

@@ -96,6 +96,7 @@ def counters_text(counters: object) -> str | None:
 @click.option("--type", "session_type", help="Only sessions of this type.")
 @click.option("--status", type=click.Choice(["live", "ended", "all"]), default="all", show_default=True)
 @click.option("--workspace", help="Only sessions in this workspace path.")
+@click.option("--project", "project_id", help="Only sessions of this project (prj_…).")
 @click.option("--tag", help="Only sessions with this tag.")
 @click.option("--pinned", is_flag=True, help="Only pinned sessions.")
 @click.option("--archived", "only_archived", is_flag=True, help="Only archived sessions (hidden otherwise).")
@@ -105,8 +106,9 @@ def counters_text(counters: object) -> str | None:
 @json_option
 @fail_cleanly
 def sessions_list(
-    tool_id: str | None, session_type: str | None, status: str, workspace: str | None, tag: str | None, pinned: bool,
-    only_archived: bool, with_archived: bool, limit: int, cursor: str | None, as_json: bool,
+    tool_id: str | None, session_type: str | None, status: str, workspace: str | None, project_id: str | None,
+    tag: str | None, pinned: bool, only_archived: bool, with_archived: bool, limit: int, cursor: str | None,
+    as_json: bool,
 ) -> None:
     """Sessions, newest first; archived ones only with --archived or --all."""
     if only_archived and with_archived:
@@ -122,6 +124,7 @@ def sessions_list(
             tag=tag,
             archived="only" if only_archived else "include" if with_archived else "exclude",
             pinned=True if pinned else None,
+            project_id=project_id,
         )
     if as_json:
         print_json(page)
@@ -206,16 +209,17 @@ def session() -> None:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata; repeatable.")
 @click.option("--resume-key", help="Continue the tool's session with this key if its owner is gone (see README).")
 @click.option("--resume-ended", is_flag=True, help="With --resume-key: resume it even if it was ended explicitly.")
+@click.option("--track", is_flag=True, help="Record file changes under the project root while it is live (see README).")
 @json_option
 @fail_cleanly
 def session_start(
     tool_id: str, pid: int | None, session_type: str, tool_version: str | None, workspace: str | None,
-    meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, as_json: bool,
+    meta: tuple[str, ...], resume_key: str | None, resume_ended: bool, track: bool, as_json: bool,
 ) -> None:
     """Print the id of the live session for TOOL and PID, creating (or resuming) it if needed."""
     fast.session_start(
         tool_id, pid, session_type, tool_version, workspace, parse_metadata(meta), as_json,
-        resume_key=resume_key, resume_ended=resume_ended,
+        resume_key=resume_key, resume_ended=resume_ended, track_workspace=track,
     )
 
 

@@ -22,15 +22,18 @@ from omnid_client.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, DaemonStatus, 
 from .. import __version__, api, clock
 from ..config import Config, config_path, describe
 from ..events import Hub
+from ..jobs.compaction import Compactor
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
+from ..jobs.workspace import Workspaces
 from ..metrics import Metrics, enabled_from_env
 from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
 from ..store.failures import set_aside
+from ..store.similar import SimilarSearch
 from . import systemd, upgrade
 from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
@@ -66,6 +69,7 @@ class App:
     context: api.Context
     state: ServerState
     events: Hub
+    workspaces: Workspaces
     metrics_files: MetricsFiles
 
     def __init__(
@@ -183,10 +187,17 @@ class App:
         self.store.flush()
         if startup.sessions:
             log.info("reaped %d session(s) whose owners died while omnid was down", len(startup.sessions))
+        compactor = Compactor()
+        self.workspaces = Workspaces(self.store, self.loop, lambda: self.settings, compactor)
         self.context = api.Context(
             self.store, self.store.guard, self.reaper, self.live_sessions, self.expirer, self.archiver,
-            self.status, self.request_stop, lambda: self.settings, metrics=self.metrics,
+            self.status, self.request_stop, lambda: self.settings,
+            compactor=compactor, workspaces=self.workspaces,
+            similar=SimilarSearch(self.paths.database, lambda: self.settings.vector_engine),
+            metrics=self.metrics,
         )
+        self.events.listeners.append(self.workspaces.committed)
+        self.workspaces.start()
         self.store.on_rollback(self.context.compactor.forget)
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
         self.metrics.gauges = lambda: (len(self.state.connections), len(self.reaper.owners), *self.store.file_sizes())
@@ -242,6 +253,13 @@ class App:
         log.warning("received %s: stopping", signal.Signals(sig).name)
         self.request_stop(f"signal {signal.Signals(sig).name}")
 
+    def _config_reloaded(self, before: Settings, config: Config) -> None:
+        self.events.config_reloaded(before, config)
+        after = config.settings
+        if (after.track_workspace, after.workspace_max_dirs) != (before.track_workspace, before.workspace_max_dirs):
+            self.workspaces.configure()
+        self.metrics_files.configure()
+
     def _reload_signal(self) -> None:
         """SIGHUP, as for most daemons: read the config file again (never stop)."""
         log.info("received SIGHUP: rereading the config file %s", self.config.path)
@@ -280,6 +298,9 @@ class App:
         self.expirer.stop()
         self.archiver.stop()
         self.idle.stop()
+        self.workspaces.stop()
+        if self.context.similar is not None:
+            self.context.similar.close()
         self.store.close()
         await self.metrics_files.close()
         self.events.close()
@@ -291,10 +312,6 @@ class App:
         old, self.listener = self.listener, Listener(self.state, self.reaper, sock)
         if old is not None:
             old.close()  # its socket file is gone: nobody new can reach it
-
-    def _config_reloaded(self, before: Settings, config: Config) -> None:
-        self.events.config_reloaded(before, config)
-        self.metrics_files.configure()
 
     def _connection_closed(self) -> None:
         if self.listener is not None:
@@ -367,6 +384,7 @@ class App:
             set_aside=self.set_aside,
             subscribers=len(self.events.subscribers),
             event_seq=self.events.head,
+            tracked_roots=self.workspaces.watching,
         )
 
 

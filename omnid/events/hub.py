@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
@@ -70,6 +70,8 @@ class Hub:
         self._last_summary: dict[str, float] = {}
         self._due: set[str] = set()
         self._timer = Timer(loop, self._summaries_due, "activity summaries", log)
+        self.listeners: list[Callable[[list[Item]], None]] = []
+        """Told what each commit published, in the daemon (workspace tracking follows sessions so)."""
 
     @property
     def oldest(self) -> int:
@@ -118,6 +120,11 @@ class Hub:
                     ended.add(sid)
             items.append((s.kind, sid, tool, project, s.data, s.content))
         self.publish(items)
+        for listener in self.listeners:
+            try:
+                listener(items)
+            except Exception:
+                log.exception("a listener to committed events failed")
         for sid in ended:
             self._sessions.pop(sid, None)
             self._last_summary.pop(sid, None)

@@ -61,7 +61,12 @@ def build(agent: tools.Agent) -> Server[Any]:
             return error_result("invalid", str(e))
         note_client(ctx)
         try:
-            value = tools.to_json(await handler(agent, args))
+            result = await handler(agent, args)
+            if isinstance(result, tools.TextResult):
+                return types.CallToolResult(
+                    content=[types.TextContent(text=result.text)], structured_content=tools.to_json(result.structured)
+                )
+            value = tools.to_json(result)
         except OmnidError as e:
             return error_result(getattr(e, "code", type(e).__name__.lower()), str(e), getattr(e, "details", None))
         except Exception as e:  # never take the agent's server down

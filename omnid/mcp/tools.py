@@ -15,6 +15,10 @@ from omnid_client.protocol import ContextEvent, GetContext, NewMessage, Session
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 Key = Annotated[str, Meta(min_length=1, max_length=256, description="The memory's key.")]
+Embedding = Annotated[
+    list[float],
+    Meta(min_length=1, max_length=4096, description="Its embedding, for similar_memories (one dimension per project)."),
+]
 
 
 class Args(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -52,6 +56,7 @@ class PutMemoryArgs(Args):
     value: Annotated[Any, Meta(description="Any JSON value; the previous one is kept in the history.")]
     ttl: Annotated[float, Meta(gt=0, le=10 * 365 * 86400, description="Expire after this many seconds.")] | None = None
     metadata: dict[str, Any] = {}
+    embedding: Embedding | None = None
 
 
 class KeyArgs(Args):
@@ -66,6 +71,7 @@ class AddSessionMemoryArgs(Args):
     content: Annotated[str, Meta(min_length=1, max_length=256 * 1024)]
     memory_type: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")] = "note"
     metadata: dict[str, Any] = {}
+    embedding: Embedding | None = None
 
 
 class AddMessagesArgs(Args):
@@ -91,6 +97,31 @@ class SummaryArgs(Args):
 class RecentSessionsArgs(Args):
     limit: Annotated[int, Meta(ge=1, le=100)] = 10
     status: Literal["live", "ended", "all"] = "all"
+
+
+class ContextPackArgs(Args):
+    budget_tokens: Annotated[
+        int, Meta(ge=0, le=1_000_000, description="Most tokens the pack may take (omnid's estimate: ~4 chars a token).")
+    ] = 2000
+    markdown: Annotated[
+        bool, Meta(description="Return the ready-to-inject Markdown (true) or every section and item as JSON (false).")
+    ] = True
+
+
+class SimilarArgs(Args):
+    vector: Annotated[
+        list[float], Meta(min_length=1, max_length=4096, description="The query embedding (same model as stored).")
+    ]
+    k: Annotated[int, Meta(ge=1, le=100)] = 10
+    min_score: Annotated[float, Meta(ge=-1, le=1, description="Least cosine similarity returned.")] | None = None
+    kinds: list[Literal["memory", "session_memory"]] | None = None
+
+
+class TextResult(Struct):
+    """A tool result whose text is ``text`` itself (not JSON), with ``structured`` beside it."""
+
+    text: str
+    structured: dict[str, Any]
 
 
 class Agent:
@@ -147,7 +178,9 @@ async def get_context(agent: Agent, a: Args) -> Any:
 
 
 async def put_memory(agent: Agent, a: PutMemoryArgs) -> Any:
-    return await agent.client.put_memory(a.key, a.value, metadata=a.metadata, ttl=a.ttl, **await agent.project())
+    return await agent.client.put_memory(
+        a.key, a.value, metadata=a.metadata, ttl=a.ttl, embedding=a.embedding, **await agent.project()
+    )
 
 
 async def get_memory(agent: Agent, a: KeyArgs) -> Any:
@@ -168,7 +201,9 @@ async def memory_history(agent: Agent, a: KeyArgs) -> Any:
 
 async def add_session_memory(agent: Agent, a: AddSessionMemoryArgs) -> Any:
     sid = (await agent.session()).session_id
-    return await agent.client.add_session_memory(sid, a.content, memory_type=a.memory_type, metadata=a.metadata)
+    return await agent.client.add_session_memory(
+        sid, a.content, memory_type=a.memory_type, metadata=a.metadata, embedding=a.embedding
+    )
 
 
 async def list_session_memories(agent: Agent, a: NoArgs) -> Any:
@@ -199,21 +234,28 @@ async def session_summary(agent: Agent, a: SummaryArgs) -> Any:
     return await agent.client.session_summary(a.session_id or (await agent.session()).session_id)
 
 
-SCAN_PAGES = 5
-"""Pages of 1,000 sessions ``recent_sessions`` reads at most (session.list has no project filter)."""
+async def context_pack(agent: Agent, a: ContextPackArgs) -> Any:
+    s = await agent.session()
+    pack = await agent.client.pack_context(s.session_id, budget_tokens=a.budget_tokens)
+    if not a.markdown:
+        return pack
+    about = {"session_id": pack.session_id, "budget_tokens": pack.budget_tokens, "tokens": pack.tokens}
+    return TextResult(pack.markdown, {"markdown": pack.markdown, **about})
+
+
+async def similar_memories(agent: Agent, a: SimilarArgs) -> Any:
+    where = await agent.project()
+    return await agent.client.search_similar(a.vector, k=a.k, min_score=a.min_score, kinds=a.kinds, **where)
 
 
 async def recent_sessions(agent: Agent, a: RecentSessionsArgs) -> Any:
     s = await agent.session()
-    found: list[Session] = []
-    cursor = None
-    for _ in range(SCAN_PAGES):
-        page = await agent.client.list_sessions(status=a.status, limit=1000, cursor=cursor)
-        found += [x for x in page.sessions if x.project_id == s.project_id and x.session_id != s.session_id]
-        cursor = page.next_cursor
-        if len(found) >= a.limit or cursor is None:
-            break
-    return {"project_id": s.project_id, "sessions": found[: a.limit]}
+    if s.project_id is None:
+        return {"project_id": None, "sessions": []}
+    # One more than asked for: the agent's own session is left out.
+    page = await agent.client.list_sessions(status=a.status, limit=a.limit + 1, project_id=s.project_id)
+    others = [x for x in page.sessions if x.session_id != s.session_id]
+    return {"project_id": s.project_id, "sessions": others[: a.limit]}
 
 
 Handler = Callable[[Agent, Any], Awaitable[Any]]
@@ -256,6 +298,18 @@ TOOLS: dict[str, tuple[type[Args], str, Handler]] = {
         search,
     ),
     "session_summary": (SummaryArgs, "Counts, tokens, cost and times of this session (or another).", session_summary),
+    "context_pack": (
+        ContextPackArgs,
+        "The most useful context of this session within a token budget: goal and summary, files, decisions, "
+        "searches, memories, open tasks and last messages, as Markdown to read first when resuming work.",
+        context_pack,
+    ),
+    "similar_memories": (
+        SimilarArgs,
+        "This project's memories and notes whose stored embeddings are nearest a query embedding (cosine), best "
+        "first. Only memories stored with an embedding are found; use search for words.",
+        similar_memories,
+    ),
     "recent_sessions": (
         RecentSessionsArgs,
         "The most recent other sessions of this project, newest first.",

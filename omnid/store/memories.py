@@ -9,6 +9,7 @@ from typing import Any
 from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
 from . import search as search_store
+from . import vectors as vector_store
 from .codec import dumps, loads, loads_dict
 from .events import stage
 
@@ -49,6 +50,7 @@ def put(
             (value_text, metadata_text, version, now, expires_at, memory_id),
         )
         search_store.unindex(db, "memory", [memory_id])
+        vector_store.detach(db, memory_id)  # it described the value replaced
     else:
         if row is not None:  # expired but not purged yet: it is gone for every reader
             delete_ids(db, [row[0]])
@@ -76,6 +78,12 @@ def get(db: sqlite3.Connection, project_id: str, key: str, now: float) -> Memory
         f"SELECT {_COLUMNS} FROM memories WHERE project_id = ? AND key = ? AND {_LIVE}", (project_id, key, now)
     ).fetchone()
     return _memory(row) if row else None
+
+
+def live_by_ids(db: sqlite3.Connection, memory_ids: list[str], now: float) -> dict[str, Memory]:
+    marks = ",".join("?" * len(memory_ids))
+    rows = db.execute(f"SELECT {_COLUMNS} FROM memories WHERE memory_id IN ({marks}) AND {_LIVE}", (*memory_ids, now))
+    return {row[0]: _memory(row) for row in rows}
 
 
 def record_access(db: sqlite3.Connection, memory: Memory, now: float) -> Memory:
@@ -163,6 +171,16 @@ def session_memories(db: sqlite3.Connection, session_id: str) -> list[SessionMem
         (session_id,),
     ).fetchall()
     return [SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows]
+
+
+def session_memories_by_ids(db: sqlite3.Connection, memory_ids: list[str]) -> dict[str, SessionMemory]:
+    marks = ",".join("?" * len(memory_ids))
+    rows = db.execute(
+        "SELECT memory_id, session_id, memory_type, content, metadata, created_at FROM session_memories "
+        f"WHERE memory_id IN ({marks})",
+        memory_ids,
+    )
+    return {r[0]: SessionMemory(*(*r[:4], loads_dict(r[4]), r[5])) for r in rows}
 
 
 def has_session_memory(db: sqlite3.Connection, session_id: str) -> bool:

@@ -293,6 +293,41 @@ MIGRATIONS: list[list[Step]] = [
         # Counting a project's live memories reads this index alone.
         "CREATE INDEX memories_live ON memories (project_id, key, expires_at)",
     ],
+    # 7: sessions that asked for their workspace's file changes to be recorded; the daemon
+    # finds the live ones at start through the partial index.
+    [
+        "ALTER TABLE sessions ADD COLUMN track_workspace INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX sessions_tracked ON sessions (session_id) WHERE track_workspace = 1 AND ended_at IS NULL",
+    ],
+    # 8: embedding vectors of project and session memories (normalised float32, so a dot
+    # product is the cosine), and each project's vector dimension, fixed on first use. A
+    # memory's vector goes with it (the triggers), and is replaced or dropped by every
+    # put; expires_at is the memory's, kept in step by put. Also: session.list by project.
+    [
+        """
+        CREATE TABLE project_vector_dims (
+            project_id TEXT PRIMARY KEY REFERENCES projects (project_id),
+            dim        INTEGER NOT NULL CHECK (dim > 0)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE memory_vectors (
+            ref_id     TEXT PRIMARY KEY,
+            kind       TEXT NOT NULL CHECK (kind IN ('memory', 'session_memory')),
+            project_id TEXT NOT NULL REFERENCES projects (project_id),
+            session_id TEXT,
+            expires_at REAL,
+            vector     BLOB NOT NULL
+        )
+        """,
+        "CREATE INDEX memory_vectors_by_project ON memory_vectors (project_id, kind, expires_at)",
+        "CREATE TRIGGER memory_vectors_memory_gone AFTER DELETE ON memories "
+        "BEGIN DELETE FROM memory_vectors WHERE ref_id = old.memory_id; END",
+        "CREATE TRIGGER memory_vectors_session_memory_gone AFTER DELETE ON session_memories "
+        "BEGIN DELETE FROM memory_vectors WHERE ref_id = old.memory_id; END",
+        "DROP INDEX sessions_project",
+        "CREATE INDEX sessions_project ON sessions (project_id, started_at DESC, session_id DESC)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -41,11 +41,26 @@ def metadata_text(metadata: dict[str, Any], key: str) -> str | None:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+DESCRIBED = ("title", "goal", "summary")
+
+
+def described(session: Session | None) -> dict[str, str | None]:
+    """A session's title (its own field, set by session.update, or else its metadata's
+    "title"), goal and summary (its metadata's "goal" and "summary")."""
+    if session is None:
+        return dict.fromkeys(DESCRIBED)
+    found = {key: metadata_text(session.metadata, key) for key in DESCRIBED}
+    if session.title:
+        found["title"] = session.title
+    return found
+
+
 def header(session: Session | None, limit: int) -> PackSection:
     items = []
     if session is not None:
+        found = described(session)
         for key, label in (("title", "Title"), ("goal", "Goal"), ("summary", "Summary")):
-            text = metadata_text(session.metadata, key)
+            text = found[key]
             if text is not None:
                 items.append(PackItem(key, f"**{label}:** {_one_line(text, limit)}", 0))
     return PackSection("session", "Session", items, len(items), 0)

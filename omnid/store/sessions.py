@@ -134,6 +134,21 @@ def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, no
         "WHERE session_id = ?",
         (owner.pid, owner.start, owner.boot_id, owner.ino, now, now, previous.session_id),
     )
+    stage(
+        db, "session.resumed", session_id=sid, tool_id=previous.tool_id, project_id=previous.project_id,
+        owner_pid=owner.pid, previous_owner_pid=previous.owner_pid, released=previous.end_reason or "died",
+        resume_key=previous.resume_key,
+    )
+
+
+def set_tracked(db: sqlite3.Connection, session_id: str) -> bool:
+    """Mark a live session as wanting its workspace's file changes recorded; False if it
+    already did (or is not live)."""
+    cur = db.execute(
+        "UPDATE sessions SET track_workspace = 1 WHERE session_id = ? AND ended_at IS NULL AND track_workspace = 0",
+        (session_id,),
+    )
+    return cur.rowcount == 1
 
 
 def owners(db: sqlite3.Connection, s: Session) -> list[SessionOwner]:
@@ -284,6 +299,7 @@ def page(
     tag: str | None = None,
     archived: ArchivedFilter = "exclude",
     pinned: bool | None = None,
+    project_id: str | None = None,
 ) -> tuple[list[Session], str | None]:
     """Sessions newest first, ``limit`` at a time, resuming after ``cursor``."""
     where = [c for c in (_BY_STATUS[status], _BY_ARCHIVED[archived]) if c]
@@ -291,7 +307,7 @@ def page(
     for condition, value in (
         ("tool_id = ?", tool_id), ("session_type = ?", session_type), ("workspace = ?", workspace),
         ("session_id IN (SELECT session_id FROM session_tags WHERE tag = ?)", tag),
-        ("pinned = ?", None if pinned is None else int(pinned)),
+        ("pinned = ?", None if pinned is None else int(pinned)), ("project_id = ?", project_id),
     ):
         if value is not None:
             where.append(condition)

@@ -74,7 +74,7 @@ def test_restore_into_a_new_session(client, worked):
     assert restored.created and restored.session_id != sid and restored.events == 6
     new = client.get(restored.session_id)
     assert new.tool_id == "resumer" and new.owner_pid == os.getpid() and new.project_id == worked.project_id
-    assert new.metadata["title"] == "Parser"
+    assert new.title == "Parser" and new.metadata["goal"] == "Nested lists"
     assert new.metadata["restored_from"] == {"key": f"checkpoint/{sid}/cp", "version": 1}
     assert view(client, restored.session_id) == view(client, sid)
     notes = client.list_session_memories(restored.session_id)
@@ -87,10 +87,17 @@ def test_restore_into_a_new_session(client, worked):
 def test_restore_into_an_existing_live_session(client, worked, tmp_path):
     sid = worked.session_id
     client.create_checkpoint(sid, "cp")
-    target = start(client, tmp_path)
+    target = start(client, tmp_path, goal="old goal", keep="this")
+    client.update_session(target.session_id, title="Old title")
     restored = client.restore_checkpoint(f"checkpoint/{sid}/cp", into=target.session_id)
     assert not restored.created and restored.session_id == target.session_id
     assert view(client, target.session_id) == view(client, sid)
+    # It takes the checkpoint's title, goal and summary; the rest of its metadata stays.
+    now = client.get(target.session_id)
+    assert now.title == "Parser"
+    assert now.metadata == {"goal": "Nested lists", "summary": "lexer fixed", "keep": "this"}
+    pack = client.pack_context(target.session_id)
+    assert (pack.title, pack.goal, pack.summary) == ("Parser", "Nested lists", "lexer fixed")
     client.end(target.session_id)
     with pytest.raises(Conflict):
         client.restore_checkpoint(f"checkpoint/{sid}/cp", into=target.session_id)

@@ -214,3 +214,17 @@ def test_cli_prints_the_same_pack_as_the_client(client, filled, tmp_path):
     assert omnid_error("context", "pack", "--session", "00000000-0000-4000-8000-000000000000")["code"] == "not_found"
     # The plain view still answers to `omnid context SESSION_ID`.
     assert omnid_json("context", sid)["session_id"] == sid
+
+
+def test_the_pack_shows_the_title_session_update_sets(client, tmp_path):
+    """The session's own title field wins over a "title" in its metadata; goal and summary
+    come from its metadata, as session.update sets them."""
+    s = start(client, tmp_path, title="From metadata", goal="First goal")
+    assert client.pack_context(s.session_id).title == "From metadata"
+    client.update_session(s.session_id, title="Set by update", metadata={"summary": "Halfway", "goal": "Second goal"})
+    pack = client.pack_context(s.session_id)
+    assert (pack.title, pack.goal, pack.summary) == ("Set by update", "Second goal", "Halfway")
+    assert pack.markdown.index("Set by update") < pack.markdown.index("Second goal") < pack.markdown.index("Halfway")
+    assert "From metadata" not in pack.markdown
+    client.update_session(s.session_id, title="")  # removing the title shows the metadata's again
+    assert client.pack_context(s.session_id).title == "From metadata"

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -106,6 +107,36 @@ def test_a_restarted_owner_resumes_its_session_with_everything_it_holds(client, 
     assert [(o.pid, o.released) for o in history] == [(first.pid, "reaped"), (second.pid, None)]
     assert history[0].since == ended.started_at and history[0].until == ended.ended_at
     assert history[1].since == s.owner_since and history[1].until is None
+
+
+def test_a_resume_is_told_in_the_event_stream_once_committed(client, spawn_owner):
+    first = spawn_owner()
+    sid = client.get_or_create(TOOL, pid=first.pid, resume_key=KEY).session.session_id
+    kill_and_reap(client, first, sid)
+    seen: list = []
+    stream = Client(autostart=False).events(since=0, reconnect=False, kinds=["session"], sessions=[sid])
+
+    def follow() -> None:
+        for event in stream:
+            seen.append((event, client_live(sid)) if event.kind == "session.resumed" else (event, None))
+
+    with Client(autostart=False) as reader:
+        def client_live(session_id: str) -> bool:
+            return reader.get(session_id).live
+
+        threading.Thread(target=follow, daemon=True).start()
+        wait_for(lambda: len(seen) >= 2, what="created and reaped")
+        second = spawn_owner()
+        assert client.get_or_create(TOOL, pid=second.pid, resume_key=KEY).status == "resumed"
+        wait_for(lambda: len(seen) >= 3, what="the resumed event")
+    kinds = [(e.kind, e.data.get("end_reason")) for e, _ in seen]
+    assert kinds == [("session.created", None), ("session.ended", "reaped"), ("session.resumed", None)]
+    resumed, live_when_told = seen[2]
+    assert live_when_told  # told after the commit: a reader already sees it live
+    assert (resumed.tool_id, resumed.data["owner_pid"], resumed.data["previous_owner_pid"]) == (
+        TOOL, second.pid, first.pid,
+    )
+    assert resumed.data["released"] == "reaped" and resumed.data["resume_key"] == KEY
 
 
 def test_the_reaper_watches_the_new_owner_and_every_owner_is_remembered(client, spawn_owner):

@@ -32,7 +32,7 @@ from omnid_client import (
 )
 from omnid_client._core import Call
 from omnid_client.protocol import MAX_METADATA_BYTES, METHODS, Session
-from tests.helpers import DaemonProcess, db_rows, process_state, start_ticks, wait_for
+from tests.helpers import DaemonProcess, db_rows, omnid_json, process_state, start_ticks, wait_for
 
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
@@ -566,6 +566,42 @@ def test_list_filters_newest_first(client, filters):
     page = client.list_sessions(**filters)
     assert [s.session_id for s in page.sessions] == [s.session_id for s in everything if matches(s, **filters)]
     assert page.next_cursor is None
+
+
+def test_list_by_project_pages_through_that_projects_sessions_only(client, home, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    mine = []
+    for i in range(7):
+        mine.append(client.get_or_create("lister", workspace=str(one), dedup=False).session)
+        client.get_or_create("lister", workspace=str(two), dedup=False)
+        if i % 2:
+            client.end(mine[-1].session_id)
+    project_id = mine[0].project_id
+    assert project_id is not None and {s.project_id for s in mine} == {project_id}
+    seen, cursor = [], None
+    while True:
+        page = client.list_sessions(project_id=project_id, limit=3, cursor=cursor)
+        seen += page.sessions
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [s.session_id for s in seen] == [s.session_id for s in reversed(mine)]
+    ended = client.list_sessions(project_id=project_id, status="ended").sessions
+    assert [s.session_id for s in ended] == [s.session_id for s in reversed(mine) if s.session_id in
+                                             {m.session_id for i, m in enumerate(mine) if i % 2}]
+    assert client.list_sessions(project_id="prj_000000000000").sessions == []
+    cli = omnid_json("sessions", "list", "--project", project_id, "--limit", "1000")
+    assert [s["session_id"] for s in cli["sessions"]] == [s.session_id for s in reversed(mine)]
+    plan = db_rows(
+        home / "omnid.db",
+        "EXPLAIN QUERY PLAN SELECT session_id FROM sessions WHERE project_id = ? "
+        "ORDER BY started_at DESC, session_id DESC LIMIT 3", project_id,
+    )
+    assert any("sessions_project" in row[-1] for row in plan) and not any("TEMP B-TREE" in row[-1] for row in plan)
+    with pytest.raises(Invalid):
+        client.list_sessions(project_id="not-a-project-id")
 
 
 @pytest.mark.parametrize("count, limit", [(23, 5), (20, 5), (3, 50), (4, 1)])

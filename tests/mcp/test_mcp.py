@@ -146,6 +146,43 @@ def test_resources_hold_the_context_and_the_memories(daemon, tmp_path):
     assert [m["key"] for m in memories["memories"]] == ["k"]
 
 
+def test_context_pack_and_similar_memories(daemon, client, tmp_path):
+    """The pack an agent reads when it resumes, as Markdown text or as JSON, the same as the
+    client's; and memories found by their embeddings."""
+
+    async def body(s):
+        sid = (await call(s, "current_session"))["session_id"]
+        client.update_session(sid, title="Port the lexer", metadata={"goal": "No recursion"})
+        await call(s, "append_context", {"events": [
+            {"kind": "file_access", "subject": "src/lexer.py", "importance": 0.9},
+            {"kind": "decision", "subject": "use an explicit stack"},
+        ]})
+        await call(s, "put_memory", {"key": "east", "value": "points east", "embedding": [1.0, 0.0]})
+        await call(s, "put_memory", {"key": "north", "value": "points north", "embedding": [0.0, 1.0]})
+        await call(s, "add_session_memory", {"content": "north-east", "embedding": [1.0, 1.0]})
+        text = await s.call_tool("context_pack", {"budget_tokens": 400})
+        structured = await call(s, "context_pack", {"budget_tokens": 400, "markdown": False})
+        tiny = await call(s, "context_pack", {"budget_tokens": 0})
+        similar = await call(s, "similar_memories", {"vector": [0.9, 0.1], "k": 2})
+        mismatched = await error(s, "similar_memories", {"vector": [1.0, 0.0, 0.0]})
+        return sid, text, structured, tiny, similar, mismatched
+
+    sid, text, structured, tiny, similar, mismatched = with_server(body, cwd=tmp_path)
+    assert not text.is_error
+    markdown = text.content[0].text  # the Markdown itself, ready to inject, not JSON
+    assert markdown == text.structured_content["markdown"] == client.pack_context(sid, budget_tokens=400).markdown
+    assert "Port the lexer" in markdown and "No recursion" in markdown and "src/lexer.py" in markdown
+    assert text.structured_content["session_id"] == sid and 0 < text.structured_content["tokens"] <= 400
+    assert structured["markdown"] == markdown and structured["title"] == "Port the lexer"
+    assert {sec["name"] for sec in structured["sections"]} >= {"files", "decisions"}
+    assert tiny["markdown"] == "" and tiny["tokens"] == 0
+    assert [h["memory"]["key"] if h["memory"] else h["session_memory"]["content"] for h in similar["hits"]] == [
+        "east", "north-east",
+    ]
+    assert similar["dim"] == 2 and similar["hits"][0]["score"] > similar["hits"][1]["score"]
+    assert mismatched["code"] == "invalid" and "3 dimensions" in mismatched["message"]
+
+
 def test_every_failure_is_a_tool_error_with_a_typed_code(daemon, tmp_path):
     async def body(s):
         errors = [

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -81,44 +80,6 @@ def test_without_a_daemon_the_shell_starts_quietly(tmp_path, monkeypatch):
     r = subprocess.run(SHELLS["bash"][0], input=script, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and values(r.stdout, "SID") == ["unset"]
     assert "omnid:" not in r.stderr and "Traceback" not in r.stderr  # (stderr echoes the commands)
-
-
-class Tmux:
-    """A private tmux server (its own socket) running one shell in a real terminal."""
-
-    def __init__(self, shell: list[str], cwd: Path):
-        self.name = f"omnid-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.run("new-session", "-d", "-x", "200", "-y", "50", "-c", str(cwd), *shell)
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-L", self.name, *args], check=True, capture_output=True, text=True, timeout=30
-        ).stdout
-
-    def type(self, line: str) -> None:
-        self.run("send-keys", "-l", line)
-        self.run("send-keys", "Enter")
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-J", "-S", "-200")
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def tmux(tmp_path):
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    made: list[Tmux] = []
-
-    def start(shell: list[str]) -> Tmux:
-        made.append(Tmux(shell, tmp_path))
-        return made[-1]
-
-    yield start
-    for t in made:
-        t.close()
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])

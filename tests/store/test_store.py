@@ -104,6 +104,13 @@ def build_database(path: Path, version: int, *, journal_mode: str = "delete") ->
             )
         if version >= 3:  # that schema counts them in the row, as omnid did when adding them
             db.execute("UPDATE sessions SET context_event_count = ? WHERE session_id = ?", (OLD_EVENTS, sid))
+        if version >= 6:  # that schema rolls them up per subject, as omnid did when adding them
+            db.executemany(
+                "INSERT INTO context_rollup (session_id, kind, subject, events, bytes, first_at, last_at, "
+                "max_importance) VALUES (?,?,?,1,?,?,?,0.5)",
+                [(sid, "file_access", f"/old/{n}", len(f"/old/{n}"), 1001.0 + n, 1001.0 + n)
+                 for n in range(OLD_EVENTS)],
+            )
         return sid
     finally:
         db.close()

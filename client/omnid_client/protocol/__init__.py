@@ -88,6 +88,7 @@ from .events import (
 from .fields import (
     MAX_BATCH,
     MAX_CONTENT,
+    MAX_DIMS,
     MAX_METADATA_BYTES,
     MAX_NESTING,
     MAX_TAGS,
@@ -95,6 +96,7 @@ from .fields import (
     ArchivedFilter,
     Content,
     Cursor,
+    Embedding,
     EndReason,
     Label,
     Limit,
@@ -166,6 +168,7 @@ from .sessions import (
     SessionSummary,
     UpdateSession,
 )
+from .vectors import SearchSimilar, SimilarHit, SimilarMemories, VectorEngine, VectorKind
 from .wire import (
     HEADER,
     MAX_FRAME,
@@ -351,4 +354,11 @@ __all__ = [
     "Welcome",
     "compare_versions",
     "version_note",
+    "Embedding",
+    "MAX_DIMS",
+    "SearchSimilar",
+    "SimilarHit",
+    "SimilarMemories",
+    "VectorEngine",
+    "VectorKind",
 ]

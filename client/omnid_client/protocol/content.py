@@ -11,6 +11,7 @@ from .fields import (
     MAX_CONTENT,
     Content,
     Cursor,
+    Embedding,
     Label,
     Limit,
     MemoryKey,
@@ -133,6 +134,9 @@ class PutMemory(Struct):
     workspace: PathText | None = None
     metadata: Metadata = {}
     ttl: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
+    embedding: Embedding | None = None
+    """The value's embedding, for memories.search_similar; a put without one drops the
+    vector an earlier version had. Its length fixes the project's dimension on first use."""
 
 
 class MemoryKeyRef(Struct):
@@ -187,6 +191,8 @@ class AddSessionMemory(Struct):
     content: Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT)]
     memory_type: Label = "note"
     metadata: Metadata = {}
+    embedding: Embedding | None = None
+    """The content's embedding (the session must belong to a project: see PutMemory)."""
 
 
 class SessionMemoryList(Struct):

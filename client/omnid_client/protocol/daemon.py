@@ -38,6 +38,15 @@ class Settings(Struct, kw_only=True):
     (only the few in memory)."""
     event_buffer: Annotated[int, Meta(ge=16 << 10, le=1 << 30)] = 1 << 20
     """Bytes of events waiting for one slow subscriber before it gets a gap instead."""
+    track_workspace: bool = False
+    """Record file changes under the project root of every live session with a workspace
+    (as if each had asked with ``get_or_create(track_workspace=True)``)."""
+    workspace_max_dirs: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    """A tracked project root with more directories than this (not counting ignored ones)
+    is refused: each costs an inotify watch."""
+    vector_engine: Literal["auto", "python", "sqlite-vec"] = "auto"
+    """What computes memories.search_similar: "auto" uses sqlite-vec when the ``vec`` extra
+    loads and pure Python otherwise; "sqlite-vec" fails searches when it cannot load."""
     metrics_textfile: PathText | None = None
     """Absolute path of a ``*.prom`` file the daemon keeps its metrics in (Prometheus text,
     replaced atomically at most every 15 s, only when they changed), for node_exporter's
@@ -171,3 +180,6 @@ class DaemonStatus(Struct):
     """Connections following the event stream."""
     event_seq: int = 0
     """The sequence number of the latest event."""
+    tracked_roots: list[str] = []
+    """Project roots whose file changes are being recorded right now (workspace tracking:
+    the watcher has them; one just asked for may take a moment to appear)."""

@@ -18,6 +18,14 @@ MAX_CONTENT = 256 * 1024
 MAX_BATCH = 500
 """Most messages or context events in one call."""
 
+MAX_DIMS = 4096
+"""Most dimensions of an embedding vector."""
+Embedding = Annotated[list[float], Meta(min_length=1, max_length=MAX_DIMS)] | Annotated[
+    bytes, Meta(min_length=4, max_length=4 * MAX_DIMS)
+]
+"""An embedding vector: a list of floats, or the same as packed little-endian float32
+(4 bytes a dimension). Stored as float32; NaN, infinities and the zero vector are Invalid."""
+
 ToolId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")]
 ShortText = Annotated[str, Meta(max_length=256)]
 PathText = Annotated[str, Meta(min_length=1, max_length=4096)]

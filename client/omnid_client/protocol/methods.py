@@ -70,6 +70,7 @@ from .sessions import (
     SessionSummary,
     UpdateSession,
 )
+from .vectors import SearchSimilar, SimilarMemories
 from .wire import Empty
 
 
@@ -124,6 +125,7 @@ METHODS: dict[str, Method] = {
     "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
     "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
     "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
+    "memories.search_similar": Method(SearchSimilar, SimilarMemories, writes=False),
     # Turns the connection into an event stream (the connection handles it, not a handler).
     "events.subscribe": Method(Subscribe, Subscribed, writes=False),
 }

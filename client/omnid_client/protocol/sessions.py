@@ -74,6 +74,9 @@ class GetOrCreate(Struct):
     owner died or it was reaped or expired within the daemon's ``resume_window``."""
     resume_ended: bool = False
     """Resume a session with ``resume_key`` that was ended explicitly, too."""
+    track_workspace: bool = False
+    """Record files created, modified or deleted under the session's project root as its
+    ``file_change`` context events while it is live. A daemon older than this field ignores it."""
 
 
 GetOrCreateStatus = Literal["created", "existing", "resumed"]
@@ -113,6 +116,8 @@ class ListSessions(Struct):
     archived: ArchivedFilter = "exclude"
     """Archived sessions are left out unless ``include``d (or ``only`` they are wanted)."""
     pinned: bool | None = None
+    project_id: ProjectId | None = None
+    """Only the sessions of this project."""
 
 
 class SessionPage(Struct):

@@ -1,0 +1,94 @@
+"""Memory embeddings as stored: checked, normalised float32 vectors, one per memory, and each project's dimension."""
+
+from __future__ import annotations
+
+import array
+import math
+import sqlite3
+import sys
+
+from omnid_client.errors import Invalid
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def unit_vector(embedding: list[float] | bytes, field: str = "embedding") -> array.array:
+    """``embedding`` as a float32 vector of length 1; Invalid, naming the first bad
+    component, if it holds NaN or an infinity (or a value float32 cannot hold), or is zero."""
+    if isinstance(embedding, bytes):
+        if len(embedding) % 4:
+            raise Invalid(
+                f"{field} is {len(embedding)} bytes: packed float32 takes 4 bytes a dimension", {"field": field}
+            )
+        values = array.array("f")
+        values.frombytes(embedding)
+        if sys.byteorder == "big":
+            values.byteswap()
+    else:
+        values = array.array("d", embedding)
+    if not values:
+        raise Invalid(f"{field} is empty", {"field": field})
+    total = 0.0
+    for i, x in enumerate(values):
+        if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+            raise Invalid(f"{field}[{i}] is {x!r}: every component must be a finite float32", {"field": field})
+        total += x * x
+    norm = math.sqrt(total)
+    if norm == 0.0 or not math.isfinite(norm):
+        raise Invalid(f"{field} has no direction (its length is {norm})", {"field": field})
+    return array.array("f", [x / norm for x in values])
+
+
+def to_blob(vector: array.array) -> bytes:
+    """Little-endian float32, as stored (and as sqlite-vec reads it)."""
+    if sys.byteorder == "big":
+        vector = array.array("f", vector)
+        vector.byteswap()
+    return vector.tobytes()
+
+
+def from_blob(blob: bytes) -> array.array:
+    vector = array.array("f")
+    vector.frombytes(blob)
+    if sys.byteorder == "big":
+        vector.byteswap()
+    return vector
+
+
+def project_dim(db: sqlite3.Connection, project_id: str) -> int | None:
+    row = db.execute("SELECT dim FROM project_vector_dims WHERE project_id = ?", (project_id,)).fetchone()
+    return row[0] if row else None
+
+
+def check_dim(found: int | None, dim: int, project_id: str, field: str) -> None:
+    if found is not None and found != dim:
+        raise Invalid(
+            f"{field} has {dim} dimensions but project {project_id} holds vectors of {found} dimensions",
+            {"field": field, "dim": dim, "project_dim": found, "project_id": project_id},
+        )
+
+
+def attach(
+    db: sqlite3.Connection,
+    ref_id: str,
+    kind: str,
+    project_id: str,
+    vector: array.array,
+    *,
+    session_id: str | None = None,
+    expires_at: float | None = None,
+) -> None:
+    """Store (or replace) a memory's vector; the first one in a project fixes its dimension."""
+    found = project_dim(db, project_id)
+    check_dim(found, len(vector), project_id, "embedding")
+    if found is None:
+        db.execute("INSERT INTO project_vector_dims (project_id, dim) VALUES (?, ?)", (project_id, len(vector)))
+    db.execute(
+        "INSERT OR REPLACE INTO memory_vectors (ref_id, kind, project_id, session_id, expires_at, vector) "
+        "VALUES (?,?,?,?,?,?)",
+        (ref_id, kind, project_id, session_id, expires_at, to_blob(vector)),
+    )
+
+
+def detach(db: sqlite3.Connection, ref_id: str) -> None:
+    db.execute("DELETE FROM memory_vectors WHERE ref_id = ?", (ref_id,))
