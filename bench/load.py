@@ -2,8 +2,9 @@
 loop for a fixed time, and writes its latencies (ns) to a file.
 
 ``python bench/load.py TARGET OP SECONDS GO_FD OUT [ARG]``; TARGET is omnid, echo,
-raw (the raw echo floor, bench/floor.py), baseline or paired (omnid, the echo and the raw
-echo floor in turn; ARG is their two sockets joined by os.pathsep); the socket or port
+raw (the raw echo floor, bench/floor.py), baseline, paired (omnid, the echo and the raw
+echo floor in turn; ARG is their two sockets joined by os.pathsep) or metrics (the
+environment's omnid and the one listening on ARG in turn, each first in every other round); the socket or port
 comes from ARG or the environment. For omnid's context and message ops, ARG may name the (live)
 session to write to.
 """
@@ -19,11 +20,11 @@ import floor
 import msgspec
 
 
-def omnid_op(op: str, arg: str):
+def omnid_op(op: str, arg: str, socket_path: str | None = None):
     from omnid_client import Client
     from omnid_client.protocol import ContextEvent
 
-    client = Client(autostart=False, timeout=30)
+    client = Client(socket_path, autostart=False, timeout=30)
     client.connect()
     pid = os.getpid()
     if op == "create":
@@ -88,6 +89,8 @@ def main() -> None:
         # moments of a noisy machine. Writes {"omnid": [...], "echo": [...]}.
         echo_path, raw_path = arg.split(os.pathsep)
         calls = {"omnid": omnid_op(op, ""), "echo": echo_op("echo", echo_path), "raw": floor.raw_op(raw_path)}
+    elif target == "metrics":
+        calls = {"on": omnid_op(op, ""), "off": omnid_op(op, "", arg)}
     else:
         ops = {"omnid": omnid_op, "echo": echo_op, "raw": lambda op, arg: floor.raw_op(arg), "baseline": baseline_op}
         calls = {target: ops[target](op, arg)}
@@ -98,13 +101,15 @@ def main() -> None:
     latencies: dict[str, list[int]] = {name: [] for name in calls}
     now = time.perf_counter_ns
     end = now() + int(seconds * 1e9)
+    order, flipped = list(calls.items()), list(reversed(calls.items()))
     while now() < end:
-        for name, call in calls.items():
+        order, flipped = flipped, order
+        for name, call in order if target == "metrics" else calls.items():
             t0 = now()
             call()
             latencies[name].append(now() - t0)
     with open(out, "wb") as f:
-        f.write(msgspec.msgpack.encode(latencies if target == "paired" else latencies[target]))
+        f.write(msgspec.msgpack.encode(latencies if target in ("paired", "metrics") else latencies[target]))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -
 
 
 @contextmanager
-def omnid_daemon(home: Path) -> Iterator[psutil.Process]:
-    env = {**os.environ, "OMNID_HOME": str(home)}
+def omnid_daemon(home: Path, **extra_env: str) -> Iterator[psutil.Process]:
+    env = {**os.environ, "OMNID_HOME": str(home), **extra_env}
     env.pop("OMNID_SOCKET", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "omnid", "serve", "--log-file", str(home / "omnid.log")],
@@ -348,6 +348,25 @@ def reap_latency(home: Path, kills: int) -> dict:
     return {"kills": kills, "median_ms": statistics.median(delays), "max_ms": max(delays)}
 
 
+def metrics_overhead(work: Path, seconds: float, rounds: int) -> dict:
+    """Reuse p50 of one client calling two daemons in turn, one recording metrics and one
+    with OMNID_METRICS=off (so both see the same moments of a noisy machine, and each goes
+    first in every other call pair): the median of each side's per-round p50, and their ratio."""
+    homes = {"on": work / "metrics-on", "off": work / "metrics-off"}
+    p50s: dict[str, list[float]] = {"on": [], "off": []}
+    for home in homes.values():
+        home.mkdir()
+    env = {**os.environ, "OMNID_HOME": str(homes["on"])}
+    with omnid_daemon(homes["on"]), omnid_daemon(homes["off"], OMNID_METRICS="off"):
+        off_socket = str(homes["off"] / "run" / "omnid.sock")
+        for _ in range(rounds):
+            (both,) = run_clients("metrics", "reuse", 1, seconds, off_socket, env, work)
+            for side in p50s:
+                p50s[side].append(summary("omnid", "reuse", 1, seconds, [both[side]])["p50_us"])
+    on, off = statistics.median(p50s["on"]), statistics.median(p50s["off"])
+    return {"rounds": rounds, "p50_on_us": on, "p50_off_us": off, "ratio": on / off, "per_round": p50s}
+
+
 def context_at_scale(work: Path, seconds: float, events: int) -> dict:
     """context.append p50 (one client) in a fresh session and in one already holding
     ``events`` events, both owned by this process and in the same database."""
@@ -466,9 +485,10 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--quick", action="store_true", help="smaller scale figures, for a smoke run")
     parser.add_argument(
-        "--only", choices=["agent", "wakeups", "floor", "scale"],
+        "--only", choices=["agent", "wakeups", "floor", "scale", "metrics"],
         help="run only this group (agent: context pack, compaction; wakeups: idle wakeups, workspace tracking; "
-        "floor: omnid beside the echo floors, daemon CPU per call; scale: reads and search on big databases)",
+        "floor: omnid beside the echo floors, daemon CPU per call; scale: reads and search on big databases; "
+        "metrics: what recording metrics costs)",
     )
     parser.add_argument("--sessions", type=int, default=1_000_000, help="ended sessions in the big database")
     parser.add_argument("--events", type=int, default=100_000, help="context events of one session, ditto")
@@ -480,6 +500,14 @@ def main() -> int:
         return floor_only(args)
     if args.only == "scale":
         return scale_only(args)
+    if args.only == "metrics":
+        work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
+        try:
+            overhead = metrics_overhead(work, args.seconds, 6 if args.quick else 10)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print_overhead(overhead)
+        return 0
     if args.only:
         group = {"agent": agent, "wakeups": wakeups}[args.only]
         work = Path(tempfile.mkdtemp(prefix="omnid-bench-", dir="/tmp"))
@@ -542,6 +570,7 @@ def main() -> int:
         results.update(big_reads(work, args, scale_sessions))
         results["agent"] = agent.run(work, omnid_daemon, quick=args.quick)
         results["wakeups"] = wakeups.run(work, omnid_daemon, seconds=10.0 if args.quick else 20.0)
+        results["metrics"] = metrics_overhead(work, sec, 6 if args.quick else 10)
 
         rss_home = work / "rss"
         rss_home.mkdir()
@@ -603,6 +632,7 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         *scale_targets(r),
         *agent.targets(r),
         *wakeups.targets(r),
+        ("reuse p50 with metrics over without (calls in turn)", r["metrics"]["ratio"], "<=", 1.02),
         (
             "import omnid_client over a bare interpreter (ms)",
             r["startup"]["import_omnid_client_ms"] - r["startup"]["python_pass_ms"], "<=", 15,
@@ -616,6 +646,14 @@ def judge(r: dict) -> tuple[dict, list[dict]]:
         {"target": name, "value": float(value), "goal": f"{op} {goal}", "met": ops[op](float(value), float(goal))}
         for name, value, op, goal in targets
     ]
+
+
+def print_overhead(m: dict) -> None:
+    print(
+        f"metrics: reuse p50 {m['p50_on_us']:.1f} us recording vs {m['p50_off_us']:.1f} us with OMNID_METRICS=off "
+        f"(one client calling both in turn, median of {m['rounds']} rounds): {m['ratio']:.3f}x; per-round p50 spread "
+        + ", ".join(f"{side} {min(v):.1f}-{max(v):.1f} us" for side, v in m["per_round"].items())
+    )
 
 
 def print_loads(r: dict) -> None:
@@ -662,6 +700,7 @@ def print_report(r: dict) -> None:
     print_scale(r)
     agent.report(r)
     wakeups.report(r)
+    print_overhead(r["metrics"])
     w = r["watched"]
     print(
         f"watched: {w['live_sessions']:,} live sessions on {w['watched_processes']} processes: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import platformdirs
 
 from omnid_client.protocol import Settings
 
-from .safefile import check_file, os_message
+from .safefile import UnsafePath, check_existing, check_file, os_message
 
 log = logging.getLogger("omnid.config")
 
@@ -56,9 +57,41 @@ def parse(text: str) -> Settings:
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} (known keys: {', '.join(known)})")
     try:
-        return msgspec.convert(data, Settings)
+        settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as e:
         raise ConfigError(str(e).replace("$.", "")) from None
+    if settings.metrics_textfile is not None:
+        check_textfile(settings.metrics_textfile)
+    return settings
+
+
+def check_textfile(text: str) -> None:
+    """ConfigError unless ``text`` can be the daemon's metrics textfile: an absolute ``*.prom``
+    path in an existing directory of this user (not a link), with no symlink, other file
+    kind or other user's file in its place. Never follows a link."""
+    path = Path(text)
+    what = f"metrics_textfile {text!r}"
+    if not path.is_absolute():
+        raise ConfigError(f"{what} is a relative path; name it from / (node_exporter's textfile directory)")
+    if path.suffix != ".prom":
+        raise ConfigError(f"{what} must end in .prom: node_exporter's textfile collector reads only *.prom files")
+    try:
+        st = os.lstat(path.parent)
+    except OSError as e:
+        raise ConfigError(f"{what}: its directory {path.parent} cannot be used: {os_message(e)}; create it") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what}: {path.parent} is not a directory (a link is not followed: name the directory)")
+    if st.st_uid != os.getuid():
+        raise ConfigError(
+            f"{what}: the directory {path.parent} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); "
+            "use a directory of your own (and point node_exporter's --collector.textfile.directory at it)"
+        )
+    try:
+        check_existing(path, owned=True)
+    except UnsafePath as e:
+        raise ConfigError(f"{what}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{what}: {os_message(e)}") from None
 
 
 def read(path: Path) -> Settings | None:

@@ -40,6 +40,7 @@ from .protocol import (
     CleanupOrphans,
     CleanupResult,
     CreateTask,
+    DaemonMetrics,
     DaemonStatus,
     Deleted,
     DeleteSession,
@@ -223,6 +224,10 @@ def reap(*, dry_run: bool = False) -> Call[ReapResult]:
 
 def stats() -> Call[ServiceStats]:
     return Call("daemon.stats", Empty(), ServiceStats)
+
+
+def metrics() -> Call[DaemonMetrics]:
+    return Call("daemon.metrics", Empty(), DaemonMetrics)
 
 
 def cleanup_orphans(older_than: float, *, dry_run: bool = False) -> Call[CleanupResult]:

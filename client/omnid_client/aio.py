@@ -19,6 +19,7 @@ from .protocol import (
     CleanupResult,
     ContextEvent,
     ContextPack,
+    DaemonMetrics,
     DaemonStatus,
     Empty,
     Event,
@@ -187,6 +188,10 @@ class AsyncClient(AsyncMemoryMethods):
     async def stats(self) -> ServiceStats:
         """Totals and averages over every session, message, memory and task."""
         return await self._call(_calls.stats())
+
+    async def metrics(self) -> DaemonMetrics:
+        """The daemon's counters and latency histograms since it started, and totals across restarts."""
+        return await self._call(_calls.metrics())
 
     async def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
         """As ``Client.cleanup_orphans``."""

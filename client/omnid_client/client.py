@@ -18,6 +18,7 @@ from .protocol import (
     CleanupResult,
     ContextEvent,
     ContextPack,
+    DaemonMetrics,
     DaemonStatus,
     Empty,
     Event,
@@ -199,6 +200,10 @@ class Client(MemoryMethods):
     def stats(self) -> ServiceStats:
         """Totals and averages over every session, message, memory and task."""
         return self._call(_calls.stats())
+
+    def metrics(self) -> DaemonMetrics:
+        """The daemon's counters and latency histograms since it started, and totals across restarts."""
+        return self._call(_calls.metrics())
 
     def cleanup_orphans(self, older_than: float, *, dry_run: bool = False) -> CleanupResult:
         """Delete ended sessions that started over ``older_than`` seconds ago and hold nothing

@@ -12,6 +12,7 @@ from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
 from ..jobs.workspace import Workspaces
+from ..metrics import Metrics
 from ..store import Store
 from ..store import sessions as session_store
 from ..store.guard import WriteGuard
@@ -41,6 +42,8 @@ class Context:
     """Workspace change tracking (None where nothing watches files, as in offline tools)."""
     similar: SimilarSearch | None = None
     """The similarity search thread (None: memories.search_similar is Unsupported)."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """What the daemon counts: replies by method, get_or_create outcomes, commits, reaps."""
 
 
 @dataclass(slots=True)

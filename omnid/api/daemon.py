@@ -1,8 +1,8 @@
-"""Daemon methods: status, reap, shutdown, stats."""
+"""Daemon methods: status, reap, shutdown, stats, metrics."""
 
 from __future__ import annotations
 
-from omnid_client.protocol import DaemonStatus, Empty, Reap, ReapResult, ServiceStats
+from omnid_client.protocol import DaemonMetrics, DaemonStatus, Empty, Reap, ReapResult, ServiceStats
 
 from ..store import memories as memory_store
 from ..store.codec import from_nanos
@@ -18,6 +18,11 @@ def status(ctx: Context, caller: Caller, _: Empty) -> DaemonStatus:
 @handles("daemon.reap")
 def reap(ctx: Context, caller: Caller, p: Reap) -> ReapResult:
     return ctx.reaper.sweep(trigger="manual", dry_run=p.dry_run)
+
+
+@handles("daemon.metrics")
+def metrics(ctx: Context, caller: Caller, _: Empty) -> DaemonMetrics:
+    return ctx.metrics.snapshot()
 
 
 @handles("daemon.shutdown")

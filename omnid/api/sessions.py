@@ -91,19 +91,24 @@ def _get_or_create(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateR
     owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
     if p.owner_must_be_ancestor:
         check_ancestor(pid, caller.pid)
-    store = ctx.store
+    store, metrics = ctx.store, ctx.metrics
     now = store.now()
     if p.resume_key is not None:
-        return _by_resume_key(ctx, p, owner, now)
+        result = _by_resume_key(ctx, p, owner, now)
+        metrics.outcome(p.tool_id, result.status)
+        return result
     if p.dedup:
         existing = ctx.live_sessions.find_live(p.tool_id, owner)
         if existing is not None:
             store.note_activity(existing.session_id, now)
             existing.last_activity = now
+            metrics.outcome(p.tool_id, "existing")
             return GetOrCreateResult("existing", existing)
     ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write():
-        return GetOrCreateResult("created", _create(ctx, p, owner, now))
+        session = _create(ctx, p, owner, now)
+    metrics.outcome(p.tool_id, "created")
+    return GetOrCreateResult("created", session)
 
 
 def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) -> Session:

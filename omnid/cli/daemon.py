@@ -1,4 +1,4 @@
-"""Commands about the daemon itself: run, stop, status, reap, stats, its config file, and
+"""Commands about the daemon itself: run, stop, status, reap, stats, metrics, its config file, and
 the per-user service that runs it."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 import click
 import msgspec
 
+from omnid_client import Client, Unsupported
 from omnid_client.paths import daemon_paths
-from omnid_client.protocol import ReapResult, Settings
+from omnid_client.protocol import DaemonMetrics, ReapResult, Settings
 
 from ..safefile import os_message
 from . import fast
+from ._metrics import summary_fields, summary_json
 from ._output import (
     EXIT_NOT_RUNNING,
     connect,
@@ -183,8 +185,9 @@ def stats(as_json: bool) -> None:
     """Totals and averages over everything omnid holds."""
     with connect(autostart=False) as client:
         st = client.stats()
+        metrics = _metrics_of(client)
     if as_json:
-        print_json(st)
+        print_json({**msgspec.structs.asdict(st), "metrics": summary_json(metrics) if metrics else None})
         return
     avg = duration(st.avg_session_seconds) if st.avg_session_seconds is not None else "-"
     print_fields(
@@ -205,6 +208,32 @@ def stats(as_json: bool) -> None:
     )
     if st.sessions_by_tool:
         print_table(["TOOL", "SESSIONS"], sorted(st.sessions_by_tool.items(), key=lambda kv: -kv[1]))
+    if metrics is not None:
+        print_fields(summary_fields(metrics))
+
+
+def _metrics_of(client: Client) -> DaemonMetrics | None:
+    """The daemon's metrics; None from a daemon older than ``daemon.metrics``."""
+    try:
+        return client.metrics()
+    except Unsupported:
+        return None
+
+
+@click.command()
+@click.option("--openmetrics", is_flag=True, help="OpenMetrics 1.0 text (ends in '# EOF') instead of Prometheus 0.0.4.")
+@json_option
+@fail_cleanly
+def metrics(openmetrics: bool, as_json: bool) -> None:
+    """Every counter and histogram of the daemon, in the Prometheus text format."""
+    from ..metrics.exposition import render
+
+    with connect(autostart=False) as client:
+        snapshot = client.metrics()
+    if as_json:
+        print_json(snapshot)
+    else:
+        click.echo(render(snapshot, openmetrics=openmetrics), nl=False)
 
 
 @click.group()
@@ -233,7 +262,8 @@ def config_check(file: Path | None, as_json: bool) -> None:
         return
     click.echo(f"{path}: {'valid' if settings is not None else 'no such file, so the defaults apply'}")
     for name, value in msgspec.structs.asdict(settings or Settings()).items():
-        click.echo(f"  {name} = {json.dumps(value)}")
+        if value is not None:  # unset (metrics_textfile): TOML has no null
+            click.echo(f"  {name} = {json.dumps(value)}")
 
 
 T = TypeVar("T")

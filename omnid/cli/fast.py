@@ -99,15 +99,20 @@ def status(as_json: bool = False) -> int:
     """``omnid status``: 0 running, 3 not running, 1 refused or any other error."""
     import json
 
-    from omnid_client import Client, OmnidError, Unavailable
+    from omnid_client import Client, OmnidError, Unavailable, Unsupported
     from omnid_client.paths import read_status_file, socket_candidates
     from omnid_client.protocol import version_note
 
     from .. import __version__
+    from ._metrics import summary_fields, summary_json
 
     try:
         with Client(autostart=False, client_name="omnid-cli") as client:
             st = client.status()
+            try:
+                metrics = client.metrics()
+            except Unsupported:  # an older daemon
+                metrics = None
     except Unavailable as e:
         published = read_status_file()
         tried = [str(p) for p, _ in socket_candidates()]
@@ -127,9 +132,15 @@ def status(as_json: bool = False) -> int:
     if as_json:
         import msgspec
 
-        print_json({"running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note})
+        print_json({
+            "running": True, **msgspec.structs.asdict(st), "client_version": __version__, "version_note": note,
+            "metrics": summary_json(metrics) if metrics is not None else None,
+        })
         return 0
     print_status(st)
+    for name, value in summary_fields(metrics) if metrics is not None else ():
+        if value is not None:
+            echo(f"{name + ':':15} {value}")
     if note:
         echo(f"omnid: {note}", err=True)
     if st.config_state == "invalid":

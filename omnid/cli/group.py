@@ -32,7 +32,7 @@ def main() -> None:
 
 
 for command in (
-    daemon.serve, daemon.status, daemon.reap, daemon.stop, daemon.stats, daemon.config, daemon.service,
+    daemon.serve, daemon.status, daemon.reap, daemon.stop, daemon.stats, daemon.metrics, daemon.config, daemon.service,
     sessions.sessions, sessions.session, sessions.projects,
     content.memories, content.context, content.messages, content.tasks, content.search, checkpoints.checkpoint,
     events.events, top,

@@ -28,6 +28,7 @@ from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver, retention_from_env
 from ..jobs.workspace import Workspaces
+from ..metrics import Metrics, enabled_from_env
 from ..safefile import atomic_write, os_message
 from ..store import CorruptDatabase, Store
 from ..store import sessions as session_store
@@ -38,6 +39,7 @@ from .connection import ServerState, Timeouts
 from .housekeeping import Housekeeping
 from .instance import Instance, StartupError
 from .listener import Listener, pidfd_budget
+from .metrics_files import MetricsFiles, period_from_env
 
 log = logging.getLogger("omnid.server")
 
@@ -68,6 +70,7 @@ class App:
     state: ServerState
     events: Hub
     workspaces: Workspaces
+    metrics_files: MetricsFiles
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class App:
         self.snapshot: Path | None = None
         """A copy of the running code, for a failed upgrade to fall back to."""
         self._snapshotting: asyncio.Future[Path | None] | None = None
+        self.metrics = Metrics(enabled_from_env())
 
     @property
     def paths(self) -> Paths:
@@ -157,10 +161,16 @@ class App:
         self.housekeeping.config_reloaded = self._config_reloaded
         self.store = self.open_store()
         self.events.attach(self.store)
+        self.store.on_flushed = self.metrics.committed
+        self.metrics_files = MetricsFiles(
+            self.loop, self.metrics, lambda: self.settings, self.paths.state_dir / "metrics.json", period_from_env()
+        )
+        self.metrics_files.load_totals()
         self.live_sessions = session_store.LiveLookups(self.store)
         self.store.set_durability(settings.durability)
         self.store.guard.max_bytes = settings.max_database_bytes
         self.reaper = Reaper(self.store, self.loop, sweep_interval=self.sweep_interval, max_fds=pidfd_budget(fd_limit))
+        self.reaper.on_reaped = self.metrics.reaped
         startup = self.reaper.start()
         self.expirer = Expirer(self.store, self.loop)
         self.expirer.start()
@@ -184,11 +194,13 @@ class App:
             self.status, self.request_stop, lambda: self.settings,
             compactor=compactor, workspaces=self.workspaces,
             similar=SimilarSearch(self.paths.database, lambda: self.settings.vector_engine),
+            metrics=self.metrics,
         )
         self.events.listeners.append(self.workspaces.committed)
         self.workspaces.start()
         self.store.on_rollback(self.context.compactor.forget)
         self.state = ServerState(self.loop, self.context, self.timeouts, self._connection_closed, events=self.events)
+        self.metrics.gauges = lambda: (len(self.state.connections), len(self.reaper.owners), *self.store.file_sizes())
         if self.instance.listening_socket is None:
             self.instance.listening_socket = self.instance.bind()
         self.listener = Listener(self.state, self.reaper, self.instance.listening_socket)
@@ -198,6 +210,8 @@ class App:
         if hasattr(signal, "SIGHUP"):
             self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.housekeeping.start(self.store, self.reaper, self.idle, self.archiver)
+        self.housekeeping.on_tick.append(self.metrics_files.tick)
+        self.metrics_files.configure()
         self.write_status_file()
         log.info(
             "omnid %s serving %s%s (pid %d, database %s, watcher %s, %d live session(s), config %s: %s)",
@@ -245,6 +259,7 @@ class App:
         after = config.settings
         if (after.track_workspace, after.workspace_max_dirs) != (before.track_workspace, before.workspace_max_dirs):
             self.workspaces.configure()
+        self.metrics_files.configure()
 
     def _reload_signal(self) -> None:
         """SIGHUP, as for most daemons: read the config file again (never stop)."""
@@ -288,6 +303,7 @@ class App:
         if self.context.similar is not None:
             self.context.similar.close()
         self.store.close()
+        await self.metrics_files.close()
         self.events.close()
         if not self.restart_requested:
             self.instance.release()

@@ -81,6 +81,8 @@ class Housekeeping:
             "package": Timer(loop, self.check_package, "package check", log),
         }
         self._watchdog: Timer | None = None
+        self.on_tick: list[Callable[[], None]] = []
+        """Also run at each minute tick (saving the metrics totals)."""
 
     def watch(self) -> None:
         """Note the installed package and arm the file watches."""
@@ -118,7 +120,10 @@ class Housekeeping:
             self.reaper.sweep(trigger="sweep")
         except Exception:
             log.exception("periodic sweep failed")
-        checks = (self.check_config_file, self.check_socket, self.check_package, self.idle.run, self.check_database)
+        checks = (
+            self.check_config_file, self.check_socket, self.check_package, self.idle.run, self.check_database,
+            *self.on_tick,
+        )
         for check in checks:
             try:
                 check()

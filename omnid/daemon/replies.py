@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter_ns
 from typing import Protocol
 
 import msgspec
@@ -13,6 +14,7 @@ from omnid_client.errors import StorageError, TooLarge
 from omnid_client.protocol import HEADER, MAX_FRAME, ErrorInfo, IncomingRequest, ResponseFrame
 
 from .. import api
+from ..metrics import Metrics
 
 log = logging.getLogger("omnid.server")
 
@@ -52,11 +54,15 @@ def encode(response: ResponseFrame) -> bytearray:
     return buf
 
 
-def completed(out: Outbox, method: str, error: ErrorInfo | None, frame: bytearray) -> None:
+def completed(
+    out: Outbox, metrics: Metrics, method: str, started: int, error: ErrorInfo | None, frame: bytearray,
+) -> None:
     """Every reply to a request leaves through here, once that request is done (and its
     commit, if it joined one): the one place that knows its method, its outcome (``error``,
-    None on success) and that it has finished. ``frame``: the reply, encoded."""
+    None on success) and that it has finished. ``frame``: the reply, encoded; ``started``:
+    ``perf_counter_ns`` when its frame was decoded."""
     out.write(frame)
+    metrics.answered(method, started, error)
 
 
 def respond(
@@ -68,7 +74,8 @@ def respond(
 ) -> None:
     """Run a request; if it joined a transaction, reply only once that commits; if its
     handler went on in the background, once that is done."""
-    store = ctx.store
+    started = perf_counter_ns()  # the frame was just decoded
+    store, metrics = ctx.store, ctx.metrics
     writes_before = store.writes
     request_id, method = request.id, request.method  # not the request: it points into the read buffer
     response = api.dispatch(ctx, caller, request)
@@ -77,12 +84,12 @@ def respond(
         def finished(done: asyncio.Future[ResponseFrame]) -> None:
             if not done.cancelled():
                 reply = done.result()
-                completed(out, method, reply.error, encode(reply))
+                completed(out, metrics, method, started, reply.error, encode(reply))
 
         response.add_done_callback(finished)
         return
     if not store.in_transaction:
-        completed(out, method, response.error, encode(response))
+        completed(out, metrics, method, started, response.error, encode(response))
         return
     wrote = store.writes != writes_before
     # What waits is held as bytes, and counted: the reply, and a read's request (for the
@@ -97,10 +104,10 @@ def respond(
         out.in_flight -= 1
         out.waiting_bytes -= held
         if err is None:
-            completed(out, method, error, frame)
+            completed(out, metrics, method, started, error, frame)
         elif retry is None:
             info = api.error_info(err)
-            completed(out, method, info, encode(ResponseFrame(request_id, error=info)))
+            completed(out, metrics, method, started, info, encode(ResponseFrame(request_id, error=info)))
         else:
             # A read in a batch that could not be committed may have seen writes that
             # are now undone: run it again (once; it may write this time, and then its

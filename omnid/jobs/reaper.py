@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
+from typing import Callable
 
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
@@ -39,6 +41,12 @@ class Reaper:
         self._by_pid: dict[int, ProcessIdentity] = {}
         self._uid = os.getuid()  # every session here was bound to a process of this user
         self.last_reap: LastReap | None = None
+        self.on_reaped: Callable[[str, int, int], None] | None = None
+        """Told, once committed, of each dead owner's sessions ended: how ("event" or "sweep"),
+        nanoseconds since its death (for a sweep, at most: since the sweep before found it
+        alive), and how many sessions (the daemon's metrics)."""
+        self._swept_ns: int | None = None
+        """When the last sweep that checked every owner ran (``perf_counter_ns``)."""
         self._retry = Timer(loop, self._retry_fired, "ending dead owners' sessions again", log)
         self._retry_delay = RETRY_MIN
         # After a lost batch: rebuild the watches, but end dead owners' sessions later; ending
@@ -154,9 +162,9 @@ class Reaper:
         sessions = self._drop_owner(owner)
         if sessions:
             log.info("owner %d exited: reaping %d session(s)", owner.pid, len(sessions))
-            self._end_sessions(sessions, "exit event")
+            self._end_sessions(sessions, "exit event", time.perf_counter_ns())
 
-    def _end_sessions(self, session_ids: set[str], trigger: str) -> None:
+    def _end_sessions(self, session_ids: set[str], trigger: str, died_ns: int | None = None) -> None:
         try:
             with self.store.write() as db:
                 ended = session_store.end(db, sorted(session_ids), "reaped", self.store.now())
@@ -165,6 +173,19 @@ class Reaper:
             self._retry_later()
             return
         self.last_reap = LastReap(self.store.now(), trigger, len(ended))
+        if died_ns is not None and ended:
+            self._tell_reaped("event", died_ns, len(ended))
+
+    def _tell_reaped(self, via: str, died_ns: int, sessions: int) -> None:
+        on_reaped = self.on_reaped
+        if on_reaped is None:
+            return
+
+        def committed(error: Exception | None) -> None:
+            if error is None:
+                on_reaped(via, time.perf_counter_ns() - died_ns, sessions)
+
+        self.store.after_commit(committed)
 
     def sweep(self, *, trigger: str = "sweep", dry_run: bool = False) -> ReapResult:
         """Check the owner of every live session against its recorded identity."""
@@ -180,6 +201,7 @@ class Reaper:
                 found.append(ReapedSession(sid, tool, owner.pid, cause))
                 dead_owners[owner] = cause
         now = self.store.now()
+        alive_at, swept_ns = self._swept_ns, time.perf_counter_ns()
         if not dry_run:
             # Owners left to the sweep get an exit watch as soon as there is room again.
             for owner, (alive, _) in checked.items():
@@ -193,5 +215,8 @@ class Reaper:
                 for owner in dead_owners:
                     self._drop_owner(owner)
                 log.info("%s sweep reaped %d session(s)", trigger, len(found))
+                if alive_at is not None:  # not at startup: those owners died while omnid was down
+                    self._tell_reaped("sweep", alive_at, len(found))
             self.last_reap = LastReap(now, trigger, len(found))
+            self._swept_ns = swept_ns
         return ReapResult(dry_run, now, found)

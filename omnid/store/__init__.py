@@ -64,6 +64,10 @@ class Store:
         self._failure = ("", float("-inf"), 0)  # last commit error logged, when, and how many since
         self.on_commit: Callable[[list[Staged]], None] | None = None
         """Given the events of each transaction once it has committed (the daemon's event hub)."""
+        self.on_flushed: Callable[[int, int, list[Staged] | None], None] | None = None
+        """Told of each commit: the writes it joined, the nanoseconds it took, and its events
+        (None if it failed): the daemon's metrics."""
+        self._batch_from = 0
         self.on_failure: Callable[[str], None] | None = None
         """Told of each failed COMMIT that is logged (at most once a minute for the same one);
         refusals by the guard are told by ``guard.on_refusal``."""
@@ -157,6 +161,7 @@ class Store:
             db.execute("SAVEPOINT request")
         else:
             db.execute("BEGIN IMMEDIATE")
+            self._batch_from = self.writes - 1
             if self._schedule is not None and not self._flush_pending:
                 self._flush_pending = True
                 self._schedule(self.flush)
@@ -277,8 +282,11 @@ class Store:
         self.guard.check()  # the file may be gone: then this batch must not be acknowledged
         if self.guard.lost is not None:
             self._log_failure(self.guard.lost)
+            if self.on_flushed is not None:
+                self.on_flushed(self.writes - self._batch_from, 0, None)
             self._abort(StorageError(self.guard.lost, {"reason": "database_gone"}))
             return
+        started = time.perf_counter_ns()
         try:
             if self._activity:
                 self._apply_activity()
@@ -291,9 +299,13 @@ class Store:
             logged = self._log_failure(str(e))
             if logged is not None and self.on_failure is not None:
                 self.on_failure(logged)
+            if self.on_flushed is not None:
+                self.on_flushed(self.writes - self._batch_from, time.perf_counter_ns() - started, None)
             self._abort(e)
             return
         events, self.db.pending_events = self.db.pending_events, []
+        if self.on_flushed is not None:
+            self.on_flushed(self.writes - self._batch_from, time.perf_counter_ns() - started, events)
         if events and self.on_commit is not None:
             try:
                 self.on_commit(events)

@@ -253,7 +253,10 @@ def test_stats(client, session, repo):
     client.create_task(session.session_id, "t")
 
     stats = omnid_json("stats")
+    metrics = stats.pop("metrics")  # the daemon's own counters, beside the totals of what it holds
     assert stats == plain(client.stats())
+    assert metrics["reuse_rate"] == 0.0
+    assert metrics["get_or_create"] == {TOOL: {"created": 1, "existing": 0, "resumed": 0}}
     assert (stats["sessions"], stats["messages"], stats["total_tokens"], stats["total_cost"]) == (1, 1, 11, 0.25)
     assert (stats["project_memories"], stats["tasks"], stats["sessions_by_tool"]) == (1, 1, {TOOL: 1})
     assert "tasks:        1 (1 open)" in omnid_ok("stats")

@@ -183,6 +183,10 @@ def test_a_full_disk_fails_writes_keeps_reads_and_loses_nothing(small_disk, daem
         wait_for(lambda: c.get(doomed_sid).end_reason == "reaped", timeout=20, what="the retried reap")
         assert c.get_or_create("after", pid=owner.pid).status == "created"
         assert c.add_message(sid, "user", "written after space was freed").message_count == 2
+        # The metrics saw each refusal (the loop's, the newcomer's, the batched one) and the failed commits.
+        m = c.metrics()
+        assert m.since_start.errors["session.get_or_create"] == {"storage": refused + 2}
+        assert m.commit_failures >= 1 and m.since_start.sessions_ended == {"reaped": 1}
     assert d.stop() == 0
 
     check, sessions, messages = stored(small_disk / "omnid.db")

@@ -209,7 +209,7 @@ def test_the_daemon_imports_its_own_modules_and_never_the_cli_process_ones():
     probe = (
         "import sys; from omnid.daemon.upgrade import import_everything; names = import_everything(); "
         "print(len(names)); "
-        "extras = ('click', 'mcp', 'pydantic', 'starlette', 'rich', 'sqlite_vec', 'pysqlite3'); "
+        "extras = ('click', 'mcp', 'pydantic', 'starlette', 'rich', 'sqlite_vec', 'pysqlite3', 'prometheus_client'); "
         "print(' '.join(m for m in sys.modules if m.split('.')[0] in extras"
         " or m.startswith(('omnid.cli', 'omnid.mcp', 'omnid.compat', 'omnid.offline'))))"
     )

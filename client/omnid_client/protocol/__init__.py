@@ -118,6 +118,7 @@ from .methods import (
     METHODS,
     Method,
 )
+from .metrics import Counts, DaemonMetrics, Histogram, MethodMetrics, reuse_rate
 from .records import (
     EXPORT_FORMAT,
     ContextFoldRecord,
@@ -332,6 +333,11 @@ __all__ = [
     "SessionStatus",
     "SessionSummary",
     "Settings",
+    "Counts",
+    "DaemonMetrics",
+    "Histogram",
+    "MethodMetrics",
+    "reuse_rate",
     "ShortText",
     "Tag",
     "Task",

@@ -47,6 +47,10 @@ class Settings(Struct, kw_only=True):
     vector_engine: Literal["auto", "python", "sqlite-vec"] = "auto"
     """What computes memories.search_similar: "auto" uses sqlite-vec when the ``vec`` extra
     loads and pure Python otherwise; "sqlite-vec" fails searches when it cannot load."""
+    metrics_textfile: PathText | None = None
+    """Absolute path of a ``*.prom`` file the daemon keeps its metrics in (Prometheus text,
+    replaced atomically at most every 15 s, only when they changed), for node_exporter's
+    textfile collector. Its directory must exist and belong to this user."""
 
 
 class RunRetention(Struct):

@@ -47,6 +47,7 @@ from .content import (
 )
 from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
 from .events import Subscribe, Subscribed
+from .metrics import DaemonMetrics
 from .records import ImportRecords, ImportResult
 from .sessions import (
     DeleteSession,
@@ -95,6 +96,7 @@ METHODS: dict[str, Method] = {
     "daemon.reap": Method(Reap, ReapResult, writes=True),
     "daemon.shutdown": Method(Empty, Empty, writes=False, idempotent=False),
     "daemon.stats": Method(Empty, ServiceStats, writes=False),
+    "daemon.metrics": Method(Empty, DaemonMetrics, writes=False),
     "project.list": Method(ListProjects, ProjectPage, writes=False),
     "project.get": Method(ProjectRef, Project, writes=False),
     "context.append": Method(AppendContext, Appended, writes=True, idempotent=False),
