@@ -11,6 +11,7 @@ from msgspec import Struct
 
 from omnid_client.protocol import (
     CleanupResult,
+    DaemonMetrics,
     DaemonStatus,
     ReapResult,
     RetentionResult,
@@ -63,10 +64,35 @@ class Error(Struct):
     error: ErrorDetail
 
 
+class BusyMethod(Struct):
+    method: str
+    requests: int
+    errors: int
+    p50_seconds: float | None
+    p99_seconds: float | None
+
+
+class MetricsSummary(Struct):
+    """What ``status`` and ``stats`` add from ``daemon.metrics`` (None from an older daemon)."""
+
+    reuse_rate: float | None
+    total_reuse_rate: float | None
+    totals_since: float | None
+    get_or_create: dict[str, dict[str, int]]
+    """Outcomes ("created", "existing", "resumed") by tool, since start."""
+    top_methods: list[BusyMethod]
+    quantiles: str
+
+
 class Running(DaemonStatus, kw_only=True):
     running: Literal[True]
     client_version: str
     version_note: str | None
+    metrics: MetricsSummary | None
+
+
+class Stats(ServiceStats, kw_only=True):
+    metrics: MetricsSummary | None
 
 
 class NotRunning(Struct):
@@ -181,7 +207,8 @@ SCHEMAS: dict[str, Any] = {
     "status": Union[Running, NotRunning],
     "stop": Stopping,
     "reap": ReapResult,
-    "stats": ServiceStats,
+    "stats": Stats,
+    "metrics": DaemonMetrics,
     "doctor": DoctorReport,
     "logs": LogRecord,  # one object per line
     "completion": Completion,
