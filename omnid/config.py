@@ -14,6 +14,7 @@ import msgspec
 import platformdirs
 
 from omnid_client.protocol import Settings
+from omnid_client.protocol.explain import explain
 
 from .safefile import check_file, os_message
 
@@ -58,7 +59,7 @@ def parse(text: str) -> Settings:
     try:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as e:
-        raise ConfigError(str(e).replace("$.", "")) from None
+        raise ConfigError(explain(e, Settings)[0]) from None
 
 
 def read(path: Path) -> Settings | None:

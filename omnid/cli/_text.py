@@ -35,7 +35,8 @@ def report_error(e: Exception, as_json: bool) -> int:
 
             message = f"{e.filename}: {os_message(e)}"
     if as_json:
-        echo(json.dumps({"error": {"code": code, "message": message}}))
+        field = getattr(e, "field", None)
+        echo(json.dumps({"error": {"code": code, "message": message, **({"field": field} if field else {})}}))
     else:
         echo(f"omnid: {code}: {message}", err=True)
     return EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1

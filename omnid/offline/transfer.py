@@ -26,6 +26,7 @@ from omnid_client.protocol import (
     MessageRecord,
     Record,
 )
+from omnid_client.protocol.explain import explain
 
 from ..safefile import atomic_write, check_existing, os_message
 from ..store.migrations import LATEST
@@ -188,9 +189,16 @@ def read_records(path: Path) -> Iterator[tuple[int, Record]]:
             try:
                 yield number, _record_decoder.decode(line)
             except msgspec.ValidationError as e:
-                raise TransferError(f"{path} line {number}: {e}") from None
+                raise TransferError(f"{path} line {number}: {explain(e, Record, _tag(line))[0]}") from None
             except msgspec.DecodeError as e:
                 raise TransferError(f"{path} line {number}: not a JSON record: {e}") from None
+
+
+def _tag(line: bytes) -> object:
+    try:
+        return msgspec.json.decode(line).get("type")
+    except (msgspec.DecodeError, AttributeError):
+        return None
 
 
 def check_file(path: Path) -> dict[str, int]:
