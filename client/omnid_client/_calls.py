@@ -48,6 +48,8 @@ from .protocol import (
     FindResult,
     GetOrCreate,
     GetOrCreateResult,
+    IdKind,
+    IdMatches,
     ImportRecords,
     ImportResult,
     Interaction,
@@ -70,6 +72,7 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
+    ResolveIds,
     RetentionResult,
     Role,
     RunRetention,
@@ -225,6 +228,10 @@ def cleanup_orphans(older_than: float, *, dry_run: bool = False) -> Call[Cleanup
 
 def shutdown() -> Call[Empty]:
     return Call("daemon.shutdown", Empty(), Empty)
+
+
+def resolve_ids(kind: IdKind, prefix: str, *, limit: int = 10) -> Call[IdMatches]:
+    return Call("ids.resolve", ResolveIds(kind, prefix, limit), IdMatches)
 
 
 # -- projects ------------------------------------------------------------------------------

@@ -35,8 +35,9 @@ def report_error(e: Exception, as_json: bool) -> int:
 
             message = f"{e.filename}: {os_message(e)}"
     if as_json:
-        field = getattr(e, "field", None)
-        echo(json.dumps({"error": {"code": code, "message": message, **({"field": field} if field else {})}}))
+        details = getattr(e, "details", None) or {}
+        extra = {k: details[k] for k in ("field", "candidates") if k in details}
+        echo(json.dumps({"error": {"code": code, "message": message, **extra}}))
     else:
         echo(f"omnid: {code}: {message}", err=True)
     return EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1

@@ -20,7 +20,10 @@ CASES = [
     ("session.get_or_create", {}, Invalid, "tool_id", "tool_id is required: it must be 1-128 characters"),
     ("session.list", {"limit": 0}, Invalid, "limit", "limit must be an integer from 1 to 1000"),
     ("session.list", {"limit": "ten"}, Invalid, "limit", "limit must be an integer from 1 to 1000, not a string"),
-    ("session.list", {"status": "zombie"}, Invalid, "status", "status must be one of 'all', 'ended', 'live', not 'zombie'"),
+    (
+        "session.list", {"status": "zombie"}, Invalid, "status",
+        "status must be one of 'all', 'ended', 'live', not 'zombie'",
+    ),
     ("task.get", {"task_id": "task_xyz"}, Invalid, "task_id", "task_id must be a task id: task_ and 16 lowercase hex"),
     ("project.get", {"project_id": "p1"}, Invalid, "project_id", "project_id must be a project id: prj_ and 12"),
     (
@@ -54,7 +57,9 @@ def test_the_command_prints_the_sentence(daemon):
     assert msgspec.json.decode(r.stdout)["error"] == {
         "code": "invalid",
         "field": "tool_id",
-        "message": "tool_id must be 1-128 characters: letters, digits and . _ : @ / + -, starting with a letter or digit",
+        "message": (
+            "tool_id must be 1-128 characters: letters, digits and . _ : @ / + -, starting with a letter or digit"
+        ),
     }
 
 

@@ -45,7 +45,16 @@ from .content import (
     TaskRef,
     UpdateTask,
 )
-from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
+from .daemon import (
+    CleanupOrphans,
+    CleanupResult,
+    DaemonStatus,
+    IdMatches,
+    ResolveIds,
+    RetentionResult,
+    RunRetention,
+    ServiceStats,
+)
 from .events import Subscribe, Subscribed
 from .records import ImportRecords, ImportResult
 from .sessions import (
@@ -122,6 +131,7 @@ METHODS: dict[str, Method] = {
     "checkpoint.list": Method(ListCheckpoints, CheckpointList, writes=False),
     "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
     "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
+    "ids.resolve": Method(ResolveIds, IdMatches, writes=False),
     # Turns the connection into an event stream (the connection handles it, not a handler).
     "events.subscribe": Method(Subscribe, Subscribed, writes=False),
 }
