@@ -13,9 +13,22 @@ import click
 from omnid_client import Client, OmnidError
 
 from ._ids import Resolver
-from ._text import EXIT_NOT_RUNNING, duration, print_fields, print_json, print_table, report_error, short, when
+from ._text import (
+    EXIT_NOT_RUNNING,
+    ago,
+    duration,
+    print_fields,
+    print_json,
+    print_table,
+    report_error,
+    short,
+    status_cell,
+    when,
+)
 
-__all__ = ["EXIT_NOT_RUNNING", "duration", "print_fields", "print_json", "print_table", "short", "when"]
+__all__ = [
+    "EXIT_NOT_RUNNING", "ago", "duration", "print_fields", "print_json", "print_table", "short", "status_cell", "when",
+]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import checkpoints, compat, content, daemon, data, events, hooks, sessions
+from . import _style, checkpoints, compat, content, daemon, data, events, hooks, sessions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omnid")
-def main() -> None:
+@click.option("--no-color", is_flag=True, help="No colour even on a terminal (as a non-empty NO_COLOR does).")
+def main(no_color: bool) -> None:
     """omnid: one local daemon that tells every AI tool process which session it is in."""
+    if no_color:
+        _style.no_color = True
 
 
 for command in (
