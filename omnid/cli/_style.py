@@ -69,7 +69,7 @@ def ago(ts: float | None, now: float | None = None) -> str:
     for size, unit in _UNITS:
         if seconds >= size:
             n = int(seconds // size)
-            text = f"{n} {unit}" + ("s" if n > 1 and len(unit) > 3 else "")
+            text = f"{n} {unit}" + ("s" if n > 1 and unit not in ("h", "min", "s") else "")
             return f"{text} ago" if delta > 0 else f"in {text}"
     return "just now"  # pragma: no cover - the loop's last unit is one second
 
