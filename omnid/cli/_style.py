@@ -9,6 +9,8 @@ import time
 from datetime import datetime
 from typing import IO, Any
 
+import msgspec
+
 GREEN, YELLOW, DIM, BOLD = "32", "33", "2", "1"
 STATUS = {"live": GREEN, "reaped": YELLOW, "expired": YELLOW, "ended": DIM}
 """The status column's colours."""
@@ -79,16 +81,36 @@ TIME_KEYS = frozenset({"at", "last_activity", "since", "until", "cutoff", "next_
 """JSON keys (beside any ending in ``_at``) that hold an epoch time."""
 
 
-def iso_times(value: Any) -> Any:
-    """``value`` (plain dicts and lists) with every epoch time as ISO 8601 with its zone,
-    to the microsecond (no precision lost)."""
+def iso_times(value: Any, top: bool = True) -> Any:
+    """``value`` (a result struct, or a dict of them the command built) with every epoch time
+    as ISO 8601 with its zone, to the microsecond (no precision lost), ready to encode.
+    Times are the fields of structs (and keys of the top-level dict) named as times; the
+    dicts a user stored (metadata, memory values, checkpoint snapshots) are left as they are."""
+    if isinstance(value, msgspec.Struct):
+        return _struct(value)
     if isinstance(value, dict):
-        return {
-            k: iso(v, "microseconds") if _is_time(k, v) else iso_times(v) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [iso_times(v) for v in value]
+        return {k: iso(v, "microseconds") if top and _is_time(k, v) else iso_times(v, False) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [iso_times(v, False) for v in value]
     return value
+
+
+def _struct(value: msgspec.Struct) -> dict[str, Any]:
+    """A struct as msgspec encodes it (tag, encode names, defaults omitted if it omits them)."""
+    config = value.__struct_config__
+    out: dict[str, Any] = {} if config.tag_field is None else {config.tag_field: config.tag}
+    for f in msgspec.structs.fields(value):
+        v = getattr(value, f.name)
+        if v is msgspec.UNSET or config.omit_defaults and _is_default(f, v):
+            continue
+        out[f.encode_name] = iso(v, "microseconds") if _is_time(f.name, v) else iso_times(v, False)
+    return out
+
+
+def _is_default(f: msgspec.structs.FieldInfo, v: Any) -> bool:
+    if f.default is not msgspec.NODEFAULT:
+        return bool(v == f.default)
+    return f.default_factory is not msgspec.NODEFAULT and bool(v == f.default_factory())
 
 
 def _is_time(key: object, value: object) -> bool:

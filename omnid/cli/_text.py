@@ -50,7 +50,7 @@ def print_json(value: Any) -> None:
     """``value`` as indented JSON, its epoch times as ISO 8601 with their zone."""
     import msgspec
 
-    echo(msgspec.json.format(msgspec.json.encode(iso_times(msgspec.to_builtins(value))), indent=2).decode())
+    echo(msgspec.json.format(msgspec.json.encode(iso_times(value)), indent=2).decode())
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -144,7 +144,7 @@ def sessions_show(session_id: str, as_json: bool) -> None:
         session = client.get(session_id)
         owners = client.session_owners(session_id).owners
     if as_json:
-        print_json({**msgspec.to_builtins(session), "owners": owners})
+        print_json({**msgspec.structs.asdict(session), "owners": owners})
     else:
         print_session(session, owners)
 

@@ -38,7 +38,7 @@ MEMORY_ID = re.compile(r"^mem_[0-9a-f]{12}$")
 
 def plain(value: Any) -> Any:
     """A client result as the JSON the command prints (its times in ISO 8601)."""
-    return json.loads(msgspec.json.encode(iso_times(msgspec.to_builtins(value))))
+    return json.loads(msgspec.json.encode(iso_times(value)))
 
 
 def start(client: Client, workspace: Path) -> Session:
