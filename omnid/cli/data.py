@@ -109,19 +109,18 @@ def export_command(
             sys.stdout.buffer.flush()
         else:
             output = output.absolute()
-            # The export holds every message: readable by its owner alone, like the database.
-            with atomic_write(output, overwrite=force) as pending:
-                counts = transfer.export(database, pending.file, **filters)
+            try:
+                # The export holds every message: readable by its owner alone, like the database.
+                with atomic_write(output, overwrite=force) as pending:
+                    counts = transfer.export(database, pending.file, **filters)
+            except FileExistsError:
+                raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
+            except OSError as e:
+                raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     except KeyboardInterrupt:
         bar.close()
         interrupted("interrupted: nothing written" if output else "interrupted: the export on stdout is incomplete",
                     as_json)
-    except FileExistsError:
-        raise transfer.TransferError(f"{output} exists; pass --force to overwrite it", "exists") from None
-    except transfer.TransferError:
-        raise
-    except OSError as e:
-        raise transfer.TransferError(f"cannot write {output}: {os_message(e)}", "io") from None
     finally:
         bar.close()
     if as_json:
