@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from omnid_client import Client, NotFound, OmnidError, Unavailable
+from omnid_client import Client, NotFound, OmnidError, Unavailable, Unsupported
 
 MIN_PREFIX = 6
 CANDIDATES = 10
@@ -80,6 +80,11 @@ class Resolver:
             found = self.client.resolve_ids(kind, _STEM[kind] + body, limit=CANDIDATES)  # type: ignore[arg-type]
         except Unavailable as e:
             raise Unavailable(f"{e}; a shortened id needs the daemon running (or give the whole id)") from None
+        except Unsupported as e:
+            raise Unsupported(
+                f"the running daemon is older and cannot look up shortened ids: give the whole id, or `omnid stop` "
+                f"so the upgraded one starts ({e})", e.details,
+            ) from None
         if not found.ids:
             raise NotFound(f"no {kind} id starts with {value}", {"field": field, "prefix": value})
         if len(found.ids) > 1:
