@@ -4,6 +4,7 @@ with pipe-pane) and not a pipe: progress bars, colours, and what Ctrl-C leaves w
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from omnid.cli._progress import Progress
 from omnid.cli._style import ago
 from tests.cli.test_id_prefixes import session_record
 from tests.helpers import count, omnid_json, run_omnid, wait_for
@@ -169,3 +171,26 @@ def test_relative_times():
     cases = {now: "just now", now - 42: "42 s ago", now - 180: "3 min ago", now - 7200: "2 h ago",
              now - 86400 * 3: "3 days ago", now - 86400 * 15: "2 weeks ago", now + 300: "in 5 min", None: "-"}
     assert {ts: ago(ts, now) for ts in cases} == cases
+
+
+class TerminalStream(io.StringIO):
+    """What the bar writes to, standing in for a terminal's stderr."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_redraws_at_most_ten_times_a_second():
+    stream = TerminalStream()
+    started = time.monotonic()
+    with Progress("importing", 200_000, stream=stream) as bar:
+        for _ in range(200_000):
+            bar.advance()
+    elapsed = time.monotonic() - started
+    draws = stream.getvalue().count("\rimporting")
+    assert 1 <= draws <= elapsed * 10 + 2, (draws, elapsed)
+    assert stream.getvalue().endswith("\r\x1b[K"), "erased when done"
+    quiet = TerminalStream()
+    with Progress("importing", 10, stream=quiet, enabled=False) as bar:
+        bar.advance(10)
+    assert quiet.getvalue() == ""
