@@ -83,7 +83,7 @@ def test_long_work_shows_progress_on_a_terminal_only(daemon, home, terminal, tmp
     shown = terminal.command(f"{OMNID} import {data}")
     assert bars(shown) == {"checking", "importing"}, shown
     assert re.search(r"importing \[#+-*\] [\d,]+/3,000 records +\d+%", shown), shown
-    assert re.search(r"[\d,]+ records/s", shown) and "\x1b[K" in shown
+    assert "\x1b[K" in shown
     assert "session  3000" in shown and "DONE1=0" in shown
     assert bars(terminal.command(f"{OMNID} export -o {tmp_path / 'out.jsonl'}")) == {"exporting"}
     shown = terminal.command(f"{OMNID} backup {tmp_path / 'copy.db'}")
@@ -190,6 +190,10 @@ def test_the_bar_redraws_at_most_ten_times_a_second():
     draws = stream.getvalue().count("\rimporting")
     assert 1 <= draws <= elapsed * 10 + 2, (draws, elapsed)
     assert stream.getvalue().endswith("\r\x1b[K"), "erased when done"
+    bar.done = 30_000
+    assert bar.line(bar.started + 2) == (
+        "importing [###---------------------] 30,000/200,000 records  15%  15,000 records/s"
+    )
     quiet = TerminalStream()
     with Progress("importing", 10, stream=quiet, enabled=False) as bar:
         bar.advance(10)

@@ -29,12 +29,12 @@ _WORDS = {
 """Hand-written wording for the patterns users meet most; others are quoted as regexes."""
 _IDS = {p for p, words in _WORDS.items() if " id: " in words}
 
-_AT = re.compile(r"^(?P<what>.*?) - at `\$(?P<path>[^`]*)`$", re.S)
+_AT = re.compile(r"^(?P<what>.*?) - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$")
 _GOT = re.compile(r"got `(?P<got>[^`]+)`")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]")
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "null": "null",
-          "object": "an object", "array": "a list"}
+          "None": "null", "object": "an object", "array": "a list"}
 
 
 def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None) -> tuple[str, dict[str, Any]]:
@@ -42,7 +42,7 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
     union, the member whose tag is ``tag``): the sentence names the field and what it
     allows; details hold ``field`` (the top-level field), ``path`` and ``allowed``."""
     text = str(error)
-    missing = _MISSING.match(text)
+    missing, at = _MISSING.match(text), None
     if missing:
         path = f"{missing['path'] or ''}.{missing['name']}"
     else:
@@ -52,11 +52,15 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
         path = at["path"]
     steps = [name or "[]" for name, _ in _STEP.findall(path)]
     shown = path.lstrip(".")
+    if at is not None and at["key"]:  # a map's key is wrong, not a value
+        steps.append("{key}")
+        shown = f"{shown} keys"
     info = mi.type_info(root)
     if isinstance(info, mi.UnionType):
         info = next((t for t in info.types if getattr(t, "tag", None) == tag), info)
     allowed = describe(_walk(info, steps))
-    details: dict[str, Any] = {"field": steps[0] if steps and steps[0] != "[]" else shown, "path": shown}
+    details: dict[str, Any] = {"field": steps[0] if steps and steps[0] not in ("[]", "{key}") else shown,
+                               "path": path.lstrip(".")}
     if allowed:
         details["allowed"] = allowed
     if missing:
@@ -75,7 +79,9 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
 def _walk(info: Any, steps: list[str]) -> Any:
     for step in steps:
         info = _present(info)
-        if step == "[]":
+        if step == "{key}":
+            info = getattr(info, "key_type", None)
+        elif step == "[]":
             info = getattr(info, "item_type", None) or getattr(info, "value_type", None)
         elif isinstance(info, (mi.StructType, mi.DataclassType, mi.TypedDictType)):
             info = next((f.type for f in info.fields if f.encode_name == step), None)
@@ -144,7 +150,11 @@ def describe(info: Any) -> str:
     if isinstance(info, (mi.StructType, mi.DataclassType, mi.TypedDictType)):
         return "an object"
     if isinstance(info, mi.UnionType):
-        return " or ".join(filter(None, (describe(t) for t in info.types)))
+        tags = [t.tag for t in info.types if isinstance(t, mi.StructType) and t.tag is not None]
+        if tags and len(tags) == len(info.types):
+            field = info.types[0].tag_field  # type: ignore[attr-defined]
+            return f"an object whose {field} is one of " + ", ".join(repr(t) for t in tags)
+        return " or ".join(dict.fromkeys(filter(None, (describe(t) for t in info.types))))
     if isinstance(info, mi.NoneType):
         return "null"
     return ""
