@@ -15,6 +15,7 @@ import msgspec
 import platformdirs
 
 from omnid_client.protocol import Settings
+from omnid_client.protocol.explain import explain
 
 from .safefile import UnsafePath, check_existing, check_file, os_message
 
@@ -59,7 +60,7 @@ def parse(text: str) -> Settings:
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as e:
-        raise ConfigError(str(e).replace("$.", "")) from None
+        raise ConfigError(explain(e, Settings)[0]) from None
     if settings.metrics_textfile is not None:
         check_textfile(settings.metrics_textfile)
     return settings

@@ -49,6 +49,8 @@ from .protocol import (
     FindResult,
     GetOrCreate,
     GetOrCreateResult,
+    IdKind,
+    IdMatches,
     ImportRecords,
     ImportResult,
     Interaction,
@@ -71,6 +73,7 @@ from .protocol import (
     Reap,
     ReapResult,
     Record,
+    ResolveIds,
     RetentionResult,
     Role,
     RunRetention,
@@ -236,6 +239,10 @@ def cleanup_orphans(older_than: float, *, dry_run: bool = False) -> Call[Cleanup
 
 def shutdown() -> Call[Empty]:
     return Call("daemon.shutdown", Empty(), Empty)
+
+
+def resolve_ids(kind: IdKind, prefix: str, *, limit: int = 10) -> Call[IdMatches]:
+    return Call("ids.resolve", ResolveIds(kind, prefix, limit), IdMatches)
 
 
 # -- projects ------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from .protocol import (
     Empty,
     Event,
     GetOrCreateResult,
+    IdKind,
+    IdMatches,
     ImportResult,
     Interaction,
     MessagePage,
@@ -387,6 +389,10 @@ class AsyncClient(AsyncMemoryMethods):
         return await self._call(_calls.run_retention(
             older_than=older_than, archive=archive, purge=purge, dry_run=dry_run, limit=limit
         ))
+
+    async def resolve_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> IdMatches:
+        """As ``Client.resolve_ids``."""
+        return await self._call(_calls.resolve_ids(kind, prefix, limit=limit))
 
     async def shutdown(self) -> Empty:
         """Ask the daemon to stop gracefully (it replies first)."""

@@ -23,6 +23,8 @@ from .protocol import (
     Empty,
     Event,
     GetOrCreateResult,
+    IdKind,
+    IdMatches,
     ImportResult,
     Interaction,
     MessagePage,
@@ -391,13 +393,8 @@ class Client(MemoryMethods):
         return self._call(_calls.import_records(records, lines=lines, dry_run=dry_run))
 
     def run_retention(
-        self,
-        *,
-        older_than: float | None = None,
-        archive: str | None = None,
-        purge: bool = False,
-        dry_run: bool = False,
-        limit: int = 500,
+        self, *, older_than: float | None = None, archive: str | None = None, purge: bool = False,
+        dry_run: bool = False, limit: int = 500,
     ) -> RetentionResult:
         """Archive (to ``archive``, default the daemon's archive file) or ``purge``, then delete,
         up to ``limit`` ended sessions that ended over ``older_than`` seconds ago (default:
@@ -405,6 +402,10 @@ class Client(MemoryMethods):
         return self._call(_calls.run_retention(
             older_than=older_than, archive=archive, purge=purge, dry_run=dry_run, limit=limit
         ))
+
+    def resolve_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> IdMatches:
+        """The ``kind`` ids (session, task, project) starting with ``prefix``, at most ``limit``."""
+        return self._call(_calls.resolve_ids(kind, prefix, limit=limit))
 
     def shutdown(self) -> Empty:
         """Ask the daemon to stop gracefully (it replies first)."""

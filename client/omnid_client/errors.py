@@ -27,6 +27,12 @@ class OmnidError(Exception):
         self.message = message
         self.details = details or {}
 
+    @property
+    def field(self) -> str | None:
+        """The request field at fault (``session_id``, ``tool_id`` …), when one is."""
+        field = self.details.get("field")
+        return field if isinstance(field, str) else None
+
 
 class TransportError(OmnidError):
     pass

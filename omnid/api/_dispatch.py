@@ -23,6 +23,7 @@ from omnid_client.protocol import (
     ResponseFrame,
     compare_versions,
 )
+from omnid_client.protocol.explain import explain
 
 from .. import __version__
 from ..store import storage_error
@@ -75,9 +76,7 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
     try:
         params = decoder.decode(request.params)
     except msgspec.ValidationError as e:
-        # msgspec names the field; a length bound is a size limit, everything else bad input.
-        kind = TooLarge if "length <=" in str(e) else Invalid
-        return ResponseFrame(request.id, error=error_info(kind(f"{request.method}: {e}")))
+        return ResponseFrame(request.id, error=error_info(invalid_params(request.method, e)))
     except (msgspec.DecodeError, RecursionError) as e:
         return ResponseFrame(request.id, error=error_info(Invalid(f"{request.method}: undecodable parameters: {e}")))
     store = ctx.store
@@ -93,6 +92,14 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
     if isinstance(result, asyncio.Future):
         return later(request, result)
     return ResponseFrame(request.id, result=result)
+
+
+def invalid_params(method: str, e: msgspec.ValidationError) -> Invalid:
+    """A sentence naming the field and what it allows (details: field, path, allowed); a
+    length bound is a size limit (TooLarge), everything else bad input."""
+    sentence, details = explain(e, METHODS[method].params)
+    kind = TooLarge if "length <=" in str(e) else Invalid
+    return kind(sentence, {**details, "method": method})
 
 
 def failure(request: IncomingRequest, e: BaseException) -> ResponseFrame:

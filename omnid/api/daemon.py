@@ -1,11 +1,14 @@
-"""Daemon methods: status, reap, shutdown, stats, metrics."""
+"""Daemon methods: status, reap, shutdown, stats, metrics, and ids completed from a prefix."""
 
 from __future__ import annotations
 
-from omnid_client.protocol import DaemonMetrics, DaemonStatus, Empty, Reap, ReapResult, ServiceStats
+from omnid_client.protocol import (
+    DaemonMetrics, DaemonStatus, Empty, IdMatches, Reap, ReapResult, ResolveIds, ServiceStats,
+)
 
 from ..store import memories as memory_store
 from ..store.codec import from_nanos
+from ..store.prefix import ids_with_prefix
 from ._context import Caller, Context
 from ._dispatch import handles
 
@@ -70,3 +73,9 @@ def stats(ctx: Context, caller: Caller, _: Empty) -> ServiceStats:
         sessions_by_tool=by_tool,
         counters=counters,
     )
+
+
+@handles("ids.resolve")
+def resolve_ids(ctx: Context, caller: Caller, p: ResolveIds) -> IdMatches:
+    ids, more = ids_with_prefix(ctx.store.db, p.kind, p.prefix, p.limit)
+    return IdMatches(ids, more)

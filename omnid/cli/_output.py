@@ -12,20 +12,37 @@ import click
 
 from omnid_client import Client, OmnidError
 
-from ._text import EXIT_NOT_RUNNING, duration, print_fields, print_json, print_table, report_error, short, when
+from ._ids import Resolver
+from ._text import (
+    EXIT_NOT_RUNNING,
+    ago,
+    duration,
+    print_fields,
+    print_json,
+    print_table,
+    report_error,
+    short,
+    status_cell,
+    when,
+)
 
-__all__ = ["EXIT_NOT_RUNNING", "duration", "print_fields", "print_json", "print_table", "short", "when"]
+__all__ = [
+    "EXIT_NOT_RUNNING", "ago", "duration", "print_fields", "print_json", "print_table", "short", "status_cell", "when",
+]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def fail_cleanly(fn: Callable) -> Callable:
     """Turn omnid errors (and stray OSErrors) into one line on stderr (or a JSON error) and an exit status:
-    3 when the daemon cannot be reached, 1 for any other error."""
+    3 when the daemon cannot be reached, 1 for any other error. Shortened ids in the
+    parameters (see _ids) are made whole first."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            with Resolver() as ids:
+                ids.params(kwargs)  # shortened ids become whole ones (a unique prefix of 6+ characters)
             return fn(*args, **kwargs)
         except (OmnidError, OSError) as e:
             exit_with_error(e, bool(kwargs.get("as_json")))

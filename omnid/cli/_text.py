@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from typing import Any, Iterable, Sequence
+
+from ._style import BOLD, ago, colour_on, iso, iso_times, paint, status_cell
+
+__all__ = ["ago", "status_cell"]
 
 EXIT_NOT_RUNNING = 3
 
@@ -35,23 +38,32 @@ def report_error(e: Exception, as_json: bool) -> int:
 
             message = f"{e.filename}: {os_message(e)}"
     if as_json:
-        echo(json.dumps({"error": {"code": code, "message": message}}))
+        details = getattr(e, "details", None) or {}
+        extra = {k: details[k] for k in ("field", "candidates") if k in details}
+        echo(json.dumps({"error": {"code": code, "message": message, **extra}}))
     else:
         echo(f"omnid: {code}: {message}", err=True)
     return EXIT_NOT_RUNNING if isinstance(e, Unavailable) else 1
 
 
 def print_json(value: Any) -> None:
+    """``value`` as indented JSON, its epoch times as ISO 8601 with their zone."""
     import msgspec
 
-    echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+    echo(msgspec.json.format(msgspec.json.encode(iso_times(value)), indent=2).decode())
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    rows = [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for row in [list(headers)] + rows:
-        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    """Aligned columns; on a terminal, bold headers and cells in their Paint colour."""
+    cells = [["-" if v is None else v if isinstance(v, str) else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    colour = colour_on()
+    if colour:
+        echo(paint("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), BOLD))
+    for row in ([] if colour else [list(headers)]) + cells:
+        shown = [paint(v, getattr(v, "sgr", "")) if colour else v for v in row]
+        pads = [" " * (w - len(v)) for v, w in zip(row[:-1], widths, strict=False)] + [""]
+        echo("  ".join(text + pad for text, pad in zip(shown, pads, strict=True)).rstrip())
 
 
 def print_fields(fields: Sequence[tuple[str, Any]], width: int = 13) -> None:
@@ -61,9 +73,8 @@ def print_fields(fields: Sequence[tuple[str, Any]], width: int = 13) -> None:
 
 
 def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    """An absolute time, ISO 8601 with its zone (``show`` views; tables say ``ago``)."""
+    return iso(ts) or "-"
 
 
 def duration(seconds: float) -> str:

@@ -6,7 +6,17 @@ import os
 
 import click
 
-from ._output import connect, fail_cleanly, json_option, print_fields, print_json, print_table, project_options, when
+from ._output import (
+    ago,
+    connect,
+    fail_cleanly,
+    json_option,
+    print_fields,
+    print_json,
+    print_table,
+    project_options,
+    when,
+)
 
 PREFIX = "checkpoint/"
 
@@ -55,7 +65,7 @@ def checkpoint_list(
         click.echo("no checkpoints")
     else:
         print_table(
-            ["KEY", "VERSION", "SAVED", "NOTE"], [(c.key, c.version, when(c.created_at), c.note or "") for c in items]
+            ["KEY", "VERSION", "SAVED", "NOTE"], [(c.key, c.version, ago(c.created_at), c.note or "") for c in items]
         )
 
 

@@ -10,6 +10,7 @@ import click
 from omnid_client.protocol import SearchKind, TaskStatus
 
 from ._output import (
+    ago,
     connect,
     fail_cleanly,
     json_option,
@@ -36,7 +37,7 @@ def print_memories(items: Sequence[Any]) -> None:
     print_table(
         ["KEY", "VERSION", "READS", "LAST READ", "EXPIRES", "VALUE"],
         [
-            (m.key, m.version, m.accessed_count, when(m.last_accessed), when(m.expires_at), short(m.value))
+            (m.key, m.version, m.accessed_count, ago(m.last_accessed), ago(m.expires_at), short(m.value))
             for m in items
         ],
     )
@@ -127,7 +128,7 @@ def memories_history(key: str, project_id: str | None, workspace: str | None, as
         return
     print_table(
         ["VERSION", "WRITTEN", "EXPIRES", "VALUE"],
-        [(v.version, when(v.created_at), when(v.expires_at), short(v.value)) for v in h.versions],
+        [(v.version, ago(v.created_at), ago(v.expires_at), short(v.value)) for v in h.versions],
     )
 
 
@@ -164,16 +165,16 @@ def context_show(session_id: str, as_json: bool) -> None:
         (
             "files",
             ["IMPORTANCE", "READS", "LAST", "PATH"],
-            [(f"{f.importance:.2f}", f.accesses, when(f.last_access), f.path) for f in ctx.files],
+            [(f"{f.importance:.2f}", f.accesses, ago(f.last_access), f.path) for f in ctx.files],
         ),
         (
             "changes",
             ["CHANGE", "TIMES", "LAST", "PATH"],
-            [(c.change, c.changes, when(c.at), c.path) for c in ctx.changes],
+            [(c.change, c.changes, ago(c.at), c.path) for c in ctx.changes],
         ),
-        ("searches", ["AT", "QUERY"], [(when(s.at), s.query) for s in ctx.searches]),
-        ("decisions", ["AT", "DECISION"], [(when(d.at), d.text) for d in ctx.decisions]),
-        ("memories", ["AT", "SOURCE", "REF"], [(when(m.at), m.source, m.ref) for m in ctx.memories]),
+        ("searches", ["AT", "QUERY"], [(ago(s.at), s.query) for s in ctx.searches]),
+        ("decisions", ["AT", "DECISION"], [(ago(d.at), d.text) for d in ctx.decisions]),
+        ("memories", ["AT", "SOURCE", "REF"], [(ago(m.at), m.source, m.ref) for m in ctx.memories]),
     ]
     for title, headers, rows in sections:
         if rows:
@@ -265,7 +266,7 @@ def tasks_list(
             ["TASK", "STATUS", "SESSION", "EXTERNAL ID", "STEPS", "UPDATED", "TITLE"],
             [
                 (t.task_id, t.status, t.session_id, t.external_id, t.interaction_count,
-                 when(t.updated_at), short(t.title))
+                 ago(t.updated_at), short(t.title))
                 for t in page.tasks
             ],
         )
@@ -328,5 +329,5 @@ def search(
         return
     print_table(
         ["KIND", "REF", "SESSION", "WHEN", "MATCH"],
-        [(h.kind, h.ref_id, h.session_id, when(h.created_at), h.snippet) for h in hits],
+        [(h.kind, h.ref_id, h.session_id, ago(h.created_at), h.snippet) for h in hits],
     )

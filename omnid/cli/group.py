@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from . import checkpoints, compat, content, daemon, data, events, hooks, ops, sessions, similar  # noqa: F401  (similar adds to memories)
+from . import _style, checkpoints, compat, content, daemon, data, events, hooks, ops, sessions, similar  # noqa: F401  (similar adds to memories)
 from .exits import EXIT_INTERRUPTED, epilog
 from .top import top
 
@@ -27,8 +27,11 @@ class OmnidGroup(click.Group):
 
 @click.group(cls=OmnidGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=epilog())
 @click.version_option(__version__, prog_name="omnid")
-def main() -> None:
+@click.option("--no-color", is_flag=True, help="No colour even on a terminal (as a non-empty NO_COLOR does).")
+def main(no_color: bool) -> None:
     """omnid: one local daemon that tells every AI tool process which session it is in."""
+    if no_color:
+        _style.no_color = True
 
 
 for command in (

@@ -15,6 +15,7 @@ from omnid_client.protocol import Session, SessionOwner, SessionStatus
 
 from . import fast
 from ._output import (
+    ago,
     connect,
     duration,
     fail_cleanly,
@@ -24,6 +25,7 @@ from ._output import (
     print_json,
     print_table,
     project_options,
+    status_cell,
     when,
 )
 
@@ -46,9 +48,9 @@ def print_sessions(sessions: Sequence[Session]) -> None:
         ["SESSION", "TOOL", "PID", "TYPE", "STATUS", "STARTED", "LAST ACTIVE", "DURATION", "WORKSPACE", "FLAGS",
          "TAGS", "TITLE"],
         [
-            (s.session_id, s.tool_id, s.owner_pid, s.session_type, s.end_reason or "live", when(s.started_at),
-             when(s.last_activity), duration((s.ended_at or now) - s.started_at), s.workspace, flags(s),
-             ",".join(s.tags) or None, s.title)
+            (s.session_id, s.tool_id, s.owner_pid, s.session_type, status_cell(s.end_reason or "live"),
+             ago(s.started_at, now), ago(s.last_activity, now), duration((s.ended_at or now) - s.started_at),
+             s.workspace, flags(s), ",".join(s.tags) or None, s.title)
             for s in sessions
         ],
     )
@@ -73,6 +75,7 @@ def print_session(s: Session, owners: Sequence[SessionOwner] = ()) -> None:
         ("started", when(s.started_at)),
         ("last active", when(s.last_activity)),
         ("ended", when(s.ended_at) if s.ended_at else None),
+        ("duration", duration(s.ended_at - s.started_at) if s.ended_at else None),
         ("tags", ", ".join(s.tags) or None),
         ("pinned", "yes" if s.pinned else None),
         ("archived", when(s.archived_at) if s.archived_at is not None else None),
@@ -144,7 +147,7 @@ def sessions_show(session_id: str, as_json: bool) -> None:
         session = client.get(session_id)
         owners = client.session_owners(session_id).owners
     if as_json:
-        print_json({**msgspec.to_builtins(session), "owners": owners})
+        print_json({**msgspec.structs.asdict(session), "owners": owners})
     else:
         print_session(session, owners)
 
@@ -346,7 +349,7 @@ def projects_list(limit: int, cursor: str | None, as_json: bool) -> None:
             ["PROJECT", "NAME", "VCS", "SESSIONS", "LIVE", "MEMORIES", "LAST ACTIVE", "ROOT"],
             [
                 (p.project_id, p.name, p.vcs, p.session_count, p.live_sessions, p.memory_count,
-                 when(p.last_activity), p.root)
+                 ago(p.last_activity), p.root)
                 for p in page.projects
             ],
         )

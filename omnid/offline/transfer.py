@@ -10,7 +10,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import msgspec
@@ -20,12 +20,14 @@ from omnid_client.protocol import (
     MAX_FRAME,
     ContextFoldRecord,
     ContextRecord,
+    ExportHeader,
     ImportCounts,
     ImportResult,
     InteractionRecord,
     MessageRecord,
     Record,
 )
+from omnid_client.protocol.explain import explain
 
 from ..safefile import atomic_write, check_existing, os_message
 from ..store.migrations import LATEST
@@ -34,6 +36,11 @@ from ..store.records import export_records, jsonl, record_kind
 BATCH_BYTES = MAX_FRAME - 64 * 1024
 """Encoded records per import request, leaving room for the frame's envelope."""
 BATCH_RECORDS = 5000
+BACKUP_STEP = 1024
+"""Pages copied per backup step (4 MiB of 4 KiB pages), between progress reports."""
+EVERY = 256
+"""Lines or records between progress reports and checks for a requested stop."""
+Stop = Callable[[], bool]
 
 
 class TransferError(OmnidError):
@@ -42,6 +49,15 @@ class TransferError(OmnidError):
     def __init__(self, message: str, code: str = "invalid"):
         super().__init__(message)
         self.code = code
+
+
+class Interrupted(TransferError):
+    """An import stopped on request between batches: ``committed`` records (whole batches)
+    were written, nothing after them."""
+
+    def __init__(self, committed: int):
+        super().__init__("interrupted", "interrupted")
+        self.committed = committed
 
 
 # --- the database file -------------------------------------------------------------------
@@ -75,10 +91,12 @@ def open_readonly(path: Path, *, check_schema: bool = True) -> sqlite3.Connectio
     return db
 
 
-def backup(database: Path, dest: Path, *, force: bool = False) -> dict[str, Any]:
+def backup(
+    database: Path, dest: Path, *, force: bool = False, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Copy the live database to ``dest`` with SQLite's online backup, check the copy, and
     only then put it in place. Refuses an existing ``dest`` unless ``force``, and anything
-    at ``dest`` that is not a regular file."""
+    at ``dest`` that is not a regular file. ``progress(pages copied, pages)`` after each step."""
     dest = dest.absolute()
     if any(_same_file(dest, Path(f"{database}{suffix}")) for suffix in ("", "-wal", "-shm")):
         raise TransferError(f"{dest} is one of the database's own files", "invalid")
@@ -87,9 +105,12 @@ def backup(database: Path, dest: Path, *, force: bool = False) -> dict[str, Any]
         with atomic_write(dest, overwrite=force) as pending:
             target = sqlite3.connect(pending.path, isolation_level=None)
             try:
-                # One step: the whole copy reads a single WAL snapshot, so it is consistent and
-                # never restarts however much the daemon writes meanwhile.
-                src.backup(target)
+                # One read transaction around every step: the whole copy reads a single WAL
+                # snapshot, so it is consistent and never restarts however much the daemon writes.
+                src.execute("BEGIN")
+                src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                src.backup(target, pages=BACKUP_STEP, progress=_pages(progress))
+                src.execute("COMMIT")
                 target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
                 check = [r[0] for r in target.execute("PRAGMA integrity_check")]
                 if check != ["ok"]:
@@ -114,6 +135,12 @@ def backup(database: Path, dest: Path, *, force: bool = False) -> dict[str, Any]
         raise TransferError(f"cannot write {dest}: {os_message(e)}", "io") from None
     finally:
         src.close()
+
+
+def _pages(progress: Callable[[int, int], None] | None) -> Callable[[int, int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda status, remaining, total: progress(total - remaining, total)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -141,17 +168,20 @@ def export(
     session_ids: Sequence[str] | None = None,
     project_ids: Sequence[str] | None = None,
     since: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Write the JSONL export to ``out`` (streamed, one consistent snapshot); returns the
-    number of records by type."""
+    number of records by type. ``progress(records written)`` every few hundred records."""
     db = open_readonly(database)
     counts: dict[str, int] = {}
     try:
         db.execute("BEGIN")  # one read transaction: every record from the same snapshot
         buf = bytearray()
-        for record in export_records(
+        for n, record in enumerate(export_records(
             db, now=time.time(), session_ids=session_ids, project_ids=project_ids, since=since
-        ):
+        ), 1):
+            if progress is not None and n % EVERY == 0:
+                progress(n)
             kind = record_kind(record)
             counts[kind] = counts.get(kind, 0) + 1
             buf += jsonl(record)
@@ -174,31 +204,50 @@ _record_decoder = msgspec.json.Decoder(Record)
 _msgpack = msgspec.msgpack.Encoder()
 
 
-def read_records(path: Path) -> Iterator[tuple[int, Record]]:
+def read_records(
+    path: Path, progress: Callable[[int], None] | None = None, stop: Stop | None = None
+) -> Iterator[tuple[int, Record]]:
     """(line number, record) for every non-blank line; a TransferError names the first
-    line that is not a valid record."""
+    line that is not a valid record. ``progress(bytes read)`` every few hundred lines;
+    Interrupted(0) there once ``stop()`` is true."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise TransferError(f"cannot read {path}: {e}", "io") from None
     with f:
+        done = 0
         for number, line in enumerate(f, 1):
+            done += len(line)
+            if number % EVERY == 0:
+                if stop is not None and stop():
+                    raise Interrupted(0)
+                if progress is not None:
+                    progress(done)
             if not line.strip():
                 continue
             try:
                 yield number, _record_decoder.decode(line)
             except msgspec.ValidationError as e:
-                raise TransferError(f"{path} line {number}: {e}") from None
+                raise TransferError(f"{path} line {number}: {explain(e, Record, _tag(line))[0]}") from None
             except msgspec.DecodeError as e:
                 raise TransferError(f"{path} line {number}: not a JSON record: {e}") from None
 
 
-def check_file(path: Path) -> dict[str, int]:
+def _tag(line: bytes) -> object:
+    try:
+        return msgspec.json.decode(line).get("type")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+
+
+def check_file(
+    path: Path, progress: Callable[[int], None] | None = None, stop: Stop | None = None
+) -> dict[str, int]:
     """Read every line first, so a bad line stops the import before anything is written.
     Also checks that content records count up from 1 (or start over at 1) per parent."""
     counts: dict[str, int] = {}
     last: dict[tuple[str, str], int] = {}
-    for number, record in read_records(path):
+    for number, record in read_records(path, progress, stop):
         kind = record_kind(record)
         counts[kind] = counts.get(kind, 0) + 1
         if isinstance(record, ContextFoldRecord):  # folded events come before the session's context records
@@ -237,17 +286,27 @@ def batches(records: Iterable[tuple[int, Record]]) -> Iterator[tuple[list[int], 
         yield lines, batch
 
 
-def send(client: Any, records: Iterable[tuple[int, Record]], *, dry_run: bool = False) -> ImportResult:
+def send(
+    client: Any, records: Iterable[tuple[int, Record]], *, dry_run: bool = False,
+    progress: Callable[[int], None] | None = None, stop: Stop | None = None,
+) -> ImportResult:
     """Import records batch by batch through ``client``; the results added up. A failing
-    batch writes nothing; the batches before it stay imported (importing again skips them)."""
+    batch writes nothing; the batches before it stay imported (importing again skips them).
+    ``progress(records sent)`` after each batch; Interrupted before the next once ``stop()``."""
     total = ImportResult(dry_run, {}, [])
+    sent = 0
     for lines, batch in batches(records):
+        if stop is not None and stop():
+            raise Interrupted(0 if dry_run else sent)
         try:
             result = client.import_records(batch, lines=lines, dry_run=dry_run)
         except RemoteError as e:
             note = f" (nothing from line {lines[0]} on was imported)" if not dry_run else ""
             raise TransferError(f"{e}{note}", e.code) from None
         merge(total, result)
+        sent += sum(not isinstance(r, ExportHeader) for r in batch)
+        if progress is not None:
+            progress(sent)
     return total
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from omnid.cli._style import iso_times
 from omnid_client import AsyncClient, Client, Invalid, NotFound
 from omnid_client.packing import estimate_tokens, repack
 from omnid_client.protocol import ContextEvent, ContextPack, NewMessage, Session
@@ -207,7 +208,7 @@ def test_cli_prints_the_same_pack_as_the_client(client, filled, tmp_path):
         assert omnid_ok("context", "pack", "--session", sid, "--budget", str(budget)) == pack.markdown
         assert omnid_ok("context", "pack", "--session", sid, "--budget", str(budget), "--markdown") == pack.markdown
         assert omnid_json("context", "pack", "--session", sid, "--budget", str(budget)) == json.loads(
-            msgspec.json.encode(pack)
+            msgspec.json.encode(iso_times(pack))  # as printed: times in ISO 8601
         )
     # Without --session: the current directory's project, through its latest session.
     assert omnid_ok("context", "pack", cwd=tmp_path) == client.pack_context(workspace=str(tmp_path)).markdown

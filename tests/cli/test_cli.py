@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 import omnid
 from omnid.cli import main
+from omnid.cli._style import iso
 from omnid.identity import boot_id, inspect
 from omnid_client import Client, Unavailable
 from tests.helpers import wait_for
@@ -380,7 +381,7 @@ def test_sessions_end(daemon, client, spawn_owner):
     # Ending again changes nothing and is no error.
     [again] = ok_json("sessions", "end", first)
     assert again["end_reason"] == "ended"
-    assert again["ended_at"] == client.get(first).ended_at
+    assert again["ended_at"] == iso(client.get(first).ended_at, "microseconds")
 
 
 def test_sessions_end_an_unknown_session(daemon):

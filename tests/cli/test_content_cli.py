@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from omnid.cli._style import iso_times
 from omnid.projects import project_id_for
 from omnid_client import Client, NotFound
 from omnid_client.protocol import ContextEvent, NewMessage, Session
@@ -35,8 +37,8 @@ MEMORY_ID = re.compile(r"^mem_[0-9a-f]{12}$")
 
 
 def plain(value: Any) -> Any:
-    """A client result as the JSON the command prints."""
-    return json.loads(msgspec.json.encode(value))
+    """A client result as the JSON the command prints (its times in ISO 8601)."""
+    return json.loads(msgspec.json.encode(iso_times(value)))
 
 
 def start(client: Client, workspace: Path) -> Session:
@@ -127,8 +129,9 @@ def test_memories_put_with_ttl(client, repo, session):
     before = time.time()
     put = omnid_json("memories", "put", "brief", "soon gone", "--ttl", "0.5", cwd=repo)
     after = time.time()
-    assert before + 0.5 <= put["expires_at"] <= after + 0.5
-    assert client.get_memory("brief", workspace=str(repo)).expires_at == put["expires_at"]
+    expires = datetime.fromisoformat(put["expires_at"]).timestamp()
+    assert before + 0.5 <= expires <= after + 0.5
+    assert abs(client.get_memory("brief", workspace=str(repo)).expires_at - expires) < 1e-5
 
     wait_for(
         lambda: run_omnid("memories", "get", "brief", cwd=repo).returncode == 1, timeout=10, what="the memory to expire"

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from omnid.cli._style import iso_times
 from omnid.jobs.retention import retention_from_env, write_archive
 from omnid_client import Client, Invalid, NotFound, StorageError
 from omnid_client.protocol import ContextEvent, ExportHeader, Record, SessionRecord
@@ -130,7 +131,7 @@ def test_purge_deletes_without_an_archive_and_the_default_archive_is_in_the_stat
     status = client.status().retention
     assert (status.runs, status.archived, status.purged, status.archive) == (2, 1, 1, str(home / "archive.jsonl"))
     shown = omnid_json("retention", "status")
-    assert shown == json.loads(msgspec.json.encode(client.status().retention))
+    assert shown == json.loads(msgspec.json.encode(iso_times(client.status().retention)))
     assert "purged 1 session(s)" in daemon.log_text()
 
 

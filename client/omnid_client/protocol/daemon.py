@@ -65,6 +65,24 @@ class RunRetention(Struct):
     limit: Limit = 500
 
 
+IdKind = Literal["session", "task", "project"]
+
+
+class ResolveIds(Struct):
+    """The ids of one kind that start with ``prefix`` (for ids shortened on a command line)."""
+
+    kind: IdKind
+    prefix: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9a-z_-]+$")]
+    limit: Annotated[int, Meta(ge=1, le=100)] = 10
+
+
+class IdMatches(Struct):
+    ids: list[str]
+    """In id order, at most ``limit``."""
+    more: bool = False
+    """More ids than ``limit`` start with the prefix."""
+
+
 class RetentionResult(Struct):
     dry_run: bool
     cutoff: float

@@ -45,7 +45,16 @@ from .content import (
     TaskRef,
     UpdateTask,
 )
-from .daemon import CleanupOrphans, CleanupResult, DaemonStatus, RetentionResult, RunRetention, ServiceStats
+from .daemon import (
+    CleanupOrphans,
+    CleanupResult,
+    DaemonStatus,
+    IdMatches,
+    ResolveIds,
+    RetentionResult,
+    RunRetention,
+    ServiceStats,
+)
 from .events import Subscribe, Subscribed
 from .metrics import DaemonMetrics
 from .records import ImportRecords, ImportResult
@@ -126,6 +135,7 @@ METHODS: dict[str, Method] = {
     "checkpoint.show": Method(CheckpointRef, Checkpoint, writes=False),
     "checkpoint.restore": Method(RestoreCheckpoint, Restored, writes=True, idempotent=False),
     "memories.search_similar": Method(SearchSimilar, SimilarMemories, writes=False),
+    "ids.resolve": Method(ResolveIds, IdMatches, writes=False),
     # Turns the connection into an event stream (the connection handles it, not a handler).
     "events.subscribe": Method(Subscribe, Subscribed, writes=False),
 }
