@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from omnid_client.protocol import (
-    DaemonMetrics, DaemonStatus, Empty, IdMatches, Reap, ReapResult, ResolveIds, ServiceStats,
+    DaemonMetrics,
+    DaemonStatus,
+    Empty,
+    IdMatches,
+    Reap,
+    ReapResult,
+    ResolveIds,
+    ServiceStats,
 )
 
 from ..store import memories as memory_store

@@ -53,7 +53,7 @@ class Progress:
         self.done = done
         if total is not None:
             self.total = total
-        self.draw()
+        self.draw(force=self.total is not None and done >= self.total)  # the end of a phase is always shown
 
     def draw(self, force: bool = False) -> None:
         if not self.on:

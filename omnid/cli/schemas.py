@@ -48,6 +48,7 @@ from ..offline.doctor import Report as DoctorReport
 from ..offline.logread import LogRecord
 from ..offline.service import Report as ServiceReport
 from ..offline.service import ServiceFile, ServiceStatus
+from ._style import TIME_KEYS
 
 
 class ErrorDetail(Struct):
@@ -276,5 +277,32 @@ def schema(command: str) -> dict[str, Any]:
     kind = SCHEMAS[command]
     if get_origin(kind) is Union and sum(isinstance(t, type) and issubclass(t, Struct) for t in get_args(kind)) > 1:
         parts, defs = msgspec.json.schema_components(get_args(kind))
-        return {"anyOf": list(parts), "$defs": defs}
-    return msgspec.json.schema(kind)
+        return _iso_times({"anyOf": list(parts), "$defs": defs})
+    return _iso_times(msgspec.json.schema(kind))
+
+
+def _iso_times(node: Any) -> Any:
+    """The schema with each time field (named as ``_style.iso_times`` finds them) a date-time
+    string, as ``--json`` prints it, instead of the epoch seconds the struct holds."""
+    if isinstance(node, list):
+        return [_iso_times(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _iso_times(v) for k, v in node.items()}
+    properties = out.get("properties")
+    if isinstance(properties, dict):
+        out["properties"] = {
+            k: _date_time(v) if k.endswith("_at") or k in TIME_KEYS else v for k, v in properties.items()
+        }
+    return out
+
+
+def _date_time(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("type") in ("number", "integer"):
+            kept = {k: v for k, v in node.items() if k not in ("type", "minimum", "maximum", "default",
+                                                                 "exclusiveMinimum", "exclusiveMaximum")}
+            return {**kept, "type": "string", "format": "date-time"}
+        if "anyOf" in node:
+            return {**node, "anyOf": [_date_time(n) for n in node["anyOf"]]}
+    return node

@@ -22,9 +22,8 @@ import pytest
 from omnid.cli._progress import Progress
 from omnid.cli._style import ago
 from tests.cli.test_id_prefixes import session_record
-from tests.helpers import count, omnid_json, run_omnid, wait_for
+from tests.helpers import Tmux, count, omnid_json, run_omnid, wait_for
 from tests.offline.test_omnimemory import current_db
-from tests.offline.test_shells import Tmux
 
 OMNID = f"{sys.executable} -m omnid"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -69,13 +70,19 @@ def top(once: bool, filter_text: str, interval: float, as_json: bool) -> None:
         sys.exit(run_plain(board, console, ui, snap.head, interval))
 
 
-def snapshot_json(board: Board, ui: Ui, now: float) -> dict:
+def snapshot_json(board: Board, ui: Ui, now: float) -> Any:
+    """The snapshot as the ``TopSnapshot`` struct (``omnid schema top``), so its times print as the
+    other commands' do."""
+    import msgspec
+
+    from ..schemas import TopSnapshot
+
     rows = board.visible(ui.sort, ui.reverse, ui.filter)
-    return {
+    return msgspec.convert({
         "at": now,
         "event_seq": board.seq,
         "metrics": asdict(board.metrics) if board.metrics is not None else None,
         "totals": asdict(board.totals(now)) | {"by_tool": dict(board.totals(now).by_tool)},
         "sessions": [r.as_dict() for r in rows],
         "recent_endings": [r.as_dict() for r in board.recent_endings(now, ui.filter)],
-    }
+    }, TopSnapshot)
