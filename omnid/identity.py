@@ -172,11 +172,12 @@ def _inspect_linux(pid: int) -> ProcessInfo | None:
             os.close(pidfd)
 
 
-def _real_uid(pid: int) -> int:
+def _real_uid(pid: int) -> int | None:
+    """None once the process is gone (or cannot be inspected): no caller's uid."""
     try:
         return psutil.Process(pid).uids().real
     except psutil.Error:
-        return -1
+        return None
 
 
 GONE = frozenset({"no owner process", "process exited", "machine rebooted", "pid reused by another process"})

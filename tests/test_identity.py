@@ -15,7 +15,7 @@ import pytest
 from omnid import identity
 from omnid.identity import ProcessIdentity, boot_id, check_ancestor, inspect, is_alive, owner_process
 from omnid_client import Invalid, NotFound, PermissionDenied
-from tests.helpers import start_ticks, wait_for
+from tests.helpers import open_fds, start_ticks, wait_for
 
 KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 NOBODY = 65534
@@ -238,24 +238,32 @@ def test_the_portable_path_sees_zombies_and_exited_processes_as_gone(portable, s
 # --- ranges, messages, uids and ancestry in detail ----------------------------------------------
 
 
-def test_pid_1_is_in_range():
-    try:
-        info = owner_process(1, os.getuid())
-    except PermissionDenied:  # not root: init is someone else's
-        return
-    assert info.identity.pid == 1 and info.uid == 0
+def test_init_and_the_daemon_itself_are_in_range_but_may_not_own_a_session():
+    with pytest.raises(PermissionDenied, match=r"^pid 1 is the init process, which never exits: a session bound") as e:
+        owner_process(1, os.getuid())
+    assert e.value.details == {"field": "pid"}
+    daemon = rf"^pid {os.getpid()} is the omnid daemon itself, which cannot own a session$"
+    with pytest.raises(Invalid, match=daemon) as e:
+        owner_process(os.getpid(), os.getuid())
+    assert e.value.details == {"field": "pid"}
+    with pytest.raises(PermissionDenied, match=r"^process 2 is a kernel thread, which no tool runs in") as e:
+        owner_process(2, os.getuid())  # kthreadd
+    assert e.value.details == {"field": "pid"}
 
 
 def test_refusals_say_which_pid_and_why(spawn_owner, zombie):
-    with pytest.raises(Invalid, match=rf"^pid 0 is out of range: must be between 1 and {identity.pid_max()}$"):
+    with pytest.raises(Invalid, match=rf"^pid 0 is out of range: must be between 1 and {identity.pid_max()}$") as e:
         owner_process(0, os.getuid())
+    assert e.value.details == {"field": "pid"}
     pid = zombie()
-    with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$"):
+    with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$") as e:
         owner_process(pid, os.getuid())
+    assert e.value.details == {"field": "pid"}
     other = spawn_owner(user=NOBODY)
     not_the_callers = rf"^process {other.pid} belongs to uid {NOBODY}, not to the caller \(uid 4242\)$"
-    with pytest.raises(PermissionDenied, match=not_the_callers):
+    with pytest.raises(PermissionDenied, match=not_the_callers) as e:
         owner_process(other.pid, 4242)
+    assert e.value.details == {"field": "pid"}
     stranger = spawn_owner()
     not_an_ancestor = rf"^process {stranger.pid} is neither the caller \(pid {os.getpid()}\) nor one of its ancestors$"
     with pytest.raises(PermissionDenied, match=not_an_ancestor):
@@ -334,3 +342,46 @@ def test_the_ancestors_named_in_a_refusal_are_the_nearest_16(spawn_owner, tmp_pa
     finally:
         os.killpg(chain.pid, signal.SIGKILL)
         chain.wait()
+
+
+def test_what_the_reaper_knew_of_a_process_since_gone_does_not_make_it_the_callers(spawn_owner):
+    """The uid the reaper recorded differs from the caller's, and the real uid cannot be
+    read any more: the process is not the caller's, whatever uid the caller has."""
+    gone = spawn_owner()
+    known = identity.ProcessInfo(real_identity(gone.pid), os.getuid())
+    gone.kill()
+    gone.wait()
+    for caller_uid in (1, 4242):
+        with pytest.raises(PermissionDenied, match=rf"^process {gone.pid} belongs to uid {os.getuid()}, not"):
+            owner_process(gone.pid, caller_uid, known)
+
+
+def test_a_pidfd_inode_is_that_of_a_pidfd_of_the_running_process_and_none_once_it_is_gone(spawn_owner):
+    proc = spawn_owner()
+    fd = os.pidfd_open(proc.pid)
+    try:
+        expected = os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+    before = open_fds()
+    assert identity.pidfd_inode(proc.pid) == expected
+    assert open_fds() == before, "the pidfd is closed again"
+    if identity.pidfd_inodes_unique():
+        assert identity.pidfd_inode(os.getpid()) != expected
+    proc.kill()
+    proc.wait()
+    assert identity.pidfd_inode(proc.pid) is None
+
+
+def test_a_boot_id_file_that_is_not_utf8_is_read_with_replacement_characters(tmp_path):
+    seam = tmp_path / "boot_id"
+    seam.write_bytes(b"boot-\xff\xfe-1\n")
+    assert identity._boot_id_from(str(seam)) == "boot-\ufffd\ufffd-1"
+
+
+def test_a_boot_id_file_that_is_a_link_is_refused_not_followed(tmp_path):
+    (tmp_path / "target").write_text("planted\n")
+    seam = tmp_path / "boot_id"
+    seam.symlink_to(tmp_path / "target")
+    with pytest.raises(RuntimeError, match=rf"^OMNID_BOOT_ID_FILE={seam}: Too many levels of symbolic links$"):
+        identity._boot_id_from(str(seam))
