@@ -14,6 +14,7 @@ import omnid.store
 from omnid.identity import ProcessIdentity
 from omnid.store import Store
 from omnid.store import sessions as q
+from omnid.store.events import ACTIVITY, Staged
 from omnid_client.protocol import Session
 
 BOOT = "boot-a"
@@ -161,6 +162,30 @@ def test_end_ends_only_live_sessions_and_says_which(store):
     assert (got.ended_at, got.end_reason, got.last_activity) == (3.0, "ended", 3.0)
 
 
+def test_ends_and_touches_stage_events_handed_on_once_committed(store):
+    committed: list[Staged] = []
+    store.on_commit = committed.extend
+    with store.write() as db:
+        db.execute("INSERT INTO projects VALUES ('p-1', '/w', 'w', NULL, 1.0, 1.0)")
+        live = add(db)
+        ended = Session(str(uuid.uuid4()), "other", "2.0", "agent", 4243, 5, BOOT, "/w", {}, 3.0, 3.0,
+                        project_id="p-1")
+        q.insert(db, ended, dedup=False)
+    assert committed[1] == Staged("session.created", ended.session_id, "other", "p-1", {
+        "tool_version": "2.0", "session_type": "agent", "owner_pid": 4243, "workspace": "/w", "started_at": 3.0,
+    })
+    committed.clear()
+    with store.write() as db:
+        assert q.end(db, [ended.session_id, "no-such-session"], "ended", 2.0) == [ended.session_id]
+        q.touch(db, live.session_id, 5.0)
+        q.touch(db, ended.session_id, 6.0)
+        assert committed == []
+    assert committed == [
+        Staged("session.ended", ended.session_id, None, None, {"end_reason": "ended", "ended_at": 2.0}),
+        Staged(ACTIVITY, live.session_id, None, None, {}),
+    ]
+
+
 def test_totals_of_a_session_and_of_none(store):
     with store.write() as db:
         s = add(db)
@@ -176,6 +201,12 @@ def test_live_owned_and_count_live_skip_ended_and_ownerless_sessions(store):
         ownerless = Session(str(uuid.uuid4()), "t", None, "default", None, None, None, None, {}, 1.0, 1.0)
         q.insert(db, ownerless, dedup=False)
     assert q.live_owned(store.db) == [(owned.session_id, "tool", OWNER)]
+    with store.write() as db:
+        q.end(db, [owned.session_id], "ended", 3.0)
+        with_ino = Session(str(uuid.uuid4()), "t", None, "default", 4243, 9, BOOT, None, {}, 1.0, 1.0)
+        q.insert(db, with_ino, dedup=True, owner_ino=991)
+    [(_, _, owner)] = q.live_owned(store.db)
+    assert (owner.pid, owner.ino) == (4243, 991), "the pidfd inode recorded, which same_process compares"
     assert q.count_live(store.db) == 2
 
 
@@ -214,9 +245,12 @@ def test_reuse_activity_rides_on_one_timer_and_then_commits(timed):
     store.note_activity(s.session_id, 6.0)
     assert [d for d, _ in timers] == [omnid.store.ACTIVITY_DELAY], "one timer for any number of bumps"
     assert store.pending_activity(s.session_id) == 6.0 and stored_activity(store, s.session_id) == 1.0
+    committed: list[Staged] = []
+    store.on_commit = committed.extend
     timers.pop()[1]()  # the delay is over
     commit()
     assert stored_activity(store, s.session_id) == 6.0 and store.pending_activity(s.session_id) is None
+    assert committed == [Staged(ACTIVITY, s.session_id, None, None, {})]
     store.note_activity(s.session_id, 7.0)
     assert len(timers) == 1, "a new timer once the last one fired"
 
