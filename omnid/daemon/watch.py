@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -55,8 +54,7 @@ class InotifyWatcher:
     mode = "inotify"
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        self._libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter runs on
         fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             e = ctypes.get_errno()
