@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +21,8 @@ from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
 from omnid.store import Store
 from omnid.store import sessions as q
-from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, SessionOwner
-from tests.helpers import start_ticks
+from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, Session, SessionOwner
+from tests.helpers import identity_of, start_ticks
 
 
 class Daemon:
@@ -334,6 +335,20 @@ def test_a_keyed_session_whose_owner_lives_is_refused_to_another_process(daemon,
     assert keyed(daemon, other, "other").status == "created", "another key is another session"
 
 
+def test_a_keyed_session_of_a_living_process_this_daemon_does_not_watch_is_refused_too(daemon, spawn_owner):
+    """A live session the reaper has no watch for (left over from before a restart, say):
+    whether its owner lives is asked of /proc, not only of the watches."""
+    owner, other = spawn_owner(), spawn_owner()
+    recorded = identity_of(owner.pid)
+    s = Session(str(uuid.uuid4()), "t", None, "default", owner.pid, recorded.start, recorded.boot_id, None, {},
+                daemon.store.now(), daemon.store.now(), resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, s, dedup=True)
+    assert daemon.reaper.owners == {}
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=other.pid, resume_key="k")
+    assert err.details == {"session_id": s.session_id, "owner_pid": owner.pid}
+
+
 def test_an_ended_keyed_session_is_resumed_only_when_asked_and_only_within_the_window(daemon, spawn_owner):
     owner, later = spawn_owner(), spawn_owner()
     s = keyed(daemon, owner).session
@@ -395,9 +410,12 @@ def test_update_edits_title_tags_pin_archive_and_merges_metadata(daemon):
     def update(**params: Any) -> Any:
         return call(daemon, "session.update", session_id=sid, **params)
 
-    u = update(title="T", tags=["b", "a", "b"], pinned=True, metadata={"a": {"x": None, "z": 3}, "b": [1], "c": "n"})
+    u = update(title="T", tags=["b", "a", "b"], pinned=True,
+               metadata={"a": {"x": None, "z": 3}, "b": [1], "c": "n", "d": {"gone": None, "e": 1}, "f": None})
     assert (u.title, u.tags, u.pinned) == ("T", ["a", "b"], True)
-    assert u.metadata == {"a": {"y": 2, "z": 3}, "b": [1], "c": "n"}
+    assert u.metadata == {"a": {"y": 2, "z": 3}, "b": [1], "c": "n", "d": {"e": 1}}
+    assert update(metadata={"c": {"n": 1}}).metadata["c"] == {"n": 1}, "an object patched onto a string replaces it"
+    u = update(metadata={"c": "n"})
     assert q.get(daemon.store.db, sid) == u
     other = call(daemon, "session.get_or_create", tool_id="t", dedup=False).session.session_id
 
@@ -408,7 +426,8 @@ def test_update_edits_title_tags_pin_archive_and_merges_metadata(daemon):
     assert [r[0] for r in daemon.store.db.execute("SELECT tag FROM session_tags WHERE session_id = ?", (sid,))] == [
         "a", "b"]
     u = update(add_tags=["c"], remove_tags=["a"], metadata={"a": 5})
-    assert (u.title, u.tags, u.pinned, u.metadata) == ("T", ["b", "c"], True, {"a": 5, "b": [1], "c": "n"})
+    assert (u.title, u.tags, u.pinned) == ("T", ["b", "c"], True)
+    assert u.metadata == {"a": 5, "b": [1], "c": "n", "d": {"e": 1}}
     u = update(metadata={"only": True}, replace_metadata=True, title="", pinned=False)
     assert (u.title, u.metadata, u.pinned, u.tags) == (None, {"only": True}, False, ["b", "c"])
     u = update(tags=[])
