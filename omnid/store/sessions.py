@@ -177,7 +177,7 @@ def edit(
     metadata: dict | None = None,
     pinned: bool | None = None,
     archived_at: float | None = None,
-    unarchive: bool = False,
+    unarchive: bool,
 ) -> None:
     """Set the given columns of one session (None leaves a column as it is; an empty
     ``title`` removes it)."""

@@ -321,6 +321,11 @@ def test_a_resume_key_creates_returns_and_after_its_owner_died_resumes_one_sessi
         (second.pid, r.owner_start): {s.session_id}
     }, "the new owner is watched instead of the old one"
     assert call(daemon, "session.find", tool_id="t", pid=second.pid).session.session_id == s.session_id
+    dies(second)
+    third = spawn_owner()
+    assert keyed(daemon, third).status == "resumed"
+    assert [(o.pid, o.released) for o in call(daemon, "session.owners", session_id=s.session_id).owners] == [
+        (first.pid, "died"), (second.pid, "died"), (third.pid, None)]
 
 
 def test_a_keyed_session_whose_owner_lives_is_refused_to_another_process(daemon, spawn_owner):
@@ -363,6 +368,11 @@ def test_an_ended_keyed_session_is_resumed_only_when_asked_and_only_within_the_w
     assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", s.session_id, later.pid)
     owners = call(daemon, "session.owners", session_id=s.session_id).owners
     assert (owners[0].pid, owners[0].until, owners[0].released) == (owner.pid, ended.ended_at, "ended")
+    # Its owner ends it and takes it back: it stays watched.
+    call(daemon, "session.end", session_id=s.session_id)
+    again = keyed(daemon, later, resume_ended=True)
+    assert (again.status, again.session.owner_pid) == ("resumed", later.pid)
+    assert {o.pid: sids for o, sids in daemon.reaper.owners.items()} == {later.pid: {s.session_id}}
     # Ended without resume_ended: a new session takes the key over.
     call(daemon, "session.end", session_id=s.session_id)
     fresh = keyed(daemon, later)
