@@ -92,12 +92,6 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
     return session
 
 
-def _owner_of(s: Session) -> ProcessIdentity | None:
-    if s.owner_pid is None:
-        return None
-    return ProcessIdentity(s.owner_pid, s.owner_start or 0, s.boot_id or "")
-
-
 KeyVerdict = Literal["existing", "resume", "create"]
 
 
@@ -143,7 +137,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
     ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write() as db:
         if found.dedup if found is not None else p.dedup:
-            _refuse_second_live_session(db, p.tool_id, owner, p.resume_key)
+            _refuse_second_live_session(db, p.tool_id, owner)
         try:
             if verdict == "create":
                 return GetOrCreateResult("created", _create(ctx, p, owner, now))
@@ -153,7 +147,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
             raise Conflict(f"cannot bind {p.tool_id} session with resume key {p.resume_key!r}: {e}") from None
 
 
-def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity, key: str) -> None:
+def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> None:
     """A process has at most one live deduplicated session of a tool: Conflict if it
     already holds one (which has another key, or none: one with this key is found by it)."""
     mine = session_store.find_live(db, tool_id, owner)
@@ -212,8 +206,8 @@ def end(ctx: Context, caller: Caller, p: SessionRef) -> Session:
     session = existing_session(ctx, p.session_id)
     if session.ended_at is None:
         session_store.end(store.db, [session.session_id], "ended", store.now())
-        if session.owner_pid is not None:
-            owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "")
+        owner = session_store.owner_identity(session)
+        if owner is not None:
             ctx.reaper.untrack(session.session_id, owner)
         session = existing_session(ctx, p.session_id)
     return session
@@ -297,7 +291,7 @@ def delete(ctx: Context, caller: Caller, p: DeleteSession) -> SessionDeleted:
     held = session_store.contents(db, session.session_id)
     search_store.unindex_sessions(db, [session.session_id])
     task_store.delete_sessions(db, [session.session_id])
-    owner = _owner_of(session)
+    owner = session_store.owner_identity(session)
     if live and owner is not None:
         ctx.reaper.untrack(session.session_id, owner)
     return SessionDeleted(session.session_id, live, *held)

@@ -354,6 +354,39 @@ def test_a_keyed_session_of_a_living_process_this_daemon_does_not_watch_is_refus
     assert err.details == {"session_id": s.session_id, "owner_pid": owner.pid}
 
 
+def test_a_keyed_session_without_an_owner_or_with_another_pidfd_inode_is_resumed(daemon, spawn_owner):
+    """One imported without an owner process, and one whose recorded owner shares the
+    caller's pid and start tick but had another pidfd inode: another process, now gone."""
+    proc = spawn_owner()
+    caller = identity_of(proc.pid)
+    ino = pidfd_inode(proc.pid)
+    now = daemon.store.now()
+    imported = Session(str(uuid.uuid4()), "t", None, "default", None, None, None, None, {}, now, now, resume_key="i")
+    recorded = Session(str(uuid.uuid4()), "t", None, "default", proc.pid, caller.start, caller.boot_id, None, {},
+                       now, now, resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, imported, dedup=False)
+        q.insert(db, recorded, dedup=False, owner_ino=None if ino is None else ino + 1_000_000)
+    other = spawn_owner()
+    got = keyed(daemon, other, "i")
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", imported.session_id, other.pid)
+    if pidfd_inodes_unique():
+        got = keyed(daemon, proc, "k")
+        assert (got.status, got.session.session_id) == ("resumed", recorded.session_id)
+        assert keyed(daemon, proc, "k").status == "existing"
+
+
+def test_past_the_quota_a_resume_key_neither_creates_nor_resumes(daemon, spawn_owner):
+    owner = spawn_owner()
+    s = keyed(daemon, owner).session
+    dies(owner)
+    daemon.store.guard.max_bytes = 1  # max_database_bytes, as the daemon sets it from its config
+    for key in ("k", "new"):
+        err = rejected("storage", daemon, "session.get_or_create", tool_id="t", pid=spawn_owner().pid, resume_key=key)
+        assert err.details["reason"] == "quota"
+    assert q.get(daemon.store.db, s.session_id).owner_pid == owner.pid
+
+
 def test_an_ended_keyed_session_is_resumed_only_when_asked_and_only_within_the_window(daemon, spawn_owner):
     owner, later = spawn_owner(), spawn_owner()
     s = keyed(daemon, owner).session
