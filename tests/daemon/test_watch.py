@@ -244,3 +244,20 @@ def test_without_a_file_descriptor_for_inotify_changes_are_left_to_the_periodic_
     assert caplog.messages == [f"cannot watch files ({why}): changes are noticed by the periodic checks only"]
     assert w.mode == "periodic checks" and w.watch(tmp_path, Seen()) is False
     w.close()
+
+
+def test_an_inotify_watcher_on_descriptor_0_closes_it_too(loop):
+    """A daemon started with stdin closed (``omnid serve <&-``) gets its inotify instance as fd 0."""
+    from omnid.daemon.watch import InotifyWatcher
+
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        w = InotifyWatcher(loop)
+        assert w._fd == 0
+        w.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
