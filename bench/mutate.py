@@ -89,6 +89,11 @@ def sql_case_only(name: str) -> bool:
             and (name.startswith("omnid.store.") or all(SQL.search(r) for r in removed)))
 
 
+def module_of(name: str) -> str:
+    """``omnid.store`` of ``omnid.store.xǁStoreǁflush__mutmut_3``."""
+    return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+
+
 def platform_only(name: str) -> bool:
     classes = next((v for k, v in PLATFORM_ONLY.items() if sys.platform.startswith(k)), [])
     return any(f"ǁ{c}ǁ" in name for c in classes)
@@ -135,6 +140,12 @@ def main() -> int:
           f"{sum(1 for s in found.values() if s not in ('killed', 'timeout', 'survived', 'no tests'))} other")
     print(f"kill rate: {killed}/{judged} = {rate:.1f}% (target {args.min_kill_rate:g}%) "
           f"in {time.monotonic() - started:.0f} s")
+    print("per module, killed/judged:")
+    for module in sorted({module_of(n) for n in found}):
+        k = sum(1 for n, s in found.items()
+                if module_of(n) == module and s in ("killed", "timeout") and n not in platform)
+        j = k + sum(1 for n in survivors if module_of(n) == module)
+        print(f"  {module}: {k}/{j}" + (f" = {100.0 * k / j:.1f}%" if j else ""))
     for name in survivors:
         print(f"  {found[name]}: {name}")
         if args.diffs:
