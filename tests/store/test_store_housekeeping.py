@@ -302,3 +302,21 @@ def test_a_batch_whose_database_file_was_deleted_fails_its_waiters_and_is_rolled
         assert store.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 't'").fetchone() == (0,)
     finally:
         store.close()
+
+
+def test_close_truncates_the_wal_even_while_another_process_reads_the_database(tmp_path):
+    """Closing the last connection would checkpoint and remove the WAL anyway; with a reader
+    (a backup, ``sqlite3`` in a shell) still open, only the store's own checkpoint does."""
+    store = Store(tmp_path / "omnid.db")
+    with store.write() as db:
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
+    reader = sqlite3.connect(store.path)
+    try:
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (100,)
+        assert store.file_sizes()[1] > 100_000
+        store.close()
+        assert os.path.getsize(f"{store.path}-wal") == 0
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (100,), "every row is in the file"
+    finally:
+        reader.close()
