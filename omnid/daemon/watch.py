@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import logging
 import os
 import select
@@ -87,13 +86,9 @@ class InotifyWatcher:
 
         while True:
             try:
-                data = os.read(self._fd, 65536)
+                data = os.read(self._fd, 65536)  # retries a read a signal interrupts itself (PEP 475)
             except BlockingIOError:
                 break
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
             offset = 0
             while offset + _EVENT.size <= len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
