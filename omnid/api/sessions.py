@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any, Literal
+from enum import Enum, auto
+from typing import Any
 
 from omnid_client.errors import Conflict, Invalid, NotFound, TooLarge
 from omnid_client.protocol import (
@@ -92,7 +93,12 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
     return session
 
 
-KeyVerdict = Literal["existing", "resume", "create"]
+class KeyVerdict(Enum):
+    """What a get_or_create naming a resume key does with the session that key names."""
+
+    EXISTING = auto()
+    RESUME = auto()
+    CREATE = auto()
 
 
 def _verdict(
@@ -103,23 +109,23 @@ def _verdict(
     passed ``owner_process`` (the same checks as every get_or_create), and the session's
     owner is compared with it by start time and pidfd inode (``same_process``)."""
     if found is None:
-        return "create"
+        return KeyVerdict.CREATE
     session, previous = found.session, found.owner
     if session.ended_at is None:
         if previous is not None and same_process(previous, owner):
-            return "existing"
+            return KeyVerdict.EXISTING
         if previous is not None and ctx.reaper.alive(previous):
             raise Conflict(
                 f"session {session.session_id} ({session.tool_id}, resume key {session.resume_key!r}) is live and "
                 f"owned by process {previous.pid}",
                 {"session_id": session.session_id, "owner_pid": previous.pid},
             )
-        return "resume"
+        return KeyVerdict.RESUME
     if session.end_reason == "ended" and not resume_ended:
-        return "create"
+        return KeyVerdict.CREATE
     if ctx.store.now() - session.ended_at >= ctx.settings().resume_window:
-        return "create"
-    return "resume"
+        return KeyVerdict.CREATE
+    return KeyVerdict.RESUME
 
 
 def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) -> GetOrCreateResult:
@@ -127,7 +133,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
     assert p.resume_key is not None
     found = session_store.by_resume_key(store.db, p.tool_id, p.resume_key)
     verdict = _verdict(ctx, found, owner, p.resume_ended)
-    if verdict == "existing":
+    if verdict is KeyVerdict.EXISTING:
         assert found is not None
         session = found.session
         store.note_activity(session.session_id, now)
@@ -139,7 +145,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
         if found.dedup if found is not None else p.dedup:
             _refuse_second_live_session(db, p.tool_id, owner)
         try:
-            if verdict == "create":
+            if verdict is KeyVerdict.CREATE:
                 return GetOrCreateResult("created", _create(ctx, p, owner, now))
             assert found is not None
             return GetOrCreateResult("resumed", _resume(ctx, found, owner, now))
@@ -186,7 +192,9 @@ def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
             verdict = _verdict(ctx, by_key, owner, p.resume_ended)
         except Conflict:
             return FindResult(None)
-        return FindResult(current(ctx, by_key.session) if by_key is not None and verdict != "create" else None)
+        if by_key is None or verdict is KeyVerdict.CREATE:
+            return FindResult(None)
+        return FindResult(current(ctx, by_key.session))
     found = ctx.live_sessions.find_live(p.tool_id, owner)
     return FindResult(current(ctx, found) if found else None)
 
