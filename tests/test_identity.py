@@ -37,6 +37,32 @@ def run_python(code: str, **env: str) -> str:
 # --- inspect: what the kernel says ------------------------------------------------------
 
 
+@pytest.fixture(params=["pidfs", "no-pidfs"])
+def kernel(request, monkeypatch) -> str:
+    """Both ways ``inspect`` reads Linux: with pidfs (6.9+) it also holds a pidfd, whose inode
+    it records; before, every pidfd shared one inode and /proc's state letter alone tells a
+    zombie (as the kernel's answer to ``pidfd_inodes_unique``, which is probed once)."""
+    if request.param == "no-pidfs":
+        monkeypatch.setattr(identity, "pidfd_inodes_unique", lambda: False)
+    elif not identity.pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs")
+    return request.param
+
+
+def test_both_kernels_read_the_same_identity_and_only_pidfs_an_inode(kernel, spawn_owner, zombie):
+    owner = spawn_owner()
+    before = open_fds()
+    info = inspect(owner.pid)
+    assert info is not None and info.identity == real_identity(owner.pid) and info.uid == os.getuid()
+    assert info.identity.ino == (identity.pidfd_inode(owner.pid) if kernel == "pidfs" else None)
+    assert open_fds() == before
+    assert inspect(zombie()) is None
+    owner.kill()
+    owner.wait()
+    assert inspect(owner.pid) is None
+    assert inspect(2).kernel, "kthreadd"
+
+
 def test_inspect_reads_the_start_ticks_and_owner_of_a_running_process(spawn_owner):
     owner = spawn_owner()
     info = inspect(owner.pid)

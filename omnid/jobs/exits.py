@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import select
 import sys
@@ -66,7 +67,7 @@ class PidfdWatcher:
         self._on_exit = on_exit
         self._fds: dict[ProcessIdentity, int] = {}
         self.max_fds = max_fds
-        self._warned_at = float("-inf")
+        self._warned_at = -math.inf
 
     @property
     def fds(self) -> int:
