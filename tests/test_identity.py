@@ -411,3 +411,20 @@ def test_a_boot_id_file_that_is_a_link_is_refused_not_followed(tmp_path):
     seam.symlink_to(tmp_path / "target")
     with pytest.raises(RuntimeError, match=rf"^OMNID_BOOT_ID_FILE={seam}: Too many levels of symbolic links$"):
         identity._boot_id_from(str(seam))
+
+
+def test_a_pidfd_on_descriptor_0_is_used_and_closed_too(spawn_owner):
+    """A daemon started with stdin closed (``omnid serve <&-``) gets its pidfds from fd 0 up."""
+    if not identity.pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs")
+    owner = spawn_owner()
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        info = inspect(owner.pid)
+        with pytest.raises(OSError):
+            os.fstat(0)  # closed again
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
+    assert info is not None and info.identity.ino == identity.pidfd_inode(owner.pid)
