@@ -292,3 +292,28 @@ def test_project_activity_gets_a_new_timer_after_each_one_fires(timed):
         timers.pop()[1]()
         commit()
         assert store.db.execute("SELECT last_activity FROM projects").fetchone() == (at,)
+
+
+def test_close_writes_reuse_activity_still_waiting_for_its_timer(timed):
+    store, timers, commit = timed
+    with store.write() as db:
+        s = add(db)
+    commit()
+    store.note_activity(s.session_id, 5.0)
+    assert len(timers) == 1 and not store.in_transaction
+    store.close()
+    assert stored_activity(store, s.session_id) == 5.0
+
+
+def test_a_flush_scheduled_before_close_does_nothing_after_it(tmp_path):
+    flushes: list[Callable[[], None]] = []
+    store = Store(tmp_path / "omnid.db", schedule=flushes.append)
+    with store.write() as db:
+        s = add(db)
+    store.close()  # commits the batch itself
+    flushes.pop()()  # the event loop runs the flush it had been given
+    db = sqlite3.connect(store.path)
+    try:
+        assert q.get(db, s.session_id) is not None
+    finally:
+        db.close()
