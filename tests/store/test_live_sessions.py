@@ -184,6 +184,11 @@ def test_ends_and_touches_stage_events_handed_on_once_committed(store):
         Staged("session.ended", ended.session_id, None, None, {"end_reason": "ended", "ended_at": 2.0}),
         Staged(ACTIVITY, live.session_id, None, None, {}),
     ]
+    batches: list[list[Staged]] = []
+    store.on_commit = batches.append
+    with store.write() as db:
+        q.touch(db, ended.session_id, 7.0)  # stages nothing
+    assert batches == [], "a commit without events tells no one"
 
 
 def test_totals_of_a_session_and_of_none(store):

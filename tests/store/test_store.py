@@ -364,6 +364,17 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(db_path, mon
         db.close()
 
 
+def test_a_failing_migration_from_v1_names_the_backup_too(db_path, monkeypatch):
+    monkeypatch.setattr(omnid.store, "MIGRATIONS", [MIGRATIONS[0], ["NOT SQL"], *MIGRATIONS[2:]])
+    build_database(db_path, 1)
+    backup = db_path.with_name(f"{db_path.name}.before-v{LATEST}")
+    assert refused_open(db_path) == (
+        f"migrating {db_path} from schema v1 to v2 failed: near \"NOT\": syntax error; "
+        f"the database was left at v1 (backup: {backup})"
+    )
+    assert backup.exists()
+
+
 @pytest.mark.parametrize("journal_mode", ["delete", "wal"])
 def test_a_database_from_a_newer_omnid_is_refused_and_left_alone(db_path, journal_mode):
     sid = build_database(db_path, LATEST, journal_mode=journal_mode)
@@ -673,8 +684,9 @@ COMMIT_FAILURES = [
 def test_a_failed_commit_fails_every_waiter_and_loses_only_its_batch(
     scheduled, db_path, prepare, poison, during_commit
 ):
-    store, results, rolled_back = scheduled.store, [], []
+    store, results, rolled_back, told = scheduled.store, [], [], []
     store.on_rollback(lambda: rolled_back.append(True))
+    store.on_failure = told.append
     prepare(store)
     with store.write() as db:
         add(db, "before")
@@ -691,6 +703,9 @@ def test_a_failed_commit_fails_every_waiter_and_loses_only_its_batch(
 
     assert len(results) == 2
     assert all(isinstance(r, StorageError) for r in results), results
+    why = str(results[0]).removeprefix("database write failed: ")
+    assert results[0].details["sqlite_error"].startswith("SQLITE_") and why != str(results[0])
+    assert told == [f"commit failed: {why}"], "the failure, as logged, goes to on_failure"
     assert rolled_back == [True]
     assert not store.in_transaction
     assert session_ids(db_path) == {"before"}

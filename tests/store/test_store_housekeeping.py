@@ -282,7 +282,7 @@ def test_timestamps_stay_ordered_across_a_small_step_back_of_the_clock_and_follo
     assert back == pytest.approx(first + 2e-6 - followed, abs=1e-3)
 
 
-def test_a_batch_whose_database_file_was_deleted_fails_its_waiters_and_is_rolled_back(tmp_path):
+def test_a_batch_whose_database_file_was_deleted_fails_its_waiters_and_is_rolled_back(tmp_path, caplog):
     flushes: list = []
     store = Store(tmp_path / "omnid.db", schedule=flushes.append)
     rebuilt: list[bool] = []
@@ -294,7 +294,9 @@ def test_a_batch_whose_database_file_was_deleted_fails_its_waiters_and_is_rolled
         store.after_commit(told.append)
         os.unlink(store.path)
         store.guard.check(force=True)  # as the housekeeping tick does
-        store.flush()
+        with caplog.at_level(logging.ERROR, logger="omnid.store"):
+            store.flush()
+        assert caplog.messages[-1] == f"commit failed: {store.guard.lost}"
         assert len(told) == 1 and isinstance(told[0], StorageError)
         assert told[0].details == {"reason": "database_gone"} and str(told[0]) == store.guard.lost
         assert f"the database file {store.path} was deleted while omnid was running" in str(told[0])
