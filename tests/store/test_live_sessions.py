@@ -241,11 +241,17 @@ def stored_activity(store: Store, sid: str) -> float:
         db.close()
 
 
-def test_reuse_activity_rides_on_one_timer_and_then_commits(timed):
-    store, timers, commit = timed
+def committed_session(store: Store, commit: Callable[[], None]) -> Session:
+    """A live session, its batch committed."""
     with store.write() as db:
         s = add(db)
     commit()
+    return s
+
+
+def test_reuse_activity_rides_on_one_timer_and_then_commits(timed):
+    store, timers, commit = timed
+    s = committed_session(store, commit)
     store.note_activity(s.session_id, 5.0)
     store.note_activity(s.session_id, 6.0)
     assert [d for d, _ in timers] == [omnid.store.ACTIVITY_DELAY], "one timer for any number of bumps"
@@ -272,9 +278,7 @@ def test_reuse_activity_during_an_open_batch_rides_on_its_commit(timed):
 
 def test_a_timer_with_nothing_pending_writes_nothing(timed):
     store, timers, commit = timed
-    with store.write() as db:
-        s = add(db)
-    commit()
+    s = committed_session(store, commit)
     store.note_activity(s.session_id, 6.0)
     assert len(timers) == 1
     with store.write():
@@ -301,9 +305,7 @@ def test_project_activity_gets_a_new_timer_after_each_one_fires(timed):
 
 def test_close_writes_reuse_activity_still_waiting_for_its_timer(timed):
     store, timers, commit = timed
-    with store.write() as db:
-        s = add(db)
-    commit()
+    s = committed_session(store, commit)
     store.note_activity(s.session_id, 5.0)
     assert len(timers) == 1 and not store.in_transaction
     store.close()
