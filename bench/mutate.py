@@ -10,9 +10,10 @@ Mutant names look like ``omnid.identity.x_is_alive__mutmut_3``; a glob such as
 runs (mutmut reruns only what changed); remove that directory for a fresh run. Exits 1
 below the minimum kill rate. Not part of ``make test``: it takes up to half an hour on 2 cores.
 
-Two kinds of mutant are counted apart, not as survivors, because no test can kill them:
-code for other platforms (``PLATFORM_ONLY``: no test here runs it) and a change of letter
-case inside SQL text or column names (SQL keywords and names are case-insensitive). Every other survivor
+Two kinds of mutant are counted apart, not as survivors, because no test here can kill them:
+code for other platforms (``PLATFORM_ONLY`` classes and ``PLATFORM_LINES``: only a run there
+can tell) and a change of letter case inside SQL text or column names (SQL keywords and
+names are case-insensitive). Every other survivor
 is listed in README.md ("Mutation testing") with its reason.
 """
 
@@ -36,6 +37,14 @@ PLATFORM_ONLY = {
     "linux": ["KqueueWatcher"],  # macOS/BSD exit events (omnid/jobs/exits.py)
 }
 """Classes whose code this platform never runs, by sys.platform prefix."""
+
+PLATFORM_LINES = {
+    # Choosing or making a KqueueWatcher (make_watcher), and psutil's AccessDenied (identity:
+    # inspect reads /proc itself on Linux, so only other systems get a process it may not see).
+    "linux": re.compile(r"kqueue|inspectable=False|\"cannot inspect\"", re.IGNORECASE),
+}
+"""Lines that decide or act only for other platforms, by sys.platform prefix: a mutant that
+changes nothing but such lines can only be killed by a test run there."""
 
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|SET|AND|ORDER BY|LIMIT|IS NULL|IS NOT NULL)\b")
 
@@ -82,9 +91,20 @@ def sql_case_only(name: str) -> bool:
             and (name.startswith("omnid.store.") or all(SQL.search(r) for r in removed)))
 
 
+def module_of(name: str) -> str:
+    """``omnid.store`` of ``omnid.store.xǁStoreǁflush__mutmut_3``."""
+    return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+
+
 def platform_only(name: str) -> bool:
     classes = next((v for k, v in PLATFORM_ONLY.items() if sys.platform.startswith(k)), [])
     return any(f"ǁ{c}ǁ" in name for c in classes)
+
+
+def platform_lines_only(name: str) -> bool:
+    pattern = next((v for k, v in PLATFORM_LINES.items() if sys.platform.startswith(k)), None)
+    removed, _ = diff(name)
+    return pattern is not None and bool(removed) and all(pattern.search(r) for r in removed)
 
 
 def main() -> int:
@@ -106,8 +126,10 @@ def main() -> int:
     if args.mutants:
         found = {n: s for n, s in found.items() if any(fnmatch.fnmatch(n, g) for g in args.mutants)}
 
-    platform = sorted(n for n in found if platform_only(n))
+    platform = [n for n in found if platform_only(n)]
     survivors = sorted(n for n, s in found.items() if s in ("survived", "no tests") and n not in platform)
+    platform += [n for n in survivors if platform_lines_only(n)]
+    survivors = [n for n in survivors if n not in platform]
     equivalent = [n for n in survivors if found[n] == "survived" and sql_case_only(n)]
     survivors = [n for n in survivors if n not in equivalent]
     killed = sum(1 for n, s in found.items() if s in ("killed", "timeout") and n not in platform)
@@ -116,10 +138,16 @@ def main() -> int:
 
     print(f"\n{len(found)} mutants: {killed} killed (a timeout counts), {len(survivors)} not killed, "
           f"{len(equivalent)} equivalent (letter case in SQL), {len(platform)} in code for other platforms "
-          f"({', '.join(sorted({c for cs in PLATFORM_ONLY.values() for c in cs}))}), "
+          f"({', '.join(sorted({c for cs in PLATFORM_ONLY.values() for c in cs}))} and kqueue lines), "
           f"{sum(1 for s in found.values() if s not in ('killed', 'timeout', 'survived', 'no tests'))} other")
     print(f"kill rate: {killed}/{judged} = {rate:.1f}% (target {args.min_kill_rate:g}%) "
           f"in {time.monotonic() - started:.0f} s")
+    print("per module, killed/judged:")
+    for module in sorted({module_of(n) for n in found}):
+        k = sum(1 for n, s in found.items()
+                if module_of(n) == module and s in ("killed", "timeout") and n not in platform)
+        j = k + sum(1 for n in survivors if module_of(n) == module)
+        print(f"  {module}: {k}/{j}" + (f" = {100.0 * k / j:.1f}%" if j else ""))
     for name in survivors:
         print(f"  {found[name]}: {name}")
         if args.diffs:

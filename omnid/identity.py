@@ -46,6 +46,9 @@ class ProcessInfo:
     uid: int
     kernel: bool = False
     """A kernel thread (or kthreadd itself): never a session's owner."""
+    inspectable: bool = True
+    """False where the OS denied a look (psutil's AccessDenied, not on Linux): it runs,
+    but its start time and uid are unknown (``start`` 0, ``uid`` -1)."""
 
 
 PF_KTHREAD = 0x00200000
@@ -136,7 +139,7 @@ def inspect(pid: int) -> ProcessInfo | None:
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
-        return ProcessInfo(ProcessIdentity(pid, 0, boot_id()), -1)
+        return ProcessInfo(ProcessIdentity(pid, 0, boot_id()), -1, inspectable=False)
 
 
 def _inspect_linux(pid: int) -> ProcessInfo | None:
@@ -172,11 +175,12 @@ def _inspect_linux(pid: int) -> ProcessInfo | None:
             os.close(pidfd)
 
 
-def _real_uid(pid: int) -> int:
+def _real_uid(pid: int) -> int | None:
+    """None once the process is gone (or cannot be inspected): no caller's uid."""
     try:
         return psutil.Process(pid).uids().real
     except psutil.Error:
-        return -1
+        return None
 
 
 GONE = frozenset({"no owner process", "process exited", "machine rebooted", "pid reused by another process"})
@@ -191,7 +195,7 @@ def is_alive(identity: ProcessIdentity) -> tuple[bool, str]:
     info = inspect(identity.pid)
     if info is None:
         return False, "process exited"
-    if info.uid == -1 and info.identity.start == 0:
+    if not info.inspectable:
         return True, "cannot inspect"  # it runs, but whether it is that process cannot be told
     if not same_process(identity, info.identity):
         return False, "pid reused by another process"

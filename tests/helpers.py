@@ -270,6 +270,28 @@ def open_fds() -> int:
 
 
 @contextlib.contextmanager
+def no_free_fds() -> Iterator[None]:
+    """This process out of file descriptors, for real: RLIMIT_NOFILE lowered to just past
+    its highest open descriptor, and every lower free number taken, so any ``open`` or
+    ``pidfd_open`` fails with EMFILE until the block ends."""
+    import resource
+
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    taken: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, old[1]))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.dup(0))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+@contextlib.contextmanager
 def started_daemons(make: Callable[[int], DaemonProcess]) -> Iterator[Callable[..., DaemonProcess]]:
     """``start(*serve_args, **popen_kwargs)`` starts the n-th daemon ``make(n)`` builds; at
     the end each still running is stopped (status 0), and no log may hold a traceback."""

@@ -15,7 +15,7 @@ import pytest
 from omnid import identity
 from omnid.identity import ProcessIdentity, boot_id, check_ancestor, inspect, is_alive, owner_process
 from omnid_client import Invalid, NotFound, PermissionDenied
-from tests.helpers import start_ticks, wait_for
+from tests.helpers import open_fds, start_ticks, wait_for
 
 KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 NOBODY = 65534
@@ -35,6 +35,32 @@ def run_python(code: str, **env: str) -> str:
 
 
 # --- inspect: what the kernel says ------------------------------------------------------
+
+
+@pytest.fixture(params=["pidfs", "no-pidfs"])
+def kernel(request, monkeypatch) -> str:
+    """Both ways ``inspect`` reads Linux: with pidfs (6.9+) it also holds a pidfd, whose inode
+    it records; before, every pidfd shared one inode and /proc's state letter alone tells a
+    zombie (as the kernel's answer to ``pidfd_inodes_unique``, which is probed once)."""
+    if request.param == "no-pidfs":
+        monkeypatch.setattr(identity, "pidfd_inodes_unique", lambda: False)
+    elif not identity.pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs")
+    return request.param
+
+
+def test_both_kernels_read_the_same_identity_and_only_pidfs_an_inode(kernel, spawn_owner, zombie):
+    owner = spawn_owner()
+    before = open_fds()
+    info = inspect(owner.pid)
+    assert info is not None and info.identity == real_identity(owner.pid) and info.uid == os.getuid()
+    assert info.identity.ino == (identity.pidfd_inode(owner.pid) if kernel == "pidfs" else None)
+    assert open_fds() == before
+    assert inspect(zombie()) is None
+    owner.kill()
+    owner.wait()
+    assert inspect(owner.pid) is None
+    assert inspect(2).kernel, "kthreadd"
 
 
 def test_inspect_reads_the_start_ticks_and_owner_of_a_running_process(spawn_owner):
@@ -238,24 +264,32 @@ def test_the_portable_path_sees_zombies_and_exited_processes_as_gone(portable, s
 # --- ranges, messages, uids and ancestry in detail ----------------------------------------------
 
 
-def test_pid_1_is_in_range():
-    try:
-        info = owner_process(1, os.getuid())
-    except PermissionDenied:  # not root: init is someone else's
-        return
-    assert info.identity.pid == 1 and info.uid == 0
+def test_init_and_the_daemon_itself_are_in_range_but_may_not_own_a_session():
+    with pytest.raises(PermissionDenied, match=r"^pid 1 is the init process, which never exits: a session bound") as e:
+        owner_process(1, os.getuid())
+    assert e.value.details == {"field": "pid"}
+    daemon = rf"^pid {os.getpid()} is the omnid daemon itself, which cannot own a session$"
+    with pytest.raises(Invalid, match=daemon) as e:
+        owner_process(os.getpid(), os.getuid())
+    assert e.value.details == {"field": "pid"}
+    with pytest.raises(PermissionDenied, match=r"^process 2 is a kernel thread, which no tool runs in") as e:
+        owner_process(2, os.getuid())  # kthreadd
+    assert e.value.details == {"field": "pid"}
 
 
 def test_refusals_say_which_pid_and_why(spawn_owner, zombie):
-    with pytest.raises(Invalid, match=rf"^pid 0 is out of range: must be between 1 and {identity.pid_max()}$"):
+    with pytest.raises(Invalid, match=rf"^pid 0 is out of range: must be between 1 and {identity.pid_max()}$") as e:
         owner_process(0, os.getuid())
+    assert e.value.details == {"field": "pid"}
     pid = zombie()
-    with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$"):
+    with pytest.raises(NotFound, match=rf"^no running process has pid {pid}$") as e:
         owner_process(pid, os.getuid())
+    assert e.value.details == {"field": "pid"}
     other = spawn_owner(user=NOBODY)
     not_the_callers = rf"^process {other.pid} belongs to uid {NOBODY}, not to the caller \(uid 4242\)$"
-    with pytest.raises(PermissionDenied, match=not_the_callers):
+    with pytest.raises(PermissionDenied, match=not_the_callers) as e:
         owner_process(other.pid, 4242)
+    assert e.value.details == {"field": "pid"}
     stranger = spawn_owner()
     not_an_ancestor = rf"^process {stranger.pid} is neither the caller \(pid {os.getpid()}\) nor one of its ancestors$"
     with pytest.raises(PermissionDenied, match=not_an_ancestor):
@@ -334,3 +368,63 @@ def test_the_ancestors_named_in_a_refusal_are_the_nearest_16(spawn_owner, tmp_pa
     finally:
         os.killpg(chain.pid, signal.SIGKILL)
         chain.wait()
+
+
+def test_what_the_reaper_knew_of_a_process_since_gone_does_not_make_it_the_callers(spawn_owner):
+    """The uid the reaper recorded differs from the caller's, and the real uid cannot be
+    read any more: the process is not the caller's, whatever uid the caller has."""
+    gone = spawn_owner()
+    known = identity.ProcessInfo(real_identity(gone.pid), os.getuid())
+    gone.kill()
+    gone.wait()
+    for caller_uid in (1, 4242):
+        with pytest.raises(PermissionDenied, match=rf"^process {gone.pid} belongs to uid {os.getuid()}, not"):
+            owner_process(gone.pid, caller_uid, known)
+
+
+def test_a_pidfd_inode_is_that_of_a_pidfd_of_the_running_process_and_none_once_it_is_gone(spawn_owner):
+    proc = spawn_owner()
+    fd = os.pidfd_open(proc.pid)
+    try:
+        expected = os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+    before = open_fds()
+    assert identity.pidfd_inode(proc.pid) == expected
+    assert open_fds() == before, "the pidfd is closed again"
+    if identity.pidfd_inodes_unique():
+        assert identity.pidfd_inode(os.getpid()) != expected
+    proc.kill()
+    proc.wait()
+    assert identity.pidfd_inode(proc.pid) is None
+
+
+def test_a_boot_id_file_that_is_not_utf8_is_read_with_replacement_characters(tmp_path):
+    seam = tmp_path / "boot_id"
+    seam.write_bytes(b"boot-\xff\xfe-1\n")
+    assert identity._boot_id_from(str(seam)) == "boot-\ufffd\ufffd-1"
+
+
+def test_a_boot_id_file_that_is_a_link_is_refused_not_followed(tmp_path):
+    (tmp_path / "target").write_text("planted\n")
+    seam = tmp_path / "boot_id"
+    seam.symlink_to(tmp_path / "target")
+    with pytest.raises(RuntimeError, match=rf"^OMNID_BOOT_ID_FILE={seam}: Too many levels of symbolic links$"):
+        identity._boot_id_from(str(seam))
+
+
+def test_a_pidfd_on_descriptor_0_is_used_and_closed_too(spawn_owner):
+    """A daemon started with stdin closed (``omnid serve <&-``) gets its pidfds from fd 0 up."""
+    if not identity.pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs")
+    owner = spawn_owner()
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        info = inspect(owner.pid)
+        with pytest.raises(OSError):
+            os.fstat(0)  # closed again
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
+    assert info is not None and info.identity.ino == identity.pidfd_inode(owner.pid)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from typing import Any, Literal
+from enum import Enum, auto
+from typing import Any
 
 from omnid_client.errors import Conflict, Invalid, NotFound, TooLarge
 from omnid_client.protocol import (
@@ -139,13 +140,12 @@ def _create(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) ->
     return session
 
 
-def _owner_of(s: Session) -> ProcessIdentity | None:
-    if s.owner_pid is None:
-        return None
-    return ProcessIdentity(s.owner_pid, s.owner_start or 0, s.boot_id or "")
+class KeyVerdict(Enum):
+    """What a get_or_create naming a resume key does with the session that key names."""
 
-
-KeyVerdict = Literal["existing", "resume", "create"]
+    EXISTING = auto()
+    RESUME = auto()
+    CREATE = auto()
 
 
 def _verdict(
@@ -156,23 +156,23 @@ def _verdict(
     passed ``owner_process`` (the same checks as every get_or_create), and the session's
     owner is compared with it by start time and pidfd inode (``same_process``)."""
     if found is None:
-        return "create"
+        return KeyVerdict.CREATE
     session, previous = found.session, found.owner
     if session.ended_at is None:
         if previous is not None and same_process(previous, owner):
-            return "existing"
+            return KeyVerdict.EXISTING
         if previous is not None and ctx.reaper.alive(previous):
             raise Conflict(
                 f"session {session.session_id} ({session.tool_id}, resume key {session.resume_key!r}) is live and "
                 f"owned by process {previous.pid}",
                 {"session_id": session.session_id, "owner_pid": previous.pid},
             )
-        return "resume"
+        return KeyVerdict.RESUME
     if session.end_reason == "ended" and not resume_ended:
-        return "create"
+        return KeyVerdict.CREATE
     if ctx.store.now() - session.ended_at >= ctx.settings().resume_window:
-        return "create"
-    return "resume"
+        return KeyVerdict.CREATE
+    return KeyVerdict.RESUME
 
 
 def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: float) -> GetOrCreateResult:
@@ -180,7 +180,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
     assert p.resume_key is not None
     found = session_store.by_resume_key(store.db, p.tool_id, p.resume_key)
     verdict = _verdict(ctx, found, owner, p.resume_ended)
-    if verdict == "existing":
+    if verdict is KeyVerdict.EXISTING:
         assert found is not None
         session = found.session
         store.note_activity(session.session_id, now)
@@ -190,9 +190,9 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
     ctx.guard.ensure_writable(grows=True, adding=SESSION_BYTES)
     with store.write() as db:
         if found.dedup if found is not None else p.dedup:
-            _refuse_second_live_session(db, p.tool_id, owner, p.resume_key)
+            _refuse_second_live_session(db, p.tool_id, owner)
         try:
-            if verdict == "create":
+            if verdict is KeyVerdict.CREATE:
                 return GetOrCreateResult("created", _create(ctx, p, owner, now))
             assert found is not None
             return GetOrCreateResult("resumed", _resume(ctx, found, owner, now))
@@ -200,7 +200,7 @@ def _by_resume_key(ctx: Context, p: GetOrCreate, owner: ProcessIdentity, now: fl
             raise Conflict(f"cannot bind {p.tool_id} session with resume key {p.resume_key!r}: {e}") from None
 
 
-def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity, key: str) -> None:
+def _refuse_second_live_session(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> None:
     """A process has at most one live deduplicated session of a tool: Conflict if it
     already holds one (which has another key, or none: one with this key is found by it)."""
     mine = session_store.find_live(db, tool_id, owner)
@@ -239,7 +239,9 @@ def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
             verdict = _verdict(ctx, by_key, owner, p.resume_ended)
         except Conflict:
             return FindResult(None)
-        return FindResult(current(ctx, by_key.session) if by_key is not None and verdict != "create" else None)
+        if by_key is None or verdict is KeyVerdict.CREATE:
+            return FindResult(None)
+        return FindResult(current(ctx, by_key.session))
     found = ctx.live_sessions.find_live(p.tool_id, owner)
     return FindResult(current(ctx, found) if found else None)
 
@@ -259,8 +261,8 @@ def end(ctx: Context, caller: Caller, p: SessionRef) -> Session:
     session = existing_session(ctx, p.session_id)
     if session.ended_at is None:
         session_store.end(store.db, [session.session_id], "ended", store.now())
-        if session.owner_pid is not None:
-            owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "")
+        owner = session_store.owner_identity(session)
+        if owner is not None:
             ctx.reaper.untrack(session.session_id, owner)
         session = existing_session(ctx, p.session_id)
     return session
@@ -345,7 +347,7 @@ def delete(ctx: Context, caller: Caller, p: DeleteSession) -> SessionDeleted:
     held = session_store.contents(db, session.session_id)
     search_store.unindex_sessions(db, [session.session_id])
     task_store.delete_sessions(db, [session.session_id])
-    owner = _owner_of(session)
+    owner = session_store.owner_identity(session)
     if live and owner is not None:
         ctx.reaper.untrack(session.session_id, owner)
     return SessionDeleted(session.session_id, live, *held)

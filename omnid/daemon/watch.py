@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
-import errno
 import logging
 import os
 import select
@@ -55,8 +53,7 @@ class InotifyWatcher:
     mode = "inotify"
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        self._libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter runs on
         fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             e = ctypes.get_errno()
@@ -89,13 +86,9 @@ class InotifyWatcher:
 
         while True:
             try:
-                data = os.read(self._fd, 65536)
+                data = os.read(self._fd, 65536)  # retries a read a signal interrupts itself (PEP 475)
             except BlockingIOError:
                 break
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
             offset = 0
             while offset + _EVENT.size <= len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import select
 import sys
@@ -66,7 +67,7 @@ class PidfdWatcher:
         self._on_exit = on_exit
         self._fds: dict[ProcessIdentity, int] = {}
         self.max_fds = max_fds
-        self._warned_at = float("-inf")
+        self._warned_at = -math.inf
 
     @property
     def fds(self) -> int:
@@ -117,7 +118,7 @@ class PidfdWatcher:
         if fd is None:
             return False
         poll = select.poll()  # not select(): pidfds past FD_SETSIZE (1024) are common
-        poll.register(fd, select.POLLIN)
+        poll.register(fd)  # a pidfd polls readable (POLLIN, in the default mask) once its process exits
         return not poll.poll(0)
 
     def unwatch(self, identity: ProcessIdentity) -> None:
@@ -203,9 +204,6 @@ class PollingWatcher:
     max_fds = None
     has_room = False
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds: int | None = None):
-        pass
-
     def watch(self, identity: ProcessIdentity) -> bool:
         return is_alive(identity)[0]
 
@@ -231,4 +229,4 @@ def make_watcher(loop: asyncio.AbstractEventLoop, on_exit: ExitCallback, max_fds
             pass
     if sys.platform != "linux" and sys.platform != "win32" and hasattr(select, "kqueue"):
         return KqueueWatcher(loop, on_exit)
-    return PollingWatcher(loop, on_exit)
+    return PollingWatcher()

@@ -29,7 +29,7 @@ class Reaper:
     """Keeps one watch per live owner process and ends its sessions when it dies."""
 
     def __init__(
-        self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float = 60.0, max_fds: int | None = None
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, sweep_interval: float, max_fds: int | None = None
     ):
         """``max_fds``: most file descriptors to spend on exit watches (pidfds); owners past
         that are found dead by the sweep alone."""
@@ -187,10 +187,10 @@ class Reaper:
 
         self.store.after_commit(committed)
 
-    def sweep(self, *, trigger: str = "sweep", dry_run: bool = False) -> ReapResult:
+    def sweep(self, *, trigger: str, dry_run: bool = False) -> ReapResult:
         """Check the owner of every live session against its recorded identity."""
         found: list[ReapedSession] = []
-        dead_owners: dict[ProcessIdentity, str] = {}
+        dead_owners: set[ProcessIdentity] = set()
         checked: dict[ProcessIdentity, tuple[bool, str]] = {}
         for sid, tool, owner in session_store.live_owned(self.store.db):
             if owner not in checked:
@@ -199,7 +199,7 @@ class Reaper:
             alive, cause = checked[owner]
             if not alive:
                 found.append(ReapedSession(sid, tool, owner.pid, cause))
-                dead_owners[owner] = cause
+                dead_owners.add(owner)
         now = self.store.now()
         alive_at, swept_ns = self._swept_ns, time.perf_counter_ns()
         if not dry_run:

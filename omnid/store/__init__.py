@@ -364,13 +364,12 @@ class Store:
 
     def set_durability(self, durability: str) -> None:
         """``PRAGMA synchronous`` for the commits from now on: "normal" or "full"."""
-        level = {"normal": "NORMAL", "full": "FULL"}[durability]
+        level = {"normal": 1, "full": 2}[durability]
         self.flush()  # the pragma cannot change inside the open transaction
         self.db.execute(f"PRAGMA synchronous = {level}")
 
     def durability(self) -> str:
-        value = self.db.execute("PRAGMA synchronous").fetchone()[0]
-        return {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(value, str(value))
+        return ("off", "normal", "full", "extra")[self.db.execute("PRAGMA synchronous").fetchone()[0]]
 
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -108,10 +108,14 @@ def by_resume_key(db: sqlite3.Connection, tool_id: str, resume_key: str) -> Keye
     if row is None:
         return None
     session = _session(row[:-2])
-    owner = None
-    if session.owner_pid is not None:
-        owner = ProcessIdentity(session.owner_pid, session.owner_start or 0, session.boot_id or "", row[-1])
-    return Keyed(session, bool(row[-2]), owner)
+    return Keyed(session, bool(row[-2]), owner_identity(session, row[-1]))
+
+
+def owner_identity(s: Session, ino: int | None = None) -> ProcessIdentity | None:
+    """The process ``s`` is (or was last) bound to, as recorded; None if it never had one."""
+    if s.owner_pid is None:
+        return None
+    return ProcessIdentity(s.owner_pid, s.owner_start or 0, s.boot_id or "", ino)
 
 
 def rebind(db: sqlite3.Connection, previous: Session, owner: ProcessIdentity, now: float) -> None:
@@ -192,7 +196,7 @@ def edit(
     metadata: dict | None = None,
     pinned: bool | None = None,
     archived_at: float | None = None,
-    unarchive: bool = False,
+    unarchive: bool,
 ) -> None:
     """Set the given columns of one session (None leaves a column as it is; an empty
     ``title`` removes it)."""

@@ -357,7 +357,7 @@ class InProcess:
     def __init__(self, path: Path):
         self.loop = asyncio.new_event_loop()
         self.store = Store(path)
-        self.reaper = Reaper(self.store, self.loop)
+        self.reaper = Reaper(self.store, self.loop, sweep_interval=60.0)
         self.ctx = api.Context(
             self.store, self.store.guard, self.reaper, session_store.LiveLookups(self.store),
             Expirer(self.store, self.loop),

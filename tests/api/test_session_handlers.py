@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,14 +15,14 @@ import msgspec
 import pytest
 
 from omnid import api
-from omnid.identity import boot_id
+from omnid.identity import boot_id, pidfd_inode, pidfd_inodes_unique
 from omnid.jobs.expiry import Expirer
 from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
 from omnid.store import Store
 from omnid.store import sessions as q
-from omnid_client.protocol import IncomingRequest, ResponseFrame
-from tests.helpers import start_ticks
+from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, Session, SessionOwner
+from tests.helpers import identity_of, start_ticks
 
 
 class Daemon:
@@ -33,7 +34,7 @@ class Daemon:
         # Group commit as the daemon runs it: a batch commits on the next loop turn, and
         # reuse activity rides on a commit up to a second later.
         self.store = Store(path, schedule=loop.call_soon, schedule_later=loop.call_later)
-        self.reaper = Reaper(self.store, loop)
+        self.reaper = Reaper(self.store, loop, sweep_interval=60.0)
         self.reaper.start()
         self.live_sessions = q.LiveLookups(self.store)
         self.caller_pid = 0
@@ -113,6 +114,9 @@ def test_a_session_is_bound_to_the_owners_identity_and_cwd(daemon, spawn_owner, 
     assert {(o.pid, o.start): sids for o, sids in daemon.reaper.owners.items()} == {
         (owner.pid, start_ticks(owner.pid)): {s.session_id}
     }
+    ino = pidfd_inode(owner.pid) if pidfd_inodes_unique() else None
+    stored = daemon.store.db.execute("SELECT owner_ino, dedup FROM sessions WHERE session_id = ?", (s.session_id,))
+    assert stored.fetchone() == (ino, 1), "the owner's pidfd inode, where the kernel makes it unique"
 
 
 def test_without_a_pid_the_caller_owns_it_and_an_explicit_workspace_is_kept(daemon, tmp_path):
@@ -275,3 +279,235 @@ def test_the_default_workspace_is_the_owners_cwd_not_the_daemons(daemon, tmp_pat
     finally:
         owner.kill()
         owner.wait()
+
+
+# --- resume keys -----------------------------------------------------------------------------
+
+
+def keyed(daemon: Daemon, owner: Any, key: str = "k", **params: Any) -> Any:
+    return call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid, resume_key=key, **params)
+
+
+def dies(owner: Any) -> None:
+    owner.kill()
+    owner.wait()
+
+
+def history(daemon: Daemon, sid: str) -> list[tuple]:
+    return [(o.pid, o.start, o.released) for o in call(daemon, "session.owners", session_id=sid).owners]
+
+
+def test_a_resume_key_creates_returns_and_after_its_owner_died_resumes_one_session(daemon, spawn_owner):
+    first, second = spawn_owner(), spawn_owner()
+    made = keyed(daemon, first)
+    s = made.session
+    assert made.status == "created" and s.resume_key == "k" and s.owner_pid == first.pid
+    again = keyed(daemon, first)
+    assert (again.status, again.session.session_id) == ("existing", s.session_id)
+    assert again.session.last_activity > s.last_activity
+    assert daemon.store.pending_activity(s.session_id) == again.session.last_activity
+    assert call(daemon, "session.find", tool_id="t", pid=first.pid, resume_key="k").session.session_id == s.session_id
+    dies(first)  # its exit event is never handled here: the loop does not run
+    resumed = keyed(daemon, second)
+    r = resumed.session
+    assert (resumed.status, r.session_id, r.owner_pid) == ("resumed", s.session_id, second.pid)
+    assert (r.owner_start, r.boot_id, r.ended_at, r.end_reason) == (start_ticks(second.pid), boot_id(), None, None)
+    assert r.owner_since > s.started_at and r.last_activity == r.owner_since
+    assert q.get(daemon.store.db, s.session_id) == r
+    assert history(daemon, s.session_id) == [(first.pid, s.owner_start, "died"), (second.pid, r.owner_start, None)]
+    owners = call(daemon, "session.owners", session_id=s.session_id).owners
+    assert (owners[0].since, owners[0].until, owners[1].since) == (s.started_at, r.owner_since, r.owner_since)
+    assert {(o.pid, o.start): sids for o, sids in daemon.reaper.owners.items()} == {
+        (second.pid, r.owner_start): {s.session_id}
+    }, "the new owner is watched instead of the old one"
+    assert call(daemon, "session.find", tool_id="t", pid=second.pid).session.session_id == s.session_id
+    dies(second)
+    third = spawn_owner()
+    assert keyed(daemon, third).status == "resumed"
+    assert [(o.pid, o.released) for o in call(daemon, "session.owners", session_id=s.session_id).owners] == [
+        (first.pid, "died"), (second.pid, "died"), (third.pid, None)]
+
+
+def test_a_keyed_session_whose_owner_lives_is_refused_to_another_process(daemon, spawn_owner):
+    owner, other = spawn_owner(), spawn_owner()
+    s = keyed(daemon, owner).session
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=other.pid, resume_key="k")
+    assert err.details == {"session_id": s.session_id, "owner_pid": owner.pid}
+    assert "resume key 'k'" in str(err) and f"process {owner.pid}" in str(err)
+    assert call(daemon, "session.find", tool_id="t", pid=other.pid, resume_key="k").session is None
+    assert call(daemon, "session.find", tool_id="t", pid=other.pid, resume_key="other").session is None
+    assert q.get(daemon.store.db, s.session_id).owner_pid == owner.pid
+    assert keyed(daemon, other, "other").status == "created", "another key is another session"
+
+
+def test_a_keyed_session_of_a_living_process_this_daemon_does_not_watch_is_refused_too(daemon, spawn_owner):
+    """A live session the reaper has no watch for (left over from before a restart, say):
+    whether its owner lives is asked of /proc, not only of the watches."""
+    owner, other = spawn_owner(), spawn_owner()
+    recorded = identity_of(owner.pid)
+    s = Session(str(uuid.uuid4()), "t", None, "default", owner.pid, recorded.start, recorded.boot_id, None, {},
+                daemon.store.now(), daemon.store.now(), resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, s, dedup=True)
+    assert daemon.reaper.owners == {}
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=other.pid, resume_key="k")
+    assert err.details == {"session_id": s.session_id, "owner_pid": owner.pid}
+
+
+def test_a_keyed_session_without_an_owner_or_with_another_pidfd_inode_is_resumed(daemon, spawn_owner):
+    """One imported without an owner process, and one whose recorded owner shares the
+    caller's pid and start tick but had another pidfd inode: another process, now gone."""
+    proc = spawn_owner()
+    caller = identity_of(proc.pid)
+    ino = pidfd_inode(proc.pid)
+    now = daemon.store.now()
+    imported = Session(str(uuid.uuid4()), "t", None, "default", None, None, None, None, {}, now, now, resume_key="i")
+    recorded = Session(str(uuid.uuid4()), "t", None, "default", proc.pid, caller.start, caller.boot_id, None, {},
+                       now, now, resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, imported, dedup=False)
+        q.insert(db, recorded, dedup=False, owner_ino=None if ino is None else ino + 1_000_000)
+    other = spawn_owner()
+    got = keyed(daemon, other, "i")
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", imported.session_id, other.pid)
+    if pidfd_inodes_unique():
+        got = keyed(daemon, proc, "k")
+        assert (got.status, got.session.session_id) == ("resumed", recorded.session_id)
+        assert keyed(daemon, proc, "k").status == "existing"
+
+
+def test_past_the_quota_a_resume_key_neither_creates_nor_resumes(daemon, spawn_owner):
+    owner = spawn_owner()
+    s = keyed(daemon, owner).session
+    dies(owner)
+    daemon.store.guard.max_bytes = 1  # max_database_bytes, as the daemon sets it from its config
+    for key in ("k", "new"):
+        err = rejected("storage", daemon, "session.get_or_create", tool_id="t", pid=spawn_owner().pid, resume_key=key)
+        assert err.details["reason"] == "quota"
+    assert q.get(daemon.store.db, s.session_id).owner_pid == owner.pid
+
+
+def test_an_ended_keyed_session_is_resumed_only_when_asked_and_only_within_the_window(daemon, spawn_owner):
+    owner, later = spawn_owner(), spawn_owner()
+    s = keyed(daemon, owner).session
+    ended = call(daemon, "session.end", session_id=s.session_id)
+    assert call(daemon, "session.find", tool_id="t", pid=later.pid, resume_key="k").session is None
+    found = call(daemon, "session.find", tool_id="t", pid=later.pid, resume_key="k", resume_ended=True).session
+    assert found.session_id == s.session_id
+    assert call(daemon, "session.owners", session_id=s.session_id).owners[-1] == SessionOwner(
+        owner.pid, s.owner_start, s.boot_id, s.started_at, ended.ended_at, "ended"
+    ), "an ended session's owner, last of all"
+    got = keyed(daemon, later, resume_ended=True)
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", s.session_id, later.pid)
+    owners = call(daemon, "session.owners", session_id=s.session_id).owners
+    assert (owners[0].pid, owners[0].until, owners[0].released) == (owner.pid, ended.ended_at, "ended")
+    # Its owner ends it and takes it back: it stays watched.
+    call(daemon, "session.end", session_id=s.session_id)
+    again = keyed(daemon, later, resume_ended=True)
+    assert (again.status, again.session.owner_pid) == ("resumed", later.pid)
+    assert {o.pid: sids for o, sids in daemon.reaper.owners.items()} == {later.pid: {s.session_id}}
+    # Ended without resume_ended: a new session takes the key over.
+    call(daemon, "session.end", session_id=s.session_id)
+    fresh = keyed(daemon, later)
+    assert fresh.status == "created" and fresh.session.session_id != s.session_id
+    # Expired longer ago than the resume window: a new session, never the old one.
+    call(daemon, "session.end", session_id=fresh.session.session_id)
+    window = daemon.context.settings().resume_window
+    with daemon.store.write() as db:
+        db.execute("UPDATE sessions SET end_reason = 'expired', ended_at = ? WHERE session_id = ?",
+                   (daemon.store.now() - window - 1, fresh.session.session_id))
+    assert call(daemon, "session.find", tool_id="t", pid=later.pid, resume_key="k", resume_ended=True).session is None
+    assert keyed(daemon, later, resume_ended=True).status == "created"
+
+
+def test_a_process_keeps_one_deduplicated_session_per_tool_whatever_the_key(daemon, spawn_owner):
+    owner = spawn_owner()
+    plain = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=owner.pid, resume_key="a")
+    assert err.details == {"session_id": plain.session_id, "owner_pid": owner.pid}
+    assert f"process {owner.pid} already owns live session {plain.session_id} of t without a resume key" in str(err)
+    call(daemon, "session.end", session_id=plain.session_id)
+    a = keyed(daemon, owner, "a").session
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=owner.pid, resume_key="b")
+    assert "under resume key 'a'" in str(err) and err.details["session_id"] == a.session_id
+    # Without dedup a process may hold more: a keyed session of its own besides.
+    b = keyed(daemon, owner, "b", dedup=False)
+    assert b.status == "created" and b.session.session_id != a.session_id
+    assert keyed(daemon, owner, "b").status == "existing"
+    dies(owner)
+    # The key's session was made without dedup: resuming it checks nothing of the new owner's.
+    successor = spawn_owner()
+    call(daemon, "session.get_or_create", tool_id="t", pid=successor.pid)
+    assert keyed(daemon, successor, "b").status == "resumed"
+    err = rejected("conflict", daemon, "session.get_or_create", tool_id="t", pid=successor.pid, resume_key="a")
+    assert err.details["owner_pid"] == successor.pid
+
+
+# --- edits and delete ------------------------------------------------------------------------
+
+
+def test_update_edits_title_tags_pin_archive_and_merges_metadata(daemon):
+    s = call(daemon, "session.get_or_create", tool_id="t", metadata={"a": {"x": 1, "y": 2}, "b": 1}).session
+    sid = s.session_id
+
+    def update(**params: Any) -> Any:
+        return call(daemon, "session.update", session_id=sid, **params)
+
+    u = update(title="T", tags=["b", "a", "b"], pinned=True,
+               metadata={"a": {"x": None, "z": 3}, "b": [1], "c": "n", "d": {"gone": None, "e": 1}, "f": None})
+    assert (u.title, u.tags, u.pinned) == ("T", ["a", "b"], True)
+    assert u.metadata == {"a": {"y": 2, "z": 3}, "b": [1], "c": "n", "d": {"e": 1}}
+    assert update(metadata={"c": {"n": 1}}).metadata["c"] == {"n": 1}, "an object patched onto a string replaces it"
+    u = update(metadata={"c": "n"})
+    assert q.get(daemon.store.db, sid) == u
+    other = call(daemon, "session.get_or_create", tool_id="t", dedup=False).session.session_id
+
+    def listed(**where: Any) -> set[str]:
+        return {s.session_id for s in call(daemon, "session.list", **where).sessions}
+
+    assert listed(tag="a") == listed(pinned=True) == {sid} and listed(pinned=False) == {other}
+    assert [r[0] for r in daemon.store.db.execute("SELECT tag FROM session_tags WHERE session_id = ?", (sid,))] == [
+        "a", "b"]
+    u = update(add_tags=["c"], remove_tags=["a"], metadata={"a": 5})
+    assert (u.title, u.tags, u.pinned) == ("T", ["b", "c"], True)
+    assert u.metadata == {"a": 5, "b": [1], "c": "n", "d": {"e": 1}}
+    u = update(metadata={"only": True}, replace_metadata=True, title="", pinned=False)
+    assert (u.title, u.metadata, u.pinned, u.tags) == (None, {"only": True}, False, ["b", "c"])
+    u = update(tags=[])
+    assert u.tags == [] and daemon.store.db.execute("SELECT tags FROM sessions WHERE session_id = ?",
+                                                    (sid,)).fetchone() == (None,)
+    archived = update(archived=True)
+    assert archived.archived_at is not None and archived.ended_at is None
+    assert update(archived=True).archived_at == archived.archived_at, "archiving again keeps the first time"
+    assert update(title="kept").archived_at == archived.archived_at
+    assert update(archived=False).archived_at is None
+    assert rejected("invalid", daemon, "session.update", session_id=sid, replace_metadata=True).details == {
+        "field": "metadata"}
+    too_many = [f"t{i}" for i in range(MAX_TAGS)]
+    assert rejected("too_large", daemon, "session.update", session_id=sid, tags=too_many,
+                    add_tags=["one-more"]).details == {"field": "tags"}
+    assert rejected("too_large", daemon, "session.update", session_id=sid, metadata={"x": "y" * 70_000})
+    assert q.get(daemon.store.db, sid) == update()
+
+
+def test_delete_reports_what_went_and_unwatches_a_live_sessions_owner(daemon, spawn_owner):
+    owner = spawn_owner()
+    s = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
+    sid = s.session_id
+    call(daemon, "message.add", session_id=sid, messages=[{"role": "user", "content": "a"},
+                                                          {"role": "user", "content": "b"}])
+    call(daemon, "context.append", session_id=sid, events=[{"kind": "decision", "subject": "d"}] * 3)
+    for text in ("m1", "m2", "m3", "m4"):
+        call(daemon, "session_memory.add", session_id=sid, content=text)
+    for title in ("x", "y", "z", "w", "v"):
+        call(daemon, "task.create", session_id=sid, title=title)
+    err = rejected("conflict", daemon, "session.delete", session_id=sid)
+    assert err.details == {"session_id": sid, "live": True}
+    deleted = call(daemon, "session.delete", session_id=sid, force=True)
+    assert (deleted.session_id, deleted.was_live) == (sid, True)
+    assert (deleted.messages, deleted.context_events, deleted.session_memories, deleted.tasks) == (2, 3, 4, 5)
+    assert daemon.reaper.owners == {}, "a deleted session's owner is no longer watched"
+    assert q.get(daemon.store.db, sid) is None
+    kept = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
+    done = call(daemon, "session.end", session_id=kept.session_id)
+    assert call(daemon, "session.delete", session_id=done.session_id).was_live is False

@@ -5,6 +5,7 @@ itself went away."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from omnid.daemon.watch import DirWatcher
-from tests.helpers import run_loop_until
+from tests.helpers import no_free_fds, run_loop_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
 
@@ -228,3 +229,35 @@ def test_inotify_refusals_carry_the_errno_and_the_directory(loop, tmp_path):
             assert str(exc.value) == f"[Errno {code}] cannot watch {path}: {os.strerror(code)}"
     finally:
         w.close()
+
+
+def test_without_a_file_descriptor_for_inotify_changes_are_left_to_the_periodic_checks(loop, tmp_path, caplog):
+    from omnid.daemon.watch import InotifyWatcher
+
+    with no_free_fds():
+        with pytest.raises(OSError) as exc:
+            InotifyWatcher(loop)
+        with caplog.at_level(logging.WARNING, logger="omnid.watch"):
+            w = DirWatcher(loop)
+    why = f"[Errno {errno.EMFILE}] inotify_init1: {os.strerror(errno.EMFILE)}"
+    assert exc.value.errno == errno.EMFILE and str(exc.value) == why
+    assert caplog.messages == [f"cannot watch files ({why}): changes are noticed by the periodic checks only"]
+    assert w.mode == "periodic checks" and w.watch(tmp_path, Seen()) is False
+    w.close()
+
+
+def test_an_inotify_watcher_on_descriptor_0_closes_it_too(loop):
+    """A daemon started with stdin closed (``omnid serve <&-``) gets its inotify instance as fd 0."""
+    from omnid.daemon.watch import InotifyWatcher
+
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        w = InotifyWatcher(loop)
+        assert w._fd == 0
+        w.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)

@@ -5,13 +5,16 @@ polling fallback checks the whole identity."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 
 import pytest
 
 from omnid.identity import ProcessIdentity
-from omnid.jobs.exits import PidfdWatcher, PollingWatcher
-from tests.helpers import RUNNING, identity_of, open_fds
+from omnid.jobs.exits import PidfdWatcher, PollingWatcher, make_watcher
+from tests.helpers import RUNNING, identity_of, no_free_fds, open_fds, run_loop_until, wait_for
 
 
 @pytest.mark.parametrize("state, watched", [("running", True), ("exited", False), ("zombie", False), ("reused", False)])
@@ -30,11 +33,11 @@ def test_the_pidfd_watch_is_armed_only_for_the_recorded_process(loop, owners, st
 
 
 @pytest.mark.parametrize("state", ["running", "exited", "zombie", "reused", "rebooted"])
-def test_the_polling_watcher_checks_the_identity_and_never_claims_a_process_runs(loop, owners, state):
+def test_the_polling_watcher_checks_the_identity_and_never_claims_a_process_runs(owners, state):
     owner, cause = owners()[state]
-    watcher = PollingWatcher(loop, lambda _: None)
+    watcher = PollingWatcher()
     assert watcher.watch(owner) is (cause == RUNNING)
-    assert watcher.running(owner) is False
+    assert watcher.running(owner) is False and watcher.watching(owner) is False
 
 
 def test_past_its_fd_budget_the_pidfd_watcher_leaves_owners_to_the_sweep(loop, owners, caplog):
@@ -58,3 +61,54 @@ def test_past_its_fd_budget_the_pidfd_watcher_leaves_owners_to_the_sweep(loop, o
     finally:
         watcher.close()
     assert fired == [] and open_fds() == before
+
+
+def test_linux_watches_exits_with_pidfds_and_out_of_descriptors_falls_back_to_the_sweep(loop):
+    before = open_fds()
+    watcher = make_watcher(loop, lambda _: None, 5)
+    assert type(watcher) is PidfdWatcher and watcher.mode == "pidfd" and watcher.max_fds == 5
+    assert watcher.fds == 0 and open_fds() == before, "the pidfd that probed for support is closed"
+    assert make_watcher(loop, lambda _: None).max_fds is None
+    with no_free_fds():
+        fallback = make_watcher(loop, lambda _: None, 5)
+    assert type(fallback) is PollingWatcher and fallback.mode == "polling"
+
+
+def test_an_owner_without_a_pidfd_is_left_to_the_sweep_with_a_warning(loop, caplog):
+    """A thread's id names a process to /proc but gets no pidfd (ENOENT, not ESRCH)."""
+    release = threading.Event()
+    tids: list[int] = []
+    thread = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), release.wait()))
+    thread.start()
+    try:
+        run_loop_until(loop, lambda: tids)
+        owner = identity_of(tids[0])
+        watcher = PidfdWatcher(loop, lambda _: None)
+        with caplog.at_level(logging.WARNING, logger="omnid.reaper"):
+            assert watcher.watch(owner) is True, "it runs: a look at /proc says so"
+        assert not watcher.watching(owner) and not watcher.running(owner) and watcher.fds == 0
+        assert [r.getMessage() for r in caplog.records] == [
+            f"cannot watch process {owner.pid} ([Errno 2] No such file or directory); "
+            "the periodic sweep will notice its exit"
+        ]
+    finally:
+        release.set()
+        thread.join()
+    wait_for(lambda: not os.path.exists(f"/proc/{owner.pid}"), what="the thread's exit")
+    assert watcher.watch(owner) is False, "gone: no watch, and /proc says so"
+
+
+def test_an_exit_unwatches_first_and_then_tells_once(loop, spawn_owner):
+    proc = spawn_owner()
+    owner = identity_of(proc.pid)
+    told: list[tuple[ProcessIdentity, bool]] = []
+    watcher = PidfdWatcher(loop, lambda who: told.append((who, watcher.watching(who))))
+    before = open_fds()
+    assert watcher.watch(owner) and watcher.running(owner)
+    proc.kill()
+    proc.wait()
+    run_loop_until(loop, lambda: told)
+    assert told == [(owner, False)] and watcher.fds == 0 and open_fds() == before
+    assert not watcher.running(owner) and not watcher.watching(owner)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(told) == 1, "told once"

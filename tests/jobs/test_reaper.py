@@ -97,9 +97,9 @@ def test_a_manual_sweep_finds_a_dead_owner_that_no_exit_event_reported(store, re
 def test_sessions_of_one_dead_owner_are_all_ended_by_one_sweep(store, reaper, owners):
     owner, cause = owners()["reused"]
     sids = {add_session(store, owner, tool=f"tool-{i}") for i in range(3)}
-    result = reaper.sweep()
+    result = reaper.sweep(trigger="sweep")
     assert {s.session_id for s in result.sessions} == sids and {s.cause for s in result.sessions} == {cause}
-    assert reaper.last_reap.reaped == 3
+    assert (reaper.last_reap.reaped, reaper.last_reap.trigger) == (3, "sweep")
 
 
 # --- watches: exit events, and a pid reused before its watch is opened (tests/jobs/test_exits.py) --
@@ -247,6 +247,22 @@ def test_retries_back_off_doubling_up_to_the_sweep_interval_and_reset_after_succ
     assert reaper._retry_delay == 1.0, "a retry that commits starts the next backoff afresh"
 
 
+def test_a_new_sweep_interval_caps_the_retry_backoff_from_then_on(store, owner_died_while_locked):
+    reaper, sid, release = owner_died_while_locked(3600.0)
+    reaper.set_interval(2.0)
+    assert reaper.sweep_interval == 2.0
+    delays = []
+    for _ in range(3):
+        delays.append(round(reaper._retry._handle.when() - reaper.loop.time(), 1))
+        reaper._retry.cancel()
+        reaper._retry_fired()
+    assert delays == [1.0, 2.0, 2.0]
+    release()
+    reaper._retry.cancel()
+    reaper._retry_fired()
+    assert end_reason(store, sid) == "reaped"
+
+
 def test_what_a_reap_records_and_says(store, reaper, spawn_owner):
     reaper.start()
     proc = spawn_owner()
@@ -263,3 +279,70 @@ def test_what_a_reap_records_and_says(store, reaper, spawn_owner):
     proc.wait()
     run_loop_until(reaper.loop, lambda: end_reason(store, sid) == "reaped")
     assert before < reaper.last_reap.at <= store.now()
+
+
+def test_a_fresh_reaper_has_reaped_nothing_and_spends_at_most_its_fd_budget(store, loop):
+    reaper = Reaper(store, loop, sweep_interval=60.0, max_fds=3)
+    try:
+        assert reaper.last_reap is None and reaper.watcher.max_fds == 3 and reaper.mode == "pidfd"
+    finally:
+        reaper.stop()
+
+
+def test_owners_left_to_the_sweep_get_an_exit_watch_once_there_is_room(store, loop, spawn_owner):
+    reaper = Reaper(store, loop, sweep_interval=3600.0, max_fds=1)
+    try:
+        first, second = identity_of(spawn_owner().pid), identity_of(spawn_owner().pid)
+        untracked = identity_of(spawn_owner().pid)
+        one, two = add_session(store, first), add_session(store, second)
+        add_session(store, untracked)  # in the database, never tracked by this reaper
+        reaper.track(one, first)
+        reaper.track(two, second)
+        assert reaper.watcher.watching(first) and not reaper.watcher.watching(second)
+        dead = spawn_owner()
+        dead_owner = identity_of(dead.pid)
+        gone = add_session(store, dead_owner)
+        dead.kill()
+        dead.wait()
+        full = reaper.sweep(trigger="sweep")  # no room: nothing more is watched, the dead are still reaped
+        assert [s.session_id for s in full.sessions] == [gone] and end_reason(store, gone) == "reaped"
+        assert not reaper.watcher.watching(second) and reaper.watcher.fds == 1
+        reaper.untrack(one, first)
+        before = store.now()
+        swept = reaper.sweep(trigger="sweep")
+        assert swept.sessions == [] and before < swept.at == reaper.last_reap.at <= store.now()
+        assert reaper.watcher.watching(second), "the owner left to the sweep has its exit watch now"
+        assert not reaper.watcher.watching(untracked) and reaper.watcher.fds == 1
+    finally:
+        reaper.stop()
+
+
+def test_a_lost_batch_rebuilds_the_watches_and_leaves_dead_owners_to_a_retry(tmp_path, loop, owners):
+    flushes: list[Callable[[], None]] = []
+    store = Store(tmp_path / "omnid.db", schedule=flushes.append)
+    reaper = Reaper(store, loop, sweep_interval=3600.0)
+
+    def commit() -> None:
+        while flushes:
+            flushes.pop()()
+
+    try:
+        made = owners()
+        running, dead = made["running"][0], made["exited"][0]
+        live, orphaned = add_session(store, running), add_session(store, dead)
+        with store.write() as db:
+            db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            db.execute("CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+        commit()
+        with store.write() as db:
+            db.execute("INSERT INTO child VALUES (42)")  # refused only by the COMMIT
+        commit()
+        assert not store.in_transaction and reaper.owners == {running: {live}}, "rebuilt from the database"
+        assert reaper._retry.armed and end_reason(store, orphaned) is None, "ending now would fail the same way"
+        reaper._retry.cancel()
+        reaper._retry_fired()
+        commit()
+        assert end_reason(store, orphaned) == "reaped"
+    finally:
+        reaper.stop()
+        store.close()

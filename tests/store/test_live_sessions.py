@@ -14,6 +14,7 @@ import omnid.store
 from omnid.identity import ProcessIdentity
 from omnid.store import Store
 from omnid.store import sessions as q
+from omnid.store.events import ACTIVITY, Staged
 from omnid_client.protocol import Session
 
 BOOT = "boot-a"
@@ -161,6 +162,35 @@ def test_end_ends_only_live_sessions_and_says_which(store):
     assert (got.ended_at, got.end_reason, got.last_activity) == (3.0, "ended", 3.0)
 
 
+def test_ends_and_touches_stage_events_handed_on_once_committed(store):
+    committed: list[Staged] = []
+    store.on_commit = committed.extend
+    with store.write() as db:
+        db.execute("INSERT INTO projects VALUES ('p-1', '/w', 'w', NULL, 1.0, 1.0)")
+        live = add(db)
+        ended = Session(str(uuid.uuid4()), "other", "2.0", "agent", 4243, 5, BOOT, "/w", {}, 3.0, 3.0,
+                        project_id="p-1")
+        q.insert(db, ended, dedup=False)
+    assert committed[1] == Staged("session.created", ended.session_id, "other", "p-1", {
+        "tool_version": "2.0", "session_type": "agent", "owner_pid": 4243, "workspace": "/w", "started_at": 3.0,
+    })
+    committed.clear()
+    with store.write() as db:
+        assert q.end(db, [ended.session_id, "no-such-session"], "ended", 2.0) == [ended.session_id]
+        q.touch(db, live.session_id, 5.0)
+        q.touch(db, ended.session_id, 6.0)
+        assert committed == []
+    assert committed == [
+        Staged("session.ended", ended.session_id, None, None, {"end_reason": "ended", "ended_at": 2.0}),
+        Staged(ACTIVITY, live.session_id, None, None, {}),
+    ]
+    batches: list[list[Staged]] = []
+    store.on_commit = batches.append
+    with store.write() as db:
+        q.touch(db, ended.session_id, 7.0)  # stages nothing
+    assert batches == [], "a commit without events tells no one"
+
+
 def test_totals_of_a_session_and_of_none(store):
     with store.write() as db:
         s = add(db)
@@ -176,6 +206,12 @@ def test_live_owned_and_count_live_skip_ended_and_ownerless_sessions(store):
         ownerless = Session(str(uuid.uuid4()), "t", None, "default", None, None, None, None, {}, 1.0, 1.0)
         q.insert(db, ownerless, dedup=False)
     assert q.live_owned(store.db) == [(owned.session_id, "tool", OWNER)]
+    with store.write() as db:
+        q.end(db, [owned.session_id], "ended", 3.0)
+        with_ino = Session(str(uuid.uuid4()), "t", None, "default", 4243, 9, BOOT, None, {}, 1.0, 1.0)
+        q.insert(db, with_ino, dedup=True, owner_ino=991)
+    [(_, _, owner)] = q.live_owned(store.db)
+    assert (owner.pid, owner.ino) == (4243, 991), "the pidfd inode recorded, which same_process compares"
     assert q.count_live(store.db) == 2
 
 
@@ -205,18 +241,27 @@ def stored_activity(store: Store, sid: str) -> float:
         db.close()
 
 
-def test_reuse_activity_rides_on_one_timer_and_then_commits(timed):
-    store, timers, commit = timed
+def committed_session(store: Store, commit: Callable[[], None]) -> Session:
+    """A live session, its batch committed."""
     with store.write() as db:
         s = add(db)
     commit()
+    return s
+
+
+def test_reuse_activity_rides_on_one_timer_and_then_commits(timed):
+    store, timers, commit = timed
+    s = committed_session(store, commit)
     store.note_activity(s.session_id, 5.0)
     store.note_activity(s.session_id, 6.0)
     assert [d for d, _ in timers] == [omnid.store.ACTIVITY_DELAY], "one timer for any number of bumps"
     assert store.pending_activity(s.session_id) == 6.0 and stored_activity(store, s.session_id) == 1.0
+    committed: list[Staged] = []
+    store.on_commit = committed.extend
     timers.pop()[1]()  # the delay is over
     commit()
     assert stored_activity(store, s.session_id) == 6.0 and store.pending_activity(s.session_id) is None
+    assert committed == [Staged(ACTIVITY, s.session_id, None, None, {})]
     store.note_activity(s.session_id, 7.0)
     assert len(timers) == 1, "a new timer once the last one fired"
 
@@ -233,9 +278,7 @@ def test_reuse_activity_during_an_open_batch_rides_on_its_commit(timed):
 
 def test_a_timer_with_nothing_pending_writes_nothing(timed):
     store, timers, commit = timed
-    with store.write() as db:
-        s = add(db)
-    commit()
+    s = committed_session(store, commit)
     store.note_activity(s.session_id, 6.0)
     assert len(timers) == 1
     with store.write():
@@ -258,3 +301,26 @@ def test_project_activity_gets_a_new_timer_after_each_one_fires(timed):
         timers.pop()[1]()
         commit()
         assert store.db.execute("SELECT last_activity FROM projects").fetchone() == (at,)
+
+
+def test_close_writes_reuse_activity_still_waiting_for_its_timer(timed):
+    store, timers, commit = timed
+    s = committed_session(store, commit)
+    store.note_activity(s.session_id, 5.0)
+    assert len(timers) == 1 and not store.in_transaction
+    store.close()
+    assert stored_activity(store, s.session_id) == 5.0
+
+
+def test_a_flush_scheduled_before_close_does_nothing_after_it(tmp_path):
+    flushes: list[Callable[[], None]] = []
+    store = Store(tmp_path / "omnid.db", schedule=flushes.append)
+    with store.write() as db:
+        s = add(db)
+    store.close()  # commits the batch itself
+    flushes.pop()()  # the event loop runs the flush it had been given
+    db = sqlite3.connect(store.path)
+    try:
+        assert q.get(db, s.session_id) is not None
+    finally:
+        db.close()

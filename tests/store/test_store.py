@@ -14,12 +14,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import omnid.store
 from omnid.identity import ProcessIdentity
 from omnid.store import Store, StoreError, search
 from omnid.store import sessions as q
+from omnid.store.failures import CorruptDatabase
 from omnid.store.migrations import LATEST, MIGRATIONS, apply
 from omnid_client import Invalid, StorageError
 from omnid_client.protocol import Session
@@ -351,8 +353,14 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(db_path, mon
     monkeypatch.setattr(omnid.store, "LATEST", LATEST + 1)
     sid = build_database(db_path, LATEST)
 
-    with pytest.raises((StoreError, sqlite3.Error)):
+    with pytest.raises(StoreError) as refused:
         Store(db_path)
+    backup = db_path.with_name(f"{db_path.name}.before-v{LATEST + 1}")
+    assert type(refused.value) is StoreError and str(refused.value) == (
+        f"migrating {db_path} from schema v{LATEST} to v{LATEST + 1} failed: near \"THIS\": syntax error; "
+        f"the database was left at v{LATEST} (backup: {backup})"
+    )
+    assert backup.exists()
 
     db = other_connection(db_path)
     try:
@@ -363,6 +371,17 @@ def test_a_failing_migration_leaves_the_database_at_its_old_version(db_path, mon
         db.close()
 
 
+def test_a_failing_migration_from_v1_names_the_backup_too(db_path, monkeypatch):
+    monkeypatch.setattr(omnid.store, "MIGRATIONS", [MIGRATIONS[0], ["NOT SQL"], *MIGRATIONS[2:]])
+    build_database(db_path, 1)
+    backup = db_path.with_name(f"{db_path.name}.before-v{LATEST}")
+    assert refused_open(db_path) == (
+        f"migrating {db_path} from schema v1 to v2 failed: near \"NOT\": syntax error; "
+        f"the database was left at v1 (backup: {backup})"
+    )
+    assert backup.exists()
+
+
 @pytest.mark.parametrize("journal_mode", ["delete", "wal"])
 def test_a_database_from_a_newer_omnid_is_refused_and_left_alone(db_path, journal_mode):
     sid = build_database(db_path, LATEST, journal_mode=journal_mode)
@@ -371,8 +390,12 @@ def test_a_database_from_a_newer_omnid_is_refused_and_left_alone(db_path, journa
     db.close()
     before = sha256(db_path)
 
-    with pytest.raises(StoreError, match="newer"):
+    with pytest.raises(StoreError) as refused:
         Store(db_path)
+    assert str(refused.value) == (
+        f"database {db_path} has schema version {LATEST + 1}, newer than this omnid understands ({LATEST}); "
+        "upgrade omnid or point OMNID_HOME elsewhere"
+    )
 
     assert sha256(db_path) == before, "refusing a newer database must not rewrite it"
     assert not list(db_path.parent.glob("*.before-v*"))
@@ -384,10 +407,74 @@ def test_a_database_from_a_newer_omnid_is_refused_and_left_alone(db_path, journa
         db.close()
 
 
-def test_a_file_that_is_not_a_database_is_refused(db_path):
+def test_a_new_database_whose_first_migration_fails_is_left_empty_with_no_backup(db_path, monkeypatch):
+    monkeypatch.setattr(omnid.store, "MIGRATIONS", [["CREATE TABLE half_done (x)", "NOT SQL"], *MIGRATIONS[1:]])
+    assert refused_open(db_path) == (
+        f"migrating {db_path} from schema v0 to v1 failed: near \"NOT\": syntax error; the database was left at v0"
+    )
+    db = other_connection(db_path)
+    try:
+        assert user_version(db) == 0 and schema(db) == []
+    finally:
+        db.close()
+    assert not list(db_path.parent.glob("*.before-v*"))
+
+
+def refused_open(path: Path, kind: type[StoreError] = StoreError) -> str:
+    """Why ``Store(path)`` refuses the file (an error of exactly ``kind``), having checked
+    that the refusal left no file descriptor open."""
+    before = psutil.Process().num_fds()
+    with pytest.raises(StoreError) as refused:
+        Store(path)
+    assert type(refused.value) is kind, refused.value
+    assert psutil.Process().num_fds() == before, "a refused open closes what it opened"
+    return str(refused.value)
+
+
+def test_a_file_that_is_not_a_database_is_refused_as_damaged_and_left_alone(db_path):
     db_path.write_bytes(b"this is not an SQLite database" * 200)
-    with pytest.raises(StoreError, match=str(db_path)):
-        Store(db_path)
+    assert refused_open(db_path, CorruptDatabase) == f"database {db_path} is damaged: file is not a database"
+    assert db_path.read_bytes() == b"this is not an SQLite database" * 200
+    assert sorted(p.name for p in db_path.parent.iterdir()) == [db_path.name]
+
+
+def test_a_database_failing_its_integrity_check_is_refused_as_damaged_and_left_alone(db_path):
+    Store(db_path).close()
+    db = other_connection(db_path)  # a NULL where the schema, changed behind SQLite's back, forbids one
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (NULL)")
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = 'CREATE TABLE t (x NOT NULL)' WHERE name = 't'")
+    db.close()
+    before = sha256(db_path)
+    assert refused_open(db_path, CorruptDatabase) == (
+        f"database {db_path} failed its integrity check: NULL value in t.x"
+    )
+    assert sha256(db_path) == before
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_planted_link_for_the_database_or_its_wal_or_shm_is_refused_not_followed(db_path, tmp_path, suffix):
+    if suffix:
+        Store(db_path).close()
+    target = tmp_path / "someone-elses-file"
+    target.write_bytes(b"not yours")
+    link = Path(f"{db_path}{suffix}")
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    why = refused_open(db_path)
+    assert why.startswith("cannot open database: ") and str(link) in why and "symlink" in why
+    assert target.read_bytes() == b"not yours"
+
+
+def test_a_database_in_a_missing_directory_is_refused_naming_it(tmp_path):
+    path = tmp_path / "missing" / "omnid.db"
+    assert refused_open(path) == f"cannot open database {path}: unable to open database file"
+
+
+def test_a_database_sqlite_cannot_keep_a_wal_for_is_refused():
+    """SQLite keeps an in-memory database in the "memory" journal mode, whatever is asked."""
+    assert refused_open(Path(":memory:")) == ":memory:: cannot use WAL journal mode (got memory)"
 
 
 # --- pragmas --------------------------------------------------------------------
@@ -604,8 +691,9 @@ COMMIT_FAILURES = [
 def test_a_failed_commit_fails_every_waiter_and_loses_only_its_batch(
     scheduled, db_path, prepare, poison, during_commit
 ):
-    store, results, rolled_back = scheduled.store, [], []
+    store, results, rolled_back, told = scheduled.store, [], [], []
     store.on_rollback(lambda: rolled_back.append(True))
+    store.on_failure = told.append
     prepare(store)
     with store.write() as db:
         add(db, "before")
@@ -622,6 +710,9 @@ def test_a_failed_commit_fails_every_waiter_and_loses_only_its_batch(
 
     assert len(results) == 2
     assert all(isinstance(r, StorageError) for r in results), results
+    why = str(results[0]).removeprefix("database write failed: ")
+    assert results[0].details["sqlite_error"].startswith("SQLITE_") and why != str(results[0])
+    assert told == [f"commit failed: {why}"], "the failure, as logged, goes to on_failure"
     assert rolled_back == [True]
     assert not store.in_transaction
     assert session_ids(db_path) == {"before"}

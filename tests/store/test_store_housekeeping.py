@@ -14,6 +14,7 @@ import pytest
 import omnid.store
 from omnid.store import Store, disk_hint, is_corruption, storage_error
 from omnid.store.failures import set_aside
+from omnid_client import StorageError
 
 
 def sqlite_error(make) -> sqlite3.Error:
@@ -195,10 +196,16 @@ def test_the_same_failure_a_minute_later_is_logged_again(store, caplog, monkeypa
     clock = [1000.0]
     monkeypatch.setattr(omnid.store.time, "monotonic", lambda: clock[0])
     with caplog.at_level(logging.ERROR, logger="omnid.store"):
-        store._log_failure(sqlite3.OperationalError("database or disk is full"))
-        clock[0] += 60.0
-        store._log_failure(sqlite3.OperationalError("database or disk is full"))
-    assert len(caplog.records) == 2
+        store._log_failure("database or disk is full")
+        clock[0] += 59.99
+        store._log_failure("database or disk is full")
+        assert len(caplog.records) == 1, "within the minute"
+        clock[0] += 0.01  # a minute after the line logged
+        store._log_failure("database or disk is full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "commit failed: database or disk is full",
+        "commit failed: database or disk is full (and 1 more time(s) in the last minute)",
+    ]
 
 
 def test_set_aside_names_by_utc_time_and_steps_past_any_leftover_of_the_same_name(tmp_path, monkeypatch):
@@ -250,3 +257,68 @@ def test_now_is_the_wall_clock_made_strictly_increasing(store):
     assert all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
     assert stamps[-1] - stamps[0] < 0.5, "each step is a microsecond at most past the clock"
     assert abs(store.now() - time.time()) < 0.5
+
+
+def test_timestamps_stay_ordered_across_a_small_step_back_of_the_clock_and_follow_a_big_one(
+    store, tmp_path, monkeypatch, caplog
+):
+    import time
+
+    from omnid import clock
+
+    skew = tmp_path / "skew"  # the clock's own test seam (OMNID_TEST_CLOCK_FILE): seconds added to it
+    skew.write_text("0")
+    monkeypatch.setattr(clock, "_SKEW_FILE", str(skew))
+    first = store.now()
+    skew.write_text("-0.9")
+    assert store.now() == first + 1e-6, "less than a second back: a microsecond past the last one"
+    assert store.now() == first + 2e-6
+    skew.write_text("-5")
+    with caplog.at_level(logging.WARNING, logger="omnid.store"):
+        followed = store.now()
+    assert first - 5.5 < followed < first - 3 and abs(followed - (time.time() - 5)) < 0.5
+    [line] = caplog.messages
+    back = float(line.removeprefix("the wall clock went back ").removesuffix("s; timestamps follow it"))
+    assert back == pytest.approx(first + 2e-6 - followed, abs=1e-3)
+
+
+def test_a_batch_whose_database_file_was_deleted_fails_its_waiters_and_is_rolled_back(tmp_path, caplog):
+    flushes: list = []
+    store = Store(tmp_path / "omnid.db", schedule=flushes.append)
+    rebuilt: list[bool] = []
+    store.on_rollback(lambda: rebuilt.append(True))
+    try:
+        with store.write() as db:
+            db.execute("CREATE TABLE t (x)")
+        told: list = []
+        store.after_commit(told.append)
+        os.unlink(store.path)
+        store.guard.check(force=True)  # as the housekeeping tick does
+        with caplog.at_level(logging.ERROR, logger="omnid.store"):
+            store.flush()
+        assert caplog.messages[-1] == f"commit failed: {store.guard.lost}"
+        assert len(told) == 1 and isinstance(told[0], StorageError)
+        assert told[0].details == {"reason": "database_gone"} and str(told[0]) == store.guard.lost
+        assert f"the database file {store.path} was deleted while omnid was running" in str(told[0])
+        assert not store.in_transaction and rebuilt == [True]
+        assert store.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 't'").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_close_truncates_the_wal_even_while_another_process_reads_the_database(tmp_path):
+    """Closing the last connection would checkpoint and remove the WAL anyway; with a reader
+    (a backup, ``sqlite3`` in a shell) still open, only the store's own checkpoint does."""
+    store = Store(tmp_path / "omnid.db")
+    with store.write() as db:
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
+    reader = sqlite3.connect(store.path)
+    try:
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (100,)
+        assert store.file_sizes()[1] > 100_000
+        store.close()
+        assert os.path.getsize(f"{store.path}-wal") == 0
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (100,), "every row is in the file"
+    finally:
+        reader.close()
