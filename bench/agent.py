@@ -98,8 +98,7 @@ def pack_at_scale(
 def compaction_at_scale(work: Path, events: int = 1_000_000, keep: int = 10_000) -> dict:
     """Fold a session of ``events`` context events down to ``keep`` rows of each kind, in one
     transaction on the store itself; then read its view and check it did not change."""
-    from omnid.store import Store
-    from omnid.store import context as context_store
+    from omnid.store import Store, context as context_store
     from omnid_client.protocol import GetContext
 
     path = work / "agent-compact.db"

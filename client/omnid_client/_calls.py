@@ -8,26 +8,12 @@ from typing import Any, Union
 
 from ._context_calls import (
     _project,
-)
-from ._context_calls import (
     append_context as append_context,
-)
-from ._context_calls import (
     create_checkpoint as create_checkpoint,
-)
-from ._context_calls import (
     get_context as get_context,
-)
-from ._context_calls import (
     list_checkpoints as list_checkpoints,
-)
-from ._context_calls import (
     pack_context as pack_context,
-)
-from ._context_calls import (
     restore_checkpoint as restore_checkpoint,
-)
-from ._context_calls import (
     show_checkpoint as show_checkpoint,
 )
 from ._core import Call

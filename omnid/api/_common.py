@@ -8,8 +8,7 @@ from omnid_client.errors import Conflict, Invalid, NotFound, TooLarge
 from omnid_client.protocol import MAX_METADATA_BYTES, MAX_NESTING, Session
 
 from ..projects import locate
-from ..store import projects as project_store
-from ..store import sessions as session_store
+from ..store import projects as project_store, sessions as session_store
 from ..store.codec import dumps
 from ._context import Context
 

@@ -13,8 +13,7 @@ from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
 from ..jobs.workspace import Workspaces
 from ..metrics import Metrics
-from ..store import Store
-from ..store import sessions as session_store
+from ..store import Store, sessions as session_store
 from ..store.guard import WriteGuard
 from ..store.similar import SimilarSearch
 

@@ -26,11 +26,13 @@ from omnid_client.protocol import (
 )
 
 from ..identity import check_ancestor, owner_process
-from ..store import context as context_store
-from ..store import memories as memory_store
-from ..store import pack as pack_store
-from ..store import sessions as session_store
-from ..store import tasks as task_store
+from ..store import (
+    context as context_store,
+    memories as memory_store,
+    pack as pack_store,
+    sessions as session_store,
+    tasks as task_store,
+)
 from ..store.codec import dumps
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context

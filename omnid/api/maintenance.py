@@ -16,9 +16,7 @@ from omnid_client.protocol import (
 )
 
 from ..identity import GONE, ProcessIdentity, is_alive, owner_process
-from ..store import search as search_store
-from ..store import sessions as session_store
-from ..store import tasks as task_store
+from ..store import search as search_store, sessions as session_store, tasks as task_store
 from ..store.importer import Importer
 from ._common import check_size
 from ._context import Caller, Context

@@ -18,9 +18,7 @@ from omnid_client.protocol import (
     SessionRef,
 )
 
-from ..store import memories as memory_store
-from ..store import sessions as session_store
-from ..store import vectors as vector_store
+from ..store import memories as memory_store, sessions as session_store, vectors as vector_store
 from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context

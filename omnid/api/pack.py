@@ -6,8 +6,7 @@ from omnid_client.errors import Invalid
 from omnid_client.packing import DEFAULT_COUNTER, assemble
 from omnid_client.protocol import ContextPack, PackContext, Session
 
-from ..store import pack as pack_store
-from ..store import sessions as session_store
+from ..store import pack as pack_store, sessions as session_store
 from ._common import existing_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles

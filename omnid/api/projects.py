@@ -5,8 +5,7 @@ from __future__ import annotations
 from omnid_client.errors import NotFound
 from omnid_client.protocol import ListProjects, Project, ProjectPage, ProjectRef, Search, SearchResult
 
-from ..store import projects as project_store
-from ..store import search as search_store
+from ..store import projects as project_store, search as search_store
 from ._common import existing_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles

@@ -29,13 +29,15 @@ from omnid_client.protocol import (
 
 from ..identity import ProcessIdentity, check_ancestor, cwd_of, owner_process, same_process
 from ..projects import locate
-from ..store import context as context_store
-from ..store import memories as memory_store
-from ..store import messages as message_store
-from ..store import projects as project_store
-from ..store import search as search_store
-from ..store import sessions as session_store
-from ..store import tasks as task_store
+from ..store import (
+    context as context_store,
+    memories as memory_store,
+    messages as message_store,
+    projects as project_store,
+    search as search_store,
+    sessions as session_store,
+    tasks as task_store,
+)
 from ._common import check_size, current, existing_session, live_session
 from ._context import Caller, Context
 from ._dispatch import handles

@@ -16,8 +16,7 @@ from omnid_client.protocol import (
     UpdateTask,
 )
 
-from ..store import sessions as session_store
-from ..store import tasks as task_store
+from ..store import sessions as session_store, tasks as task_store
 from ._common import check_size, live_session
 from ._context import Caller, Context
 from ._dispatch import handles

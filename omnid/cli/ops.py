@@ -206,8 +206,7 @@ def schema(command: tuple[str, ...]) -> None:
     """Print the JSON Schema of what COMMAND prints with --json (e.g. `omnid schema sessions
     list`; `omnid schema error` for the failure object every command prints). `omnid schema
     all` prints every command's, by name."""
-    from .schemas import SCHEMAS
-    from .schemas import schema as schema_of
+    from .schemas import SCHEMAS, schema as schema_of
 
     name = " ".join(command)
     if name == "all":

@@ -46,8 +46,7 @@ from omnid_client.protocol.vectors import SimilarMemories
 
 from ..offline.doctor import Report as DoctorReport
 from ..offline.logread import LogRecord
-from ..offline.service import Report as ServiceReport
-from ..offline.service import ServiceFile, ServiceStatus
+from ..offline.service import Report as ServiceReport, ServiceFile, ServiceStatus
 from ._style import TIME_KEYS
 
 

@@ -30,8 +30,7 @@ from ..jobs.retention import Archiver, retention_from_env
 from ..jobs.workspace import Workspaces
 from ..metrics import Metrics, enabled_from_env
 from ..safefile import atomic_write, os_message
-from ..store import CorruptDatabase, Store
-from ..store import sessions as session_store
+from ..store import CorruptDatabase, Store, sessions as session_store
 from ..store.failures import set_aside
 from ..store.similar import SimilarSearch
 from . import systemd, upgrade

@@ -15,8 +15,7 @@ from typing import Callable
 from omnid_client.protocol import Counts, Settings
 
 from ..jobs import Timer
-from ..metrics import Metrics
-from ..metrics import totals as saved_totals
+from ..metrics import Metrics, totals as saved_totals
 from ..metrics.exposition import render
 from ..safefile import atomic_write, os_message
 from .connection import _seconds_from_env

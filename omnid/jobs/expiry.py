@@ -10,8 +10,7 @@ import logging
 import time
 
 from .. import clock
-from ..store import Store
-from ..store import memories as memory_store
+from ..store import Store, memories as memory_store
 from ..store.events import stage
 from ._timer import Timer
 

@@ -17,8 +17,7 @@ import time
 
 from .. import clock
 from ..identity import ProcessIdentity, is_alive
-from ..store import Store
-from ..store import sessions as session_store
+from ..store import Store, sessions as session_store
 from ._timer import Timer
 from .reaper import Reaper
 

@@ -14,8 +14,7 @@ from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
 from ..identity import ProcessIdentity, ProcessInfo, is_alive
-from ..store import Store
-from ..store import sessions as session_store
+from ..store import Store, sessions as session_store
 from ._timer import Timer
 from .exits import WatcherMode, make_watcher
 

@@ -22,9 +22,7 @@ from omnid_client.protocol import Record, RetentionResult, RetentionRun, Retenti
 
 from .. import clock
 from ..safefile import UnsafePath, open_private
-from ..store import Store
-from ..store import search as search_store
-from ..store import tasks as task_store
+from ..store import Store, search as search_store, tasks as task_store
 from ..store.records import archive_head, jsonl, session_records
 from ._timer import Timer
 

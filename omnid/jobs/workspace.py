@@ -19,8 +19,7 @@ from typing import Any, Callable
 from omnid_client.errors import Invalid, TooLarge
 from omnid_client.protocol import ContextEvent, Settings
 
-from ..store import Store
-from ..store import context as context_store
+from ..store import Store, context as context_store
 from .compaction import Compactor
 from .workspace_watch import Change, TooManyDirectories, WatchThread, count_dirs
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import msgspec
 
-from omnid_client import Client, OmnidError, PermissionDenied, Unavailable
-from omnid_client import __version__ as client_version
+from omnid_client import Client, OmnidError, PermissionDenied, Unavailable, __version__ as client_version
 from omnid_client.paths import daemon_paths, read_status_file, socket_candidates
 from omnid_client.protocol import version_note
 from omnid_client.trust import check_socket_dir

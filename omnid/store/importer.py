@@ -27,11 +27,9 @@ from omnid_client.protocol import (
 )
 
 from ..projects import project_id_for
-from . import context as context_store
-from . import search as search_store
+from . import context as context_store, search as search_store
 from .codec import dumps
-from .memories import _body as memory_search_body
-from .memories import delete_ids as delete_memories
+from .memories import _body as memory_search_body, delete_ids as delete_memories
 from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
 from .sessions import set_tags
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from omnid_client.protocol import Memory, MemoryVersion, SessionMemory
 
-from . import search as search_store
-from . import vectors as vector_store
+from . import search as search_store, vectors as vector_store
 from .codec import dumps, loads, loads_dict
 from .events import stage
 

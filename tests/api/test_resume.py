@@ -24,8 +24,7 @@ from omnid.identity import ProcessIdentity, inspect, pidfd_inodes_unique
 from omnid.jobs.expiry import Expirer
 from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
-from omnid.store import Store
-from omnid.store import sessions as session_store
+from omnid.store import Store, sessions as session_store
 from omnid_client import AsyncClient, Client, Conflict, Invalid, PermissionDenied, Unsupported, _calls
 from omnid_client.protocol import (
     ContextEvent,

@@ -19,8 +19,7 @@ from omnid.identity import boot_id, pidfd_inode, pidfd_inodes_unique
 from omnid.jobs.expiry import Expirer
 from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
-from omnid.store import Store
-from omnid.store import sessions as q
+from omnid.store import Store, sessions as q
 from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, Session, SessionOwner
 from tests.helpers import identity_of, start_ticks
 

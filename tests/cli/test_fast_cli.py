@@ -13,8 +13,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from omnid.cli import fast as fast_path
-from omnid.cli import main
+from omnid.cli import fast as fast_path, main
 from tests.helpers import NOBODY, as_user
 
 PROBE = (

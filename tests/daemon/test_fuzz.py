@@ -19,8 +19,7 @@ from typing import Any
 import msgspec
 import psutil
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from omnid_client import TooLarge
 from omnid_client.protocol import MAX_FRAME, MAX_NESTING, METHODS

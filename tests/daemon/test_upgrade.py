@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from omnid_client import Client, OmnidError
-from omnid_client import __version__ as CLIENT_VERSION
+from omnid_client import Client, OmnidError, __version__ as CLIENT_VERSION
 from tests.helpers import ROOT, DaemonProcess, wait_for
 
 CHECKOUT_PYTHONPATH = os.environ.get("PYTHONPATH", "")

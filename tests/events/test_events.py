@@ -178,8 +178,7 @@ def test_bad_subscriptions_get_typed_errors(daemon):
 
 
 def test_random_subscribe_parameters_get_a_subscription_or_a_typed_error(daemon):
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    from hypothesis import HealthCheck, given, settings, strategies as st
 
     from omnid_client import OmnidError
 

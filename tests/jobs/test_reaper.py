@@ -14,8 +14,7 @@ import pytest
 
 from omnid.identity import ProcessIdentity
 from omnid.jobs.reaper import Reaper
-from omnid.store import Store
-from omnid.store import sessions as q
+from omnid.store import Store, sessions as q
 from omnid_client import NotFound
 from omnid_client.protocol import Session
 from tests.helpers import RUNNING, identity_of, open_fds, run_loop_until

@@ -12,8 +12,7 @@ import pytest
 
 import omnid.store
 from omnid.identity import ProcessIdentity
-from omnid.store import Store
-from omnid.store import sessions as q
+from omnid.store import Store, sessions as q
 from omnid.store.events import ACTIVITY, Staged
 from omnid_client.protocol import Session
 

@@ -19,8 +19,7 @@ import pytest
 
 import omnid.store
 from omnid.identity import ProcessIdentity
-from omnid.store import Store, StoreError, search
-from omnid.store import sessions as q
+from omnid.store import Store, StoreError, search, sessions as q
 from omnid.store.failures import CorruptDatabase
 from omnid.store.migrations import LATEST, MIGRATIONS, apply
 from omnid_client import Invalid, StorageError
