@@ -207,7 +207,7 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
         merged = merge_patch(session.metadata, described) if described else None
         if merged is not None:
             check_size(merged)
-        session_store.edit(store.db, session.session_id, title=title, metadata=merged)
+        session_store.edit(store.db, session.session_id, title=title, metadata=merged, unarchive=False)
     else:
         pid = caller.pid if p.pid is None else p.pid
         owner = owner_process(pid, caller.uid, ctx.reaper.known_owner(pid)).identity
@@ -222,7 +222,7 @@ def restore(ctx: Context, caller: Caller, p: RestoreCheckpoint) -> Restored:
         metadata = {**described, "restored_from": {"key": p.key, "version": checkpoint.info.version}}
         request = GetOrCreate(p.tool_id, pid, workspace=workspace, metadata=metadata, dedup=False)
         session = _create(ctx, request, owner, now)
-        session_store.edit(store.db, session.session_id, title=title)
+        session_store.edit(store.db, session.session_id, title=title, unarchive=False)
     events = seed_events(value["context"])
     if events:
         context_store.append(store.db, session.session_id, session.project_id, events, now)
