@@ -96,8 +96,7 @@ def _present(info: Any) -> Any:
     """The type an optional field has when it is given."""
     if isinstance(info, mi.UnionType):
         given = [t for t in info.types if not isinstance(t, mi.NoneType)]
-        if len(given) == 1:
-            return given[0]
+        return given[0] if len(given) == 1 else mi.UnionType(types=tuple(given))
     return info
 
 
@@ -133,6 +132,8 @@ def describe(info: Any) -> str:
             return f"{length or 'text'}: {_WORDS[info.pattern]}"
         text = f"text of {length}" if length else "text"
         return text + (f" matching {info.pattern}" if info.pattern else "")
+    if isinstance(info, mi.BytesType):
+        return _count(info.min_length, info.max_length, "bytes") or "bytes"
     if isinstance(info, mi.BoolType):
         return "true or false"
     if isinstance(info, mi.IntType):
