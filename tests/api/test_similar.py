@@ -190,7 +190,8 @@ def test_bad_vectors_get_typed_errors(client, tmp_path, vector, error, words):
 
 
 @pytest.mark.parametrize("params, words", [
-    ({"k": 0}, "from 1 to 1000"), ({"k": 1001}, "from 1 to 1000"), ({"min_score": 1.5}, "from -1 to 1"), ({"kinds": []}, "kinds is empty"),
+    ({"k": 0}, "from 1 to 1000"), ({"k": 1001}, "from 1 to 1000"), ({"min_score": 1.5}, "from -1 to 1"),
+    ({"kinds": []}, "kinds is empty"),
     ({"engine": "faiss"}, "engine"),
 ])
 def test_bad_search_parameters_are_invalid(client, tmp_path, params, words):
