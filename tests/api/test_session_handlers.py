@@ -510,3 +510,29 @@ def test_delete_reports_what_went_and_unwatches_a_live_sessions_owner(daemon, sp
     kept = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
     done = call(daemon, "session.end", session_id=kept.session_id)
     assert call(daemon, "session.delete", session_id=done.session_id).was_live is False
+
+
+def test_a_resume_stages_one_session_resumed_event_and_each_outcome_is_counted(daemon, spawn_owner):
+    published: list = []
+    daemon.store.on_commit = published.extend
+    first, second, third = spawn_owner(), spawn_owner(), spawn_owner()
+    s = keyed(daemon, first).session
+    assert keyed(daemon, first).status == "existing"
+    dies(first)
+    assert keyed(daemon, second).status == "resumed"
+    call(daemon, "session.end", session_id=s.session_id)
+    assert keyed(daemon, third, resume_ended=True).status == "resumed"
+    daemon.store.flush()
+    resumed = [e for e in published if e.kind == "session.resumed"]
+    common = {"resume_key": "k"}
+    assert [(e.session_id, e.tool_id, e.project_id, e.data) for e in resumed] == [
+        (s.session_id, "t", s.project_id,
+         {"owner_pid": second.pid, "previous_owner_pid": first.pid, "released": "died", **common}),
+        (s.session_id, "t", s.project_id,
+         {"owner_pid": third.pid, "previous_owner_pid": second.pid, "released": "ended", **common}),
+    ]
+    assert daemon.context.metrics.outcomes == {"t": {"created": 1, "existing": 1, "resumed": 2}}
+    plain = call(daemon, "session.get_or_create", tool_id="u", pid=third.pid)
+    again = call(daemon, "session.get_or_create", tool_id="u", pid=third.pid)
+    assert again.session.session_id == plain.session.session_id
+    assert daemon.context.metrics.outcomes["u"] == {"created": 1, "existing": 1, "resumed": 0}

@@ -94,17 +94,26 @@ def test_a_manual_sweep_finds_a_dead_owner_that_no_exit_event_reported(store, re
 
 
 def test_sessions_of_one_dead_owner_are_all_ended_by_one_sweep(store, reaper, owners):
+    told: list[tuple[str, int, int]] = []
+    reaper.on_reaped = lambda via, nanos, sessions: told.append((via, nanos, sessions))
     owner, cause = owners()["reused"]
+    reaper.sweep(trigger="sweep")  # the sweep before: reap latency is bounded by the time since it
     sids = {add_session(store, owner, tool=f"tool-{i}") for i in range(3)}
+    assert reaper.sweep(trigger="sweep", dry_run=True).sessions and not told, "a dry run reaps nothing to tell"
     result = reaper.sweep(trigger="sweep")
     assert {s.session_id for s in result.sessions} == sids and {s.cause for s in result.sessions} == {cause}
     assert (reaper.last_reap.reaped, reaper.last_reap.trigger) == (3, "sweep")
+    store.flush()
+    assert [(via, sessions) for via, _, sessions in told] == [("sweep", 3)], "told once its end committed"
+    assert 0 <= told[0][1] < 3600 * 10**9
 
 
 # --- watches: exit events, and a pid reused before its watch is opened (tests/jobs/test_exits.py) --
 
 
 def test_an_owners_exit_event_ends_its_sessions_and_closes_its_watch(store, reaper, spawn_owner):
+    told: list[tuple[str, int, int]] = []
+    reaper.on_reaped = lambda via, nanos, sessions: told.append((via, nanos, sessions))
     reaper.start()
     proc = spawn_owner()
     owner = identity_of(proc.pid)
@@ -120,6 +129,9 @@ def test_an_owners_exit_event_ends_its_sessions_and_closes_its_watch(store, reap
     run_loop_until(reaper.loop, lambda: all(end_reason(store, s) == "reaped" for s in sids))
     assert (reaper.last_reap.trigger, reaper.last_reap.reaped) == ("exit event", 2)
     assert reaper.owners == {} and open_fds() == before
+    run_loop_until(reaper.loop, lambda: bool(told))
+    assert [(via, sessions) for via, _, sessions in told] == [("event", 2)]
+    assert 0 <= told[0][1] < 60 * 10**9, "from the exit event to the commit"
 
 
 def test_a_pid_reused_before_its_watch_is_opened_is_not_watched(store, reaper, spawn_owner):
