@@ -386,6 +386,18 @@ def test_past_the_quota_a_resume_key_neither_creates_nor_resumes(daemon, spawn_o
     assert q.get(daemon.store.db, s.session_id).owner_pid == owner.pid
 
 
+def test_past_the_quota_a_new_session_is_refused_while_a_live_one_is_still_reused(daemon, spawn_owner):
+    owner = spawn_owner()
+    s = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid).session
+    daemon.store.guard.max_bytes = 1  # max_database_bytes, as the daemon sets it from its config
+    for params in ({"tool_id": "other"}, {"tool_id": "t", "dedup": False}):
+        err = rejected("storage", daemon, "session.get_or_create", pid=owner.pid, **params)
+        assert err.details["reason"] == "quota"
+    reused = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid)
+    assert (reused.status, reused.session.session_id) == ("existing", s.session_id), "reusing adds nothing"
+    assert daemon.store.db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
+
+
 def test_an_ended_keyed_session_is_resumed_only_when_asked_and_only_within_the_window(daemon, spawn_owner):
     owner, later = spawn_owner(), spawn_owner()
     s = keyed(daemon, owner).session
