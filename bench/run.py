@@ -7,6 +7,7 @@ measured in the same run on the same machine. Prints one table and writes it as 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -394,11 +395,8 @@ def daemon_cpu_per_reuse(daemons: dict[str, psutil.Process], homes: dict[str, Pa
     try:
         for run_no in range(4):
             for side in sorted(homes, reverse=bool(run_no % 2)):
-                clients[side].get_or_create("bench-tool")
-                before = sum(daemons[side].cpu_times()[:2])
-                for _ in range(calls):
-                    clients[side].get_or_create("bench-tool")
-                got[side].append((sum(daemons[side].cpu_times()[:2]) - before) / calls * 1e6)
+                reuse = functools.partial(clients[side].get_or_create, "bench-tool")
+                got[side].append(floor.cpu_per_call(daemons[side].pid, reuse, calls))
     finally:
         for client in clients.values():
             client.close()

@@ -113,8 +113,10 @@ def _is_default(f: msgspec.structs.FieldInfo, v: Any) -> bool:
     return f.default_factory is not msgspec.NODEFAULT and bool(v == f.default_factory())
 
 
+def is_time_key(key: object) -> bool:
+    """Whether a field or key of this name holds an epoch time (``--json`` prints it as ISO 8601)."""
+    return isinstance(key, str) and (key.endswith("_at") or key in TIME_KEYS)
+
+
 def _is_time(key: object, value: object) -> bool:
-    return (
-        isinstance(key, str) and (key.endswith("_at") or key in TIME_KEYS)
-        and isinstance(value, (int, float)) and not isinstance(value, bool)
-    )
+    return is_time_key(key) and isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -47,7 +47,7 @@ from omnid_client.protocol.vectors import SimilarMemories
 from ..offline.doctor import Report as DoctorReport
 from ..offline.logread import LogRecord
 from ..offline.service import Report as ServiceReport, ServiceFile, ServiceStatus
-from ._style import TIME_KEYS
+from ._style import is_time_key
 
 
 class ErrorDetail(Struct):
@@ -281,7 +281,7 @@ def schema(command: str) -> dict[str, Any]:
 
 
 def _iso_times(node: Any) -> Any:
-    """The schema with each time field (named as ``_style.iso_times`` finds them) a date-time
+    """The schema with each time field (``_style.is_time_key``, as ``--json`` finds them) a date-time
     string, as ``--json`` prints it, instead of the epoch seconds the struct holds."""
     if isinstance(node, list):
         return [_iso_times(n) for n in node]
@@ -291,7 +291,7 @@ def _iso_times(node: Any) -> Any:
     properties = out.get("properties")
     if isinstance(properties, dict):
         out["properties"] = {
-            k: _date_time(v) if k.endswith("_at") or k in TIME_KEYS else v for k, v in properties.items()
+            k: _date_time(v) if is_time_key(k) else v for k, v in properties.items()
         }
     return out
 
