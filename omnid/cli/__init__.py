@@ -5,6 +5,7 @@ the click group ``main`` (in ``group``, loaded on use)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,11 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         sys.exit(130)  # exits.EXIT_INTERRUPTED, as the click group's commands
+    except BrokenPipeError:
+        # The reader went away (`omnid status | head -1`): exit 1 without a traceback, as
+        # click does for the other commands, and let nothing flush into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if status is not None:
         sys.exit(status)
     from .group import main

@@ -128,3 +128,17 @@ def test_anything_else_goes_to_click(home, args):
     # (Help text wraps at 78 columns in a child without a terminal, 80 in click's runner.)
     assert r.stdout.split() == c.stdout.split() and c.stderr.strip() in r.stderr
     assert "click" in loaded(r)
+
+
+@pytest.mark.parametrize("args", [["status"], ["sessions", "list"]])
+def test_a_reader_that_went_away_ends_the_command_quietly_with_status_1(daemon, args):
+    """`omnid status | head -1`: the fast path answers a closed pipe as click does."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "omnid", *args], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
