@@ -115,7 +115,7 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
         FileContext(*row)
         for row in db.execute(
             "SELECT subject, max_importance, events, first_at, last_at FROM context_rollup "
-            "WHERE session_id = ? AND kind = 'file_access' ORDER BY 2 DESC, 5 DESC LIMIT ?",
+            "WHERE session_id = ? AND kind = 'file_access' ORDER BY max_importance DESC, last_at DESC LIMIT ?",
             (sid, p.max_files),
         )
     ]
@@ -140,22 +140,19 @@ def materialize(db: sqlite3.Connection, p: GetContext) -> SessionContext:
             (sid, p.max_changes),
         )
     ]
+    # Totals kept by triggers (migration 10): reading every subject and decision here made
+    # the view grow with the session.
     counts = {kind: (subjects, events, size) for kind, subjects, events, size in db.execute(
-        "SELECT kind, count(*), sum(events), sum(bytes) FROM context_rollup WHERE session_id = ? GROUP BY kind", (sid,)
+        "SELECT kind, subjects, events, bytes FROM context_totals WHERE session_id = ?", (sid,)
     )}
-    decisions_n, decision_bytes = db.execute(
-        # The planner prefers context_by_session, which reads every decision row for its size.
-        "SELECT count(*), coalesce(sum(length(subject) + coalesce(length(detail), 0)), 0) FROM context_events "
-        "INDEXED BY context_decision_bytes WHERE session_id = ? AND kind = 'decision'",
-        (sid,),
-    ).fetchone()
     row = db.execute("SELECT context_event_count, context_folded FROM sessions WHERE session_id = ?", (sid,)).fetchone()
     events, folded = row if row else (0, 0)
     files_n = counts.get("file_access", (0, 0, 0))[0]
     changes_n = counts.get("file_change", (0, 0, 0))[0]
+    decisions_n = counts.get("decision", (0, 0, 0))[0]
     searches_n = counts.get("search", (0, 0, 0))[1]
     refs_n = counts.get("memory_ref", (0, 0, 0))[1]
-    size = decision_bytes + sum(c[2] for c in counts.values())
+    size = sum(c[2] for c in counts.values())
     memories_n = refs_n + db.execute("SELECT count(*) FROM session_memories WHERE session_id = ?", (sid,)).fetchone()[0]
     truncated = (
         files_n > p.max_files

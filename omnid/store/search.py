@@ -24,7 +24,8 @@ log = logging.getLogger("omnid.store")
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _COLUMNS = "body, kind, ref_id, session_id, project_id, created_at"
-_INSERT = f"INSERT INTO search_index ({_COLUMNS}) VALUES (?,?,?,?,?,?)"
+_INSERT = f"INSERT INTO search_index (rowid, {_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
+_REF = "INSERT INTO search_refs (kind, ref_id, row, session_id) VALUES (?,?,?,?)"
 _DEFER = f"INSERT INTO search_pending ({_COLUMNS}) VALUES (?,?,?,?,?,?)"
 INDEX_ROWS = 256
 """Deferred rows that are moved into the index at the next commit."""
@@ -62,14 +63,31 @@ def index(
     if isinstance(db, StoreConnection) and db.in_transaction:
         db.pending_search_rows.append(row)
     else:
-        db.execute(_INSERT, row)
+        _insert(db, [row])
+
+
+def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
+    """Index ``rows`` under the next rowids, and note in ``search_refs`` where each went, so
+    unindexing deletes by rowid (FTS5 finds rows by their unindexed columns only by reading
+    every row)."""
+    last = _last_row(db)
+    db.executemany(_INSERT, [(last + n, *row) for n, row in enumerate(rows, 1)])
+    db.executemany(_REF, [(row[1], row[2], last + n, row[3]) for n, row in enumerate(rows, 1)])
+
+
+def _last_row(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def write_pending(db: sqlite3.Connection, *, defer: bool = False) -> None:
     """Index the rows waiting on ``db`` now (``defer``: put them in ``search_pending``); if
     that fails they are still waiting."""
     if isinstance(db, StoreConnection) and db.pending_search_rows:
-        db.executemany(_DEFER if defer else _INSERT, db.pending_search_rows)
+        if defer:
+            db.executemany(_DEFER, db.pending_search_rows)
+        else:
+            _insert(db, db.pending_search_rows)
         db.pending_search_rows = []  # a new list: see Store.write
 
 
@@ -81,7 +99,12 @@ def deferred(db: sqlite3.Connection) -> int:
 
 def move_deferred(db: sqlite3.Connection) -> None:
     """Move the deferred rows into the index, oldest first (in the open transaction)."""
-    db.execute(f"INSERT INTO search_index ({_COLUMNS}) SELECT {_COLUMNS} FROM search_pending ORDER BY id")
+    last = _last_row(db)
+    numbered = "? + row_number() OVER (ORDER BY id)"
+    db.execute(f"INSERT INTO search_index (rowid, {_COLUMNS}) SELECT {numbered}, {_COLUMNS} FROM search_pending",
+               (last,))
+    db.execute(f"INSERT INTO search_refs (kind, ref_id, row, session_id) SELECT kind, ref_id, {numbered}, "
+               "session_id FROM search_pending", (last,))
     db.execute("DELETE FROM search_pending")
 
 
@@ -135,18 +158,23 @@ class Deferral:
 
 def unindex(db: sqlite3.Connection, kind: str, ref_ids: list[str]) -> None:
     for ref_id in ref_ids:
-        db.execute("DELETE FROM search_index WHERE kind = ? AND ref_id = ?", (kind, ref_id))
-        db.execute("DELETE FROM search_pending WHERE kind = ? AND ref_id = ?", (kind, ref_id))
+        _delete(db, "kind = ? AND ref_id = ?", (kind, ref_id))
     ids = set(ref_ids)
     _drop_pending(db, lambda row: row[1] == kind and row[2] in ids)
 
 
 def unindex_sessions(db: sqlite3.Connection, session_ids: list[str]) -> None:
     for sid in session_ids:
-        db.execute("DELETE FROM search_index WHERE session_id = ?", (sid,))
-        db.execute("DELETE FROM search_pending WHERE session_id = ?", (sid,))
+        _delete(db, "session_id = ?", (sid,))
     ids = set(session_ids)
     _drop_pending(db, lambda row: row[3] in ids)
+
+
+def _delete(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> None:
+    """Delete the indexed and deferred rows ``where`` says (by rowid, through ``search_refs``)."""
+    db.execute(f"DELETE FROM search_index WHERE rowid IN (SELECT row FROM search_refs WHERE {where})", args)
+    db.execute(f"DELETE FROM search_refs WHERE {where}", args)
+    db.execute(f"DELETE FROM search_pending WHERE {where}", args)
 
 
 def _drop_pending(db: sqlite3.Connection, matches: Callable[[Row], bool]) -> None:
@@ -208,7 +236,7 @@ def _index_waiting(db: sqlite3.Connection) -> bool:
         if waiting:
             move_deferred(db)
         if pending:
-            db.executemany(_INSERT, pending)
+            _insert(db, pending)
     except BaseException:
         _undo(db, joined)
         raise
