@@ -365,7 +365,8 @@ class AsyncClient(AsyncMemoryMethods):
         kinds: list[SearchKind] | None = None,
         limit: int = 20,
     ) -> list[SearchHit]:
-        """Ranked full-text search over messages, memories and decisions (all words must match)."""
+        """Ranked full-text search over messages, memories and decisions: all words must match,
+        each whole (``word*`` matches the words it starts)."""
         return await self._call(_calls.search(
             query, project_id=project_id, session_id=session_id, kinds=kinds, limit=limit
         ))

@@ -381,7 +381,8 @@ class Client(MemoryMethods):
         kinds: list[SearchKind] | None = None,
         limit: int = 20,
     ) -> list[SearchHit]:
-        """Ranked full-text search over messages, memories and decisions (all words must match)."""
+        """Ranked full-text search over messages, memories and decisions: all words must match,
+        each whole (``word*`` matches the words it starts)."""
         return self._call(_calls.search(query, project_id=project_id, session_id=session_id, kinds=kinds, limit=limit))
 
     def import_records(

@@ -3,7 +3,10 @@ matches more, best bm25 first, on a real database file."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import pytest
 
 from omnid.store import Store, search
 
@@ -39,3 +42,65 @@ def test_a_query_matching_more_than_the_candidates_ranks_only_the_newest(tmp_pat
     assert len(hits) == 5
     assert all(int(h.ref_id) > older for h in hits), "only the newest matches are ranked"
     assert [int(h.ref_id) for h in hits] == sorted((int(h.ref_id) for h in hits), reverse=True)
+
+
+def query(store: Store, text: str, limit: int = 10) -> list[str]:
+    hits = search.query(store.db, text, project_id=None, session_id=None, kinds=None, limit=limit, now=1e9)
+    return [h.ref_id for h in hits]
+
+
+def test_words_match_whole_unless_a_star_follows_them(tmp_path: Path):
+    store = Store(tmp_path / "omnid.db")
+    try:
+        fill(store, ["the zebra crossing", "cross the road", "zebras cross"])
+        assert query(store, "cross") == ["3", "2"]
+        assert sorted(query(store, "cross*")) == ["1", "2", "3"]
+        assert query(store, "zebra cross") == []
+        assert query(store, "zebra cross*") == ["1"]
+        assert query(store, "zebra *") == ["1"], "a star apart from the word is no prefix"
+        assert sorted(query(store, "ZEBRA*")) == ["1", "3"]
+    finally:
+        store.close()
+    assert search.terms("Zebra cross* *x y*z") == [
+        search.Term("zebra", False), search.Term("cross", True), search.Term("x", False),
+        search.Term("y", True), search.Term("z", False),
+    ]
+
+
+def test_a_rarer_word_weighs_more_than_a_common_one(tmp_path: Path):
+    store = Store(tmp_path / "omnid.db")
+    try:
+        # "common" is in every row, "rare" in two; the older row has the rare word three
+        # times, the newer one the common word: only the words' weights put the older first.
+        fill(store, ["common filler words here"] * 50 + ["rare rare rare common", "common common common rare"])
+        assert query(store, "common rare") == ["51", "52"]
+        assert query(store, "rare common") == ["51", "52"]
+        first = search.query(store.db, "common rare", project_id=None, session_id=None, kinds=None, limit=1, now=1e9)
+        assert first[0].snippet == "[rare] [rare] [rare] [common]"
+    finally:
+        store.close()
+
+
+def test_a_common_words_weight_is_estimated_from_its_newest_matches(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(search, "SAMPLE", 10)
+    store = Store(tmp_path / "omnid.db")
+    try:
+        # "half" is in every other row of 200, "few" in 5: "half" is estimated from its 10
+        # newest matches (over 20 rows), "few" counted.
+        fill(store, [f"row {'half' if n % 2 else 'other'}{' few' if n % 40 == 0 else ''}" for n in range(200)])
+        half, few = search._weights(store.db, search.terms("half few"))
+    finally:
+        store.close()
+    idf = lambda held: math.log((200 - held + 0.5) / (held + 0.5) + 1)  # noqa: E731
+    assert half == pytest.approx(idf(100), rel=0.1)
+    assert few == pytest.approx(idf(5))
+
+
+def test_the_ranking_is_the_same_every_time_and_ties_go_to_the_newest(tmp_path: Path):
+    store = Store(tmp_path / "omnid.db")
+    try:
+        fill(store, ["same words here", "other text", "same words here", "same words here"])
+        runs = {tuple(query(store, "same words")) for _ in range(3)}
+    finally:
+        store.close()
+    assert runs == {("4", "3", "1")}
