@@ -89,6 +89,9 @@ def fill_search(path: Path, messages: int, memories: int, sessions: int = 1000) 
             ((f"{r[2]} {r[3]}", r[0], project, r[5]) for r in rows),
         )
         db.execute("COMMIT")
+    with db:  # where each row is, as the store notes it (unindexing deletes through it)
+        db.execute("INSERT INTO search_refs (kind, ref_id, row, session_id) "
+                   "SELECT kind, ref_id, rowid, session_id FROM search_index")
     db.execute("INSERT INTO search_index (search_index) VALUES ('optimize')")
     db.close()
 
