@@ -84,7 +84,11 @@ class ListMessagesArgs(Args):
 
 
 class SearchArgs(Args):
-    query: Annotated[str, Meta(min_length=1, max_length=1024, description="Words that must all match, each as a whole word; end one with * to match the words it starts.")]
+    query: Annotated[str, Meta(
+        min_length=1,
+        max_length=1024,
+        description="Words that must all match, each as a whole word; end one with * to match the words it starts.",
+    )]
     scope: Literal["project", "session", "all"] = "project"
     kinds: list[Literal["message", "memory", "session_memory", "decision"]] | None = None
     limit: Limit = 20

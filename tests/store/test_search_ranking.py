@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omnid.store import Store, search
+from omnid.store import Store, search, search_rank
 
 
 def fill(store: Store, bodies: list[str]) -> None:
@@ -61,9 +61,9 @@ def test_words_match_whole_unless_a_star_follows_them(tmp_path: Path):
         assert sorted(query(store, "ZEBRA*")) == ["1", "3"]
     finally:
         store.close()
-    assert search.terms("Zebra cross* *x y*z") == [
-        search.Term("zebra", False), search.Term("cross", True), search.Term("x", False),
-        search.Term("y", True), search.Term("z", False),
+    Term = search_rank.Term
+    assert search_rank.terms("Zebra cross* *x y*z") == [
+        Term("zebra", False), Term("cross", True), Term("x", False), Term("y", True), Term("z", False),
     ]
 
 
@@ -82,13 +82,13 @@ def test_a_rarer_word_weighs_more_than_a_common_one(tmp_path: Path):
 
 
 def test_a_common_words_weight_is_estimated_from_its_newest_matches(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(search, "SAMPLE", 10)
+    monkeypatch.setattr(search_rank, "SAMPLE", 10)
     store = Store(tmp_path / "omnid.db")
     try:
         # "half" is in every other row of 200, "few" in 5: "half" is estimated from its 10
         # newest matches (over 20 rows), "few" counted.
         fill(store, [f"row {'half' if n % 2 else 'other'}{' few' if n % 40 == 0 else ''}" for n in range(200)])
-        half, few = search._weights(store.db, search.terms("half few"))
+        half, few = search_rank.weights(store.db, search_rank.terms("half few"))
     finally:
         store.close()
     idf = lambda held: math.log((200 - held + 0.5) / (held + 0.5) + 1)  # noqa: E731
@@ -104,3 +104,20 @@ def test_the_ranking_is_the_same_every_time_and_ties_go_to_the_newest(tmp_path: 
     finally:
         store.close()
     assert runs == {("4", "3", "1")}
+
+
+def test_a_filter_that_leaves_out_the_newest_matches_walks_on_to_older_ones(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(search, "CANDIDATES", 4)
+    store = Store(tmp_path / "omnid.db")
+    try:
+        with store.write() as db:
+            for n in range(1, 31):  # rows 1-3 in session a; the 27 newer ones in b
+                search.index(db, "message", str(n), "shared words", session_id="a" if n <= 3 else "b",
+                             project_id=None, created_at=float(n))
+        store.flush()
+        hits = search.query(store.db, "shared", project_id=None, session_id="a", kinds=None, limit=10, now=1e9)
+        newest = search.query(store.db, "shared", project_id=None, session_id=None, kinds=None, limit=10, now=1e9)
+    finally:
+        store.close()
+    assert [h.ref_id for h in hits] == ["3", "2", "1"]
+    assert [h.ref_id for h in newest] == ["30", "29", "28", "27"], "no more than CANDIDATES are ranked"
