@@ -17,7 +17,8 @@ _TERM = re.compile(r"(\w+)(\*?)", re.UNICODE)
 SAMPLE = 1000
 """How many of a word's newest matches estimate how common it is (its weight)."""
 SCANNED = 8192
-"""Characters of each candidate in which a word's occurrences are counted."""
+"""Characters of each candidate in which a word's occurrences are counted; its length is
+FTS5's count of its words (its docsize row), as bm25() has it."""
 K1, B = 1.2, 0.75
 """BM25's constants, as FTS5's bm25() has them."""
 
@@ -40,17 +41,13 @@ def match_expression(words: Sequence[Term]) -> str:
     return " ".join(f'"{w.word}"*' if w.prefix else f'"{w.word}"' for w in words)
 
 
-def weights(db: sqlite3.Connection, words: list[Term]) -> list[float]:
-    """Each word's BM25 weight (its IDF), from how many rows hold it, estimated from its
-    newest ``SAMPLE`` matches: a word matched more often than that holds about as large a
-    share of the whole index as of the rows since its ``SAMPLE``-th newest match (so a
-    search never walks a word's every match, which FTS5's bm25() does). The row count is
-    the span of rowids, holes included."""
-    newest, oldest = db.execute(
-        "SELECT (SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1), "
-        "(SELECT rowid FROM search_index ORDER BY rowid LIMIT 1)"
-    ).fetchone()
-    total = newest - oldest + 1
+def weights(db: sqlite3.Connection, words: list[Term], rows: int) -> list[float]:
+    """Each word's BM25 weight (its IDF, by bm25()'s formula) among ``rows`` rows, from how
+    many hold it, estimated from its newest ``SAMPLE`` matches: a word matched more often
+    than that holds about as large a share of the whole index as of the rowids since its
+    ``SAMPLE``-th newest match (so a search never walks a word's every match, as bm25()
+    does); a rarer word's matches are counted."""
+    (newest,) = db.execute("SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1").fetchone()
     found = []
     for word in words:
         expression = match_expression([word])
@@ -62,8 +59,8 @@ def weights(db: sqlite3.Connection, words: list[Term]) -> list[float]:
             count = "SELECT count(*) FROM search_index WHERE search_index MATCH ?"
             (held,) = db.execute(count, (expression,)).fetchone()
         else:
-            held = min(total, SAMPLE * total / (newest - row[0] + 1))
-        found.append(math.log((total - held + 0.5) / (held + 0.5) + 1))
+            held = min(rows, SAMPLE * rows / (newest - row[0] + 1))
+        found.append(max(1e-6, math.log((rows - held + 0.5) / (held + 0.5))))
     return found
 
 
@@ -75,19 +72,45 @@ def occurrences(term: Term) -> re.Pattern[str]:
     return re.compile(word + r"(?<![^\W_]" + word + ")" + ("" if term.prefix else r"(?![^\W_])"))
 
 
-def scored(rows: list[Any], words: list[Term], weighted: list[float]) -> list[tuple[float, int, Any]]:
-    """(score, rowid, row) of each candidate (rowid, length, text) row: BM25 over the rows' first ``SCANNED``
-    characters, with their length in characters against the candidates' mean. A word
-    FTS5 matched but not found so (its accents differ) counts once. Ties go to the newest."""
+def scored(
+    rows: list[Any], words: list[Term], weighted: list[float], mean_length: float
+) -> list[tuple[float, int, Any]]:
+    """(score, rowid, row) of each candidate (rowid, length in words, text): BM25 over the
+    text (the body's first ``SCANNED`` characters). A word FTS5 matched but not found so
+    (its accents differ) counts once. Ties go to the newest."""
     counters = [(weight * (K1 + 1), occurrences(w).findall) for w, weight in zip(words, weighted, strict=True)]
-    fixed, per_char = K1 * (1 - B), K1 * B / max(1.0, sum(r[1] for r in rows) / len(rows))
+    fixed, per_word = K1 * (1 - B), K1 * B / max(1.0, mean_length)
     scored = []
     for row in rows:
         text = row[2].lower()
-        norm = fixed + per_char * row[1]
+        norm = fixed + per_word * row[1]
         score = 0.0
         for weight, findall in counters:
             tf = len(findall(text)) or 1
             score += weight * tf / (tf + norm)
         scored.append((score, row[0], row))
     return scored
+
+
+def varint(data: bytes, at: int = 0) -> tuple[int, int]:
+    """The varint at ``at`` in an FTS5 record (SQLite's format), and where the next starts."""
+    value = 0
+    for n in range(9):
+        byte = data[at + n]
+        if n == 8:
+            return (value << 8) | byte, at + 9
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + n + 1
+    raise AssertionError("unreachable")
+
+
+def index_size(db: sqlite3.Connection) -> tuple[int, float]:
+    """Rows in the index and their mean words, from FTS5's averages record (rows, then
+    the words of each column), as bm25() reads them."""
+    row = db.execute("SELECT block FROM search_index_data WHERE id = 1").fetchone()
+    if row is None or not row[0]:
+        return 0, 1.0
+    rows, at = varint(row[0])
+    words, _ = varint(row[0], at)
+    return rows, words / rows if rows else 1.0

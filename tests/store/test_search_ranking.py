@@ -88,12 +88,14 @@ def test_a_common_words_weight_is_estimated_from_its_newest_matches(tmp_path: Pa
         # "half" is in every other row of 200, "few" in 5: "half" is estimated from its 10
         # newest matches (over 20 rows), "few" counted.
         fill(store, [f"row {'half' if n % 2 else 'other'}{' few' if n % 40 == 0 else ''}" for n in range(200)])
-        half, few = search_rank.weights(store.db, search_rank.terms("half few"))
+        assert search_rank.index_size(store.db) == (200, 2.025)  # five rows have a third word
+        half, few, every = search_rank.weights(store.db, search_rank.terms("half few row"), 200)
     finally:
         store.close()
-    idf = lambda held: math.log((200 - held + 0.5) / (held + 0.5) + 1)  # noqa: E731
-    assert half == pytest.approx(idf(100), rel=0.1)
+    idf = lambda held: math.log((200 - held + 0.5) / (held + 0.5))  # noqa: E731
+    assert half == pytest.approx(idf(100) or 0.0, abs=0.15)  # ~0: in half the rows
     assert few == pytest.approx(idf(5))
+    assert every == 1e-6, "a word in most rows weighs next to nothing, as in bm25()"
 
 
 def test_the_ranking_is_the_same_every_time_and_ties_go_to_the_newest(tmp_path: Path):
@@ -121,3 +123,22 @@ def test_a_filter_that_leaves_out_the_newest_matches_walks_on_to_older_ones(tmp_
         store.close()
     assert [h.ref_id for h in hits] == ["3", "2", "1"]
     assert [h.ref_id for h in newest] == ["30", "29", "28", "27"], "no more than CANDIDATES are ranked"
+
+
+def test_the_ranking_agrees_with_fts5s_bm25_where_its_weights_are_exact(tmp_path: Path):
+    store = Store(tmp_path / "omnid.db")
+    try:
+        # Fewer matches than SAMPLE: each word's weight is counted, not estimated, and the
+        # lengths are FTS5's own, so the order must be bm25()'s.
+        fill(store, [
+            "alpha beta", "alpha alpha beta gamma delta", "beta beta beta alpha", "alpha " * 9 + "beta",
+            "gamma alpha beta beta", "a much longer text with alpha and beta and many other words in it",
+        ] + ["beta filler"] * 20)
+        ours = query(store, "alpha beta")
+        theirs = [str(r[0]) for r in store.db.execute(
+            "SELECT rowid FROM search_index WHERE search_index MATCH '\"alpha\" \"beta\"' "
+            "ORDER BY bm25(search_index), rowid DESC"
+        )]
+    finally:
+        store.close()
+    assert ours == theirs
