@@ -189,16 +189,16 @@ class Connection(asyncio.BufferedProtocol):
         return _read_into
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_read_into[:nbytes]))
-
-    def data_received(self, data: bytes) -> None:
+        """``nbytes`` arrived in ``_read_into``."""
         if self.closing:
             return
         self._last_heard = self.state.loop.time()
         if self.buffer:
-            self.buffer += data
+            self.buffer += _read_into[:nbytes]
             data = bytes(self.buffer)
             self.buffer.clear()
+        else:
+            data = bytes(_read_into[:nbytes])
         self._consume(data)
 
     def _consume(self, data: bytes) -> None:
