@@ -20,6 +20,19 @@ from omnid_client.errors import Invalid, NotFound, PermissionDenied
 
 LINUX = sys.platform.startswith("linux")
 
+_own_pid = os.getpid()
+"""This process's pid, renewed in a forked child: ``owner_process`` runs on every
+get_or_create and find, and ``os.getpid()`` is a system call each time."""
+
+
+def _renew_own_pid() -> None:
+    global _own_pid
+    _own_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_renew_own_pid)
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessIdentity:
@@ -207,7 +220,7 @@ def owner_process(pid: int, caller_uid: int, known: ProcessInfo | None = None) -
     ``known``: what the reaper already knows of a watched, still running ``pid``."""
     if isinstance(pid, bool) or not 1 <= pid <= pid_max():
         raise Invalid(f"pid {pid} is out of range: must be between 1 and {pid_max()}", {"field": "pid"})
-    if pid == os.getpid():
+    if pid == _own_pid:
         raise Invalid(f"pid {pid} is the omnid daemon itself, which cannot own a session", {"field": "pid"})
     if pid == 1:
         raise PermissionDenied(

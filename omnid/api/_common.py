@@ -63,7 +63,7 @@ def nesting(value: Any, stop_past: int) -> int:
 def existing_session(ctx: Context, session_id: str) -> Session:
     session = session_store.get(ctx.store.db, session_id)
     if session is None:
-        raise _no_session(session_id)
+        raise no_session(session_id)
     return current(ctx, session)
 
 
@@ -79,13 +79,13 @@ def live_totals(ctx: Context, session_id: str) -> session_store.Totals:
     """``live_session`` for the busiest writers: only the part of the row they need."""
     totals = session_store.totals(ctx.store.db, session_id)
     if totals is None:
-        raise _no_session(session_id)
+        raise no_session(session_id)
     if totals.end_reason is not None:
         raise _ended(session_id, totals.end_reason)
     return totals
 
 
-def _no_session(session_id: str) -> NotFound:
+def no_session(session_id: str) -> NotFound:
     return NotFound(f"no session {session_id}", {"session_id": session_id})
 
 

@@ -38,7 +38,7 @@ from ..store import (
     sessions as session_store,
     tasks as task_store,
 )
-from ._common import check_size, current, existing_session, live_session
+from ._common import check_size, current, existing_session, live_session, no_session
 from ._context import Caller, Context
 from ._dispatch import handles
 
@@ -272,7 +272,10 @@ def end(ctx: Context, caller: Caller, p: SessionRef) -> Session:
 
 @handles("session.get")
 def get(ctx: Context, caller: Caller, p: SessionRef) -> Session:
-    return existing_session(ctx, p.session_id)
+    session = ctx.live_sessions.get(p.session_id)  # no SQL until the next write
+    if session is None:
+        raise no_session(p.session_id)
+    return current(ctx, session)
 
 
 @handles("session.list")

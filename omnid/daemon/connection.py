@@ -49,7 +49,7 @@ MAX_IN_FLIGHT = 64
 """Requests of one connection decoded and run but not yet answered (waiting for their
 commit) past which no further request of it is decoded."""
 READ_CHUNK = 256 * 1024
-"""Most bytes asyncio reads from a socket at once."""
+"""Most bytes read from a socket at once."""
 CONNECTION_MEMORY = 2 * WRITE_HIGH_WATER + 4 * (HEADER.size + MAX_FRAME) + READ_CHUNK
 """Most bytes of requests and replies one connection can make the daemon hold, whatever its
 client does (about 4.8 MiB): replies unsent and replies waiting for their commit (each
@@ -60,6 +60,11 @@ connection subscribed to events has ``event_buffer`` as its write bound instead 
 
 _request_decoder = msgspec.msgpack.Decoder(IncomingRequest)
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
+_read_into = memoryview(bytearray(READ_CHUNK))
+"""Where every connection's reads land, shared: each read is copied out (its exact size)
+before the event loop reads anything else. A plain Protocol gets a new ``READ_CHUNK``-byte
+bytes object from each read, shrunk to what arrived: a large allocation per request that
+can cost more than the request (an mmap, mremap and munmap when the allocator maps it)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class ServerState:
     """Where ``events.subscribe`` turns a connection into an event stream."""
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One client's connection: its frames in, its replies out. Requests are decoded and
     run in order, but only while the client keeps up with its replies: past
     ``WRITE_HIGH_WATER`` queued reply bytes or ``MAX_IN_FLIGHT`` unanswered requests, the
@@ -180,14 +185,20 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.state.connection_closed()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_into
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in ``_read_into``."""
         if self.closing:
             return
         self._last_heard = self.state.loop.time()
         if self.buffer:
-            self.buffer += data
+            self.buffer += _read_into[:nbytes]
             data = bytes(self.buffer)
             self.buffer.clear()
+        else:
+            data = bytes(_read_into[:nbytes])
         self._consume(data)
 
     def _consume(self, data: bytes) -> None:

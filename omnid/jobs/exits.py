@@ -15,6 +15,9 @@ from ..identity import ProcessIdentity, inspect, is_alive, same_process
 
 log = logging.getLogger("omnid.reaper")
 
+_MOST_EVENTS = 64
+"""Most exits one look at all the pidfds returns (``PidfdWatcher.running``)."""
+
 ExitCallback = Callable[[ProcessIdentity], None]
 WatcherMode = Literal["pidfd", "kqueue", "polling"]
 
@@ -68,6 +71,9 @@ class PidfdWatcher:
         self._fds: dict[ProcessIdentity, int] = {}
         self.max_fds = max_fds
         self._warned_at = -math.inf
+        self._exits = select.epoll()
+        """Every watched pidfd, level-triggered: one look tells whether any owner has exited
+        and is not yet unwatched (``running``), whatever the number of owners."""
 
     @property
     def fds(self) -> int:
@@ -110,6 +116,9 @@ class PidfdWatcher:
             return False
         self._fds[identity] = fd
         self._loop.add_reader(fd, self._fired, identity)
+        if self._exits.closed:  # watching again after close() (a resync while the daemon stops)
+            self._exits = select.epoll()
+        self._exits.register(fd, select.EPOLLIN)
         return True
 
     def running(self, identity: ProcessIdentity) -> bool:
@@ -117,14 +126,25 @@ class PidfdWatcher:
         fd = self._fds.get(identity)
         if fd is None:
             return False
-        poll = select.poll()  # not select(): pidfds past FD_SETSIZE (1024) are common
-        poll.register(fd)  # a pidfd polls readable (POLLIN, in the default mask) once its process exits
+        # Asked on every reuse, so it must be cheap: one epoll_wait over all the pidfds (a
+        # pidfd polls readable once its process exits), and none is readable almost always.
+        # The look is made now, not trusted from the event loop's last one: an owner that
+        # died since (say, just before its killer asked about it) has not been reaped yet.
+        exited = self._exits.poll(0, _MOST_EVENTS)
+        if not exited:
+            return True
+        if len(exited) < _MOST_EVENTS:
+            return all(ready != fd for ready, _ in exited)
+        poll = select.poll()  # more exits than one look returns: ask about this one alone
+        poll.register(fd)  # (not select(): pidfds past FD_SETSIZE, 1024, are common)
         return not poll.poll(0)
 
     def unwatch(self, identity: ProcessIdentity) -> None:
         fd = self._fds.pop(identity, None)
         if fd is not None:
             self._loop.remove_reader(fd)
+            if not self._exits.closed:
+                self._exits.unregister(fd)
             os.close(fd)
 
     def _fired(self, identity: ProcessIdentity) -> None:
@@ -134,6 +154,7 @@ class PidfdWatcher:
     def close(self) -> None:
         for identity in list(self._fds):
             self.unwatch(identity)
+        self._exits.close()
 
 
 if sys.platform != "linux" and sys.platform != "win32":  # where select.kqueue exists

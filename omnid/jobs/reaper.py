@@ -37,7 +37,8 @@ class Reaper:
         self.sweep_interval = sweep_interval
         self.watcher = make_watcher(loop, self._owner_exited, max_fds)
         self.owners: dict[ProcessIdentity, set[str]] = {}
-        self._by_pid: dict[int, ProcessIdentity] = {}
+        self._by_pid: dict[int, ProcessInfo] = {}
+        """Each watched owner by pid, as ``known_owner`` answers (built once, not per call)."""
         self._uid = os.getuid()  # every session here was bound to a process of this user
         self.last_reap: LastReap | None = None
         self.on_reaped: Callable[[str, int, int], None] | None = None
@@ -77,10 +78,10 @@ class Reaper:
     def known_owner(self, pid: int) -> ProcessInfo | None:
         """A watched owner with this pid that is certainly still running, without a look
         at /proc: the fast path for calls from processes that already own a session."""
-        owner = self._by_pid.get(pid)
-        if owner is None or not self.watcher.running(owner):
+        known = self._by_pid.get(pid)
+        if known is None or not self.watcher.running(known.identity):
             return None
-        return ProcessInfo(owner, self._uid)
+        return known
 
     def alive(self, owner: ProcessIdentity) -> bool:
         """Whether that very process still runs (or cannot be inspected, which counts as alive)."""
@@ -105,13 +106,14 @@ class Reaper:
 
     def _add_owner(self, owner: ProcessIdentity, session_ids: set[str]) -> set[str]:
         self.owners[owner] = session_ids
-        self._by_pid[owner.pid] = owner
+        self._by_pid[owner.pid] = ProcessInfo(owner, self._uid)
         return session_ids
 
     def _drop_owner(self, owner: ProcessIdentity) -> set[str]:
         """Forget ``owner`` (already watched or not); returns its session ids."""
         sessions = self.owners.pop(owner, set())
-        if self._by_pid.get(owner.pid) == owner:
+        known = self._by_pid.get(owner.pid)
+        if known is not None and known.identity == owner:
             del self._by_pid[owner.pid]
         self.watcher.unwatch(owner)
         return sessions

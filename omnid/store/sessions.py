@@ -221,31 +221,48 @@ def edit(
 
 
 class LiveLookups:
-    """``find_live`` answers kept until the next write: a get_or_create that reuses a
-    session (what every tool does at start, and many on every request) then runs no SQL.
+    """``find_live`` and ``get`` answers kept until the next write: a get_or_create that
+    reuses a session (what every tool does at start, and many on every request), and a
+    session.get, then run no SQL.
 
     Any write block, committed or not, empties it, and only rows read outside a
     transaction are kept, so an answer from here is never older than the committed
     database. (Every change to the database goes through ``Store.write``.)"""
 
     LIMIT = 4096
+    """Most answers of each kind kept."""
 
     def __init__(self, store: "Store"):
         self._store = store
         self._writes_seen = -1
         self._found: dict[tuple[str, int, int, str, int | None], Session] = {}
+        self._by_id: dict[str, Session] = {}
 
-    def find_live(self, tool_id: str, owner: ProcessIdentity) -> Session | None:
+    def _fresh(self) -> "Store":
         store = self._store
         if self._writes_seen != store.writes:
             self._found.clear()
+            self._by_id.clear()
             self._writes_seen = store.writes
+        return store
+
+    def find_live(self, tool_id: str, owner: ProcessIdentity) -> Session | None:
+        store = self._fresh()
         key = (tool_id, owner.pid, owner.start, owner.boot_id, owner.ino)
         session = self._found.get(key)
         if session is None:
             session = find_live(store.db, tool_id, owner)
             if session is not None and not store.in_transaction and len(self._found) < self.LIMIT:
                 self._found[key] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        store = self._fresh()
+        session = self._by_id.get(session_id)
+        if session is None:
+            session = get(store.db, session_id)
+            if session is not None and not store.in_transaction and len(self._by_id) < self.LIMIT:
+                self._by_id[session_id] = session
         return session
 
 

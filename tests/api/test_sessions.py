@@ -102,18 +102,25 @@ def test_same_tool_and_pid_reuses_the_session(client, spawn_owner):
 
 
 def test_a_reused_session_reflects_every_change_made_since(client, daemon, spawn_owner):
-    """Reuse answers come from a cache between writes: each kind of write must show."""
+    """Reuse and get answers come from a cache between writes: each kind of write must show."""
     owner = spawn_owner()
     sid = client.get_or_create("claude-code", pid=owner.pid).session.session_id
     for _ in range(3):  # the later ones are served without SQL
         assert client.get_or_create("claude-code", pid=owner.pid).session.message_count == 0
+        assert client.get(sid).message_count == 0
     client.add_message(sid, "user", "hello", tokens_used=7)
     again = client.get_or_create("claude-code", pid=owner.pid).session
     assert (again.session_id, again.message_count, again.total_tokens) == (sid, 1, 7)
     assert client.find("claude-code", pid=owner.pid).message_count == 1
+    assert client.get(sid).message_count == 1
+    client.update_session(sid, title="renamed")
+    assert client.get(sid).title == "renamed"
+    beat = client.heartbeat(sid).last_activity
+    assert client.get(sid).last_activity == beat
 
     with daemon.client() as other:  # ended by someone else
         other.end(sid)
+    assert client.get(sid).end_reason == "ended"
     assert client.find("claude-code", pid=owner.pid) is None
     fresh = client.get_or_create("claude-code", pid=owner.pid)
     assert fresh.status == "created" and fresh.session.session_id != sid

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from omnid.identity import ProcessIdentity
+from omnid.jobs import exits
 from omnid.jobs.exits import PidfdWatcher, PollingWatcher, make_watcher
 from tests.helpers import RUNNING, identity_of, no_free_fds, open_fds, run_loop_until, wait_for
 
@@ -21,12 +22,12 @@ from tests.helpers import RUNNING, identity_of, no_free_fds, open_fds, run_loop_
 def test_the_pidfd_watch_is_armed_only_for_the_recorded_process(loop, owners, state, watched):
     owner, _ = owners()[state]
     fired: list[ProcessIdentity] = []
-    watcher = PidfdWatcher(loop, fired.append)
     before = open_fds()
+    watcher = PidfdWatcher(loop, fired.append)
     try:
         assert watcher.watch(owner) is watched
         assert watcher.running(owner) is watched
-        assert open_fds() == before + watched
+        assert open_fds() == before + 1 + watched, "one epoll over all the pidfds, and a pidfd per watch"
     finally:
         watcher.close()
     assert open_fds() == before and fired == []
@@ -44,8 +45,8 @@ def test_past_its_fd_budget_the_pidfd_watcher_leaves_owners_to_the_sweep(loop, o
     made = owners()
     running, reused = made["running"][0], made["reused"][0]
     fired: list[ProcessIdentity] = []
+    before = open_fds() + 1  # with the watcher's epoll
     watcher = PidfdWatcher(loop, fired.append, max_fds=1)
-    before = open_fds()
     try:
         assert watcher.watch(running) and watcher.watching(running) and watcher.fds == 1
         assert watcher.watch(running), "watched already: still running, no second pidfd"
@@ -60,14 +61,14 @@ def test_past_its_fd_budget_the_pidfd_watcher_leaves_owners_to_the_sweep(loop, o
         assert open_fds() == before + 1
     finally:
         watcher.close()
-    assert fired == [] and open_fds() == before
+    assert fired == [] and open_fds() == before - 1
 
 
 def test_linux_watches_exits_with_pidfds_and_out_of_descriptors_falls_back_to_the_sweep(loop):
     before = open_fds()
     watcher = make_watcher(loop, lambda _: None, 5)
     assert type(watcher) is PidfdWatcher and watcher.mode == "pidfd" and watcher.max_fds == 5
-    assert watcher.fds == 0 and open_fds() == before, "the pidfd that probed for support is closed"
+    assert watcher.fds == 0 and open_fds() == before + 1, "the probing pidfd is closed (+1: the epoll)"
     assert make_watcher(loop, lambda _: None).max_fds is None
     with no_free_fds():
         fallback = make_watcher(loop, lambda _: None, 5)
@@ -112,3 +113,41 @@ def test_an_exit_unwatches_first_and_then_tells_once(loop, spawn_owner):
     assert not watcher.running(owner) and not watcher.watching(owner)
     loop.run_until_complete(asyncio.sleep(0))
     assert len(told) == 1, "told once"
+
+
+@pytest.mark.parametrize("most_events", [64, 1])
+def test_running_sees_an_exit_before_the_event_loop_handles_it(loop, spawn_owner, monkeypatch, most_events):
+    """``running`` looks at the pidfds itself (one look at all of them): an owner killed a
+    moment ago is not running though the loop has not run its exit callback yet, and others
+    still are. With more exits pending than one look returns, it asks about that owner alone."""
+    monkeypatch.setattr(exits, "_MOST_EVENTS", most_events)
+    procs = [spawn_owner() for _ in range(3)]
+    owners = [identity_of(proc.pid) for proc in procs]
+    fired: list[ProcessIdentity] = []
+    watcher = PidfdWatcher(loop, fired.append)
+    try:
+        assert all(watcher.watch(owner) for owner in owners)
+        assert [watcher.running(owner) for owner in owners] == [True, True, True]
+        for proc in procs[:2]:
+            proc.kill()
+            proc.wait()
+        assert [watcher.running(owner) for owner in owners] == [False, False, True]
+        assert fired == [] and watcher.fds == 3, "the loop has not handled the exits yet"
+        run_loop_until(loop, lambda: len(fired) == 2)
+        assert sorted(fired, key=owners.index) == owners[:2] and watcher.running(owners[2])
+    finally:
+        watcher.close()
+
+
+def test_a_closed_pidfd_watcher_can_watch_again(loop, spawn_owner):
+    """A resync may run while the daemon stops, after the reaper closed its watcher."""
+    owner = identity_of(spawn_owner().pid)
+    watcher = PidfdWatcher(loop, lambda _: None)
+    watcher.close()
+    before = open_fds()
+    try:
+        assert watcher.watch(owner) and watcher.running(owner)
+        assert open_fds() == before + 2, "its pidfd, and an epoll over the pidfds again"
+    finally:
+        watcher.close()
+    assert open_fds() == before
