@@ -270,20 +270,22 @@ def open_fds() -> int:
 
 
 @contextlib.contextmanager
-def no_free_fds() -> Iterator[None]:
+def no_free_fds(leave: int = 0) -> Iterator[None]:
     """This process out of file descriptors, for real: RLIMIT_NOFILE lowered to just past
-    its highest open descriptor, and every lower free number taken, so any ``open`` or
-    ``pidfd_open`` fails with EMFILE until the block ends."""
+    its highest open descriptor, and every lower free number taken (but ``leave`` of them),
+    so any ``open`` or ``pidfd_open`` past those fails with EMFILE until the block ends."""
     import resource
 
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
     taken: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, old[1]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + leave, old[1]))
     try:
         with contextlib.suppress(OSError):
             while True:
                 taken.append(os.dup(0))
+        for _ in range(leave):
+            os.close(taken.pop())
         yield
     finally:
         for fd in taken:

@@ -4,6 +4,7 @@ on macOS/BSD, and on other systems nothing (the reaper's periodic sweep finds th
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -49,9 +50,20 @@ class ExitWatcher(Protocol):
 
 
 def _running(identity: ProcessIdentity) -> bool:
-    """That process still runs (a look at /proc), for owners left to the sweep."""
-    info = inspect(identity.pid)
+    """That process still runs (a look at /proc), for owners left to the sweep. Out of file
+    descriptors /proc cannot say: it counts as running until the sweep's next look."""
+    try:
+        info = inspect(identity.pid)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        return True
     return info is not None and same_process(identity, info.identity)
+
+
+def _left_to_sweep(identity: ProcessIdentity, error: OSError) -> bool:
+    log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, error)
+    return _running(identity)
 
 
 class PidfdWatcher:
@@ -101,10 +113,13 @@ class PidfdWatcher:
         except ProcessLookupError:
             return False
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
-            log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
-            return _running(identity)
+            return _left_to_sweep(identity, e)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
-        info = inspect(identity.pid)
+        try:
+            info = inspect(identity.pid)
+        except OSError as e:  # the pidfd took the last descriptor: /proc gets it back, the sweep stands in
+            os.close(fd)
+            return _left_to_sweep(identity, e)
         if info is None or not same_process(identity, info.identity):
             os.close(fd)
             return False
