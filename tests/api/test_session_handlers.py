@@ -375,6 +375,29 @@ def test_a_keyed_session_without_an_owner_or_with_another_pidfd_inode_is_resumed
         assert keyed(daemon, proc, "k").status == "existing"
 
 
+def test_a_keyed_session_whose_recorded_pidfd_inode_differs_from_the_watched_process_is_resumed(daemon, spawn_owner):
+    """The recorded owner had the pid and start tick of a process the reaper watches (for
+    another session) but another pidfd inode: that watch is no proof the recorded one lives."""
+    if not pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs: no inode tells the two apart")
+    proc, other = spawn_owner(), spawn_owner()
+    watched = call(daemon, "session.get_or_create", tool_id="w", pid=proc.pid).session
+    recorded_owner = identity_of(proc.pid)
+    now = daemon.store.now()
+    recorded = Session(str(uuid.uuid4()), "t", None, "default", proc.pid, recorded_owner.start,
+                       recorded_owner.boot_id, None, {}, now, now, resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, recorded, dedup=False, owner_ino=pidfd_inode(proc.pid) + 1_000_000)
+    found = call(daemon, "session.find", tool_id="t", pid=other.pid, resume_key="k").session
+    assert found is not None and found.session_id == recorded.session_id
+    got = keyed(daemon, other, "k")
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", recorded.session_id, other.pid)
+    assert q.get(daemon.store.db, watched.session_id).ended_at is None
+    assert {(o.pid, frozenset(sids)) for o, sids in daemon.reaper.owners.items()} == {
+        (proc.pid, frozenset({watched.session_id})), (other.pid, frozenset({recorded.session_id}))
+    }, "the watched process keeps its watch and its own session"
+
+
 @pytest.mark.parametrize("free", [1, 2])
 def test_out_of_descriptors_get_or_create_still_binds_and_the_sweep_watches_the_owner_later(
     daemon, spawn_owner, tmp_path, free
