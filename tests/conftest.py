@@ -80,8 +80,8 @@ def spawn_owner() -> Iterator:
     """Start real processes to own sessions (``sleep``); all are killed and waited for at the end."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(*, user: int | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(["sleep", "600"], user=user)
+    def spawn(*, user: int | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(["sleep", "600"], user=user, cwd=cwd)
         procs.append(proc)
         return proc
 
