@@ -698,3 +698,34 @@ class Activator:
         with contextlib.suppress(OSError):
             return (self.home / "omnid.log").read_text()
         return ""
+
+
+PIP_TIMEOUT = 300
+
+
+@contextlib.contextmanager
+def built_wheels() -> Iterator[dict[str, Path]]:
+    """The two wheels (by distribution: omnid, omnid_client), built by pip from a copy of
+    the sources a fresh clone has; removed at the end."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="omnid-wheels-"))
+    try:
+        src = work / "src"
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            src.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+        shutil.copytree(ROOT / "omnid", src / "omnid", ignore=ignore)
+        shutil.copytree(ROOT / "client", src / "client", ignore=ignore)
+        out = work / "wheels"
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src / "client"), str(src)],
+            capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL,
+        )
+        assert built.returncode == 0 and "error" not in built.stderr.lower(), built.stderr
+        found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
+        assert set(found) == {"omnid", "omnid_client"}, found
+        yield found
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
