@@ -139,7 +139,12 @@ class DaemonProcess:
         return self
 
     def client(self, **kwargs) -> Client:
+        """A client of this daemon. Its deadlines only guard a hang (a loaded machine has
+        taken over the 1 s default to welcome a fresh daemon's first client); tests of the
+        deadlines themselves pass their own."""
         kwargs.setdefault("autostart", False)
+        kwargs.setdefault("connect_timeout", 30.0)
+        kwargs.setdefault("timeout", 60.0)
         return Client(**kwargs)
 
     def stop(self, timeout: float = 10.0) -> int:
