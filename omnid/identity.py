@@ -7,6 +7,7 @@ tick (10 ms), which start times cannot."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import select
@@ -166,11 +167,17 @@ def _inspect_linux(pid: int) -> ProcessInfo | None:
             pidfd = -1
     try:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            uid = os.stat(f"/proc/{pid}").st_uid  # the effective uid (root for non-dumpable processes)
-        except (FileNotFoundError, ProcessLookupError):
+            read = _read_proc(pid)
+        except OSError as e:
+            if pidfd < 0 or e.errno != errno.EMFILE:
+                raise
+            # The pidfd took the last descriptor: /proc needs it more, and the start time alone has to do.
+            os.close(pidfd)
+            pidfd = -1
+            read = _read_proc(pid)
+        if read is None:
             return None
+        stat, uid = read
         fields = stat[stat.rindex(b")") + 2 :].split()
         if fields[0] in (b"Z", b"X"):
             return None
@@ -186,6 +193,16 @@ def _inspect_linux(pid: int) -> ProcessInfo | None:
     finally:
         if pidfd >= 0:
             os.close(pidfd)
+
+
+def _read_proc(pid: int) -> tuple[bytes, int] | None:
+    """/proc/PID/stat and the process's effective uid (root for non-dumpable processes); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat, os.stat(f"/proc/{pid}").st_uid
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def _real_uid(pid: int) -> int | None:

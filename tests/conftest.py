@@ -24,6 +24,7 @@ from tests.helpers import (
     DaemonProcess,
     ForkedOwner,
     Tmux,
+    built_wheels,
     gone,
     identity_of,
     omnid_daemons,
@@ -80,8 +81,8 @@ def spawn_owner() -> Iterator:
     """Start real processes to own sessions (``sleep``); all are killed and waited for at the end."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(*, user: int | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(["sleep", "600"], user=user)
+    def spawn(*, user: int | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(["sleep", "600"], user=user, cwd=cwd)
         procs.append(proc)
         return proc
 
@@ -106,6 +107,14 @@ def tmux(tmp_path) -> Iterator[Callable[..., Tmux]]:
     yield start
     for t in made:
         t.close()
+
+
+@pytest.fixture(scope="session")
+def wheels() -> Iterator[dict[str, Path]]:
+    """The omnid and omnid-client wheels, built once for the whole run (pip wheel takes
+    seconds of CPU, and the client's package test and the packaging tests read the same)."""
+    with built_wheels() as found:
+        yield found
 
 
 @pytest.fixture(autouse=True)

@@ -139,7 +139,12 @@ class DaemonProcess:
         return self
 
     def client(self, **kwargs) -> Client:
+        """A client of this daemon. Its deadlines only guard a hang (a loaded machine has
+        taken over the 1 s default to welcome a fresh daemon's first client); tests of the
+        deadlines themselves pass their own."""
         kwargs.setdefault("autostart", False)
+        kwargs.setdefault("connect_timeout", 30.0)
+        kwargs.setdefault("timeout", 60.0)
         return Client(**kwargs)
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -270,20 +275,22 @@ def open_fds() -> int:
 
 
 @contextlib.contextmanager
-def no_free_fds() -> Iterator[None]:
+def no_free_fds(leave: int = 0) -> Iterator[None]:
     """This process out of file descriptors, for real: RLIMIT_NOFILE lowered to just past
-    its highest open descriptor, and every lower free number taken, so any ``open`` or
-    ``pidfd_open`` fails with EMFILE until the block ends."""
+    its highest open descriptor, and every lower free number taken (but ``leave`` of them),
+    so any ``open`` or ``pidfd_open`` past those fails with EMFILE until the block ends."""
     import resource
 
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
     taken: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, old[1]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + leave, old[1]))
     try:
         with contextlib.suppress(OSError):
             while True:
                 taken.append(os.dup(0))
+        for _ in range(leave):
+            os.close(taken.pop())
         yield
     finally:
         for fd in taken:
@@ -696,3 +703,34 @@ class Activator:
         with contextlib.suppress(OSError):
             return (self.home / "omnid.log").read_text()
         return ""
+
+
+PIP_TIMEOUT = 300
+
+
+@contextlib.contextmanager
+def built_wheels() -> Iterator[dict[str, Path]]:
+    """The two wheels (by distribution: omnid, omnid_client), built by pip from a copy of
+    the sources a fresh clone has; removed at the end."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="omnid-wheels-"))
+    try:
+        src = work / "src"
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            src.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+        shutil.copytree(ROOT / "omnid", src / "omnid", ignore=ignore)
+        shutil.copytree(ROOT / "client", src / "client", ignore=ignore)
+        out = work / "wheels"
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src / "client"), str(src)],
+            capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL,
+        )
+        assert built.returncode == 0 and "error" not in built.stderr.lower(), built.stderr
+        found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
+        assert set(found) == {"omnid", "omnid_client"}, found
+        yield found
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,7 @@ import pytest
 from omnid import identity
 from omnid.identity import ProcessIdentity, boot_id, check_ancestor, inspect, is_alive, owner_process
 from omnid_client import Invalid, NotFound, PermissionDenied
-from tests.helpers import open_fds, start_ticks, wait_for
+from tests.helpers import no_free_fds, open_fds, start_ticks, wait_for
 
 KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 NOBODY = 65534
@@ -428,3 +428,20 @@ def test_a_pidfd_on_descriptor_0_is_used_and_closed_too(spawn_owner):
         os.dup2(stdin, 0)
         os.close(stdin)
     assert info is not None and info.identity.ino == identity.pidfd_inode(owner.pid)
+
+
+@pytest.mark.parametrize("free", [1, 2])
+def test_with_one_descriptor_left_inspect_reads_proc_without_the_pidfd_and_with_two_with_it(spawn_owner, zombie, free):
+    """Out of file descriptors but one, the pidfd would take the one /proc needs: the start
+    time alone has to do (as when no pidfd can be opened), rather than no answer at all."""
+    if not identity.pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs: inspect holds no pidfd")
+    owner, dead = spawn_owner(), zombie()
+    ino = identity.pidfd_inode(owner.pid)
+    before = open_fds()
+    with no_free_fds(leave=free):
+        info, gone = inspect(owner.pid), inspect(dead)
+    assert info is not None and info.identity == real_identity(owner.pid) and info.uid == os.getuid()
+    assert info.identity.ino == (ino if free == 2 else None)
+    assert gone is None
+    assert open_fds() == before, "every descriptor it opened is closed again"

@@ -1,8 +1,8 @@
 """The two distributions as a user installs them: ``pip wheel`` builds omnid and omnid-client
 from a copy of this checkout, a fresh virtualenv installs both wheels and runs the README's
 client example against the daemon it starts, and each uninstall leaves the other working
-or tells ``pip check`` why not. The wheels are built once for the module (about a minute in
-all, inside the suite's budget)."""
+or tells ``pip check`` why not. The wheels are built once for the whole run (the ``wheels``
+fixture in conftest.py, which tests/client shares)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import ROOT
-
-PIP_TIMEOUT = 300
+from tests.helpers import PIP_TIMEOUT, ROOT
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -30,28 +25,6 @@ def run(*argv: str | Path, env: dict[str, str] | None = None, check: bool = True
     if check:
         assert r.returncode == 0, f"{' '.join(map(str, argv))} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
     return r
-
-
-@pytest.fixture(scope="module")
-def wheels() -> Iterator[dict[str, Path]]:
-    """The two wheels, built by pip from a copy of the sources a fresh clone has."""
-    work = Path(tempfile.mkdtemp(prefix="omnid-wheels-"))
-    try:
-        src = work / "src"
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            src.mkdir(exist_ok=True)
-            shutil.copy2(ROOT / name, src / name)
-        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-        shutil.copytree(ROOT / "omnid", src / "omnid", ignore=ignore)
-        shutil.copytree(ROOT / "client", src / "client", ignore=ignore)
-        out = work / "wheels"
-        built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", out, src / "client", src)
-        assert "error" not in built.stderr.lower(), built.stderr
-        found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
-        assert set(found) == {"omnid", "omnid_client"}, found
-        yield found
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def metadata(wheel: Path) -> tuple[list[str], str]:

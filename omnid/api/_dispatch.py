@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from omnid_client.errors import InternalError, Invalid, OmnidError, RemoteError, TooLarge, Unsupported
+from omnid_client.errors import InternalError, Invalid, OmnidError, RemoteError, Unsupported
 from omnid_client.protocol import (
     METHODS,
     PROTOCOL_MAJOR,
@@ -23,7 +23,7 @@ from omnid_client.protocol import (
     ResponseFrame,
     compare_versions,
 )
-from omnid_client.protocol.explain import explain
+from omnid_client.protocol.explain import invalid
 
 from .. import __version__
 from ..store import storage_error
@@ -97,9 +97,7 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
 def invalid_params(method: str, e: msgspec.ValidationError) -> Invalid:
     """A sentence naming the field and what it allows (details: field, path, allowed); a
     length bound is a size limit (TooLarge), everything else bad input."""
-    sentence, details = explain(e, METHODS[method].params)
-    kind = TooLarge if "length <=" in str(e) else Invalid
-    return kind(sentence, {**details, "method": method})
+    return invalid(e, METHODS[method].params, method=method)
 
 
 def failure(request: IncomingRequest, e: BaseException) -> ResponseFrame:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
-from omnid_client.errors import Invalid, StorageError, TooLarge
+from omnid_client.errors import Invalid, StorageError
 from omnid_client.protocol import (
     EVENT_KINDS,
     Event,
@@ -29,7 +29,7 @@ from omnid_client.protocol import (
     Subscribed,
 )
 
-from ..api import error_info
+from ..api import error_info, invalid_params
 from ..config import Config
 from ..jobs import Timer
 from ..store import ACTIVITY, Staged, Store
@@ -270,8 +270,7 @@ class Hub:
             if conn.subscription is not None:
                 raise Invalid("events.subscribe: this connection is already subscribed; open another")
         except msgspec.ValidationError as e:
-            kind = TooLarge if "length <=" in str(e) else Invalid
-            conn.send(ResponseFrame(request.id, error=error_info(kind(f"events.subscribe: {e}"))))
+            conn.send(ResponseFrame(request.id, error=error_info(invalid_params("events.subscribe", e))))
             return
         except msgspec.DecodeError as e:
             err = Invalid(f"events.subscribe: undecodable parameters: {e}")

@@ -4,6 +4,7 @@ on macOS/BSD, and on other systems nothing (the reaper's periodic sweep finds th
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -52,9 +53,20 @@ class ExitWatcher(Protocol):
 
 
 def _running(identity: ProcessIdentity) -> bool:
-    """That process still runs (a look at /proc), for owners left to the sweep."""
-    info = inspect(identity.pid)
+    """That process still runs (a look at /proc), for owners left to the sweep. Out of file
+    descriptors /proc cannot say: it counts as running until the sweep's next look."""
+    try:
+        info = inspect(identity.pid)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        return True
     return info is not None and same_process(identity, info.identity)
+
+
+def _left_to_sweep(identity: ProcessIdentity, error: OSError) -> bool:
+    log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, error)
+    return _running(identity)
 
 
 class PidfdWatcher:
@@ -107,18 +119,25 @@ class PidfdWatcher:
         except ProcessLookupError:
             return False
         except OSError as e:  # out of file descriptors: the periodic sweep stands in
-            log.warning("cannot watch process %d (%s); the periodic sweep will notice its exit", identity.pid, e)
-            return _running(identity)
+            return _left_to_sweep(identity, e)
         # The pid may have been reused before the pidfd was opened: check it is still ours.
-        info = inspect(identity.pid)
+        try:
+            info = inspect(identity.pid)
+        except OSError as e:  # the pidfd took the last descriptor: /proc gets it back, the sweep stands in
+            os.close(fd)
+            return _left_to_sweep(identity, e)
         if info is None or not same_process(identity, info.identity):
             os.close(fd)
             return False
+        try:
+            if self._exits.closed:  # watching again after close() (a resync while the daemon stops)
+                self._exits = select.epoll()
+            self._exits.register(fd, select.EPOLLIN)
+        except OSError as e:  # no descriptor for a new epoll, or no kernel memory for the entry
+            os.close(fd)
+            return _left_to_sweep(identity, e)
         self._fds[identity] = fd
         self._loop.add_reader(fd, self._fired, identity)
-        if self._exits.closed:  # watching again after close() (a resync while the daemon stops)
-            self._exits = select.epoll()
-        self._exits.register(fd, select.EPOLLIN)
         return True
 
     def running(self, identity: ProcessIdentity) -> bool:

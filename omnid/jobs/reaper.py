@@ -13,7 +13,7 @@ from typing import Callable
 from omnid_client.errors import NotFound
 from omnid_client.protocol import LastReap, ReapedSession, ReapResult
 
-from ..identity import ProcessIdentity, ProcessInfo, is_alive
+from ..identity import ProcessIdentity, ProcessInfo, is_alive, same_process
 from ..store import Store, sessions as session_store
 from ._timer import Timer
 from .exits import WatcherMode, make_watcher
@@ -84,8 +84,12 @@ class Reaper:
         return known
 
     def alive(self, owner: ProcessIdentity) -> bool:
-        """Whether that very process still runs (or cannot be inspected, which counts as alive)."""
-        return self.watcher.running(owner) or is_alive(owner)[0]
+        """Whether that very process still runs (or cannot be inspected, which counts as alive).
+        A watch is proof only for the process it was armed for: same pid, start and pidfd inode."""
+        watched = self._by_pid.get(owner.pid)
+        if watched is not None and same_process(owner, watched) and self.watcher.running(watched):
+            return True
+        return is_alive(owner)[0]
 
     def track(self, session_id: str, owner: ProcessIdentity) -> None:
         """Watch ``owner`` for ``session_id``; NotFound if that process is already gone."""

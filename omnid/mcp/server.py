@@ -16,6 +16,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from omnid_client import AsyncClient, OmnidError
+from omnid_client.protocol.explain import invalid
 
 from .. import __version__
 from ..offline.agent import agent_pid
@@ -58,7 +59,8 @@ def build(agent: tools.Agent) -> Server[Any]:
         try:
             args = tools.decode_args(args_type, params.arguments)
         except msgspec.ValidationError as e:
-            return error_result("invalid", str(e))
+            bad = invalid(e, args_type, tool=params.name)
+            return error_result(bad.code, str(bad), bad.details)
         note_client(ctx)
         try:
             result = await handler(agent, args)

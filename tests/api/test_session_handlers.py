@@ -21,7 +21,7 @@ from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
 from omnid.store import Store, sessions as q
 from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, Session, SessionOwner
-from tests.helpers import identity_of, start_ticks
+from tests.helpers import identity_of, no_free_fds, run_loop_until, start_ticks
 
 
 class Daemon:
@@ -373,6 +373,49 @@ def test_a_keyed_session_without_an_owner_or_with_another_pidfd_inode_is_resumed
         got = keyed(daemon, proc, "k")
         assert (got.status, got.session.session_id) == ("resumed", recorded.session_id)
         assert keyed(daemon, proc, "k").status == "existing"
+
+
+def test_a_keyed_session_whose_recorded_pidfd_inode_differs_from_the_watched_process_is_resumed(daemon, spawn_owner):
+    """The recorded owner had the pid and start tick of a process the reaper watches (for
+    another session) but another pidfd inode: that watch is no proof the recorded one lives."""
+    if not pidfd_inodes_unique():
+        pytest.skip("this kernel has no pidfs: no inode tells the two apart")
+    proc, other = spawn_owner(), spawn_owner()
+    watched = call(daemon, "session.get_or_create", tool_id="w", pid=proc.pid).session
+    recorded_owner = identity_of(proc.pid)
+    now = daemon.store.now()
+    recorded = Session(str(uuid.uuid4()), "t", None, "default", proc.pid, recorded_owner.start,
+                       recorded_owner.boot_id, None, {}, now, now, resume_key="k")
+    with daemon.store.write() as db:
+        q.insert(db, recorded, dedup=False, owner_ino=pidfd_inode(proc.pid) + 1_000_000)
+    found = call(daemon, "session.find", tool_id="t", pid=other.pid, resume_key="k").session
+    assert found is not None and found.session_id == recorded.session_id
+    got = keyed(daemon, other, "k")
+    assert (got.status, got.session.session_id, got.session.owner_pid) == ("resumed", recorded.session_id, other.pid)
+    assert q.get(daemon.store.db, watched.session_id).ended_at is None
+    assert {(o.pid, frozenset(sids)) for o, sids in daemon.reaper.owners.items()} == {
+        (proc.pid, frozenset({watched.session_id})), (other.pid, frozenset({recorded.session_id}))
+    }, "the watched process keeps its watch and its own session"
+
+
+@pytest.mark.parametrize("free", [1, 2])
+def test_out_of_descriptors_get_or_create_still_binds_and_the_sweep_watches_the_owner_later(
+    daemon, spawn_owner, tmp_path, free
+):
+    """With one descriptor left, no pidfd fits beside the look at /proc: the owner is left
+    to the sweep, as past the fd budget; with two, /proc is read without the inode and the
+    pidfd kept. Either way the call succeeds, and the owner's death still ends the session."""
+    owner = spawn_owner()
+    with no_free_fds(leave=free):
+        got = call(daemon, "session.get_or_create", tool_id="t", pid=owner.pid, workspace=str(tmp_path))
+    sid, who = got.session.session_id, identity_of(owner.pid)
+    assert got.status == "created" and got.session.owner_start == who.start
+    assert daemon.reaper.owners == {who: {sid}}
+    assert daemon.reaper.watcher.watching(who) is (free == 2)
+    daemon.reaper.sweep(trigger="sweep")
+    assert daemon.reaper.watcher.watching(who), "the sweep gives it an exit watch once descriptors are back"
+    dies(owner)
+    run_loop_until(daemon.loop, lambda: q.get(daemon.store.db, sid).end_reason == "reaped")
 
 
 def test_past_the_quota_a_resume_key_neither_creates_nor_resumes(daemon, spawn_owner):

@@ -199,23 +199,37 @@ def test_different_tools_on_one_pid_get_separate_sessions(client, spawn_owner):
 # --- one key, many racing processes ---------------------------------------------------------
 
 RACER = r"""
-import json, os, sys
+import json, os, sys, threading
 from pathlib import Path
 from omnid_client import Client
 
-tool, owner, ready, gun = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-with Client(autostart=False) as client:
+tool, owner, ready, gun, calls = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+# Each call on a connection of its own; generous timeouts: the promise is one session, not speed.
+clients = [Client(autostart=False, timeout=120, connect_timeout=120) for _ in range(calls)]
+for client in clients:
     client.connect()
-    ready.touch()
-    os.read(gun, 1)  # blocks until the test closes the other end: everyone starts at once
+results = []
+
+def race(client):
+    os.read(gun, 1)  # blocks until the test closes the other end: every call starts at once
     got = client.get_or_create(tool, pid=owner)
-print(json.dumps({"status": got.status, "session_id": got.session.session_id}))
+    results.append({"status": got.status, "session_id": got.session.session_id})
+
+threads = [threading.Thread(target=race, args=(client,)) for client in clients]
+for thread in threads:
+    thread.start()
+ready.touch()
+for thread in threads:
+    thread.join()
+print(json.dumps(results))
 """
-RACERS = 100
+RACERS, CALLS = 20, 5
+"""100 calls at once, from 20 processes: a process start costs more CPU than the daemon
+spends on all its calls, and on a loaded machine 100 of them took over the deadline."""
 
 
-def racer_result(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate(timeout=30)
+def racer_results(proc: subprocess.Popen) -> list[dict]:
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     return json.loads(out.decode().splitlines()[-1])
 
@@ -227,7 +241,7 @@ def test_racing_processes_get_exactly_one_session(client, spawn_owner, tmp_path)
     try:
         try:
             for i in range(RACERS):
-                args = ["racer", str(owner.pid), str(tmp_path / f"ready-{i}"), str(gun_r)]
+                args = ["racer", str(owner.pid), str(tmp_path / f"ready-{i}"), str(gun_r), str(CALLS)]
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-c", RACER, *args],
@@ -237,19 +251,22 @@ def test_racing_processes_get_exactly_one_session(client, spawn_owner, tmp_path)
                         env=os.environ.copy(),
                     )
                 )
-            wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == RACERS, timeout=60, what="racers to connect")
+            # Only a guard against a hang: it ends as soon as every racer is connected.
+            wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == RACERS, timeout=180, what="racers to connect")
+            assert client.status().connections >= RACERS * CALLS, "every call has its connection open"
         finally:
             os.close(gun_r)
             os.close(gun_w)  # the starting gun: every racer's read returns now
-        results = [racer_result(proc) for proc in procs]
+        results = [r for proc in procs for r in racer_results(proc)]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
 
+    assert len(results) == RACERS * CALLS
     assert len({r["session_id"] for r in results}) == 1
-    assert Counter(r["status"] for r in results) == {"created": 1, "existing": RACERS - 1}
+    assert Counter(r["status"] for r in results) == {"created": 1, "existing": RACERS * CALLS - 1}
     sessions = client.list_sessions(tool_id="racer").sessions
     assert [s.session_id for s in sessions] == [results[0]["session_id"]]
 

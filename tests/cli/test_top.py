@@ -184,17 +184,25 @@ def test_through_a_pipe_top_prints_plain_frames_as_things_change(daemon, client,
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
+
+    def frame_with(session: Session) -> str | None:
+        """The first whole frame (its closing empty line printed) that lists ``session``."""
+        frames = "".join(out).split("\n\n")[:-1]  # the last one may still be being printed
+        return next((f for f in frames if any(line.startswith(session.session_id[:8]) for line in f.splitlines())),
+                    None)
+
     try:
-        wait_for(lambda: any(line.startswith(a.session_id[:8]) for line in out), what="the first frame")
+        # A loaded machine can take long to start a Python that imports rich: the deadlines only guard a hang.
+        first = wait_for(lambda: frame_with(a), timeout=60, what="the first frame")
         b, _ = own(client, spawn_owner, "beta", tmp_path)
-        wait_for(lambda: any(line.startswith(b.session_id[:8]) for line in out), what="a frame with the new session")
-        frames = "".join(out).split("\n\n")
-        assert frames[0].startswith("omnid top") and "1 live" in frames[0] and "2 live" in frames[-2]
+        later = wait_for(lambda: frame_with(b), timeout=60, what="a frame with the new session")
+        assert first.startswith("omnid top") and "1 live" in first, first
+        assert later.startswith("omnid top") and "2 live" in later, later
         assert "\x1b" not in "".join(out) and "q quit" not in "".join(out)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        reader.join(timeout=10)
+        assert proc.wait(timeout=60) == 0
+        reader.join(timeout=60)
     assert proc.stderr is not None and proc.stderr.read() == ""
 
 

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import zipfile
 
-from tests.helpers import ROOT
-
 BLOCKED_IMPORT = r"""
 import importlib.abc, sys
 
@@ -39,15 +37,8 @@ def test_client_imports_and_fails_open_without_any_daemon_package(tmp_path):
     assert out.stdout.strip() == "ok"
 
 
-def test_client_builds_as_its_own_package_depending_only_on_msgspec(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "-w", str(tmp_path), str(ROOT / "client")],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("omnid_client-*.whl")
+def test_client_builds_as_its_own_package_depending_only_on_msgspec(wheels):
+    wheel = wheels["omnid_client"]  # pip wheel of ./client on its own
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

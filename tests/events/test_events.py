@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from omnid.store import Store, stage
-from omnid_client import AsyncClient, Client, Invalid, StorageError
+from omnid_client import AsyncClient, Client, Invalid, StorageError, TooLarge
 from omnid_client._events import _Frames, event_of, subscribed
 from omnid_client.paths import daemon_paths
 from omnid_client.protocol import Event
@@ -175,6 +175,27 @@ def test_bad_subscriptions_get_typed_errors(daemon):
     s.close()
     with daemon.client() as c:
         assert c.status().pid == daemon.pid  # still serving
+
+
+@pytest.mark.parametrize("params, kind, field, words", [
+    ({"since": -1}, Invalid, "since", "since must be an integer of at least 0"),
+    ({"sessions": ["bad"]}, Invalid, "sessions", "sessions[0] must be a session id: a lowercase UUID"),
+    ({"kinds": "session"}, Invalid, "kinds", "kinds must be a list of at most 32 items, each text"),
+    ({"tools": ["x"] * 65}, TooLarge, "tools", "tools must be a list of at most 64 items"),
+], ids=["since", "sessions", "kinds", "tools"])
+def test_bad_subscribe_parameters_read_as_sentences_naming_the_field(daemon, params, kind, field, words):
+    """As every other method's: the field and what it allows, not msgspec's own text."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(hello() + request(1, "events.subscribe", params))
+        frames = _Frames(s)
+        frames.next()
+        with pytest.raises(kind) as refused:
+            subscribed(frames.next())
+    err = refused.value
+    assert str(err).startswith(words) and "Expected" not in str(err) and "$." not in str(err), str(err)
+    assert (err.code, err.field, err.details["method"]) == (kind.code, field, "events.subscribe")
 
 
 def test_random_subscribe_parameters_get_a_subscription_or_a_typed_error(daemon):

@@ -151,3 +151,25 @@ def test_a_closed_pidfd_watcher_can_watch_again(loop, spawn_owner):
     finally:
         watcher.close()
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("free", [0, 1, 2])
+def test_out_of_descriptors_a_watch_never_fails_and_leaves_what_it_cannot_watch_to_the_sweep(loop, owners, free):
+    """EMFILE from pidfd_open, or from the look at /proc once the pidfd took the last
+    descriptor: the owner is left to the sweep (as past the fd budget), and counted running
+    unless /proc could still say otherwise (with none left, the sweep's next look decides)."""
+    made = owners()
+    running, reused = made["running"][0], made["reused"][0]
+    watcher = PidfdWatcher(loop, lambda _: None)
+    before = open_fds()
+    try:
+        with no_free_fds(leave=free):
+            got = watcher.watch(reused), watcher.watch(running), watcher.watching(running)
+        assert got == (free == 0, True, free == 2)
+        assert watcher.fds == (free == 2) and open_fds() == before + (free == 2), "no pidfd left open but a watch"
+        assert watcher.running(running) is (free == 2)
+        assert watcher.watch(running) and watcher.watching(running), "with descriptors back, it gets its watch"
+        assert watcher.watch(reused) is False
+    finally:
+        watcher.close()
+    assert open_fds() == before - 1, "and its epoll closes with the watcher"

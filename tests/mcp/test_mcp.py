@@ -194,15 +194,35 @@ def test_every_failure_is_a_tool_error_with_a_typed_code(daemon, tmp_path):
             await error(s, "put_memory", {"key": "k", "value": "x" * (300 * 1024)}),
             await error(s, "session_summary", {"session_id": "not-a-session"}),
             await error(s, "no_such_tool"),
+            await error(s, "list_memories", {"limit": "ten"}),
+            await error(s, "add_session_memory", {"content": "x" * (256 * 1024 + 1)}),
         ]
         still = await call(s, "current_session")  # the server lives on
         return errors, still
 
     errors, still = with_server(body, cwd=tmp_path)
     assert [e["code"] for e in errors] == [
-        "not_found", "invalid", "invalid", "invalid", "invalid", "too_large", "invalid", "not_found",
+        "not_found", "invalid", "invalid", "invalid", "invalid", "too_large", "invalid", "not_found", "invalid",
+        "too_large",
     ]
-    assert "missing" in errors[0]["message"] and "key" in errors[2]["message"]
+    assert "missing" in errors[0]["message"]
+    # Bad arguments read as the daemon's own refusals do: the field and what it allows.
+    sentences = {i: (errors[i]["message"], errors[i]["details"]) for i in (1, 2, 3, 4, 8, 9)}
+    assert sentences == {
+        1: ("key must be text of 1-256 characters", {"field": "key", "path": "key",
+                                                     "allowed": "text of 1-256 characters", "tool": "get_memory"}),
+        2: ("key is required: it must be text of 1-256 characters", {
+            "field": "key", "path": "key", "allowed": "text of 1-256 characters", "tool": "get_memory"}),
+        3: ("there is no field extra: the fields are key", {"field": "extra", "path": "extra", "tool": "get_memory"}),
+        4: ("events[0].kind must be one of 'decision', 'file_access', 'file_change', 'memory_ref', 'search', "
+            "not 'gossip'", {"field": "events", "path": "events[0].kind", "tool": "append_context",
+                             "allowed": "one of 'decision', 'file_access', 'file_change', 'memory_ref', 'search'"}),
+        8: ("limit must be an integer from 1 to 1000, not a string", {
+            "field": "limit", "path": "limit", "allowed": "an integer from 1 to 1000", "tool": "list_memories"}),
+        9: ("content must be text of 1-262144 characters", {
+            "field": "content", "path": "content", "allowed": "text of 1-262144 characters",
+            "tool": "add_session_memory"}),
+    }
     assert still["session_id"]
 
 

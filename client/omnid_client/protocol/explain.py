@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect as mi
 
+from ..errors import Invalid, TooLarge
 from .fields import Label, ProjectId, SessionId, Tag, TaskId, ToolId
 
 
@@ -31,6 +32,7 @@ _IDS = {p for p, words in _WORDS.items() if " id: " in words}
 
 _AT = re.compile(r"^(?P<what>.*?) - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$")
 _GOT = re.compile(r"got `(?P<got>[^`]+)`")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]")
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "null": "null",
@@ -42,6 +44,12 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
     union, the member whose tag is ``tag``): the sentence names the field and what it
     allows; details hold ``field`` (the top-level field), ``path`` and ``allowed``."""
     text = str(error)
+    info = mi.type_info(root)
+    if isinstance(info, mi.UnionType):
+        info = next((t for t in info.types if getattr(t, "tag", None) == tag), info)
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        return _unknown_field(info, unknown["path"] or "", unknown["name"])
     missing, at = _MISSING.match(text), None
     if missing:
         path = f"{missing['path'] or ''}.{missing['name']}"
@@ -55,9 +63,6 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
     if at is not None and at["key"]:  # a map's key is wrong, not a value
         steps.append("{key}")
         shown = f"{shown} keys"
-    info = mi.type_info(root)
-    if isinstance(info, mi.UnionType):
-        info = next((t for t in info.types if getattr(t, "tag", None) == tag), info)
     allowed = describe(_walk(info, steps))
     details: dict[str, Any] = {"field": steps[0] if steps and steps[0] not in ("[]", "{key}") else shown,
                                "path": path.lstrip(".")}
@@ -74,6 +79,24 @@ def explain(error: msgspec.ValidationError | str, root: Any, tag: object = None)
     elif "Invalid enum value" in text:
         sentence += f", not {text.split('Invalid enum value ', 1)[1].split(' - at', 1)[0]}"
     return sentence, details
+
+
+def invalid(error: msgspec.ValidationError, root: Any, **context: Any) -> Invalid:
+    """The typed error for ``error`` raised decoding ``root``: its sentence and details from
+    ``explain`` (and ``context``); TooLarge when a length bound was broken (a size limit)."""
+    sentence, details = explain(error, root)
+    kind = TooLarge if "length <=" in str(error) else Invalid
+    return kind(sentence, {**details, **context})
+
+
+def _unknown_field(info: Any, path: str, name: str) -> tuple[str, dict[str, Any]]:
+    """A field the message does not have (where unknown fields are refused rather than ignored)."""
+    steps = [step or "[]" for step, _ in _STEP.findall(path)]
+    shown = f"{path}.{name}".lstrip(".")
+    within = _walk(info, steps)
+    known = [f.encode_name for f in within.fields] if isinstance(within, mi.StructType) else []
+    sentence = f"there is no field {shown}" + (f": the fields are {', '.join(known)}" if known else "")
+    return sentence, {"field": steps[0] if steps and steps[0] != "[]" else shown, "path": shown}
 
 
 def _walk(info: Any, steps: list[str]) -> Any:
@@ -93,10 +116,13 @@ def _walk(info: Any, steps: list[str]) -> Any:
 
 
 def _present(info: Any) -> Any:
-    """The type an optional field has when it is given."""
+    """The type an optional field has when it is given (without the description or other
+    JSON-schema metadata an ``Annotated`` type carries)."""
+    if isinstance(info, mi.Metadata):
+        info = info.type
     if isinstance(info, mi.UnionType):
         given = [t for t in info.types if not isinstance(t, mi.NoneType)]
-        return given[0] if len(given) == 1 else mi.UnionType(types=tuple(given))
+        return _present(given[0]) if len(given) == 1 else mi.UnionType(types=tuple(given))
     return info
 
 
@@ -124,6 +150,8 @@ def _range(info: Any) -> str:
 
 def describe(info: Any) -> str:
     """What a value of this type may be, as a phrase ("1-64 characters: letters, ...")."""
+    if isinstance(info, mi.Metadata):
+        info = info.type
     if isinstance(info, mi.StrType):
         length = _count(info.min_length, info.max_length, "characters")
         if info.pattern in _IDS:
