@@ -1,4 +1,5 @@
-"""Memory embeddings as stored: checked, normalised float32 vectors, one per memory, and each project's dimension."""
+"""Memory embeddings as stored: checked, normalised float32 vectors, one per memory, each with
+a compact int8 copy and a bound on its error (see ``encode``), and each project's dimension."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import array
 import math
 import sqlite3
 import sys
+from dataclasses import dataclass
 
 from omnid_client.errors import Invalid
 
@@ -55,6 +57,33 @@ def from_blob(blob: bytes) -> array.array:
     return vector
 
 
+CODE_MAX = 127
+
+
+@dataclass(frozen=True)
+class Code:
+    """A unit vector ``v`` as ``scale * code`` (int8 per dimension) plus a residual ``v - scale * code``
+    whose length is at most ``err``: the compact copy the sqlite-vec engine scans before it
+    rescores the few it cannot rule out (store.similar)."""
+
+    code: bytes
+    scale: float
+    norm2: int
+    """The code's squared length (an exact integer)."""
+    err: float
+
+
+def encode(vector: array.array) -> Code:
+    """``vector`` (float32, not zero) quantised to int8 with a scale of its own, its largest
+    component mapped to 127; the residual is measured on the float32 values as stored."""
+    largest = max(map(abs, vector))
+    scale = largest / CODE_MAX
+    code = array.array("b", [max(-CODE_MAX, min(CODE_MAX, round(x / scale))) for x in vector])
+    residual = math.sqrt(math.fsum((x - scale * c) ** 2 for x, c in zip(vector, code, strict=True)))
+    # Each step above is exact to about 1e-16 of a unit vector; the slack covers it.
+    return Code(code.tobytes(), scale, sum(c * c for c in code), residual * (1 + 1e-9) + 1e-12)
+
+
 def project_dim(db: sqlite3.Connection, project_id: str) -> int | None:
     row = db.execute("SELECT dim FROM project_vector_dims WHERE project_id = ?", (project_id,)).fetchone()
     return row[0] if row else None
@@ -78,15 +107,27 @@ def attach(
     session_id: str | None = None,
     expires_at: float | None = None,
 ) -> None:
-    """Store (or replace) a memory's vector; the first one in a project fixes its dimension."""
+    """Store (or replace) a memory's vector and its compact copy; the first one in a project
+    fixes its dimension."""
     found = project_dim(db, project_id)
     check_dim(found, len(vector), project_id, "embedding")
     if found is None:
         db.execute("INSERT INTO project_vector_dims (project_id, dim) VALUES (?, ?)", (project_id, len(vector)))
+    detach(db, ref_id)  # its trigger drops the old compact copy, wherever it was filed
     db.execute(
-        "INSERT OR REPLACE INTO memory_vectors (ref_id, kind, project_id, session_id, expires_at, vector) "
-        "VALUES (?,?,?,?,?,?)",
+        "INSERT INTO memory_vectors (ref_id, kind, project_id, session_id, expires_at, vector) VALUES (?,?,?,?,?,?)",
         (ref_id, kind, project_id, session_id, expires_at, to_blob(vector)),
+    )
+    store_code(db, ref_id, kind, project_id, expires_at, encode(vector))
+
+
+def store_code(
+    db: sqlite3.Connection, ref_id: str, kind: str, project_id: str, expires_at: float | None, code: Code
+) -> None:
+    db.execute(
+        "INSERT INTO memory_vector_codes (project_id, kind, ref_id, expires_at, scale, norm2, err, code) "
+        "VALUES (?,?,?,?,?,?,?,?)",
+        (project_id, kind, ref_id, expires_at, code.scale, code.norm2, code.err, code.code),
     )
 
 
