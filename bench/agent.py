@@ -136,20 +136,18 @@ def compaction_at_scale(work: Path, events: int = 1_000_000, keep: int = 10_000)
 
 def fill_vectors(db: sqlite3.Connection, project_id: str, count: int, dim: int) -> None:
     """Unit float32 vectors of random directions for the first ``count`` memories of
-    ``fill_memories`` (the tenth of them that expired too), as memory.put stores them."""
-    from omnid.store.vectors import to_blob
+    ``fill_memories`` (the tenth of them that expired too), stored as memory.put stores them."""
+    from omnid.store.vectors import attach
 
-    def unit(raw: bytes) -> bytes:
+    def unit(raw: bytes) -> array.array:
         v = array.array("b", raw)
         norm = math.sqrt(sum(x * x for x in v)) or 1.0
-        return to_blob(array.array("f", [x / norm for x in v]))
+        return array.array("f", [x / norm for x in v])
 
     expiry = dict(db.execute("SELECT memory_id, expires_at FROM memories WHERE project_id = ?", (project_id,)))
-    db.execute("INSERT INTO project_vector_dims (project_id, dim) VALUES (?, ?)", (project_id, dim))
-    db.executemany(
-        "INSERT INTO memory_vectors (ref_id, kind, project_id, expires_at, vector) VALUES (?, 'memory', ?, ?, ?)",
-        ((f"mem_{i:012x}", project_id, expiry[f"mem_{i:012x}"], unit(os.urandom(dim))) for i in range(count)),
-    )
+    for i in range(count):
+        ref_id = f"mem_{i:012x}"
+        attach(db, ref_id, "memory", project_id, unit(os.urandom(dim)), expires_at=expiry[ref_id])
 
 
 def similar_at_scale(
