@@ -41,6 +41,17 @@ def unit_vector(embedding: list[float] | bytes, field: str = "embedding") -> arr
     return array.array("f", [x / norm for x in values])
 
 
+def imported_vector(embedding: list[float] | bytes, field: str = "embedding") -> array.array:
+    """A vector from an export: checked as ``unit_vector`` checks it, and kept bit for bit
+    when it is already of unit length (as every exported one is), so an export, import and
+    export again gives the same bytes; otherwise normalised."""
+    unit = unit_vector(embedding, field)
+    given = from_blob(embedding) if isinstance(embedding, bytes) else array.array("f", embedding)
+    if abs(math.fsum(x * x for x in given) - 1.0) <= 1e-6:
+        return given
+    return unit
+
+
 def to_blob(vector: array.array) -> bytes:
     """Little-endian float32, as stored (and as sqlite-vec reads it)."""
     if sys.byteorder == "big":
