@@ -100,15 +100,18 @@ def vec_top_k(db: Any, q: Query) -> list[tuple[float, str, str]]:
 
 
 CANDIDATES = 256
-"""Rows the compact scan returns at least (8 per hit asked when more); if the last of them
-could still beat the k-th lower bound, the search scores every vector instead."""
+"""Rows the compact scan returns first, best upper bound first (8 per hit asked when more)."""
+RESCORE_MOST = 8192
+"""When the first rows leave it open, the vectors the bounds cannot rule out are fetched by a
+second compact scan, up to this many; past it, rescoring them would cost about what scoring
+every vector does, and every vector is scored."""
 
 _UNIT = 2.0**-24  # float32's unit roundoff
 
 
 def _candidates(db: Any, q: Query) -> list[str] | None:
-    """The ids that may be among the best ``q.k`` by the exact score, or None if the compact
-    scan cannot tell.
+    """The ids that may be among the best ``q.k`` by the exact score, or None if there are
+    too many to rescore.
 
     With ``v = s*c + r`` (stored, ``|r| <= err``) and ``q = t*c_q + r_q``: ``q.v = t*s*(c.c_q)
     + t*c_q.r + r_q.v``, so ``|q.v - t*s*(c.c_q)| <= (1 + |r_q|)*err + |r_q|``. sqlite-vec
@@ -116,29 +119,36 @@ def _candidates(db: Any, q: Query) -> list[str] | None:
     accumulation: the first term of the width covers it); the rest of the width covers the
     float32 cosine of the exact engine and a margin that keeps a ruled-out vector below the
     k-th even after scores are rounded to 6 decimals. Any vector whose upper bound is below
-    the k-th best lower bound cannot make the top k."""
+    the k-th best lower bound (or below ``min_score``) cannot make the top k."""
     n = q.dim
     query = encode(q.vector)
     engine_err = 4 * (n + 4) * _UNIT + 1e-6
     where, args = _where(q)
-    limit = max(CANDIDATES, 8 * q.k)
-    rows = db.execute(
+    bounds = (
         "SELECT ref_id, ? * scale * (norm2 + ? - d * d) / 2 + w AS upper, w FROM ("
         "SELECT ref_id, scale, norm2, ? * scale * (norm2 + ?) + ? * err + ? AS w, "
         "vec_distance_l2(vec_int8(code), vec_int8(?)) AS d "
-        f"FROM memory_vector_codes WHERE {where} LIMIT -1) ORDER BY upper DESC LIMIT ?",
-        [
-            query.scale, query.norm2,
-            query.scale * (n + 2) * _UNIT * 1.01, query.norm2, 1 + query.err + 1e-6,
-            query.err * (1 + 1e-6) + engine_err + 2e-6, query.code,
-            *args, limit,
-        ],
-    ).fetchall()
+        f"FROM memory_vector_codes WHERE {where} LIMIT -1)"
+    )
+    bounds_args = [
+        query.scale, query.norm2,
+        query.scale * (n + 2) * _UNIT * 1.01, query.norm2, 1 + query.err + 1e-6,
+        query.err * (1 + 1e-6) + engine_err + 2e-6, query.code,
+        *args,
+    ]
+    limit = max(CANDIDATES, 8 * q.k)
+    rows = db.execute(f"{bounds} ORDER BY upper DESC LIMIT ?", [*bounds_args, limit]).fetchall()
     lowers = sorted((upper - 2 * w for _, upper, w in rows), reverse=True)
-    kth_lower = lowers[q.k - 1] if len(lowers) >= q.k else -math.inf
-    if len(rows) == limit and rows[-1][1] >= kth_lower:
-        return None
-    return [ref_id for ref_id, upper, _ in rows if upper >= kth_lower]
+    threshold = lowers[q.k - 1] if len(lowers) >= q.k else -math.inf
+    if q.min_score is not None:
+        threshold = max(threshold, q.min_score)
+    if len(rows) == limit and rows[-1][1] >= threshold:
+        rows = db.execute(
+            f"SELECT * FROM ({bounds}) WHERE upper >= ? LIMIT ?", [*bounds_args, threshold, RESCORE_MOST + 1]
+        ).fetchall()
+        if len(rows) > RESCORE_MOST:
+            return None
+    return [ref_id for ref_id, upper, _ in rows if upper >= threshold]
 
 
 def _exact_top_k(db: Any, q: Query, ids: list[str] | None) -> list[tuple[float, str, str]]:
