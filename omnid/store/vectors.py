@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import math
+import operator
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -87,12 +88,14 @@ class Code:
 def encode(vector: array.array) -> Code:
     """``vector`` (float32, not zero) quantised to int8 with a scale of its own, its largest
     component mapped to 127; the residual is measured on the float32 values as stored."""
-    largest = max(map(abs, vector))
+    largest = max(max(vector), -min(vector))
     scale = largest / CODE_MAX
-    code = array.array("b", [max(-CODE_MAX, min(CODE_MAX, round(x / scale))) for x in vector])
-    residual = math.sqrt(math.fsum((x - scale * c) ** 2 for x, c in zip(vector, code, strict=True)))
-    # Each step above is exact to about 1e-16 of a unit vector; the slack covers it.
-    return Code(code.tobytes(), scale, sum(c * c for c in code), residual * (1 + 1e-9) + 1e-12)
+    inverse = CODE_MAX / largest  # |x| <= largest, so |x * inverse| rounds to at most 127
+    code = array.array("b", [round(x * inverse) for x in vector])
+    rest = [x - scale * c for x, c in zip(vector, code, strict=True)]
+    residual = math.sqrt(sum(map(operator.mul, rest, rest)))
+    # Each step above is exact to about 1e-15 of a unit vector; the slack covers it.
+    return Code(code.tobytes(), scale, sum(map(operator.mul, code, code)), residual * (1 + 1e-9) + 1e-12)
 
 
 def project_dim(db: sqlite3.Connection, project_id: str) -> int | None:
