@@ -87,7 +87,7 @@ class Reaper:
         """Whether that very process still runs (or cannot be inspected, which counts as alive).
         A watch is proof only for the process it was armed for: same pid, start and pidfd inode."""
         watched = self._by_pid.get(owner.pid)
-        if watched is not None and same_process(owner, watched) and self.watcher.running(watched):
+        if watched is not None and same_process(owner, watched.identity) and self.watcher.running(watched.identity):
             return True
         return is_alive(owner)[0]
 

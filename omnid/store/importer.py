@@ -27,7 +27,7 @@ from omnid_client.protocol import (
 )
 
 from ..projects import project_id_for
-from . import context as context_store, search as search_store
+from . import context as context_store, search as search_store, vectors as vector_store
 from .codec import dumps
 from .memories import _body as memory_search_body, delete_ids as delete_memories
 from .records import MEMORY_COLUMNS, SESSION_COLUMNS, record_kind
@@ -160,6 +160,7 @@ class Importer:
                 return "key_taken"
             if not self.dry_run:  # expired, waiting for the purge: gone for every reader already
                 delete_memories(self.db, [taken[0]])
+        vector = None if r.embedding is None else vector_store.imported_vector(r.embedding)
         if not self._parent("project", "projects", "project_id", r.project_id):
             self._new["memory"].add(r.memory_id)
             return "imported"
@@ -168,6 +169,8 @@ class Importer:
             r.memory_id, r.project_id, r.key, dumps(r.value), dumps(r.metadata), r.version, r.created_at,
             r.updated_at, r.expires_at, r.accessed_count, r.last_accessed,
         )
+        if vector is not None:
+            self._attach(vector, r.memory_id, "memory", r.project_id, expires_at=r.expires_at)
         if not self.dry_run:
             search_store.index(
                 self.db, "memory", r.memory_id, memory_search_body(r.key, r.value),
@@ -242,6 +245,14 @@ class Importer:
             self._counted[session_id] = row[0] if row else 0
         return self._counted[session_id]
 
+    def _attach(self, vector: Any, ref_id: str, kind: str, project_id: str, **where: Any) -> None:
+        """Store a memory's vector (a dry run only checks it fits the project's dimension)."""
+        if self.dry_run:
+            found = vector_store.project_dim(self.db, project_id)
+            vector_store.check_dim(found, len(vector), project_id, "embedding")
+        else:
+            vector_store.attach(self.db, ref_id, kind, project_id, vector, **where)
+
     def _session_project(self, session_id: str) -> str | None:
         if session_id not in self._projects:
             row = self.db.execute("SELECT project_id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
@@ -312,8 +323,14 @@ class Importer:
         self.check_size(r.metadata)
         if self._exists("SELECT 1 FROM session_memories WHERE memory_id = ?", r.memory_id):
             return "existing"
+        vector = None if r.embedding is None else vector_store.imported_vector(r.embedding)
         if not self._parent("session", "sessions", "session_id", r.session_id):
             return "imported"
+        project_id = None if vector is None else self._session_project(r.session_id)
+        if vector is not None and project_id is not None:
+            self._attach(vector, r.memory_id, "session_memory", project_id, session_id=r.session_id)
+        elif vector is not None and not (self.dry_run and r.session_id in self._new["session"]):
+            raise self._invalid(f"session {r.session_id} belongs to no project, and embeddings are kept per project")
         if not self.dry_run:
             self._write(
                 "INSERT INTO session_memories (memory_id, session_id, memory_type, content, metadata, created_at) "

@@ -120,7 +120,9 @@ def export_records(
         projects = sorted(wanted)
     yield from project_records(db, projects)
     if with_memories:
-        rows = db.execute(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE {memory_where} ORDER BY memory_id", memory_args)
+        rows = db.execute(
+            f"SELECT {MEMORY_COLUMNS}, {_VECTOR} FROM memories WHERE {memory_where} ORDER BY memory_id", memory_args
+        )
         for row in rows:
             yield from _memory_records(db, row)
     for session_id, _ in sessions:
@@ -135,6 +137,10 @@ def project_records(db: sqlite3.Connection, project_ids: Iterable[str]) -> Itera
         ).fetchone()
         if row is not None:
             yield ProjectRecord(*row)
+
+
+_VECTOR = "(SELECT vector FROM memory_vectors WHERE ref_id = memory_id)"
+"""A memory's (or session memory's) stored vector, or NULL, as a column of its row."""
 
 
 def _memory_records(db: sqlite3.Connection, row: tuple) -> Iterator[Record]:
@@ -183,12 +189,14 @@ def session_records(db: sqlite3.Connection, session_id: str) -> Iterator[Record]
             session_id, seq, role, content, message_type, loads_dict(metadata), tokens, nanos, created_at
         )
     memories = db.execute(
-        "SELECT memory_id, memory_type, content, metadata, created_at FROM session_memories WHERE session_id = ? "
-        "ORDER BY created_at, memory_id",
+        f"SELECT memory_id, memory_type, content, metadata, created_at, {_VECTOR} FROM session_memories "
+        "WHERE session_id = ? ORDER BY created_at, memory_id",
         (session_id,),
     )
-    for memory_id, memory_type, content, metadata, created_at in memories:
-        yield SessionMemoryRecord(memory_id, session_id, memory_type, content, loads_dict(metadata), created_at)
+    for memory_id, memory_type, content, metadata, created_at, vector in memories:
+        yield SessionMemoryRecord(
+            memory_id, session_id, memory_type, content, loads_dict(metadata), created_at, vector
+        )
     tasks = db.execute(
         "SELECT task_id, title, status, external_id, metadata, created_at, updated_at, ended_at FROM tasks "
         "WHERE session_id = ? ORDER BY created_at, task_id",

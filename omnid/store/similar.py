@@ -15,6 +15,7 @@ import heapq
 import importlib
 import importlib.util
 import logging
+import math
 import operator
 import sqlite3
 import threading
@@ -27,7 +28,7 @@ from omnid_client.errors import Conflict, Unsupported
 from omnid_client.protocol import SimilarHit, SimilarMemories
 
 from . import memories as memory_store
-from .vectors import from_blob, to_blob
+from .vectors import encode, from_blob, to_blob
 
 log = logging.getLogger("omnid.similar")
 
@@ -90,15 +91,86 @@ def python_top_k(
 
 
 def vec_top_k(db: Any, q: Query) -> list[tuple[float, str, str]]:
-    """The same best ``q.k``, computed by sqlite-vec inside SQLite."""
+    """The same best ``q.k``, computed by sqlite-vec inside SQLite: the compact int8 copies
+    rule out all but a few vectors, which are then scored exactly; when the bounds cannot
+    rule out enough, every float32 vector is scored. Either way the answer is the one the
+    full float32 scan gives. Call it inside a read transaction (one snapshot for both reads)."""
+    found = _candidates(db, q)
+    return _exact_top_k(db, q, found)
+
+
+CANDIDATES = 256
+"""Rows the compact scan returns first, best upper bound first (8 per hit asked when more)."""
+RESCORE_MOST = 8192
+"""When the first rows leave it open, the vectors the bounds cannot rule out are fetched by a
+second compact scan, up to this many; past it, rescoring them would cost about what scoring
+every vector does, and every vector is scored."""
+
+_UNIT = 2.0**-24  # float32's unit roundoff
+
+
+def _candidates(db: Any, q: Query) -> list[str] | None:
+    """The ids that may be among the best ``q.k`` by the exact score, or None if there are
+    too many to rescore.
+
+    With ``v = s*c + r`` (stored, ``|r| <= err``) and ``q = t*c_q + r_q``: ``q.v = t*s*(c.c_q)
+    + t*c_q.r + r_q.v``, so ``|q.v - t*s*(c.c_q)| <= (1 + |r_q|)*err + |r_q|``. sqlite-vec
+    gives ``c.c_q`` through the int8 L2 distance (``(|c|^2 + |c_q|^2 - d^2) / 2``, float32
+    accumulation: the first term of the width covers it); the rest of the width covers the
+    float32 cosine of the exact engine and a margin that keeps a ruled-out vector below the
+    k-th even after scores are rounded to 6 decimals. Any vector whose upper bound is below
+    the k-th best lower bound (or below ``min_score``) cannot make the top k."""
+    n = q.dim
+    query = encode(q.vector)
+    engine_err = 4 * (n + 4) * _UNIT + 1e-6
     where, args = _where(q)
-    # A few more than k, so that the ones equal after rounding are ordered by id as Python
-    # orders them; min_score is applied after, as the rows come nearest first.
-    rows = db.execute(
-        f"SELECT ref_id, kind, vec_distance_cosine(vector, ?) AS d FROM memory_vectors WHERE {where} "
-        "ORDER BY d, ref_id LIMIT ?",
-        [to_blob(q.vector), *args, q.k * 2 + 8],
-    ).fetchall()
+    bounds = (
+        "SELECT ref_id, ? * scale * (norm2 + ? - d * d) / 2 + w AS upper, w FROM ("
+        "SELECT ref_id, scale, norm2, ? * scale * (norm2 + ?) + ? * err + ? AS w, "
+        "vec_distance_l2(vec_int8(code), vec_int8(?)) AS d "
+        f"FROM memory_vector_codes WHERE {where} LIMIT -1)"
+    )
+    bounds_args = [
+        query.scale, query.norm2,
+        query.scale * (n + 2) * _UNIT * 1.01, query.norm2, 1 + query.err + 1e-6,
+        query.err * (1 + 1e-6) + engine_err + 2e-6, query.code,
+        *args,
+    ]
+    limit = max(CANDIDATES, 8 * q.k)
+    rows = db.execute(f"{bounds} ORDER BY upper DESC LIMIT ?", [*bounds_args, limit]).fetchall()
+    lowers = sorted((upper - 2 * w for _, upper, w in rows), reverse=True)
+    threshold = lowers[q.k - 1] if len(lowers) >= q.k else -math.inf
+    if q.min_score is not None:
+        threshold = max(threshold, q.min_score)
+    if len(rows) == limit and rows[-1][1] >= threshold:
+        rows = db.execute(
+            f"SELECT * FROM ({bounds}) WHERE upper >= ? LIMIT ?", [*bounds_args, threshold, RESCORE_MOST + 1]
+        ).fetchall()
+        if len(rows) > RESCORE_MOST:
+            return None
+    return [ref_id for ref_id, upper, _ in rows if upper >= threshold]
+
+
+def _exact_top_k(db: Any, q: Query, ids: list[str] | None) -> list[tuple[float, str, str]]:
+    """The best ``q.k`` by sqlite-vec's float32 cosine among ``ids`` (None: every live vector)."""
+    query = to_blob(q.vector)
+    rows: list[tuple[str, str, float]] = []
+    if ids is None:
+        where, args = _where(q)
+        # A few more than k, so that the ones equal after rounding are ordered by id as
+        # Python orders them; min_score is applied after, as the rows come nearest first.
+        rows = db.execute(
+            "SELECT ref_id, kind, vec_distance_cosine(vector, ?) AS d FROM memory_vectors "
+            f"WHERE {where} ORDER BY d, ref_id LIMIT ?",
+            [query, *args, q.k * 2 + 8],
+        ).fetchall()
+    for start in range(0, len(ids or ()), 500):
+        chunk = (ids or [])[start : start + 500]
+        rows += db.execute(
+            "SELECT ref_id, kind, vec_distance_cosine(vector, ?) FROM memory_vectors "
+            f"WHERE ref_id IN ({','.join('?' * len(chunk))})",
+            [query, *chunk],
+        ).fetchall()
     scored = [(round(1.0 - d, SCORE_DIGITS), ref_id, kind) for ref_id, kind, d in rows]
     if q.min_score is not None:
         scored = [s for s in scored if s[0] >= q.min_score]
@@ -194,8 +266,12 @@ class SimilarSearch:
             db = self._connection(engine)
         where, args = _where(q)
         if engine == "sqlite-vec":
-            best = vec_top_k(db, q)
-            scanned = db.execute(f"SELECT count(*) FROM memory_vectors WHERE {where}", args).fetchone()[0]
+            db.execute("BEGIN")  # one snapshot: the compact scan and the rescoring see the same rows
+            try:
+                best = vec_top_k(db, q)
+                scanned = db.execute(f"SELECT count(*) FROM memory_vectors WHERE {where}", args).fetchone()[0]
+            finally:
+                db.rollback()
         else:
             rows = db.execute(f"SELECT ref_id, kind, vector FROM memory_vectors WHERE {where}", args)
             best, scanned = python_top_k(rows, q, lambda: self._closing)

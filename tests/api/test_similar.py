@@ -127,12 +127,16 @@ def test_expired_deleted_and_re_put_memories_are_never_found(client, tmp_path, h
         return [h.memory.key if h.memory else h.session_memory.memory_id for h in found.hits]
 
     wait_for(lambda: keys() == ["stays", note.memory_id], what="the memory to expire")
-    assert keys("sqlite-vec" if vec_loads(client, where) else "python") == ["stays", note.memory_id]
+    assert keys("python" if vec_loads(client, where) else "sqlite-vec") == ["stays", note.memory_id]
     # The expired one's vector stays stored until the purge (every 30 s at most): it is never found.
     assert count(home, "memory_vectors") in (2, 3)
+    # Each vector has its compact copy, and only while it is stored.
+    assert count(home, "memory_vector_codes") == count(home, "memory_vectors")
     client.end(s.session_id)
     client.delete_session(s.session_id)
     assert keys() == ["stays"] and count(home, "memory_vectors", "ref_id = ?", note.memory_id) == 0
+    assert count(home, "memory_vector_codes", "ref_id = ?", note.memory_id) == 0
+    assert count(home, "memory_vector_codes") == count(home, "memory_vectors")
 
 
 def test_the_first_vector_fixes_the_projects_dimension(client, tmp_path):

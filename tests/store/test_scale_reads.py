@@ -12,7 +12,7 @@ import pytest
 
 from omnid.store import Store, context, search
 from omnid.store.failures import StoreError
-from omnid.store.migrations import MIGRATIONS, apply
+from omnid.store.migrations import LATEST, MIGRATIONS, apply
 from omnid_client.protocol import ContextEvent, GetContext
 
 SESSIONS = ("s1", "s2")
@@ -195,7 +195,7 @@ def test_migration_10_brings_a_populated_database_along_and_can_be_run_again(tmp
     store = Store(path)
     db = store.db
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (10,)
+        assert db.execute("PRAGMA user_version").fetchone() == (LATEST,)
         refs_in_step(db)
         assert db.execute("SELECT count(*) FROM search_refs").fetchone() == (41,)
         for sid in SESSIONS:

@@ -15,6 +15,7 @@ from .fields import (
     MAX_CONTENT,
     MAX_TAGS,
     Content,
+    Embedding,
     EndReason,
     Label,
     MemoryKey,
@@ -54,7 +55,7 @@ class ProjectRecord(Struct, tag="project", tag_field="type"):
     last_activity: Timestamp
 
 
-class MemoryRecord(Struct, tag="memory", tag_field="type"):
+class MemoryRecord(Struct, tag="memory", tag_field="type", omit_defaults=True):
     """A project memory as it is now; its versions follow as ``memory_version`` records."""
 
     memory_id: MemoryId
@@ -68,6 +69,9 @@ class MemoryRecord(Struct, tag="memory", tag_field="type"):
     expires_at: Timestamp | None
     accessed_count: Count
     last_accessed: Timestamp | None
+    embedding: Embedding | None = None
+    """The current value's vector as stored (unit length, little-endian float32; base64 in
+    JSON), left out when it has none. Imported bit for bit."""
 
 
 class MemoryVersionRecord(Struct, tag="memory_version", tag_field="type"):
@@ -163,13 +167,15 @@ class MessageRecord(Struct, tag="message", tag_field="type"):
     created_at: Timestamp
 
 
-class SessionMemoryRecord(Struct, tag="session_memory", tag_field="type"):
+class SessionMemoryRecord(Struct, tag="session_memory", tag_field="type", omit_defaults=True):
     memory_id: SessionMemoryId
     session_id: SessionId
     memory_type: Label
     content: Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT)]
     metadata: Metadata
     created_at: Timestamp
+    embedding: Embedding | None = None
+    """Its vector, as on a ``memory`` record."""
 
 
 class TaskRecord(Struct, tag="task", tag_field="type"):
