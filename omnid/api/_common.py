@@ -76,8 +76,9 @@ def live_session(ctx: Context, session_id: str) -> Session:
 
 
 def live_totals(ctx: Context, session_id: str) -> session_store.Totals:
-    """``live_session`` for the busiest writers: only the part of the row they need."""
-    totals = session_store.totals(ctx.store.db, session_id)
+    """``live_session`` for the busiest writers: only the part of the row they need (kept
+    from their last write to it, when nothing else wrote since: ``KnownTotals``)."""
+    totals = ctx.live_sessions.totals.get(session_id)
     if totals is None:
         raise no_session(session_id)
     if totals.end_reason is not None:

@@ -16,9 +16,12 @@ def append(ctx: Context, caller: Caller, p: AppendContext) -> Appended:
     store = ctx.store
     now = store.now()
     context_store.append(store.db, p.session_id, session.project_id, p.events, now)
-    ctx.compactor.after_append(store.db, p.session_id, ctx.settings(), now)
+    events = session.context_event_count + len(p.events)
+    raw = events - session.context_folded
+    if not ctx.compactor.after_append(store.db, p.session_id, ctx.settings(), now, raw=raw):
+        ctx.live_sessions.totals.put(p.session_id, session._replace(context_event_count=events))
     store.note_project_activity(session.project_id, now)
-    return Appended(len(p.events), session.context_event_count + len(p.events))
+    return Appended(len(p.events), events)
 
 
 @handles("context.get")

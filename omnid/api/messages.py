@@ -20,6 +20,9 @@ def add(ctx: Context, caller: Caller, p: AddMessages) -> MessagesAdded:
     now = store.now()
     ids, count, tokens, nanos = message_store.add(store.db, p.session_id, session, p.messages, now)
     store.note_project_activity(session.project_id, now)
+    ctx.live_sessions.totals.put(
+        p.session_id, session._replace(message_count=count, total_tokens=tokens, total_cost_nanos=nanos)
+    )
     return MessagesAdded(ids, count, tokens, from_nanos(nanos))
 
 

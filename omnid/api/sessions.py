@@ -250,9 +250,14 @@ def find(ctx: Context, caller: Caller, p: Find) -> FindResult:
 
 @handles("session.heartbeat")
 def heartbeat(ctx: Context, caller: Caller, p: SessionRef) -> Session:
+    """Moves last_activity as a reuse does: the bump rides on the next commit (at most
+    ``ACTIVITY_DELAY`` away) and every read sees it meanwhile, so a heartbeat costs no
+    commit of its own. It is refused like a write once the database file is gone."""
+    ctx.guard.ensure_writable(grows=False)
     session = live_session(ctx, p.session_id)
-    session.last_activity = ctx.store.now()
-    session_store.touch(ctx.store.db, session.session_id, session.last_activity)
+    store = ctx.store
+    session.last_activity = store.now()
+    store.note_activity(session.session_id, session.last_activity)
     return session
 
 

@@ -20,13 +20,17 @@ class Compactor:
     def __init__(self) -> None:
         self._due: dict[str, int] = {}
 
-    def after_append(self, db: sqlite3.Connection, session_id: str, settings: Settings, now: float) -> int:
-        """Fold if due (inside the caller's transaction); returns how many events were folded."""
+    def after_append(
+        self, db: sqlite3.Connection, session_id: str, settings: Settings, now: float, *, raw: int | None = None
+    ) -> int:
+        """Fold if due (inside the caller's transaction); returns how many events were folded.
+        ``raw``: the session's unfolded events, if the caller knows them (else they are read)."""
         keep, age = settings.context_keep_events, settings.context_fold_after
         if not keep and not age:
             return 0
         slack = max(1000, keep // 10)
-        raw = context_store.raw_count(db, session_id)
+        if raw is None:
+            raw = context_store.raw_count(db, session_id)
         if raw < self._due.get(session_id, keep + slack):
             return 0
         folded = context_store.fold(db, session_id, keep=keep, before=now - age if age else None)

@@ -21,6 +21,7 @@ from omnid_client.errors import StorageError
 from .. import clock
 from ..safefile import check_existing, os_message
 from . import search as search_store
+from .checkpoints import Checkpointer
 from .events import ACTIVITY, Staged, stage
 from .failures import CorruptDatabase, StoreError, disk_hint, is_corruption, storage_error
 from .guard import WriteGuard
@@ -76,6 +77,7 @@ class Store:
         """Whether writes may go on: the file is still the one open, and under the quota."""
         self.search = search_store.Deferral(self.db, schedule_later, self.write) if schedule_later else None
         """Search rows indexed in batches (where a timer can move them: the daemon's store)."""
+        self.checkpoints = Checkpointer(self.path if schedule_later else None, self.db)
 
     def _open(self) -> StoreConnection:
         try:
@@ -109,9 +111,8 @@ class Store:
         return db
 
     def _inspect(self) -> None:
-        """Check an existing database through a read-only connection, which changes nothing:
-        a read-write one, closed on a damaged file, can checkpoint its WAL into it or delete
-        the WAL. StoreError if a newer omnid wrote it, CorruptDatabase if it is damaged."""
+        """Check an existing database read-only, changing nothing (a read-write connection closed on a
+        damaged file can checkpoint or delete its WAL): StoreError if newer, CorruptDatabase if damaged."""
         try:
             probe = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True)
         except sqlite3.Error:
@@ -151,9 +152,8 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[StoreConnection]:
-        """One request's writes: joins the open transaction inside its own savepoint, or
-        begins one (where it needs none: until it ends, the transaction holds its writes
-        alone, so a failure rolls back the whole transaction)."""
+        """One request's writes: joins the open transaction inside its own savepoint, or begins one
+        (and needs none: until it ends, the transaction holds only its writes, all undone on failure)."""
         db = self.db
         self.writes += 1
         joined = db.in_transaction
@@ -304,6 +304,7 @@ class Store:
             self._abort(e)
             return
         events, self.db.pending_events = self.db.pending_events, []
+        self.checkpoints.committed(self.writes - self._batch_from)
         if self.on_flushed is not None:
             self.on_flushed(self.writes - self._batch_from, time.perf_counter_ns() - started, events)
         if events and self.on_commit is not None:
@@ -397,6 +398,7 @@ class Store:
         if self._project_activity:
             self._apply_project_activity()
         self.flush()
+        self.checkpoints.close()
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

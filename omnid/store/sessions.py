@@ -66,15 +66,55 @@ class Totals(NamedTuple):
     total_tokens: int
     total_cost_nanos: int
     context_event_count: int
+    context_folded: int
 
 
 def totals(db: sqlite3.Connection, session_id: str) -> Totals | None:
     row = db.execute(
-        "SELECT end_reason, project_id, message_count, total_tokens, total_cost_nanos, context_event_count "
-        "FROM sessions WHERE session_id = ?",
+        "SELECT end_reason, project_id, message_count, total_tokens, total_cost_nanos, context_event_count, "
+        "context_folded FROM sessions WHERE session_id = ?",
         (session_id,),
     ).fetchone()
     return Totals(*row) if row else None
+
+
+class KnownTotals:
+    """The ``Totals`` that writes left on the rows of sessions written lately, carried from
+    one write block to the next, so that the busiest writers (message.add, context.append)
+    read no row for them when they write one session after another.
+
+    An entry is trusted only while every write block since the last ``put`` was one that
+    kept the entries up to date (it ``put`` last): any other write block, committed or
+    rolled back, empties them at the next ``get``, and so does a lost batch. (Every change
+    to the database goes through ``Store.write``.)"""
+
+    LIMIT = 1024
+
+    def __init__(self, store: "Store"):
+        self._store = store
+        self._seen = -1
+        """``store.writes`` after the last write block that ``put``."""
+        self._known: dict[str, Totals] = {}
+        store.on_rollback(self.clear)
+
+    def get(self, session_id: str) -> Totals | None:
+        """The session's totals now, inside a write block (None: no such session)."""
+        store = self._store
+        if self._seen != store.writes - 1:
+            self._known.clear()
+        found = self._known.get(session_id)
+        return found if found is not None else totals(store.db, session_id)
+
+    def put(self, session_id: str, kept: Totals) -> None:
+        """What this write block, about to end, left on the session's row."""
+        if len(self._known) >= self.LIMIT:
+            self._known.clear()
+        self._known[session_id] = kept
+        self._seen = self._store.writes
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._seen = -1
 
 
 def find_live(db: sqlite3.Connection, tool_id: str, owner: ProcessIdentity) -> Session | None:
@@ -237,6 +277,8 @@ class LiveLookups:
         self._writes_seen = -1
         self._found: dict[tuple[str, int, int, str, int | None], Session] = {}
         self._by_id: dict[str, Session] = {}
+        self.totals = KnownTotals(store)
+        """The counters of sessions being written (message.add, context.append)."""
 
     def _fresh(self) -> "Store":
         store = self._store

@@ -19,7 +19,7 @@ from omnid.identity import boot_id, pidfd_inode, pidfd_inodes_unique
 from omnid.jobs.expiry import Expirer
 from omnid.jobs.reaper import Reaper
 from omnid.jobs.retention import Archiver
-from omnid.store import Store, sessions as q
+from omnid.store import ACTIVITY_DELAY, Store, sessions as q
 from omnid_client.protocol import MAX_TAGS, IncomingRequest, ResponseFrame, Session, SessionOwner
 from tests.helpers import identity_of, no_free_fds, run_loop_until, start_ticks
 
@@ -193,6 +193,11 @@ def test_heartbeat_moves_last_activity_of_a_live_session_only(daemon):
     s = call(daemon, "session.get_or_create", tool_id="t").session
     beat = call(daemon, "session.heartbeat", session_id=s.session_id)
     assert beat.last_activity > s.last_activity
+    # Like a reuse's, the bump waits for a commit (at most ACTIVITY_DELAY) but reads see it at once.
+    assert q.get(daemon.store.db, s.session_id).last_activity == s.last_activity
+    assert daemon.store.pending_activity(s.session_id) == beat.last_activity
+    assert call(daemon, "session.get", session_id=s.session_id).last_activity == beat.last_activity
+    daemon.loop.run_until_complete(asyncio.sleep(ACTIVITY_DELAY + 0.1))
     assert q.get(daemon.store.db, s.session_id).last_activity == beat.last_activity
     call(daemon, "session.end", session_id=s.session_id)
     assert rejected("conflict", daemon, "session.heartbeat", session_id=s.session_id).details["end_reason"] == "ended"

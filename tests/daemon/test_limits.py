@@ -230,6 +230,7 @@ def test_writes_stop_within_a_second_of_the_database_file_being_deleted(home, da
             lambda: c.add_message(before, "user", "refused"),
             lambda: c.get_or_create("after", pid=owner.pid),
             lambda: c.end(before),
+            lambda: c.heartbeat(before),  # commits nothing of its own, but is refused as writes are
         ):
             with pytest.raises(StorageError) as err:
                 attempt()

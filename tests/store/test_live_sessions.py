@@ -193,8 +193,36 @@ def test_ends_and_touches_stage_events_handed_on_once_committed(store):
 def test_totals_of_a_session_and_of_none(store):
     with store.write() as db:
         s = add(db)
-    assert q.totals(store.db, s.session_id) == q.Totals(None, None, 0, 0, 0, 0)
+    assert q.totals(store.db, s.session_id) == q.Totals(None, None, 0, 0, 0, 0, 0)
     assert q.totals(store.db, "no-such-session") is None
+
+
+def test_known_totals_are_trusted_only_while_their_writers_wrote_last(store):
+    known = q.KnownTotals(store)
+    with store.write() as db:
+        s, other = add(db), add(db, tool="other")
+    trace = Traced(store.db)
+    with store.write():
+        read = known.get(s.session_id)
+        assert read == q.Totals(None, None, 0, 0, 0, 0, 0) and trace.selects() == 1
+        known.put(s.session_id, read._replace(message_count=1))  # (a writer would have written it too)
+    with store.write():  # the writers of two sessions taking turns read neither row again
+        assert known.get(s.session_id).message_count == 1 and trace.selects() == 0
+        known.put(other.session_id, read._replace(message_count=7))
+    with store.write():
+        assert known.get(s.session_id).message_count == 1 and trace.selects() == 0
+        assert known.get(other.session_id).message_count == 7 and trace.selects() == 0
+    with store.write():
+        pass  # any other write block, even an empty one, may have changed the rows
+    with store.write():
+        assert known.get(s.session_id).message_count == 0 and trace.selects() == 1
+        known.put(s.session_id, read._replace(message_count=2))
+    store.guard.lost = "the database file was deleted"  # so the next batch is lost at its commit
+    with store.write():
+        known.put(s.session_id, read._replace(message_count=3))
+    store.guard.lost = None
+    with store.write():
+        assert known.get(s.session_id).message_count == 0 and trace.selects() == 1, "a lost batch empties them"
 
 
 def test_live_owned_and_count_live_skip_ended_and_ownerless_sessions(store):

@@ -94,7 +94,8 @@ METHODS: dict[str, Method] = {
     # Opens its own write only when it creates: reuse must not wait for a commit.
     "session.get_or_create": Method(GetOrCreate, GetOrCreateResult, writes=False),
     "session.find": Method(Find, FindResult, writes=False),
-    "session.heartbeat": Method(SessionRef, Session, writes=True),
+    # Activity, not content: its bump rides on the next commit, as a reuse's does.
+    "session.heartbeat": Method(SessionRef, Session, writes=False),
     "session.end": Method(SessionRef, Session, writes=True),
     "session.get": Method(SessionRef, Session, writes=False),
     "session.list": Method(ListSessions, SessionPage, writes=False),
