@@ -366,7 +366,8 @@ class AsyncClient(AsyncMemoryMethods):
         limit: int = 20,
     ) -> list[SearchHit]:
         """Ranked full-text search over messages, memories and decisions: all words must match,
-        each whole (``word*`` matches the words it starts)."""
+        each whole (``word*`` matches the words it starts; when whole words find fewer than
+        ``limit`` hits, the last word also matches the words it starts)."""
         return await self._call(_calls.search(
             query, project_id=project_id, session_id=session_id, kinds=kinds, limit=limit
         ))

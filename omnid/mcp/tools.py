@@ -87,7 +87,10 @@ class SearchArgs(Args):
     query: Annotated[str, Meta(
         min_length=1,
         max_length=1024,
-        description="Words that must all match, each as a whole word; end one with * to match the words it starts.",
+        description=(
+            "Words that must all match, each as a whole word; end one with * to match the words it starts "
+            "(the last word does so by itself when whole words find fewer hits than the limit)."
+        ),
     )]
     scope: Literal["project", "session", "all"] = "project"
     kinds: list[Literal["message", "memory", "session_memory", "decision"]] | None = None

@@ -53,12 +53,17 @@ def test_words_match_whole_unless_a_star_follows_them(tmp_path: Path):
     store = Store(tmp_path / "omnid.db")
     try:
         fill(store, ["the zebra crossing", "cross the road", "zebras cross"])
-        assert query(store, "cross") == ["3", "2"]
-        assert sorted(query(store, "cross*")) == ["1", "2", "3"]
-        assert query(store, "zebra cross") == []
-        assert query(store, "zebra cross*") == ["1"]
-        assert query(store, "zebra *") == ["1"], "a star apart from the word is no prefix"
+        assert query(store, "cross", limit=2) == ["3", "2"], "whole words fill the page"
+        assert sorted(query(store, "cross*", limit=3)) == ["1", "2", "3"]
+        assert query(store, "zebra cross*", limit=1) == ["1"]
+        assert query(store, "zebra *", limit=1) == ["1"], "a star apart from the word is no prefix"
         assert sorted(query(store, "ZEBRA*")) == ["1", "3"]
+        # Fewer whole-word hits than the page holds: the last word (only) widens to a prefix,
+        # so a word typed in part still finds.
+        assert sorted(query(store, "cross")) == ["1", "2", "3"]
+        assert query(store, "zebra cross") == ["1"]
+        assert sorted(query(store, "zeb")) == ["1", "3"]
+        assert query(store, "cros zebra") == [], "only the last word widens"
     finally:
         store.close()
     Term = search_rank.Term
