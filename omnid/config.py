@@ -17,7 +17,7 @@ import platformdirs
 from omnid_client.protocol import Settings
 from omnid_client.protocol.explain import explain
 
-from .safefile import UnsafePath, check_existing, check_file, os_message
+from .safefile import UnsafePath, check_existing, check_file, kind, os_message
 
 log = logging.getLogger("omnid.config")
 
@@ -63,7 +63,24 @@ def parse(text: str) -> Settings:
         raise ConfigError(explain(e, Settings)[0]) from None
     if settings.metrics_textfile is not None:
         check_textfile(settings.metrics_textfile)
+    if settings.embedding_model is not None:
+        check_model_dir(settings.embedding_model)
     return settings
+
+
+def check_model_dir(text: str) -> None:
+    """ConfigError unless ``text`` is an absolute path to a directory (not a link to one):
+    what is inside is checked when the model is loaded. Never follows a link."""
+    path = Path(text)
+    what = f"embedding_model {text!r}"
+    if not path.is_absolute():
+        raise ConfigError(f"{what} is a relative path; name the model2vec model directory from /")
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be used: {os_message(e)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} is {kind(st.st_mode)}, not a directory (a link is not followed: name the directory)")
 
 
 def check_textfile(text: str) -> None:

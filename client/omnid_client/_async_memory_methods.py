@@ -64,8 +64,9 @@ class AsyncMemoryMethods(AsyncConnection):
 
     async def search_similar(
         self,
-        vector: EmbeddingLike,
+        vector: EmbeddingLike | None = None,
         *,
+        text: str | None = None,
         k: int = 10,
         project_id: str | None = None,
         workspace: str | None = None,
@@ -75,5 +76,6 @@ class AsyncMemoryMethods(AsyncConnection):
     ) -> SimilarMemories:
         """As ``Client.search_similar``."""
         return await self._call(_calls.search_similar(
-            vector, k=k, project_id=project_id, workspace=workspace, min_score=min_score, kinds=kinds, engine=engine
+            vector, text=text, k=k, project_id=project_id, workspace=workspace, min_score=min_score, kinds=kinds,
+            engine=engine,
         ))

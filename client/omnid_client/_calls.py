@@ -296,8 +296,9 @@ def _embedding(vector: EmbeddingLike | None) -> list[float] | bytes | None:
 
 
 def search_similar(
-    vector: EmbeddingLike,
+    vector: EmbeddingLike | None = None,
     *,
+    text: str | None = None,
     k: int = 10,
     project_id: str | None = None,
     workspace: str | None = None,
@@ -305,9 +306,9 @@ def search_similar(
     kinds: list[VectorKind] | None = None,
     engine: VectorEngine = "auto",
 ) -> Call[SimilarMemories]:
-    embedded = _embedding(vector)
-    assert embedded is not None
-    params = SearchSimilar(embedded, k, *_project(project_id, workspace), min_score, kinds, engine)
+    if (vector is None) == (text is None):
+        raise TypeError("search_similar needs exactly one of vector and text")
+    params = SearchSimilar(_embedding(vector), k, *_project(project_id, workspace), min_score, kinds, engine, text)
     return Call("memories.search_similar", params, SimilarMemories)
 
 

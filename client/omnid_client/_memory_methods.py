@@ -67,8 +67,9 @@ class MemoryMethods(Connection):
 
     def search_similar(
         self,
-        vector: EmbeddingLike,
+        vector: EmbeddingLike | None = None,
         *,
+        text: str | None = None,
         k: int = 10,
         project_id: str | None = None,
         workspace: str | None = None,
@@ -77,7 +78,10 @@ class MemoryMethods(Connection):
         engine: VectorEngine = "auto",
     ) -> SimilarMemories:
         """The ``k`` live project and session memories of a project whose embeddings are
-        nearest ``vector`` by cosine, best first (equal scores by memory id)."""
+        nearest ``vector`` by cosine, best first (equal scores by memory id). Or a ``text``
+        query instead of the vector, which the daemon embeds with its ``embedding_model``
+        (Unsupported when none is configured)."""
         return self._call(_calls.search_similar(
-            vector, k=k, project_id=project_id, workspace=workspace, min_score=min_score, kinds=kinds, engine=engine
+            vector, text=text, k=k, project_id=project_id, workspace=workspace, min_score=min_score, kinds=kinds,
+            engine=engine,
         ))

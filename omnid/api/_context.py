@@ -8,6 +8,7 @@ from typing import Callable
 from omnid_client.protocol import DaemonStatus, Settings
 
 from ..jobs.compaction import Compactor
+from ..jobs.embedder import Embedder
 from ..jobs.expiry import Expirer
 from ..jobs.reaper import Reaper
 from ..jobs.retention import Archiver
@@ -41,6 +42,8 @@ class Context:
     """Workspace change tracking (None where nothing watches files, as in offline tools)."""
     similar: SimilarSearch | None = None
     """The similarity search thread (None: memories.search_similar is Unsupported)."""
+    embedder: Embedder | None = None
+    """The configured embedding model, if any (None: offline tools, which embed nothing)."""
     metrics: Metrics = field(default_factory=Metrics)
     """What the daemon counts: replies by method, get_or_create outcomes, commits, reaps."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import asyncio
+
 from omnid_client.errors import Invalid, NotFound
 from omnid_client.protocol import (
     MAX_VALUE_BYTES,
@@ -23,6 +26,7 @@ from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
+from ._embed import check_model_dim, embed, text_of, will_embed
 
 
 def _current(ctx: Context, p: MemoryKeyRef) -> Memory:
@@ -35,12 +39,28 @@ def _current(ctx: Context, p: MemoryKeyRef) -> Memory:
 
 
 @handles("memory.put")
-def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory:
+def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory | asyncio.Future[Memory]:
     check_size(p.metadata)
     check_size(p.value, MAX_VALUE_BYTES, "value")
+    if will_embed(ctx, p.embedding):
+        return asyncio.ensure_future(_embedded_put(ctx, p))
+    return _put(ctx, p, vector_store.unit_vector(p.embedding) if p.embedding is not None else None)
+
+
+async def _embedded_put(ctx: Context, p: PutMemory) -> Memory:
+    """The model embeds the value in its thread; the write then goes through the same
+    group commit as any other (the quota checked again: time has passed)."""
+    unit = await embed(ctx, text_of(p.value), "value")
+    ctx.guard.ensure_writable(grows=True, adding=len(text_of(p.value)))
+    with ctx.store.write():
+        return _put(ctx, p, unit, from_model=True)
+
+
+def _put(ctx: Context, p: PutMemory, unit: array.array | None, *, from_model: bool = False) -> Memory:
     store = ctx.store
-    unit = vector_store.unit_vector(p.embedding) if p.embedding is not None else None
     project_id = project_of(ctx, p.project_id, p.workspace, create=True)
+    if unit is not None and from_model:
+        check_model_dim(store.db, project_id, unit)
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
@@ -83,7 +103,9 @@ def history(ctx: Context, caller: Caller, p: MemoryKeyRef) -> MemoryHistory:
 
 
 @handles("session_memory.add")
-def add_session_memory(ctx: Context, caller: Caller, p: AddSessionMemory) -> SessionMemory:
+def add_session_memory(
+    ctx: Context, caller: Caller, p: AddSessionMemory
+) -> SessionMemory | asyncio.Future[SessionMemory]:
     check_size(p.metadata)
     unit = vector_store.unit_vector(p.embedding) if p.embedding is not None else None
     session = live_session(ctx, p.session_id)
@@ -92,7 +114,23 @@ def add_session_memory(ctx: Context, caller: Caller, p: AddSessionMemory) -> Ses
             f"session {session.session_id} belongs to no project, and embeddings are kept per project",
             {"field": "embedding", "session_id": session.session_id},
         )
+    if session.project_id is not None and will_embed(ctx, p.embedding):
+        return asyncio.ensure_future(_embedded_add(ctx, p))
+    return _add(ctx, p, unit)
+
+
+async def _embedded_add(ctx: Context, p: AddSessionMemory) -> SessionMemory:
+    unit = await embed(ctx, p.content, "content")
+    ctx.guard.ensure_writable(grows=True, adding=len(p.content))
+    with ctx.store.write():
+        return _add(ctx, p, unit, from_model=True)
+
+
+def _add(ctx: Context, p: AddSessionMemory, unit: array.array | None, *, from_model: bool = False) -> SessionMemory:
+    session = live_session(ctx, p.session_id)  # (again after an embedding: it may have ended meanwhile)
     store = ctx.store
+    if unit is not None and session.project_id is not None and from_model:
+        check_model_dim(store.db, session.project_id, unit)
     now = store.now()
     memory = memory_store.add_session_memory(
         store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now

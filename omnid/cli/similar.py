@@ -16,6 +16,7 @@ from .content import memories
 @memories.command("similar")
 @click.argument("vector", default="-", metavar="[VECTOR_FILE]")
 @project_options
+@click.option("--text", help="A query in words instead of a vector (the daemon's embedding_model embeds it).")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many to return.")
 @click.option("--min-score", type=click.FloatRange(-1, 1), help="Leave out hits less similar than this (cosine).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["memory", "session_memory"]),
@@ -25,15 +26,18 @@ from .content import memories
 @json_option
 @fail_cleanly
 def memories_similar(
-    vector: str, project_id: str | None, workspace: str | None, k: int, min_score: float | None,
+    vector: str, text: str | None, project_id: str | None, workspace: str | None, k: int, min_score: float | None,
     kinds: tuple[str, ...], engine: str, as_json: bool,
 ) -> None:
     """The K project and session memories whose embeddings are nearest the query vector (a
-    JSON array in VECTOR_FILE, or on stdin), best first by cosine similarity."""
-    query = read_vector(vector, "VECTOR_FILE")
+    JSON array in VECTOR_FILE, or on stdin), best first by cosine similarity. With --text,
+    the query is in words, embedded by the daemon's embedding_model (see config.toml)."""
+    if text is not None and vector != "-":
+        raise click.UsageError("give either VECTOR_FILE or --text, not both")
+    query = read_vector(vector, "VECTOR_FILE") if text is None else None
     with connect(autostart=False) as client:
         found = client.search_similar(
-            query, k=k, project_id=project_id, workspace=workspace, min_score=min_score,
+            query, text=text, k=k, project_id=project_id, workspace=workspace, min_score=min_score,
             kinds=cast("list[VectorKind]", list(kinds)) or None, engine=cast(VectorEngine, engine),
         )
     if as_json:

@@ -23,6 +23,7 @@ from .. import __version__, api, clock
 from ..config import Config, config_path, describe
 from ..events import Hub
 from ..jobs.compaction import Compactor
+from ..jobs.embedder import Embedder
 from ..jobs.expiry import Expirer
 from ..jobs.idle import IdleExpiry
 from ..jobs.reaper import Reaper
@@ -193,6 +194,7 @@ class App:
             self.status, self.request_stop, lambda: self.settings,
             compactor=compactor, workspaces=self.workspaces,
             similar=SimilarSearch(self.paths.database, lambda: self.settings.vector_engine),
+            embedder=Embedder(lambda: self.settings.embedding_model),
             metrics=self.metrics,
         )
         self.events.listeners.append(self.workspaces.committed)
@@ -301,6 +303,8 @@ class App:
         self.workspaces.stop()
         if self.context.similar is not None:
             self.context.similar.close()
+        if self.context.embedder is not None:
+            self.context.embedder.close()
         self.store.close()
         await self.metrics_files.close()
         self.events.close()
@@ -379,6 +383,7 @@ class App:
             config_path=str(self.config.path),
             config_state=self.config.state,
             config_error=self.config.error,
+            embedding_model_error=self.context.embedder.error if self.context.embedder is not None else None,
             config_loaded_at=self.config.loaded_at,
             settings=self.settings,
             synchronous=self.store.durability(),

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Awaitable, Callable, Literal, cast
 import msgspec
 from msgspec import Meta, Struct
 
+from omnid_client.errors import Invalid
 from omnid_client.protocol import ContextEvent, GetContext, NewMessage, Session
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
@@ -118,7 +119,10 @@ class ContextPackArgs(Args):
 class SimilarArgs(Args):
     vector: Annotated[
         list[float], Meta(min_length=1, max_length=4096, description="The query embedding (same model as stored).")
-    ]
+    ] | None = None
+    text: Annotated[
+        str, Meta(min_length=1, max_length=65536, description="Or a query in words (needs omnid's embedding_model).")
+    ] | None = None
     k: Annotated[int, Meta(ge=1, le=100)] = 10
     min_score: Annotated[float, Meta(ge=-1, le=1, description="Least cosine similarity returned.")] | None = None
     kinds: list[Literal["memory", "session_memory"]] | None = None
@@ -252,7 +256,11 @@ async def context_pack(agent: Agent, a: ContextPackArgs) -> Any:
 
 async def similar_memories(agent: Agent, a: SimilarArgs) -> Any:
     where = await agent.project()
-    return await agent.client.search_similar(a.vector, k=a.k, min_score=a.min_score, kinds=a.kinds, **where)
+    if (a.vector is None) == (a.text is None):
+        raise Invalid("give exactly one of vector and text", {"field": "vector"})
+    return await agent.client.search_similar(
+        a.vector, text=a.text, k=a.k, min_score=a.min_score, kinds=a.kinds, **where
+    )
 
 
 async def recent_sessions(agent: Agent, a: RecentSessionsArgs) -> Any:
@@ -314,7 +322,8 @@ TOOLS: dict[str, tuple[type[Args], str, Handler]] = {
     "similar_memories": (
         SimilarArgs,
         "This project's memories and notes whose stored embeddings are nearest a query embedding (cosine), best "
-        "first. Only memories stored with an embedding are found; use search for words.",
+        "first. Only memories stored with an embedding are found; use search for words (a text query works only "
+        "when omnid has an embedding_model configured).",
         similar_memories,
     ),
     "recent_sessions": (

@@ -51,6 +51,10 @@ class Settings(Struct, kw_only=True):
     """Absolute path of a ``*.prom`` file the daemon keeps its metrics in (Prometheus text,
     replaced atomically at most every 15 s, only when they changed), for node_exporter's
     textfile collector. Its directory must exist and belong to this user."""
+    embedding_model: PathText | None = None
+    """Absolute path of a model2vec model directory (the ``embed`` extra): memories stored
+    without an embedding get one computed from their text, and search_similar takes a text
+    query. Loaded the first time a request needs it, in a thread of its own."""
 
 
 class RunRetention(Struct):
@@ -175,6 +179,8 @@ class DaemonStatus(Struct):
     """"default": no config file, built-in settings; "invalid": the last read failed and the
     settings before it stay in force (see ``config_error``)."""
     config_error: str | None = None
+    embedding_model_error: str | None = None
+    """Why the configured ``embedding_model`` cannot be used (found when a request last needed it)."""
     config_loaded_at: float | None = None
     settings: Settings | None = None
     synchronous: str | None = None

@@ -9,6 +9,9 @@ from msgspec import Meta, Struct
 from .content import Memory, SessionMemory
 from .fields import Embedding, PathText, ProjectId
 
+MAX_QUERY_TEXT = 64 << 10
+"""Longest text query, in characters: a static model reads only its first tokens anyway."""
+
 VectorKind = Literal["memory", "session_memory"]
 VectorEngine = Literal["auto", "python", "sqlite-vec"]
 """How a search is computed: "python" scans every vector in Python (exact, slow past a few
@@ -17,8 +20,8 @@ thousand), "sqlite-vec" in SQLite with the sqlite-vec extension (the ``vec`` ext
 
 
 class SearchSimilar(Struct):
-    vector: Embedding
-    """The query; its length must be the project's dimension."""
+    vector: Embedding | None = None
+    """The query; its length must be the project's dimension. Exactly one of this and ``text``."""
     k: Annotated[int, Meta(ge=1, le=1000)] = 10
     project_id: ProjectId | None = None
     workspace: PathText | None = None
@@ -27,6 +30,8 @@ class SearchSimilar(Struct):
     kinds: list[VectorKind] | None = None
     """Project memories, session memories (of the project's sessions), or both (None)."""
     engine: VectorEngine = "auto"
+    text: Annotated[str, Meta(min_length=1, max_length=MAX_QUERY_TEXT)] | None = None
+    """A query in words, embedded by the daemon's ``embedding_model`` (Unsupported without one)."""
 
 
 class SimilarHit(Struct):
