@@ -204,11 +204,13 @@ def test_an_upgrade_that_fails_before_it_is_ready_falls_back_to_the_code_that_ra
 def test_the_daemon_imports_its_own_modules_and_never_the_cli_process_ones():
     """The daemon imports all of its code at start (upgrade safety), but none of what runs in the CLI
     process: click, the MCP SDK, rich and the compat server are optional extras it must never load, nor
-    sqlite-vec (loaded by the search thread only once a search asks for it)."""
+    sqlite-vec (loaded by the search thread only once a search asks for it), nor model2vec and numpy
+    (loaded by the embedder thread only once a request needs an embedding from a configured model)."""
     probe = (
         "import sys; from omnid.daemon.upgrade import import_everything; names = import_everything(); "
         "print(len(names)); "
-        "extras = ('click', 'mcp', 'pydantic', 'starlette', 'rich', 'sqlite_vec', 'pysqlite3', 'prometheus_client'); "
+        "extras = ('click', 'mcp', 'pydantic', 'starlette', 'rich', 'sqlite_vec', 'pysqlite3', 'prometheus_client', "
+        "'model2vec', 'numpy', 'tokenizers', 'safetensors'); "
         "print(' '.join(m for m in sys.modules if m.split('.')[0] in extras"
         " or m.startswith(('omnid.cli', 'omnid.mcp', 'omnid.compat', 'omnid.offline'))))"
     )
