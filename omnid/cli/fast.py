@@ -173,6 +173,13 @@ def _storage(st: DaemonStatus) -> str | None:
     return used
 
 
+def _embedding(st: DaemonStatus) -> str | None:
+    model = st.settings.embedding_model if st.settings is not None else None
+    if model is None:
+        return None
+    return f"{model} (UNUSABLE: {st.embedding_model_error})" if st.embedding_model_error else model
+
+
 def print_status(st: DaemonStatus) -> None:
     last = (
         f"{when(st.last_reap.at)} ({st.last_reap.trigger}, {st.last_reap.reaped} reaped)" if st.last_reap else "never"
@@ -206,6 +213,7 @@ def print_status(st: DaemonStatus) -> None:
         ("log", st.log_target or st.log or "stderr"),
         ("config", config),
         ("settings", settings),
+        ("embedding", _embedding(st)),
         ("service", (st.managed_by or "none (started on demand)") if st.config_path is not None else None),
         ("upgrade", st.upgrade_error),
         ("live sessions", str(st.live_sessions)),

@@ -194,6 +194,32 @@ def check_config(ctx: Context) -> Check:
     return Check("config", "ok", f"{path}: {'valid' if settings is not None else 'none, the defaults apply'}")
 
 
+def check_embedding(ctx: Context) -> Check:
+    """The configured embedding_model loads here as the daemon would load it (this imports
+    model2vec in the doctor's process, never in the daemon's)."""
+    from ..config import ConfigError, config_path, read
+    from ..jobs.embedder import ModelError, load_model
+
+    settings = ctx.status.settings if ctx.status is not None else None
+    if settings is None:
+        try:
+            settings = read(config_path())
+        except ConfigError:
+            settings = None
+    path = settings.embedding_model if settings is not None else None
+    if path is None:
+        return Check("embedding", "skip", "no embedding_model configured: callers pass their own vectors")
+    fix = (
+        "set embedding_model to a model2vec model directory (StaticModel.save_pretrained) "
+        "and pip install 'omnid[embed]'"
+    )
+    try:
+        model = load_model(path)
+    except (ModelError, OSError) as e:
+        return Check("embedding", "fail", str(e), fix)
+    return Check("embedding", "ok", f"{path}: a model2vec model of {model.dim} dimensions")
+
+
 def fd_limit(pid: int | None) -> int:
     """The soft RLIMIT_NOFILE of the daemon (or of this process)."""
     if pid is not None and sys.platform.startswith("linux"):
@@ -280,7 +306,7 @@ def _log_verdict(where: str, errors: list[str]) -> Check:
 
 CHECKS: tuple[Callable[[Context], Check], ...] = (
     check_daemon, check_socket_dirs, check_versions, check_service, check_database, check_quota,
-    check_config, check_fds, check_clock, check_log,
+    check_config, check_embedding, check_fds, check_clock, check_log,
 )
 
 

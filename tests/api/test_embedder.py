@@ -6,13 +6,14 @@ model2vec unless a model is configured."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from omnid_client import AsyncClient, Invalid, Unsupported
-from tests.helpers import DaemonProcess, omnid_error, omnid_json, start, wait_for
+from tests.helpers import DaemonProcess, omnid_error, omnid_json, omnid_ok, run_omnid, start, wait_for
 
 WORDS = ["hello", "world", "reaper", "watches", "pidfds", "sqlite", "stores", "rows", "the"]
 DIM = 8
@@ -44,6 +45,11 @@ def model_dir(tmp_path) -> Path:
 
 def configure(home: Path, model: Path | str) -> None:
     (home / "config.toml").write_text(f'embedding_model = "{model}"\n')
+
+
+def doctor_check(name: str) -> dict:
+    report = json.loads(run_omnid("doctor", "--json").stdout)
+    return next(c for c in report["checks"] if c["name"] == name)
 
 
 def mapped_libraries(pid: int) -> str:
@@ -102,6 +108,8 @@ def test_memories_stored_without_a_vector_get_one_and_a_text_query_finds_them(em
                 return (await aio.search_similar(text="hello world", k=1, **where)).hits[0].memory_id
 
         assert asyncio.run(by_text()) in {hello.memory_id, again.memory_id}
+    check = doctor_check("embedding")
+    assert check["state"] == "ok" and f"{DIM} dimensions" in check["message"]
     cli = omnid_json("memories", "similar", "--text", "sqlite rows", "-k", "1", "--project", s.project_id)
     assert cli["hits"][0]["memory_id"] == note.memory_id
 
@@ -163,6 +171,8 @@ def test_a_broken_model_is_a_typed_error_and_the_daemon_goes_on(home, start_daem
             assert "not a model2vec model directory: it has no config.json" in str(e.value)
         assert "config.json" in (client.status().embedding_model_error or "")
         assert client.put_memory("k", "v", embedding=[1.0, 0.0], **where).key == "k"  # still serving
+        assert f"{empty} (UNUSABLE: " in omnid_ok("status")
+        assert doctor_check("embedding")["state"] == "fail"
 
         # A planted link inside the model directory is not followed.
         (empty / "config.json").symlink_to(model_dir / "config.json")
