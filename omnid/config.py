@@ -17,7 +17,7 @@ import platformdirs
 from omnid_client.protocol import Settings
 from omnid_client.protocol.explain import explain
 
-from .safefile import UnsafePath, check_existing, check_file, kind, os_message
+from .safefile import UnsafePath, check_existing, check_file, directory_problem, os_message
 
 log = logging.getLogger("omnid.config")
 
@@ -75,12 +75,9 @@ def check_model_dir(text: str) -> None:
     what = f"embedding_model {text!r}"
     if not path.is_absolute():
         raise ConfigError(f"{what} is a relative path; name the model2vec model directory from /")
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise ConfigError(f"{what} cannot be used: {os_message(e)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{what} is {kind(st.st_mode)}, not a directory (a link is not followed: name the directory)")
+    problem = directory_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {problem}")
 
 
 def check_textfile(text: str) -> None:

@@ -58,6 +58,18 @@ def check_existing(path: os.PathLike | str, *, owned: bool = True) -> bool:
     return True
 
 
+def directory_problem(path: os.PathLike | str) -> str | None:
+    """Why ``path`` cannot be used as a directory, to follow its name in a sentence (None:
+    it is one). Never follows a link."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"cannot be used: {os_message(e)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"is {kind(st.st_mode)}, not a directory (a link is not followed: name the directory)"
+    return None
+
+
 def open_private(path: os.PathLike | str, flags: int, mode: int = 0o600, *, owned: bool = True) -> int:
     """``os.open`` that never follows a symlink at ``path``, never blocks on a FIFO or device,
     and returns only a descriptor of a regular file (owned by this user when ``owned``)."""

@@ -11,13 +11,12 @@ import asyncio
 import json
 import logging
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from omnid_client.errors import Unsupported
 
-from ..safefile import UnsafePath, kind, open_private, os_message
+from ..safefile import UnsafePath, directory_problem, open_private, os_message
 
 log = logging.getLogger("omnid.embedder")
 
@@ -48,12 +47,9 @@ def _read(directory: str, name: str) -> bytes:
 def load_model(directory: str) -> Any:
     """A model2vec StaticModel from ``directory`` (ModelError if it is not one, or the
     ``embed`` extra is not installed). Blocking: call it in the embedder's thread."""
-    try:
-        st = os.lstat(directory)
-    except OSError as e:
-        raise ModelError(f"cannot use {directory}: {os_message(e)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ModelError(f"{directory} is {kind(st.st_mode)}, not a directory (a link is not followed)")
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise ModelError(f"{directory} {problem}")
     raw = {name: _read(directory, name) for name in MODEL_FILES}
     try:
         import safetensors.numpy
