@@ -4,12 +4,13 @@ vector of a memory stored without one, and of a text query."""
 from __future__ import annotations
 
 import array
+import asyncio
 import sqlite3
 from typing import Any
 
 import msgspec
 
-from omnid_client.errors import Invalid
+from omnid_client.errors import Invalid, StorageError
 
 from ..store import vectors as vector_store
 from ._context import Context
@@ -34,6 +35,17 @@ async def embed(ctx: Context, text: str, field: str) -> array.array | None:
     if not any(vector):
         return None
     return vector_store.unit_vector(vector, field)
+
+
+async def committed(ctx: Context) -> None:
+    """Wait until the open transaction (holding this request's write) commits; its
+    StorageError if it cannot. A reply from a handler that went on in the background is sent
+    when the handler is done, so it must not be done before its write is durable."""
+    waited: asyncio.Future[StorageError | None] = asyncio.get_running_loop().create_future()
+    ctx.store.after_commit(waited.set_result)
+    error = await waited
+    if error is not None:
+        raise error
 
 
 def check_model_dim(db: sqlite3.Connection, project_id: str, unit: array.array) -> None:

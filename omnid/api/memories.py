@@ -26,7 +26,7 @@ from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
-from ._embed import check_model_dim, embed, text_of, will_embed
+from ._embed import check_model_dim, committed, embed, text_of, will_embed
 
 
 def _current(ctx: Context, p: MemoryKeyRef) -> Memory:
@@ -53,7 +53,9 @@ async def _embedded_put(ctx: Context, p: PutMemory) -> Memory:
     unit = await embed(ctx, text_of(p.value), "value")
     ctx.guard.ensure_writable(grows=True, adding=len(text_of(p.value)))
     with ctx.store.write():
-        return _put(ctx, p, unit, from_model=True)
+        memory = _put(ctx, p, unit, from_model=True)
+    await committed(ctx)
+    return memory
 
 
 def _put(ctx: Context, p: PutMemory, unit: array.array | None, *, from_model: bool = False) -> Memory:
@@ -123,7 +125,9 @@ async def _embedded_add(ctx: Context, p: AddSessionMemory) -> SessionMemory:
     unit = await embed(ctx, p.content, "content")
     ctx.guard.ensure_writable(grows=True, adding=len(p.content))
     with ctx.store.write():
-        return _add(ctx, p, unit, from_model=True)
+        memory = _add(ctx, p, unit, from_model=True)
+    await committed(ctx)
+    return memory
 
 
 def _add(ctx: Context, p: AddSessionMemory, unit: array.array | None, *, from_model: bool = False) -> SessionMemory:

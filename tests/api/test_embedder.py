@@ -199,3 +199,4 @@ def test_a_broken_model_is_a_typed_error_and_the_daemon_goes_on(home, start_daem
             client.search_similar(text="hello world", **where)
         assert f"gives {DIM} dimensions" in str(e.value)
         assert client.status().embedding_model_error is None
+
