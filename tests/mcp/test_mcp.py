@@ -165,9 +165,13 @@ def test_context_pack_and_similar_memories(daemon, client, tmp_path):
         tiny = await call(s, "context_pack", {"budget_tokens": 0})
         similar = await call(s, "similar_memories", {"vector": [0.9, 0.1], "k": 2})
         mismatched = await error(s, "similar_memories", {"vector": [1.0, 0.0, 0.0]})
-        return sid, text, structured, tiny, similar, mismatched
+        no_model = await error(s, "similar_memories", {"text": "east"})
+        neither = await error(s, "similar_memories", {})
+        return sid, text, structured, tiny, similar, mismatched, no_model, neither
 
-    sid, text, structured, tiny, similar, mismatched = with_server(body, cwd=tmp_path)
+    sid, text, structured, tiny, similar, mismatched, no_model, neither = with_server(body, cwd=tmp_path)
+    assert no_model["code"] == "unsupported" and "embedding_model" in no_model["message"]
+    assert neither["code"] == "invalid" and "exactly one of vector and text" in neither["message"]
     assert not text.is_error
     markdown = text.content[0].text  # the Markdown itself, ready to inject, not JSON
     assert markdown == text.structured_content["markdown"] == client.pack_context(sid, budget_tokens=400).markdown
