@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import array
 import asyncio
+import logging
 import sqlite3
 from typing import Any
 
 import msgspec
 
-from omnid_client.errors import Invalid, StorageError
+from omnid_client.errors import Invalid, StorageError, Unsupported
 
 from ..store import vectors as vector_store
 from ._context import Context
+
+log = logging.getLogger("omnid.embed")
+_warned: set[tuple[str, int]] = set()
 
 
 def will_embed(ctx: Context, given: object) -> bool:
@@ -35,6 +39,32 @@ async def embed(ctx: Context, text: str, field: str) -> array.array | None:
     if not any(vector):
         return None
     return vector_store.unit_vector(vector, field)
+
+
+async def stored_vector(ctx: Context, text: str, field: str) -> array.array | None:
+    """The model's vector for a memory being stored, or None when the model cannot be used
+    now: the memory is stored all the same, without a vector (a write is never lost to an
+    embedding), and status and doctor say what is wrong with the model."""
+    try:
+        return await embed(ctx, text, field)
+    except Unsupported as e:
+        log.debug("stored without a vector: %s", e)
+        return None
+
+
+def fits_project(db: sqlite3.Connection, project_id: str, unit: array.array) -> bool:
+    """Whether the model's vector fits the project's dimension; if not, the memory is stored
+    without one, and the log says why (once per project and dimension)."""
+    found = vector_store.project_dim(db, project_id)
+    if found is None or found == len(unit):
+        return True
+    if (project_id, found) not in _warned:
+        _warned.add((project_id, found))
+        log.warning(
+            "memories of project %s are stored without vectors: the embedding_model gives %d dimensions "
+            "but the project holds vectors of %d", project_id, len(unit), found,
+        )
+    return False
 
 
 async def committed(ctx: Context) -> None:

@@ -26,7 +26,7 @@ from ..store.events import stage
 from ._common import check_size, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
-from ._embed import check_model_dim, committed, embed, text_of, will_embed
+from ._embed import committed, fits_project, stored_vector, text_of, will_embed
 
 
 def _current(ctx: Context, p: MemoryKeyRef) -> Memory:
@@ -50,7 +50,7 @@ def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory | asyncio.Future[M
 async def _embedded_put(ctx: Context, p: PutMemory) -> Memory:
     """The model embeds the value in its thread; the write then goes through the same
     group commit as any other (the quota checked again: time has passed)."""
-    unit = await embed(ctx, text_of(p.value), "value")
+    unit = await stored_vector(ctx, text_of(p.value), "value")
     ctx.guard.ensure_writable(grows=True, adding=len(text_of(p.value)))
     with ctx.store.write():
         memory = _put(ctx, p, unit, from_model=True)
@@ -61,8 +61,8 @@ async def _embedded_put(ctx: Context, p: PutMemory) -> Memory:
 def _put(ctx: Context, p: PutMemory, unit: array.array | None, *, from_model: bool = False) -> Memory:
     store = ctx.store
     project_id = project_of(ctx, p.project_id, p.workspace, create=True)
-    if unit is not None and from_model:
-        check_model_dim(store.db, project_id, unit)
+    if unit is not None and from_model and not fits_project(store.db, project_id, unit):
+        unit = None
     now = store.now()
     expires_at = now + p.ttl if p.ttl is not None else None
     memory = memory_store.put(store.db, project_id, p.key, p.value, p.metadata, expires_at, now)
@@ -122,7 +122,7 @@ def add_session_memory(
 
 
 async def _embedded_add(ctx: Context, p: AddSessionMemory) -> SessionMemory:
-    unit = await embed(ctx, p.content, "content")
+    unit = await stored_vector(ctx, p.content, "content")
     ctx.guard.ensure_writable(grows=True, adding=len(p.content))
     with ctx.store.write():
         memory = _add(ctx, p, unit, from_model=True)
@@ -133,8 +133,10 @@ async def _embedded_add(ctx: Context, p: AddSessionMemory) -> SessionMemory:
 def _add(ctx: Context, p: AddSessionMemory, unit: array.array | None, *, from_model: bool = False) -> SessionMemory:
     session = live_session(ctx, p.session_id)  # (again after an embedding: it may have ended meanwhile)
     store = ctx.store
-    if unit is not None and session.project_id is not None and from_model:
-        check_model_dim(store.db, session.project_id, unit)
+    if unit is not None and session.project_id is not None and from_model and not fits_project(
+        store.db, session.project_id, unit
+    ):
+        unit = None
     now = store.now()
     memory = memory_store.add_session_memory(
         store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now

@@ -119,15 +119,20 @@ def test_the_model_must_fit_the_projects_dimension(embedding_daemon, tmp_path):
         s = start(client, tmp_path / "ws")
         where = {"project_id": s.project_id}
         client.put_memory("two dims", "x", embedding=[1.0, 0.0], **where)
-        for call in (
-            lambda: client.put_memory("words", "hello world", **where),
-            lambda: client.add_session_memory(s.session_id, "hello world"),
-            lambda: client.search_similar(text="hello world", **where),
-        ):
-            with pytest.raises(Invalid) as e:
-                call()
-            assert f"embedding_model gives {DIM} dimensions" in str(e.value) and "2 dimensions" in str(e.value)
-        assert [m.key for m in client.list_memories(**where)] == ["two dims"]
+        with pytest.raises(Invalid) as e:
+            client.search_similar(text="hello world", **where)
+        assert f"embedding_model gives {DIM} dimensions" in str(e.value) and "2 dimensions" in str(e.value)
+        # A write is never lost to the model: stored without a vector, and the log says why.
+        client.put_memory("words", "hello world", **where)
+        note = client.add_session_memory(s.session_id, "hello world")
+        assert sorted(m.key for m in client.list_memories(**where)) == ["two dims", "words"]
+        assert note.content == "hello world"
+        found = client.search_similar([1.0, 0.0], k=10, kinds=["memory", "session_memory"], **where)
+        assert found.scanned == 1 and [h.memory.key for h in found.hits if h.memory] == ["two dims"], (
+            "the two the model could not embed have no vector"
+        )
+    wait_for(lambda: f"gives {DIM} dimensions but the project holds vectors of 2" in embedding_daemon.log_text(),
+             what="the warning in the log")
 
 
 def test_without_a_model_text_queries_are_refused_and_model2vec_is_never_loaded(daemon, client, tmp_path):
@@ -162,13 +167,12 @@ def test_a_broken_model_is_a_typed_error_and_the_daemon_goes_on(home, start_daem
     with d.client() as client:
         s = start(client, tmp_path / "ws")
         where = {"project_id": s.project_id}
-        for call in (
-            lambda: client.search_similar(text="hello", **where),
-            lambda: client.put_memory("k", "hello world", **where),
-        ):
-            with pytest.raises(Unsupported) as e:
-                call()
-            assert "not a model2vec model directory: it has no config.json" in str(e.value)
+        with pytest.raises(Unsupported) as e:
+            client.search_similar(text="hello", **where)
+        assert "not a model2vec model directory: it has no config.json" in str(e.value)
+        # A put is never lost to a broken model: it is stored, without a vector.
+        assert client.put_memory("k", "hello world", **where).key == "k"
+        assert client.get_memory("k", **where).value == "hello world"
         assert "config.json" in (client.status().embedding_model_error or "")
         assert client.put_memory("k", "v", embedding=[1.0, 0.0], **where).key == "k"  # still serving
         assert f"{empty} (UNUSABLE: " in omnid_ok("status")
