@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable
 
-from omnid_client.errors import Conflict, Invalid, NotFound, TooLarge
+from omnid_client.errors import Conflict, Invalid, NotFound, StorageError, TooLarge
 from omnid_client.protocol import MAX_METADATA_BYTES, MAX_NESTING, Session
 
 from ..projects import locate
@@ -111,3 +112,14 @@ def project_of(ctx: Context, project_id: str | None, workspace: str | None, *, c
     if not project_store.exists(store.db, project_id):
         raise NotFound(f"no project {project_id}", {"project_id": project_id})
     return project_id
+
+
+async def committed(ctx: Context) -> None:
+    """Wait until the open transaction (holding this request's write) commits; its
+    StorageError if it cannot. A reply from a handler that went on in the background is sent
+    when the handler is done, so it must not be done before its write is durable."""
+    waited: asyncio.Future[StorageError | None] = asyncio.get_running_loop().create_future()
+    ctx.store.after_commit(waited.set_result)
+    error = await waited
+    if error is not None:
+        raise error

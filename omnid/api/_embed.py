@@ -4,14 +4,13 @@ vector of a memory stored without one, and of a text query."""
 from __future__ import annotations
 
 import array
-import asyncio
 import logging
 import sqlite3
 from typing import Any
 
 import msgspec
 
-from omnid_client.errors import Invalid, StorageError, Unsupported
+from omnid_client.errors import Invalid, Unsupported
 
 from ..store import vectors as vector_store
 from ._context import Context
@@ -65,17 +64,6 @@ def fits_project(db: sqlite3.Connection, project_id: str, unit: array.array) -> 
             "but the project holds vectors of %d", project_id, len(unit), found,
         )
     return False
-
-
-async def committed(ctx: Context) -> None:
-    """Wait until the open transaction (holding this request's write) commits; its
-    StorageError if it cannot. A reply from a handler that went on in the background is sent
-    when the handler is done, so it must not be done before its write is durable."""
-    waited: asyncio.Future[StorageError | None] = asyncio.get_running_loop().create_future()
-    ctx.store.after_commit(waited.set_result)
-    error = await waited
-    if error is not None:
-        raise error
 
 
 def check_model_dim(db: sqlite3.Connection, project_id: str, unit: array.array) -> None:

@@ -23,10 +23,10 @@ from omnid_client.protocol import (
 
 from ..store import memories as memory_store, sessions as session_store, vectors as vector_store
 from ..store.events import stage
-from ._common import check_size, existing_session, live_session, project_of
+from ._common import check_size, committed, existing_session, live_session, project_of
 from ._context import Caller, Context
 from ._dispatch import handles
-from ._embed import committed, fits_project, stored_vector, text_of, will_embed
+from ._embed import fits_project, stored_vector, text_of, will_embed
 
 
 def _current(ctx: Context, p: MemoryKeyRef) -> Memory:

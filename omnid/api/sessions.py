@@ -38,7 +38,7 @@ from ..store import (
     sessions as session_store,
     tasks as task_store,
 )
-from ._common import check_size, current, existing_session, live_session, no_session
+from ._common import check_size, committed, current, existing_session, live_session, no_session
 from ._context import Caller, Context
 from ._dispatch import handles
 
@@ -75,7 +75,9 @@ async def _admitted(ctx: Context, caller: Caller, p: GetOrCreate, root: str) -> 
     refused before any session is created or changed."""
     assert ctx.workspaces is not None
     await ctx.workspaces.admit(root)
-    return _tracked(ctx, caller, p)
+    got = _tracked(ctx, caller, p)
+    await committed(ctx)  # a reply from the background is sent when done: not before its write is durable
+    return got
 
 
 def _tracked(ctx: Context, caller: Caller, p: GetOrCreate) -> GetOrCreateResult:
