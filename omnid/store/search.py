@@ -206,14 +206,7 @@ def query(
     joined = db.in_transaction
     transient = _index_waiting(db)
     try:
-        hits = _top(db, words, where, args, limit)
-        if len(hits) < limit and not words[-1].prefix:
-            # A last word typed in part ("sess") still finds: when whole words fill less than
-            # the page, the last also matches the words it starts, as ``word*`` does. A page
-            # that whole words fill never pays for the prefix (FTS5 merges every matching
-            # word's list for one: ~20-100 ms on a big index).
-            hits = _top(db, [*words[:-1], words[-1]._replace(prefix=True)], where, args, limit)
-        return hits
+        return _top(db, words, where, args, limit)
     finally:
         if transient:
             _undo(db, joined)
@@ -283,6 +276,14 @@ def _top(
     # CANDIDATES rows does. FTS5's bm25() is not used: see search_rank.
     expression = match_expression(words)
     rows = _candidates(db, expression, where, args)
+    if len(rows) < limit and not words[-1].prefix:
+        # A last word typed in part ("sess") still finds: when whole words fill less than
+        # the page, the last also matches the words it starts, as ``word*`` does. A page
+        # that whole words fill never pays for the prefix (FTS5 merges every matching
+        # word's list for one: ~20-100 ms on a big index).
+        words = [*words[:-1], words[-1]._replace(prefix=True)]
+        expression = match_expression(words)
+        rows = _candidates(db, expression, where, args)
     if not rows:
         return []
     total, mean = index_size(db)
