@@ -36,7 +36,7 @@ _ROUTES: dict[str, tuple[Handler, msgspec.msgpack.Decoder, bool, bool]] = {}
 """method -> (handler, parameter decoder, writes, grows): one lookup per request."""
 
 SHRINKING = frozenset({
-    "session.heartbeat", "session.end", "session.delete", "daemon.reap", "memory.get", "memory.delete",
+    "session.end", "session.delete", "daemon.reap", "memory.get", "memory.delete",
     "maintenance.cleanup_orphans", "maintenance.retention",
 })
 """Writes that add no data (or free some), so the storage quota never refuses them."""
