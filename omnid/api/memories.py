@@ -16,6 +16,7 @@ from omnid_client.protocol import (
     MemoryKeyRef,
     MemoryList,
     PutMemory,
+    Session,
     SessionMemory,
     SessionMemoryList,
     SessionRef,
@@ -118,25 +119,23 @@ def add_session_memory(
         )
     if session.project_id is not None and will_embed(ctx, p.embedding):
         return asyncio.ensure_future(_embedded_add(ctx, p))
-    return _add(ctx, p, unit)
+    return _add(ctx, p, session, unit)
 
 
 async def _embedded_add(ctx: Context, p: AddSessionMemory) -> SessionMemory:
     unit = await stored_vector(ctx, p.content, "content")
     ctx.guard.ensure_writable(grows=True, adding=len(p.content))
-    with ctx.store.write():
-        memory = _add(ctx, p, unit, from_model=True)
+    with ctx.store.write() as db:
+        session = live_session(ctx, p.session_id)  # again after the embedding: it may have ended meanwhile
+        if unit is not None and session.project_id is not None and not fits_project(db, session.project_id, unit):
+            unit = None
+        memory = _add(ctx, p, session, unit)
     await committed(ctx)
     return memory
 
 
-def _add(ctx: Context, p: AddSessionMemory, unit: array.array | None, *, from_model: bool = False) -> SessionMemory:
-    session = live_session(ctx, p.session_id)  # (again after an embedding: it may have ended meanwhile)
+def _add(ctx: Context, p: AddSessionMemory, session: Session, unit: array.array | None) -> SessionMemory:
     store = ctx.store
-    if unit is not None and session.project_id is not None and from_model and not fits_project(
-        store.db, session.project_id, unit
-    ):
-        unit = None
     now = store.now()
     memory = memory_store.add_session_memory(
         store.db, session.session_id, session.project_id, p.memory_type, p.content, p.metadata, now
