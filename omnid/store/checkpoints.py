@@ -37,6 +37,10 @@ class Checkpointer:
         if path is not None:
             db.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # A first read opens the WAL now, as the store's connection has: the daemon holds
+            # every file it will ever hold from the start, rather than one more at the first
+            # checkpoint (which, with every fd taken by a crowd of clients, could not open it).
+            self._db.execute("PRAGMA schema_version").fetchone()
         self._pool: ThreadPoolExecutor | None = None
         self._running: Future[None] | None = None
         self._since = 0

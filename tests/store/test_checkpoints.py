@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -44,6 +45,39 @@ def test_the_daemons_store_checkpoints_in_a_thread_after_enough_writes(tmp_path:
     again = Store(path)
     assert again.db.execute("SELECT count(*) FROM sessions").fetchone()[0] == EVERY
     again.close()
+
+
+def open_files_under(directory: Path) -> list[str]:
+    """This process's fds open on files in ``directory`` (the store's database, WAL, shm)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return sorted(found)
+
+
+def test_the_checkpoint_thread_opens_no_file_after_the_start(tmp_path: Path) -> None:
+    """Every file the store holds is open from the start: the first checkpoint, perhaps when a
+    crowd of clients holds every fd the daemon may have, needs no new one."""
+    loop = asyncio.new_event_loop()
+    store = Store(tmp_path / "omnid.db", schedule=loop.call_soon, schedule_later=loop.call_later)
+    try:
+        at_start = open_files_under(tmp_path)
+        assert at_start.count(f"{tmp_path}/omnid.db-wal") == 2, "the store's WAL and the checkpointer's"
+        for _ in range(EVERY):
+            add_session(store)
+            loop.run_until_complete(asyncio.sleep(0))
+        running = store.checkpoints._running
+        assert running is not None
+        running.result(timeout=30)
+        assert open_files_under(tmp_path) == at_start
+    finally:
+        store.close()
+        loop.close()
 
 
 def test_a_store_without_a_loop_leaves_checkpoints_to_sqlite(store: Store) -> None:
