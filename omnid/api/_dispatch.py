@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import msgspec
 
-from omnid_client.errors import InternalError, Invalid, OmnidError, RemoteError, Unsupported
+from omnid_client.errors import InternalError, Invalid, OmnidError, RemoteError, TooLarge, Unsupported
 from omnid_client.protocol import (
+    MAX_NESTING,
     METHODS,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
@@ -77,8 +78,14 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
         params = decoder.decode(request.params)
     except msgspec.ValidationError as e:
         return ResponseFrame(request.id, error=error_info(invalid_params(request.method, e)))
-    except (msgspec.DecodeError, RecursionError) as e:
+    except msgspec.DecodeError as e:
         return ResponseFrame(request.id, error=error_info(Invalid(f"{request.method}: undecodable parameters: {e}")))
+    except RecursionError:  # nested past what the decoder can walk (ignored keys included)
+        err = TooLarge(
+            f"{request.method}: the parameters nest too deep to read; a document may nest {MAX_NESTING} levels",
+            {"field": "params"},
+        )
+        return ResponseFrame(request.id, error=error_info(err))
     store = ctx.store
     try:
         if writes:
