@@ -40,7 +40,7 @@ class Checkpointer:
             # A first read opens the WAL now, as the store's connection has: the daemon holds
             # every file it will ever hold from the start, rather than one more at the first
             # checkpoint (which, with every fd taken by a crowd of clients, could not open it).
-            self._db.execute("PRAGMA schema_version").fetchone()
+            self._db.execute("PRAGMA schema_version").fetchall()  # to the end: no read left open
         self._pool: ThreadPoolExecutor | None = None
         self._running: Future[None] | None = None
         self._since = 0
