@@ -34,7 +34,7 @@ async def embed(ctx: Context, text: str, field: str) -> array.array | None:
     when no usable model is configured. Computed in the embedder's thread."""
     if ctx.embedder is None:  # (never in the daemon: offline tools have no embedder)
         raise Invalid("this process embeds no text; pass a vector", {"field": field})
-    vector = await ctx.embedder.embed(text)
+    vector = await ctx.embedder.embed(text, field)
     if not any(vector):
         return None
     return vector_store.unit_vector(vector, field)
@@ -51,11 +51,17 @@ async def stored_vector(ctx: Context, text: str, field: str) -> array.array | No
         return None
 
 
+def _misfit(db: sqlite3.Connection, project_id: str, unit: array.array) -> int | None:
+    """The project's dimension if the model's vector ``unit`` has another (None: it fits)."""
+    found = vector_store.project_dim(db, project_id)
+    return found if found is not None and found != len(unit) else None
+
+
 def fits_project(db: sqlite3.Connection, project_id: str, unit: array.array) -> bool:
     """Whether the model's vector fits the project's dimension; if not, the memory is stored
     without one, and the log says why (once per project and dimension)."""
-    found = vector_store.project_dim(db, project_id)
-    if found is None or found == len(unit):
+    found = _misfit(db, project_id, unit)
+    if found is None:
         return True
     if (project_id, found) not in _warned:
         _warned.add((project_id, found))
@@ -68,8 +74,8 @@ def fits_project(db: sqlite3.Connection, project_id: str, unit: array.array) -> 
 
 def check_model_dim(db: sqlite3.Connection, project_id: str, unit: array.array) -> None:
     """Invalid, in words, when the model's vectors do not fit the project's dimension."""
-    found = vector_store.project_dim(db, project_id)
-    if found is not None and found != len(unit):
+    found = _misfit(db, project_id, unit)
+    if found is not None:
         raise Invalid(
             f"the configured embedding_model gives {len(unit)} dimensions but project {project_id} holds vectors "
             f"of {found} dimensions: configure a model of {found} dimensions, or pass vectors yourself",

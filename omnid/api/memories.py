@@ -51,8 +51,9 @@ def put(ctx: Context, caller: Caller, p: PutMemory) -> Memory | asyncio.Future[M
 async def _embedded_put(ctx: Context, p: PutMemory) -> Memory:
     """The model embeds the value in its thread; the write then goes through the same
     group commit as any other (the quota checked again: time has passed)."""
-    unit = await stored_vector(ctx, text_of(p.value), "value")
-    ctx.guard.ensure_writable(grows=True, adding=len(text_of(p.value)))
+    text = text_of(p.value)
+    unit = await stored_vector(ctx, text, "value")
+    ctx.guard.ensure_writable(grows=True, adding=len(text))
     with ctx.store.write():
         memory = _put(ctx, p, unit, from_model=True)
     await committed(ctx)

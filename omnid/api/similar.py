@@ -37,13 +37,7 @@ def search_similar(ctx: Context, caller: Caller, p: SearchSimilar) -> SimilarMem
 
 async def _by_text(ctx: Context, p: SearchSimilar, project_id: str) -> SimilarMemories:
     assert p.text is not None
-    if ctx.embedder is None or not ctx.embedder.configured():
-        raise Unsupported(
-            "a text query needs an embedding model: set embedding_model in config.toml to a model2vec model "
-            "directory (pip install 'omnid[embed]'), or pass a vector",
-            {"field": "text", "setting": "embedding_model"},
-        )
-    query = await embed(ctx, p.text, "text")
+    query = await embed(ctx, p.text, "text")  # Unsupported without a usable model
     if query is None:
         raise Invalid("the embedding model knows none of the words of text: reword it", {"field": "text"})
     check_model_dim(ctx.store.db, project_id, query)

@@ -92,15 +92,16 @@ class Embedder:
     def configured(self) -> bool:
         return self._model_path() is not None
 
-    def embed(self, text: str) -> asyncio.Future[list[float]]:
+    def embed(self, text: str, field: str) -> asyncio.Future[list[float]]:
         """The embedding of ``text`` (a future resolved from the worker thread); Unsupported
-        when no model is configured or the configured one cannot be loaded."""
+        when no model is configured (naming the request's ``field``) or the configured one
+        cannot be loaded."""
         path = self._model_path()
         if path is None:
             raise Unsupported(
                 "no embedding model is configured: set embedding_model in config.toml to a model2vec model "
                 "directory (and pip install 'omnid[embed]'), or pass a vector",
-                {"setting": "embedding_model"},
+                {"field": field, "setting": "embedding_model"},
             )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnid-embed")

@@ -13,6 +13,7 @@ from msgspec import Meta, Struct
 
 from omnid_client.errors import Invalid
 from omnid_client.protocol import ContextEvent, GetContext, NewMessage, Session
+from omnid_client.protocol.vectors import MAX_QUERY_TEXT
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 Key = Annotated[str, Meta(min_length=1, max_length=256, description="The memory's key.")]
@@ -121,7 +122,10 @@ class SimilarArgs(Args):
         list[float], Meta(min_length=1, max_length=4096, description="The query embedding (same model as stored).")
     ] | None = None
     text: Annotated[
-        str, Meta(min_length=1, max_length=65536, description="Or a query in words (needs omnid's embedding_model).")
+        str,
+        Meta(
+            min_length=1, max_length=MAX_QUERY_TEXT, description="Or a query in words (needs omnid's embedding_model)."
+        ),
     ] | None = None
     k: Annotated[int, Meta(ge=1, le=100)] = 10
     min_score: Annotated[float, Meta(ge=-1, le=1, description="Least cosine similarity returned.")] | None = None

@@ -20,7 +20,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 from omnid_client.protocol import SearchHit
 
-from .search_rank import SCANNED, Term, index_size, match_expression, scored, terms, varint, weights
+from .search_rank import SCANNED, Term, index_size, last_rowid, match_expression, scored, terms, varint, weights
 
 log = logging.getLogger("omnid.store")
 
@@ -71,14 +71,9 @@ def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
     """Index ``rows`` under the next rowids, and note in ``search_refs`` where each went, so
     unindexing deletes by rowid (FTS5 finds rows by their unindexed columns only by reading
     every row)."""
-    last = _last_row(db)
+    last = last_rowid(db)
     db.executemany(_INSERT, [(last + n, *row) for n, row in enumerate(rows, 1)])
     db.executemany(_REF, [(row[1], row[2], last + n, row[3]) for n, row in enumerate(rows, 1)])
-
-
-def _last_row(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1").fetchone()
-    return 0 if row is None else int(row[0])
 
 
 def write_pending(db: sqlite3.Connection, *, defer: bool = False) -> None:
@@ -100,7 +95,7 @@ def deferred(db: sqlite3.Connection) -> int:
 
 def move_deferred(db: sqlite3.Connection) -> None:
     """Move the deferred rows into the index, oldest first (in the open transaction)."""
-    last = _last_row(db)
+    last = last_rowid(db)
     numbered = "? + row_number() OVER (ORDER BY id)"
     db.execute(f"INSERT INTO search_index (rowid, {_COLUMNS}) SELECT {numbered}, {_COLUMNS} FROM search_pending",
                (last,))

@@ -47,7 +47,7 @@ def weights(db: sqlite3.Connection, words: list[Term], rows: int) -> list[float]
     than that holds about as large a share of the whole index as of the rowids since its
     ``SAMPLE``-th newest match (so a search never walks a word's every match, as bm25()
     does); a rarer word's matches are counted."""
-    (newest,) = db.execute("SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1").fetchone()
+    newest = last_rowid(db)
     found = []
     for word in words:
         expression = match_expression([word])
@@ -62,6 +62,12 @@ def weights(db: sqlite3.Connection, words: list[Term], rows: int) -> list[float]
             held = min(rows, SAMPLE * rows / (newest - row[0] + 1))
         found.append(max(1e-6, math.log((rows - held + 0.5) / (held + 0.5))))
     return found
+
+
+def last_rowid(db: sqlite3.Connection) -> int:
+    """The newest row's rowid in the index (0 when it is empty)."""
+    row = db.execute("SELECT rowid FROM search_index ORDER BY rowid DESC LIMIT 1").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def occurrences(term: Term) -> re.Pattern[str]:
