@@ -274,6 +274,18 @@ def open_fds() -> int:
     return psutil.Process().num_fds()
 
 
+def fd_targets(pid: int | str = "self") -> list[str]:
+    """What each open descriptor of process ``pid`` is, as /proc names it: a path, or
+    ``socket:[inode]``, ``anon_inode:[pidfd]``, ``pipe:[inode]``... (one closed meanwhile is
+    left out)."""
+    fd_dir = f"/proc/{pid}/fd"
+    targets = []
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(FileNotFoundError):
+            targets.append(os.readlink(f"{fd_dir}/{fd}"))
+    return targets
+
+
 @contextlib.contextmanager
 def no_free_fds(leave: int = 0) -> Iterator[None]:
     """This process out of file descriptors, for real: RLIMIT_NOFILE lowered to just past

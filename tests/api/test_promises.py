@@ -9,15 +9,13 @@ event or resync would otherwise go unnoticed."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from omnid_client import Client, NotFound
-from tests.helpers import omnid_json, start_ticks, wait_for
+from tests.helpers import fd_targets, omnid_json, start_ticks, wait_for
 
 PREVIOUS_BOOT = "omnid-test-boot-1"
 THIS_BOOT = "omnid-test-boot-2"
@@ -45,12 +43,7 @@ def last_reap(client: Client) -> tuple[str, int] | None:
 def daemon_pidfds(pid: int) -> int:
     """The exit watches the daemon holds: its pidfds, from /proc (its other descriptors come
     and go, e.g. while it snapshots its own code after starting)."""
-    fd_dir = Path(f"/proc/{pid}/fd")
-    links = []
-    for fd in os.listdir(fd_dir):
-        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
-            links.append(os.readlink(fd_dir / fd))
-    return sum("pidfd" in link for link in links)
+    return sum("pidfd" in link for link in fd_targets(pid))
 
 
 # --- a reboot -------------------------------------------------------------------------------

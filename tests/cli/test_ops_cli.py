@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from omnid.cli import main
 from omnid.cli.exits import EXIT_CODES
 from omnid.cli.schemas import NO_JSON, SCHEMAS, schema
-from tests.helpers import ROOT, gone, omnid_daemons, run_omnid, wait_for
+from tests.helpers import ROOT, fd_targets, gone, omnid_daemons, run_omnid, wait_for
 
 NOT_RUNNING, ALREADY_RUNNING = 3, 4
 
@@ -202,10 +202,9 @@ def test_json_output_matches_the_schema(home, daemon, client, tmp_path):
 
 
 def has_open(pid: int, path: Path) -> bool:
-    fds = Path(f"/proc/{pid}/fd")
     try:
-        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
-    except OSError:
+        return str(path) in fd_targets(pid)
+    except OSError:  # the process is gone
         return False
 
 

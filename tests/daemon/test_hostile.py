@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from omnid.cli import main
 from omnid_client import AsyncClient
-from tests.helpers import NOBODY, DaemonProcess, Refusal, Wire, error_of, hello, request, wait_for
+from tests.helpers import NOBODY, DaemonProcess, Refusal, Wire, error_of, fd_targets, hello, request, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
@@ -182,15 +182,7 @@ def daemon_fds(d: DaemonProcess) -> int:
     connections and watches hold. Files are left out because they come and go on their own:
     the copy of the running code, taken in the background after start, opens each file it
     copies."""
-    fd_dir = f"/proc/{d.pid}/fd"
-    count = 0
-    for fd in os.listdir(fd_dir):
-        try:
-            target = os.readlink(f"{fd_dir}/{fd}")
-        except FileNotFoundError:  # closed meanwhile
-            continue
-        count += not target.startswith("/")
-    return count
+    return sum(not target.startswith("/") for target in fd_targets(d.pid))
 
 
 def test_a_thousand_connections_at_once_are_all_served(daemon, many_fds):

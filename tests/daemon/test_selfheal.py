@@ -14,7 +14,7 @@ import pytest
 
 from omnid.daemon import upgrade
 from omnid_client import Client
-from tests.helpers import accepts, wait_for
+from tests.helpers import accepts, fd_targets, wait_for
 
 
 def inode(path) -> int:
@@ -109,15 +109,7 @@ def client_connections(pid: int, socket_path) -> int:
             fields = line.split()
             if fields[5] == "03" and fields[7:] == [str(socket_path)]:
                 connected.add(fields[6])
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in connected:
-            count += 1
-    return count
+    return sum(target.startswith("socket:[") and target[8:-1] in connected for target in fd_targets(pid))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc to count context switches")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import uuid
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from omnid.store import Store, sessions as q
 from omnid.store.checkpoints import EVERY, FALLBACK_PAGES
 from omnid_client.protocol import Session
+from tests.helpers import fd_targets
 
 
 def add_session(store: Store) -> None:
@@ -49,15 +49,7 @@ def test_the_daemons_store_checkpoints_in_a_thread_after_enough_writes(tmp_path:
 
 def open_files_under(directory: Path) -> list[str]:
     """This process's fds open on files in ``directory`` (the store's database, WAL, shm)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith(f"{directory}/"):
-            found.append(target)
-    return sorted(found)
+    return sorted(target for target in fd_targets() if target.startswith(f"{directory}/"))
 
 
 def test_the_checkpoint_thread_opens_no_file_after_the_start(tmp_path: Path) -> None:
