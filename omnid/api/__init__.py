@@ -15,6 +15,6 @@ from . import (  # noqa: F401  (they register their handlers)
     tasks,
 )
 from ._context import Caller, Context
-from ._dispatch import dispatch, error_info, invalid_params
+from ._dispatch import dispatch, error_info, params_error
 
-__all__ = ["Caller", "Context", "dispatch", "error_info", "invalid_params"]
+__all__ = ["Caller", "Context", "dispatch", "error_info", "params_error"]

@@ -76,16 +76,8 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
     handler, decoder, writes, grows = route
     try:
         params = decoder.decode(request.params)
-    except msgspec.ValidationError as e:
-        return ResponseFrame(request.id, error=error_info(invalid_params(request.method, e)))
-    except msgspec.DecodeError as e:
-        return ResponseFrame(request.id, error=error_info(Invalid(f"{request.method}: undecodable parameters: {e}")))
-    except RecursionError:  # nested past what the decoder can walk (ignored keys included)
-        err = TooLarge(
-            f"{request.method}: the parameters nest too deep to read; a document may nest {MAX_NESTING} levels",
-            {"field": "params"},
-        )
-        return ResponseFrame(request.id, error=error_info(err))
+    except (msgspec.DecodeError, RecursionError) as e:
+        return ResponseFrame(request.id, error=error_info(params_error(request.method, e)))
     store = ctx.store
     try:
         if writes:
@@ -99,6 +91,18 @@ def dispatch(ctx: Context, caller: Caller, request: IncomingRequest) -> Response
     if isinstance(result, asyncio.Future):
         return later(request, result)
     return ResponseFrame(request.id, result=result)
+
+
+def params_error(method: str, e: msgspec.DecodeError | RecursionError) -> Invalid:
+    """The typed error for parameters of ``method`` that failed to decode with ``e``."""
+    if isinstance(e, msgspec.ValidationError):
+        return invalid_params(method, e)
+    if isinstance(e, RecursionError):  # nested past what the decoder can walk (ignored keys included)
+        return TooLarge(
+            f"{method}: the parameters nest too deep to read; a document may nest {MAX_NESTING} levels",
+            {"field": "params"},
+        )
+    return Invalid(f"{method}: undecodable parameters: {e}")
 
 
 def invalid_params(method: str, e: msgspec.ValidationError) -> Invalid:

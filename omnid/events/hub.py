@@ -29,7 +29,7 @@ from omnid_client.protocol import (
     Subscribed,
 )
 
-from ..api import error_info, invalid_params
+from ..api import error_info, params_error
 from ..config import Config
 from ..jobs import Timer
 from ..store import ACTIVITY, Staged, Store
@@ -269,12 +269,8 @@ class Hub:
                 )
             if conn.subscription is not None:
                 raise Invalid("events.subscribe: this connection is already subscribed; open another")
-        except msgspec.ValidationError as e:
-            conn.send(ResponseFrame(request.id, error=error_info(invalid_params("events.subscribe", e))))
-            return
-        except msgspec.DecodeError as e:
-            err = Invalid(f"events.subscribe: undecodable parameters: {e}")
-            conn.send(ResponseFrame(request.id, error=error_info(err)))
+        except (msgspec.DecodeError, RecursionError) as e:
+            conn.send(ResponseFrame(request.id, error=error_info(params_error("events.subscribe", e))))
             return
         except Invalid as e:
             conn.send(ResponseFrame(request.id, error=error_info(e)))

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
+from omnid.api import params_error
 from omnid_client import Invalid, TooLarge
 from omnid_client.protocol import METHODS
 from omnid_client.protocol.explain import describe
@@ -81,3 +82,17 @@ def test_every_parameter_field_can_say_what_it_allows(method):
     for name, info in _fields(mi.type_info(METHODS[method].params), set()):
         if not isinstance(info, mi.AnyType):
             assert describe(info), f"{method}: {name} ({info}) has no description"
+
+
+@pytest.mark.parametrize("method", ["session.list", "events.subscribe"])
+def test_parameters_too_deep_to_decode_are_too_large_for_the_dispatcher_and_the_event_hub(method):
+    """Both places that decode parameters (the dispatcher, and the hub for events.subscribe)
+    turn a decoder that gives up on the nesting into the same size error."""
+    deep = b"\x81\xa1k" * 5000 + b"\x01"  # maps 5,000 deep: past any recursion limit
+    with pytest.raises(RecursionError) as gave_up:
+        msgspec.msgpack.Decoder(METHODS[method].params).decode(deep)
+    err = params_error(method, gave_up.value)
+    assert isinstance(err, TooLarge) and err.details == {"field": "params"}
+    assert str(err).startswith(f"{method}: the parameters nest too deep to read")
+    undecodable = params_error(method, msgspec.DecodeError("truncated"))
+    assert type(undecodable) is Invalid and "undecodable parameters: truncated" in str(undecodable)
